@@ -1,0 +1,160 @@
+"""
+Pinhole camera intrinsics, projection and depth image conventions.
+
+Depth images are either uint16 millimetres (0 = invalid) or float32 metres
+(NaN or 0 = invalid), following REP 118. Points are in the camera optical frame
+(x right, y down, z forward), metres.
+"""
+
+from dataclasses import dataclass
+import math
+
+import numpy as np
+
+# Camera presets (fx, fy, cx, cy, width, height) from the reference facts.
+CAMERA_PRESETS = {
+    'sr300': (475.065948, 475.065857, 315.944855, 245.287079, 640, 480),
+    'hands2017': (475.065948, 475.065857, 315.944855, 245.287079, 640, 480),
+    'nyu': (588.03, 587.07, 320.0, 240.0, 640, 480),
+    'icvl': (240.99, 240.96, 160.0, 120.0, 320, 240),
+    'msra': (241.42, 241.42, 160.0, 120.0, 320, 240),
+    'd435_640x480': (615.0, 615.0, 320.0, 240.0, 640, 480),
+    'd435_848x480': (425.0, 425.0, 424.0, 240.0, 848, 480),
+}
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """
+    Pinhole intrinsics of a depth camera.
+
+    :param fx: focal length along x, pixels.
+    :param fy: focal length along y, pixels.
+    :param cx: principal point x, pixels.
+    :param cy: principal point y, pixels.
+    :param width: image width, pixels.
+    :param height: image height, pixels.
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def __post_init__(self):
+        for name in ('fx', 'fy', 'cx', 'cy'):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.floating, np.integer)) \
+                    or not math.isfinite(value):
+                raise ValueError(f'camera intrinsics: {name} must be a finite number, '
+                                 f'got {value!r}')
+        if self.fx <= 0 or self.fy <= 0:
+            raise ValueError(f'camera intrinsics: focal lengths must be positive, '
+                             f'got fx={self.fx}, fy={self.fy}')
+        for name in ('width', 'height'):
+            value = getattr(self, name)
+            if int(value) != value or value <= 0:
+                raise ValueError(f'camera intrinsics: {name} must be a positive integer, '
+                                 f'got {value!r}')
+        object.__setattr__(self, 'width', int(self.width))
+        object.__setattr__(self, 'height', int(self.height))
+
+    @classmethod
+    def from_preset(cls, name):
+        """Return the intrinsics of a named camera preset (see ``CAMERA_PRESETS``)."""
+        try:
+            return cls(*CAMERA_PRESETS[name])
+        except KeyError:
+            raise ValueError(f'unknown camera preset {name!r}; '
+                             f'choose from {sorted(CAMERA_PRESETS)}') from None
+
+    @property
+    def matrix(self):
+        """Return the 3x3 camera matrix K."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    def scaled(self, factor):
+        """Return intrinsics for the image resized by ``factor``."""
+        return CameraIntrinsics(self.fx * factor, self.fy * factor, self.cx * factor,
+                                self.cy * factor, max(1, round(self.width * factor)),
+                                max(1, round(self.height * factor)))
+
+    def window(self, u0, v0, width, height):
+        """
+        Return the intrinsics of the sub-image starting at pixel (u0, v0).
+
+        Rendering or cropping with these intrinsics gives exactly that window of the
+        full image; the window may extend past the full image's borders.
+        """
+        return CameraIntrinsics(self.fx, self.fy, self.cx - u0, self.cy - v0, width, height)
+
+    def check_image(self, image):
+        """Raise ValueError when an image's size differs from the intrinsics' size."""
+        height, width = np.shape(image)[:2]
+        if (width, height) != (self.width, self.height):
+            raise ValueError(f'image is {width}x{height} but camera intrinsics are '
+                             f'{self.width}x{self.height}')
+
+
+def xyz_from_uvd(uvd, intrinsics):
+    """
+    Back-project pixels with depth to camera-frame points.
+
+    :param uvd: (..., 3) pixel u, pixel v, depth in metres.
+    :param intrinsics: :class:`CameraIntrinsics`.
+    :return: (..., 3) float64 points in metres.
+    """
+    uvd = np.asarray(uvd, dtype=np.float64)
+    z = uvd[..., 2]
+    x = (uvd[..., 0] - intrinsics.cx) * z / intrinsics.fx
+    y = (uvd[..., 1] - intrinsics.cy) * z / intrinsics.fy
+    return np.stack([x, y, z], axis=-1)
+
+
+def uvd_from_xyz(xyz, intrinsics):
+    """
+    Project camera-frame points to pixels with depth.
+
+    :param xyz: (..., 3) points in metres; z must be positive for a finite result.
+    :param intrinsics: :class:`CameraIntrinsics`.
+    :return: (..., 3) float64 pixel u, pixel v, depth in metres.
+    """
+    xyz = np.asarray(xyz, dtype=np.float64)
+    z = xyz[..., 2]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        u = intrinsics.fx * xyz[..., 0] / z + intrinsics.cx
+        v = intrinsics.fy * xyz[..., 1] / z + intrinsics.cy
+    return np.stack([u, v, z], axis=-1)
+
+
+def depth_to_metres(depth):
+    """
+    Return a float32 metre view of a depth image; invalid pixels become NaN.
+
+    :param depth: (H, W) uint16 millimetres (0 invalid) or float32/float64 metres
+        (NaN, inf, 0 or negative invalid).
+    :return: (H, W) float32 metres, a new array.
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f'depth image must be 2-D (H, W), got shape {depth.shape}')
+    if depth.size == 0:
+        raise ValueError('depth image is empty')
+    if depth.dtype == np.uint16:
+        out = depth.astype(np.float32) * np.float32(0.001)
+        out[depth == 0] = np.nan
+        return out
+    if depth.dtype in (np.float32, np.float64):
+        out = depth.astype(np.float32, copy=True)
+        out[~np.isfinite(out) | (out <= 0)] = np.nan
+        return out
+    raise ValueError(f'depth image dtype must be uint16 (mm) or float32 (m), got {depth.dtype}')
+
+
+def depth_to_millimetres(depth_m):
+    """Convert float metres (NaN invalid) to uint16 millimetres (0 invalid), saturating."""
+    depth_m = np.asarray(depth_m, dtype=np.float64)
+    mm = np.where(np.isfinite(depth_m) & (depth_m > 0), np.round(depth_m * 1000.0), 0.0)
+    return np.clip(mm, 0, np.iinfo(np.uint16).max).astype(np.uint16)

@@ -1,0 +1,146 @@
+"""
+Conversions between ROS messages and numpy; the only module that reads message fields.
+
+Depth encodings follow REP 118: ``16UC1`` is millimetres with 0 invalid, ``32FC1`` is metres
+with NaN invalid. Conversions honour ``step`` (row padding) and ``is_bigendian`` and return
+views without copying when no conversion is needed.
+"""
+
+import sys
+
+import numpy as np
+
+from hand_pose_ros.core.camera import CameraIntrinsics
+
+# encoding -> (dtype without byte order, channels)
+DEPTH_ENCODINGS = {'16UC1': ('u2', 1), 'mono16': ('u2', 1), '32FC1': ('f4', 1)}
+COLOR_ENCODINGS = {'rgb8': ('u1', 3), 'bgr8': ('u1', 3), 'mono8': ('u1', 1)}
+IMAGE_ENCODINGS = {**DEPTH_ENCODINGS, **COLOR_ENCODINGS}
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def _byte_order(msg):
+    return '>' if msg.is_bigendian else '<'
+
+
+def array_from_image(msg, encodings=IMAGE_ENCODINGS, max_pixels=DEFAULT_MAX_PIXELS):
+    """
+    Return the pixels of a ``sensor_msgs/Image`` as a numpy array.
+
+    :param msg: the image message.
+    :param encodings: accepted encodings, a dict like ``IMAGE_ENCODINGS``.
+    :param max_pixels: largest accepted width * height.
+    :return: (H, W) or (H, W, C) array in native byte order; a view of the message
+        buffer (no copy) when no byte swap or realignment is needed.
+    :raises ValueError: naming the problem for unsupported encodings, zero or oversized
+        dimensions, a step smaller than a row, or a data buffer of the wrong length.
+    """
+    encoding = msg.encoding
+    if encoding not in encodings:
+        raise ValueError(f'unsupported image encoding {encoding!r}; '
+                         f'expected one of {sorted(encodings)}')
+    base, channels = encodings[encoding]
+    width, height, step = int(msg.width), int(msg.height), int(msg.step)
+    if width <= 0 or height <= 0:
+        raise ValueError(f'image has zero size ({width}x{height})')
+    if width * height > max_pixels:
+        raise ValueError(f'image {width}x{height} exceeds the limit of {max_pixels} pixels')
+    itemsize = np.dtype(base).itemsize
+    row_bytes = width * channels * itemsize
+    if step < row_bytes:
+        raise ValueError(f'image step {step} is smaller than a row of {row_bytes} bytes '
+                         f'({width} px x {channels} ch x {itemsize} B, {encoding})')
+    data = msg.data
+    buffer = data if isinstance(data, (bytes, bytearray, memoryview)) else memoryview(data)
+    size = len(buffer) if not isinstance(buffer, memoryview) else buffer.nbytes
+    if size != step * height:
+        raise ValueError(f'image data has {size} bytes, expected step x height = '
+                         f'{step} x {height} = {step * height}')
+    dtype = np.dtype(base).newbyteorder(_byte_order(msg))
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    if step % itemsize == 0:
+        rows = np.frombuffer(buffer, dtype=dtype).reshape(height, step // itemsize)
+        pixels = rows[:, :width * channels].reshape(shape)
+    else:
+        rows = np.frombuffer(buffer, dtype=np.uint8).reshape(height, step)[:, :row_bytes]
+        pixels = np.ascontiguousarray(rows).view(dtype).reshape(shape)
+    if not dtype.isnative:
+        pixels = pixels.astype(dtype.newbyteorder('='))
+    return pixels
+
+
+def depth_from_image(msg, max_pixels=DEFAULT_MAX_PIXELS):
+    """Return a depth image: (H, W) uint16 millimetres or float32 metres (REP 118)."""
+    return array_from_image(msg, DEPTH_ENCODINGS, max_pixels)
+
+
+def color_from_image(msg, max_pixels=DEFAULT_MAX_PIXELS):
+    """Return an (H, W, 3) uint8 RGB image from rgb8, bgr8 or mono8."""
+    pixels = array_from_image(msg, COLOR_ENCODINGS, max_pixels)
+    if msg.encoding == 'bgr8':
+        return pixels[..., ::-1]
+    if msg.encoding == 'mono8':
+        return np.repeat(pixels[..., None], 3, axis=2)
+    return pixels
+
+
+def image_from_array(array, encoding, header=None):
+    """
+    Return a ``sensor_msgs/Image`` holding ``array`` (native byte order, packed rows).
+
+    :param array: (H, W) or (H, W, C) array whose dtype and channels match ``encoding``.
+    :param encoding: one of ``IMAGE_ENCODINGS``.
+    :param header: optional ``std_msgs/Header`` to copy into the message.
+    """
+    from sensor_msgs.msg import Image
+
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f'unsupported image encoding {encoding!r}')
+    base, channels = IMAGE_ENCODINGS[encoding]
+    array = np.ascontiguousarray(array, dtype=np.dtype(base))
+    expected_ndim = 2 if channels == 1 else 3
+    if array.ndim != expected_ndim or (channels > 1 and array.shape[2] != channels):
+        raise ValueError(f'array of shape {array.shape} does not fit encoding {encoding}')
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = sys.byteorder == 'big'
+    msg.step = int(array.strides[0])
+    msg.data = array.tobytes()
+    return msg
+
+
+def intrinsics_from_camera_info(msg):
+    """
+    Return :class:`CameraIntrinsics` from a ``sensor_msgs/CameraInfo``.
+
+    :raises ValueError: for an all-zero or non-finite K, non-positive focal lengths, or a
+        zero image size.
+    """
+    k = np.asarray(msg.k, dtype=np.float64)
+    if k.shape != (9,):
+        raise ValueError(f'camera_info K must have 9 elements, got {k.shape}')
+    if not np.any(k):
+        raise ValueError('camera_info K is all zeros (uncalibrated camera)')
+    if not np.all(np.isfinite(k)):
+        raise ValueError('camera_info K contains NaN or inf')
+    return CameraIntrinsics(fx=float(k[0]), fy=float(k[4]), cx=float(k[2]), cy=float(k[5]),
+                            width=int(msg.width), height=int(msg.height))
+
+
+def camera_info_from_intrinsics(intrinsics, header=None):
+    """Return a ``sensor_msgs/CameraInfo`` (plumb_bob, no distortion) for intrinsics."""
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo()
+    if header is not None:
+        msg.header = header
+    msg.width, msg.height = intrinsics.width, intrinsics.height
+    msg.distortion_model = 'plumb_bob'
+    msg.d = [0.0] * 5
+    msg.k = intrinsics.matrix.ravel().tolist()
+    msg.r = np.eye(3).ravel().tolist()
+    msg.p = np.hstack([intrinsics.matrix, np.zeros((3, 1))]).ravel().tolist()
+    return msg
