@@ -1,0 +1,60 @@
+"""Running statistics for diagnostics and benchmarks: rates and latency percentiles."""
+
+from collections import deque
+
+import numpy as np
+
+
+class RateMeter:
+    """
+    Events per second over a sliding window of event times.
+
+    :param window_s: length of the window, seconds.
+    """
+
+    def __init__(self, window_s=5.0):
+        self.window_s = float(window_s)
+        self._times = deque()
+
+    def tick(self, now_s):
+        """Record one event at ``now_s`` (any monotonic clock, seconds)."""
+        self._times.append(now_s)
+        self._trim(now_s)
+
+    def rate_hz(self, now_s):
+        """Return the event rate over the window ending at ``now_s``."""
+        self._trim(now_s)
+        if len(self._times) < 2:
+            return 0.0
+        span = max(now_s - self._times[0], self._times[-1] - self._times[0])
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    def last(self):
+        """Return the time of the latest event, or None."""
+        return self._times[-1] if self._times else None
+
+    def _trim(self, now_s):
+        while self._times and self._times[0] < now_s - self.window_s:
+            self._times.popleft()
+
+
+class LatencyWindow:
+    """
+    Percentiles over the latest ``size`` samples.
+
+    :param size: number of samples kept.
+    """
+
+    def __init__(self, size=300):
+        self._values = deque(maxlen=int(size))
+
+    def add(self, value):
+        """Add one sample."""
+        self._values.append(float(value))
+
+    def percentile(self, q):
+        """Return the q-th percentile, or NaN without samples."""
+        return float(np.percentile(self._values, q)) if self._values else float('nan')
+
+    def __len__(self):
+        return len(self._values)

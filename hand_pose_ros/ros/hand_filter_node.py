@@ -1,0 +1,145 @@
+"""
+``hand_filter_node``: raw per-frame estimates -> filtered, tracked hands and all outputs.
+
+Subscribes ``hand_pose/raw_keypoints`` and publishes ``hand_pose/keypoints``,
+``hand_pose/joints``, ``hand_pose/palm_pose``, ``hand_pose/joint_states``, ``/tf``,
+``hand_pose/markers`` and ``/diagnostics``. Every output reuses the input header.
+"""
+
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseArray, PoseStamped
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import JointState, PointCloud2
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import MarkerArray
+
+from hand_pose_ros.core.filters import HandFilter, Observation
+from hand_pose_ros.core.filters.config import config_from_dict
+from hand_pose_ros.core.stats import LatencyWindow, RateMeter
+from hand_pose_ros.ros.messages import (hands_from_cloud, joint_pose_array, joint_state,
+                                        keypoint_cloud, marker_array, palm_pose, sorted_hands,
+                                        tf_message)
+from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
+                                          OUTPUT_QOS, run, stamp_ns)
+from hand_pose_ros.ros.params import group, HAND_FILTER_NODE_PARAMS
+
+
+def observations_from_cloud(msg):
+    """Return filter observations of a raw keypoint cloud (invalid joints become NaN)."""
+    observations = []
+    for hand in hands_from_cloud(msg):
+        xyz = np.where(hand['valid'][:, None], hand['keypoints_xyz'], np.nan)
+        observations.append(Observation(keypoints_xyz=xyz, scores=hand['scores']))
+    return observations
+
+
+class HandFilterNode(Node):
+    """Filter, track and publish hands for robots, RViz and TF."""
+
+    def __init__(self, **node_kwargs):
+        super().__init__('hand_filter_node', **node_kwargs)
+        self._values = declare_parameters(self, HAND_FILTER_NODE_PARAMS,
+                                          self._apply_parameters)
+        self._filter = HandFilter(config_from_dict(group(self._values, 'filter')))
+        self._published_ids = set()
+        self._counts = {'received': 0, 'bad_input': 0}
+        self._last_error = ''
+        self._last_hands = 0
+        self._input_rate = RateMeter()
+        self._latency_ms = LatencyWindow()
+        self._start = time.monotonic()
+
+        self.create_subscription(PointCloud2, 'hand_pose/raw_keypoints', self._on_raw,
+                                 input_qos(self._values))
+        self._pubs = {
+            'keypoints': self.create_publisher(PointCloud2, 'hand_pose/keypoints', OUTPUT_QOS),
+            'joints': self.create_publisher(PoseArray, 'hand_pose/joints', OUTPUT_QOS),
+            'palm': self.create_publisher(PoseStamped, 'hand_pose/palm_pose', OUTPUT_QOS),
+            'joint_states': self.create_publisher(JointState, 'hand_pose/joint_states',
+                                                  OUTPUT_QOS),
+            'markers': self.create_publisher(MarkerArray, 'hand_pose/markers', OUTPUT_QOS),
+            'tf': self.create_publisher(TFMessage, '/tf', OUTPUT_QOS),
+            'diagnostics': self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS),
+        }
+        self.create_timer(self._values['diagnostics.period_s'], self._publish_diagnostics)
+
+    def _apply_parameters(self, values):
+        self._filter.set_config(config_from_dict(group(values, 'filter')))
+        self._values = values
+
+    def _on_raw(self, msg):
+        start = time.monotonic()
+        self._counts['received'] += 1
+        self._input_rate.tick(start)
+        try:
+            observations = observations_from_cloud(msg)
+        except ValueError as error:
+            self._counts['bad_input'] += 1
+            self._last_error = f'raw keypoints rejected: {error}'
+            self.get_logger().warning(self._last_error,
+                                      throttle_duration_sec=self._values['log_throttle_s'])
+            return
+        resets = self._filter.stats.get('resets', 0)
+        tracks = self._filter.update(stamp_ns(msg.header) * 1e-9, observations)
+        if self._filter.stats.get('resets', 0) > resets:
+            self.get_logger().warning('filter reset (time jumped back or stream went stale)',
+                                      throttle_duration_sec=self._values['log_throttle_s'])
+        self.publish_hands(msg.header, tracks)
+        self._last_hands = len(tracks)
+        self._latency_ms.add((time.monotonic() - start) * 1000.0)
+
+    def publish_hands(self, header, tracks):
+        """Publish every output for the tracked hands of one frame."""
+        tracks = sorted_hands(tracks)
+        ids = {t.hand_id for t in tracks}
+        self._pubs['keypoints'].publish(keypoint_cloud(tracks, header))
+        self._pubs['joints'].publish(joint_pose_array(tracks, header))
+        self._pubs['joint_states'].publish(joint_state(tracks, header))
+        if tracks:
+            self._pubs['palm'].publish(palm_pose(tracks[0], header))
+            if self._values['output.publish_tf']:
+                self._pubs['tf'].publish(tf_message(tracks, header,
+                                                    self._values['output.tf_prefix']))
+        self._pubs['markers'].publish(marker_array(
+            tracks, header, lost_ids=self._published_ids - ids,
+            lifetime_s=self._values['output.marker_lifetime_s']))
+        self._published_ids = ids
+
+    def status(self):
+        """Return the node's ``DiagnosticStatus``; the pipeline and tests read it too."""
+        now = time.monotonic()
+        last_input = self._input_rate.last()
+        silent_s = now - (last_input if last_input is not None else self._start)
+        values = {
+            'input rate (Hz)': f'{self._input_rate.rate_hz(now):.1f}',
+            'latency p50 (ms)': f'{self._latency_ms.percentile(50):.2f}',
+            'latency p99 (ms)': f'{self._latency_ms.percentile(99):.2f}',
+            'hands tracked': self._last_hands,
+            'smoother': self._filter.config.smoother,
+            'anatomy action': self._filter.config.anatomy.action,
+            **{k.replace('_', ' '): v for k, v in self._counts.items()},
+            **{f'filter {k}'.replace('_', ' '): v for k, v in self._filter.stats.items()},
+            'last problem': self._last_error,
+        }
+        if silent_s > self._values['diagnostics.stale_timeout_s']:
+            level, text = DiagnosticStatus.ERROR, f'no raw estimates for {silent_s:.1f} s'
+        elif self._counts['bad_input']:
+            level, text = DiagnosticStatus.WARN, self._last_error
+        else:
+            level, text = DiagnosticStatus.OK, 'running'
+        return diagnostic_status(f'{self.get_name()}: hand filter',
+                                 self.get_fully_qualified_name(), level, text, values)
+
+    def _publish_diagnostics(self):
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [self.status()]
+        self._pubs['diagnostics'].publish(msg)
+
+
+def main(args=None):
+    """Run ``hand_filter_node``."""
+    run(HandFilterNode, args)

@@ -1,0 +1,207 @@
+"""
+``hand_pose_node``: depth image + camera info -> raw per-frame 3D hand estimates.
+
+Subscribes ``depth/image_raw`` and ``depth/camera_info``, publishes the raw estimates on
+``hand_pose/raw_keypoints`` (PointCloud2, same layout as ``hand_pose/keypoints``) for
+``hand_filter_node``, ``hand_pose/debug_image`` while someone listens, and ``/diagnostics``.
+Frames arriving while the previous one is processed replace the waiting one (drop-oldest).
+"""
+
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from hand_pose_ros.core.frame_slot import LatestFrameSlot
+from hand_pose_ros.core.overlay import depth_to_gray, draw_skeletons
+from hand_pose_ros.core.pairing import StampPairer
+from hand_pose_ros.core.stats import LatencyWindow, RateMeter
+from hand_pose_ros.ros.conversions import (depth_from_image, image_from_array,
+                                           intrinsics_from_camera_info)
+from hand_pose_ros.ros.messages import keypoint_cloud
+from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
+                                          OUTPUT_QOS, run, stamp_ns)
+from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
+
+
+class RawHand:
+    """A per-frame estimate in the shape the message builders expect."""
+
+    def __init__(self, hand_id, pose):
+        self.hand_id = hand_id
+        self.keypoints_xyz = pose.keypoints_xyz
+        self.scores = pose.scores
+        self.valid = np.isfinite(pose.keypoints_xyz).all(axis=1)
+        self.handedness = 'unknown'
+
+
+def load_node_estimator(values):
+    """Build the estimator from the node's ``model.*`` and ``localizer.*`` parameters."""
+    from hand_pose_ros.core import load_estimator
+
+    model = group(values, 'model')
+    return load_estimator(
+        model['name'], backend=model['backend'], threads=model['threads'],
+        precision=model['precision'], cache_dir=model['cache_dir'] or None,
+        force_engine_rebuild=model['force_engine_rebuild'],
+        localizer=group(values, 'localizer'))
+
+
+class HandPoseNode(Node):
+    """Run the localiser and the pose network on every depth frame it can keep up with."""
+
+    def __init__(self, estimator=None, **node_kwargs):
+        super().__init__('hand_pose_node', **node_kwargs)
+        self._values = declare_parameters(self, HAND_POSE_NODE_PARAMS, self._apply_parameters)
+        self._estimator = estimator if estimator is not None else load_node_estimator(
+            self._values)
+        self.get_logger().info(f'model {self._estimator.description}')
+        self._pairer = StampPairer(self._max_stamp_diff_ns(self._values))
+        self._slot = LatestFrameSlot()
+        self._lock = threading.Lock()
+        self._counts = {'received': 0, 'processed': 0, 'bad_input': 0, 'no_camera_info': 0,
+                        'unsynchronised_info': 0, 'time_jumps': 0}
+        self._last_error = ''
+        self._last_hands = 0
+        self._last_stamp_ns = None
+        self._input_rate = RateMeter()
+        self._output_rate = RateMeter()
+        self._latency_ms = LatencyWindow()
+        self._start = time.monotonic()
+
+        qos = input_qos(self._values)
+        self.create_subscription(CameraInfo, 'depth/camera_info', self._on_info, qos)
+        self.create_subscription(Image, 'depth/image_raw', self._on_image, qos)
+        self._raw_pub = self.create_publisher(PointCloud2, 'hand_pose/raw_keypoints', OUTPUT_QOS)
+        self._debug_pub = self.create_publisher(Image, 'hand_pose/debug_image', OUTPUT_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
+        self.create_timer(self._values['diagnostics.period_s'], self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._work, name='hand_pose_worker', daemon=True)
+        self._worker.start()
+
+    @staticmethod
+    def _max_stamp_diff_ns(values):
+        return int(values['camera_info.max_stamp_diff_s'] * 1e9)
+
+    def _apply_parameters(self, values):
+        if values['localizer.min_depth_m'] >= values['localizer.max_depth_m']:
+            raise ValueError('localizer.min_depth_m must be below localizer.max_depth_m')
+        self._estimator.configure_localizer(group(values, 'localizer'))
+        self._pairer.max_stamp_diff_ns = self._max_stamp_diff_ns(values)
+        self._values = values
+
+    def _warn(self, key, text):
+        with self._lock:
+            self._counts[key] += 1
+            self._last_error = text
+        self.get_logger().warning(text, throttle_duration_sec=self._values['log_throttle_s'])
+
+    def _on_info(self, msg):
+        self._pairer.add(stamp_ns(msg.header), msg)
+
+    def _on_image(self, msg):
+        with self._lock:
+            self._counts['received'] += 1
+        self._input_rate.tick(time.monotonic())
+        self._slot.put(msg)
+
+    def _work(self):
+        while not self._slot.closed:
+            msg = self._slot.take(timeout_s=0.5)
+            if msg is not None:
+                self._process(msg)
+
+    def _process(self, msg):
+        start = time.monotonic()
+        stamp = stamp_ns(msg.header)
+        if self._last_stamp_ns is not None and stamp < self._last_stamp_ns:
+            self._warn('time_jumps', 'depth image stamp went backwards (bag loop?): '
+                       'camera_info history reset')
+            self._pairer.reset()
+        self._last_stamp_ns = stamp
+        info, exact = self._pairer.match(stamp)
+        if info is None:
+            self._warn('no_camera_info', 'no camera_info received yet on '
+                       f'{self.resolve_topic_name("depth/camera_info")}: frame skipped')
+            return
+        if not exact:
+            with self._lock:
+                self._counts['unsynchronised_info'] += 1
+        try:
+            depth = depth_from_image(msg, self._values['input.max_pixels'])
+            intrinsics = intrinsics_from_camera_info(info)
+            intrinsics.check_image(depth)
+            poses = self._estimator.estimate(depth, intrinsics)
+        except ValueError as error:
+            self._warn('bad_input', f'depth frame rejected: {error}')
+            return
+        hands = [RawHand(i, pose) for i, pose in enumerate(poses)]
+        self._raw_pub.publish(keypoint_cloud(hands, msg.header))
+        if self._debug_pub.get_subscription_count() > 0:
+            self._publish_debug(msg.header, depth, intrinsics, hands)
+        with self._lock:
+            self._counts['processed'] += 1
+            self._last_hands = len(hands)
+        self._output_rate.tick(time.monotonic())
+        self._latency_ms.add((time.monotonic() - start) * 1000.0)
+
+    def _publish_debug(self, header, depth, intrinsics, hands):
+        overlay = draw_skeletons(depth_to_gray(depth), intrinsics,
+                                 [(h.keypoints_xyz, h.valid) for h in hands])
+        scale = self._values['debug_image.scale']
+        if scale != 1.0:
+            rows = (np.arange(int(overlay.shape[0] * scale)) / scale).astype(int)
+            cols = (np.arange(int(overlay.shape[1] * scale)) / scale).astype(int)
+            overlay = overlay[rows][:, cols]
+        self._debug_pub.publish(image_from_array(overlay, 'rgb8', header))
+
+    def status(self):
+        """Return the node's ``DiagnosticStatus``; the pipeline and tests read it too."""
+        now = time.monotonic()
+        with self._lock:
+            counts = dict(self._counts)
+            last_error, hands = self._last_error, self._last_hands
+        last_input = self._input_rate.last()
+        silent_s = now - (last_input if last_input is not None else self._start)
+        values = {
+            'input rate (Hz)': f'{self._input_rate.rate_hz(now):.1f}',
+            'output rate (Hz)': f'{self._output_rate.rate_hz(now):.1f}',
+            'latency p50 (ms)': f'{self._latency_ms.percentile(50):.1f}',
+            'latency p99 (ms)': f'{self._latency_ms.percentile(99):.1f}',
+            'model': self._estimator.description,
+            'hands detected': hands,
+            'frames dropped': self._slot.dropped,
+            **{k.replace('_', ' '): v for k, v in counts.items()},
+            'last problem': last_error,
+        }
+        if silent_s > self._values['diagnostics.stale_timeout_s']:
+            level, text = DiagnosticStatus.ERROR, f'no depth images for {silent_s:.1f} s'
+        elif counts['processed'] and self._slot.dropped > counts['processed']:
+            level = DiagnosticStatus.WARN
+            text = 'falling behind: more frames dropped than processed'
+        elif last_error and counts['processed'] == 0:
+            level, text = DiagnosticStatus.WARN, last_error
+        else:
+            level, text = DiagnosticStatus.OK, 'running'
+        return diagnostic_status(f'{self.get_name()}: hand pose estimation',
+                                 self.get_fully_qualified_name(), level, text, values)
+
+    def _publish_diagnostics(self):
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [self.status()]
+        self._diag_pub.publish(msg)
+
+    def destroy_node(self):
+        """Stop the worker thread, then destroy the node."""
+        self._slot.close()
+        self._worker.join(timeout=5.0)
+        return super().destroy_node()
+
+
+def main(args=None):
+    """Run ``hand_pose_node``."""
+    run(HandPoseNode, args)

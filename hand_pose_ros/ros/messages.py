@@ -1,0 +1,268 @@
+"""
+Build and parse the package's output messages (standard types only).
+
+Hands passed in are objects with ``hand_id`` (int), ``keypoints_xyz`` (21, 3) metres in the
+camera optical frame, ``scores`` (21,), ``valid`` (21,) bool and ``handedness``
+('left' | 'right' | 'unknown'). Hands are published in ascending ``hand_id`` order.
+"""
+
+import numpy as np
+
+from hand_pose_ros.core.kinematics import ANGLE_NAMES, bone_frames, joint_angles, palm_frame
+from hand_pose_ros.core.rotations import quaternion_from_matrix
+from hand_pose_ros.core.skeleton import BONES, FINGER_OF_JOINT, JOINT_NAMES, NUM_JOINTS
+
+# One point per joint per hand: self-describing PointCloud2 layout.
+KEYPOINT_DTYPE = np.dtype({
+    'names': ['x', 'y', 'z', 'confidence', 'joint_id', 'hand_id', 'valid'],
+    'formats': ['<f4', '<f4', '<f4', '<f4', '<u2', '<u2', 'u1'],
+    'offsets': [0, 4, 8, 12, 16, 18, 20],
+    'itemsize': 24,
+})
+# sensor_msgs/PointField datatypes
+_POINT_FIELD_TYPES = {np.dtype('<f4'): 7, np.dtype('<u2'): 4, np.dtype('u1'): 2,
+                      np.dtype('<f8'): 8, np.dtype('<i4'): 5, np.dtype('<u4'): 6,
+                      np.dtype('<i2'): 3, np.dtype('i1'): 1}
+_DTYPE_FROM_FIELD = {code: dtype for dtype, code in _POINT_FIELD_TYPES.items()}
+
+# Per-finger RGBA colours (thumb, index, middle, ring, pinky) for markers and overlays.
+FINGER_COLORS = np.array([
+    [0.95, 0.35, 0.20, 1.0], [0.98, 0.80, 0.15, 1.0], [0.25, 0.80, 0.30, 1.0],
+    [0.20, 0.55, 0.95, 1.0], [0.70, 0.35, 0.90, 1.0]])
+
+
+def sorted_hands(hands):
+    """Return hands in the documented publishing order (ascending ``hand_id``)."""
+    return sorted(hands, key=lambda hand: hand.hand_id)
+
+
+def keypoint_cloud(hands, header):
+    """Return a ``sensor_msgs/PointCloud2`` with one point per joint per hand."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    hands = sorted_hands(hands)
+    points = np.zeros(len(hands) * NUM_JOINTS, dtype=KEYPOINT_DTYPE)
+    for i, hand in enumerate(hands):
+        block = points[i * NUM_JOINTS:(i + 1) * NUM_JOINTS]
+        xyz = np.asarray(hand.keypoints_xyz, dtype=np.float32)
+        block['x'], block['y'], block['z'] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+        block['confidence'] = hand.scores
+        block['joint_id'] = np.arange(NUM_JOINTS)
+        block['hand_id'] = hand.hand_id
+        block['valid'] = np.asarray(hand.valid, dtype=bool)
+    msg = PointCloud2()
+    msg.header = header
+    msg.height, msg.width = 1, len(points)
+    msg.fields = [PointField(name=name, offset=KEYPOINT_DTYPE.fields[name][1],
+                             datatype=_POINT_FIELD_TYPES[KEYPOINT_DTYPE.fields[name][0]],
+                             count=1) for name in KEYPOINT_DTYPE.names]
+    msg.is_bigendian = False
+    msg.point_step = KEYPOINT_DTYPE.itemsize
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = True
+    msg.data = points.tobytes()
+    return msg
+
+
+def points_from_cloud(msg):
+    """
+    Return the points of a ``PointCloud2`` as a structured array read through its fields.
+
+    :raises ValueError: for big-endian data, unknown field types or a short buffer.
+    """
+    if msg.is_bigendian:
+        raise ValueError('big-endian PointCloud2 is not supported')
+    names, formats, offsets = [], [], []
+    for field in msg.fields:
+        if field.datatype not in _DTYPE_FROM_FIELD or field.count != 1:
+            raise ValueError(f'unsupported PointCloud2 field {field.name!r}')
+        names.append(field.name)
+        formats.append(_DTYPE_FROM_FIELD[field.datatype])
+        offsets.append(field.offset)
+    dtype = np.dtype({'names': names, 'formats': formats, 'offsets': offsets,
+                      'itemsize': msg.point_step})
+    count = msg.width * msg.height
+    data = memoryview(msg.data).cast('B') if not isinstance(msg.data, bytes) else msg.data
+    if len(data) < count * msg.point_step or msg.row_step < msg.width * msg.point_step:
+        raise ValueError('PointCloud2 data is shorter than width x height x point_step')
+    rows = np.frombuffer(data, dtype=np.uint8)[:msg.row_step * msg.height]
+    rows = rows.reshape(msg.height, msg.row_step)[:, :msg.width * msg.point_step]
+    return np.ascontiguousarray(rows).view(dtype).reshape(-1)
+
+
+def hands_from_cloud(msg):
+    """
+    Parse a keypoint cloud into per-hand arrays.
+
+    :return: list of dicts with hand_id, keypoints_xyz (21, 3), scores (21,), valid (21,),
+        in ascending hand_id order.
+    :raises ValueError: when fields are missing or a hand does not have 21 joints.
+    """
+    points = points_from_cloud(msg)
+    missing = set(KEYPOINT_DTYPE.names) - set(points.dtype.names or ())
+    if missing:
+        raise ValueError(f'keypoint cloud lacks fields {sorted(missing)}')
+    hands = []
+    for hand_id in np.unique(points['hand_id']):
+        block = points[points['hand_id'] == hand_id]
+        if len(block) != NUM_JOINTS or set(block['joint_id']) != set(range(NUM_JOINTS)):
+            raise ValueError(f'hand {hand_id} has {len(block)} points, expected one per joint')
+        block = block[np.argsort(block['joint_id'])]
+        hands.append({
+            'hand_id': int(hand_id),
+            'keypoints_xyz': np.stack([block['x'], block['y'], block['z']], 1).astype(np.float64),
+            'scores': block['confidence'].astype(np.float64),
+            'valid': block['valid'].astype(bool),
+        })
+    return hands
+
+
+def _pose(position, quaternion):
+    from geometry_msgs.msg import Pose
+
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in position)
+    (pose.orientation.x, pose.orientation.y, pose.orientation.z,
+     pose.orientation.w) = (float(v) for v in quaternion)
+    return pose
+
+
+def joint_pose_array(hands, header):
+    """Return a ``geometry_msgs/PoseArray``: 21 poses per hand, orientation = bone frame."""
+    from geometry_msgs.msg import PoseArray
+
+    msg = PoseArray()
+    msg.header = header
+    for hand in sorted_hands(hands):
+        rotations = bone_frames(hand.keypoints_xyz)
+        quaternions = quaternion_from_matrix(rotations)
+        msg.poses.extend(_pose(p, q) for p, q in zip(hand.keypoints_xyz, quaternions))
+    return msg
+
+
+def palm_pose(hand, header):
+    """Return the palm frame of ``hand`` as ``geometry_msgs/PoseStamped``."""
+    from geometry_msgs.msg import PoseStamped
+
+    origin, rotation = palm_frame(hand.keypoints_xyz)
+    msg = PoseStamped()
+    msg.header = header
+    msg.pose = _pose(origin, quaternion_from_matrix(rotation))
+    return msg
+
+
+def joint_state_prefixes(hands):
+    """
+    Return {hand_id: name prefix} for the joint states.
+
+    The first hand (lowest id) of each known handedness is named ``left_`` / ``right_``;
+    other hands are named ``hand_<id>_``.
+    """
+    prefixes, taken = {}, set()
+    for hand in sorted_hands(hands):
+        if hand.handedness in ('left', 'right') and hand.handedness not in taken:
+            taken.add(hand.handedness)
+            prefixes[hand.hand_id] = f'{hand.handedness}_'
+        else:
+            prefixes[hand.hand_id] = f'hand_{hand.hand_id}_'
+    return prefixes
+
+
+def joint_state(hands, header):
+    """Return a ``sensor_msgs/JointState`` of finger articulation angles (radians)."""
+    from sensor_msgs.msg import JointState
+
+    msg = JointState()
+    msg.header = header
+    prefixes = joint_state_prefixes(hands)
+    for hand in sorted_hands(hands):
+        angles = joint_angles(hand.keypoints_xyz, hand.handedness)
+        msg.name.extend(prefixes[hand.hand_id] + name for name in ANGLE_NAMES)
+        msg.position.extend(float(a) for a in angles)
+    return msg
+
+
+def hand_frame_names(prefix, hand_id):
+    """Return (palm frame, [21 joint frames]) TF names of a hand."""
+    palm = f'{prefix}hand_{hand_id}'
+    return palm, [f'{palm}_{name}' for name in JOINT_NAMES]
+
+
+def tf_message(hands, header, prefix=''):
+    """Return a ``tf2_msgs/TFMessage``: a palm frame and valid joint frames per hand."""
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    msg = TFMessage()
+    for hand in sorted_hands(hands):
+        palm_name, joint_names = hand_frame_names(prefix, hand.hand_id)
+        origin, rotation = palm_frame(hand.keypoints_xyz)
+        frames = [(palm_name, origin, quaternion_from_matrix(rotation))]
+        quaternions = quaternion_from_matrix(bone_frames(hand.keypoints_xyz))
+        frames += [(joint_names[j], hand.keypoints_xyz[j], quaternions[j])
+                   for j in range(NUM_JOINTS) if hand.valid[j]]
+        for child, position, quaternion in frames:
+            transform = TransformStamped()
+            transform.header = header
+            transform.child_frame_id = child
+            t, r = transform.transform.translation, transform.transform.rotation
+            t.x, t.y, t.z = (float(v) for v in position)
+            r.x, r.y, r.z, r.w = (float(v) for v in quaternion)
+            msg.transforms.append(transform)
+    return msg
+
+
+def _color(rgba):
+    from std_msgs.msg import ColorRGBA
+
+    return ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3]))
+
+
+def _point(xyz):
+    from geometry_msgs.msg import Point
+
+    return Point(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+
+
+def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
+    """
+    Return a ``visualization_msgs/MarkerArray`` of joints, bones and a label per hand.
+
+    Markers of ``lost_ids`` (hands no longer tracked) are deleted (namespace ``hand_<id>``).
+    """
+    from builtin_interfaces.msg import Duration
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    lifetime = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1) * 1e9))
+    msg = MarkerArray()
+    for hand_id in sorted(lost_ids):
+        msg.markers += [Marker(header=header, ns=f'hand_{hand_id}', id=marker_id,
+                               action=Marker.DELETE) for marker_id in range(3)]
+    for hand in sorted_hands(hands):
+        ns = f'hand_{hand.hand_id}'
+        xyz, valid = hand.keypoints_xyz, np.asarray(hand.valid, bool)
+        joints = Marker(header=header, ns=ns, id=0, type=Marker.SPHERE_LIST,
+                        action=Marker.ADD, lifetime=lifetime)
+        joints.pose.orientation.w = 1.0
+        joints.scale.x = joints.scale.y = joints.scale.z = 0.012
+        joints.points = [_point(xyz[j]) for j in range(NUM_JOINTS) if valid[j]]
+        joints.colors = [_color(FINGER_COLORS[max(FINGER_OF_JOINT[j], 0)])
+                         for j in range(NUM_JOINTS) if valid[j]]
+        bones = Marker(header=header, ns=ns, id=1, type=Marker.LINE_LIST, action=Marker.ADD,
+                       lifetime=lifetime)
+        bones.pose.orientation.w = 1.0
+        bones.scale.x = 0.006
+        for parent, child in BONES:
+            if valid[parent] and valid[child]:
+                color = _color(FINGER_COLORS[FINGER_OF_JOINT[child]])
+                bones.points += [_point(xyz[parent]), _point(xyz[child])]
+                bones.colors += [color, color]
+        label = Marker(header=header, ns=ns, id=2, type=Marker.TEXT_VIEW_FACING,
+                       action=Marker.ADD, lifetime=lifetime,
+                       text=f'hand {hand.hand_id} ({hand.handedness})')
+        label.pose.position = _point(xyz[0] + np.array([0.0, -0.03, 0.0]))
+        label.pose.orientation.w = 1.0
+        label.scale.z = 0.025
+        label.color = _color((1.0, 1.0, 1.0, 1.0))
+        msg.markers += [joints, bones, label]
+    return msg

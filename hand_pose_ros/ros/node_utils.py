@@ -1,0 +1,97 @@
+"""Shared node plumbing: parameter declaration from specs, QoS, diagnostics, ``main``."""
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from hand_pose_ros.ros.params import check_values
+
+
+def descriptor(spec):
+    """Return the ``ParameterDescriptor`` of a :class:`ParamSpec`."""
+    text = spec.description
+    if spec.choices is not None:
+        text += f' Choices: {spec.constraint_text}.'
+    desc = ParameterDescriptor(description=text, read_only=not spec.dynamic)
+    if spec.value_range is not None and not isinstance(spec.default, bool):
+        low, high = spec.value_range
+        if isinstance(spec.default, int):
+            desc.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=0)]
+        else:
+            desc.floating_point_range = [FloatingPointRange(
+                from_value=float(low), to_value=float(high), step=0.0)]
+    return desc
+
+
+def declare_parameters(node, specs, on_change=None):
+    """
+    Declare every spec on ``node`` and return the current values.
+
+    :param on_change: called with the full {name: value} dict after a valid dynamic update;
+        it may raise ValueError to reject the update (the core's own validation).
+    :return: {name: value} of all parameters, as given at start-up.
+    :raises ValueError: when a start-up value (from YAML or the command line) is invalid.
+    """
+    values = {}
+    for spec in specs:
+        param = node.declare_parameter(spec.name, spec.default, descriptor(spec))
+        values[spec.name] = param.value
+    check_values(specs, values)
+    state = {'values': values}
+
+    def callback(params):
+        update = dict(state['values'])
+        update.update({p.name: p.value for p in params if p.name in update})
+        try:
+            check_values(specs, update)
+            if on_change is not None:
+                on_change(update)
+        except ValueError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        state['values'] = update
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(callback)
+    return values
+
+
+def input_qos(values):
+    """Return the input QoS from ``input.reliability`` and ``input.history_depth``."""
+    reliability = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
+                   'reliable': ReliabilityPolicy.RELIABLE}[values['input.reliability']]
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=values['input.history_depth'],
+                      reliability=reliability)
+
+
+OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                        reliability=ReliabilityPolicy.RELIABLE)
+
+
+def diagnostic_status(name, hardware_id, level, message, values):
+    """Return a ``diagnostic_msgs/DiagnosticStatus`` with key/value pairs."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def stamp_ns(header):
+    """Return a header's stamp in integer nanoseconds."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def run(node_class, args=None):
+    """Run one node until shutdown (Humble-compatible ``main`` form)."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = node_class()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()

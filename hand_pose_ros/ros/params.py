@@ -1,0 +1,225 @@
+"""
+Parameter specs: one table per node drives declaration, validation, YAML and README.
+
+Each :class:`ParamSpec` becomes a ROS parameter with a ``ParameterDescriptor`` (description,
+range or choices in the description, read-only flag), so rqt shows sliders and rclpy rejects
+out-of-range values. Pure functions turn the declared values into core config objects and are
+tested without ROS.
+"""
+
+from dataclasses import dataclass
+import math
+
+from hand_pose_ros.core.filters.config import config_fields as filter_config_fields
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """
+    One node parameter.
+
+    :param name: dotted parameter name, e.g. ``localizer.max_depth_m``.
+    :param default: default value; its Python type fixes the parameter type.
+    :param description: one line for the descriptor and the README.
+    :param value_range: (min, max) for numbers, or None.
+    :param choices: allowed values for strings, or None.
+    :param dynamic: True when the parameter may change at run time.
+    """
+
+    name: str
+    default: object
+    description: str
+    value_range: tuple = None
+    choices: tuple = None
+    dynamic: bool = False
+
+    def check(self, value):
+        """Raise ValueError when ``value`` is outside this parameter's range or choices."""
+        if isinstance(self.default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f'{self.name} must be a bool, got {value!r}')
+            return
+        if isinstance(self.default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f'{self.name} must be a number, got {value!r}')
+            if isinstance(self.default, int) and not isinstance(self.default, bool) \
+                    and int(value) != value:
+                raise ValueError(f'{self.name} must be an integer, got {value!r}')
+            if not math.isfinite(value):
+                raise ValueError(f'{self.name} must be finite, got {value!r}')
+            low, high = self.value_range or (-math.inf, math.inf)
+            if not low <= value <= high:
+                raise ValueError(f'{self.name}={value} is outside [{low}, {high}]')
+            return
+        if not isinstance(value, str):
+            raise ValueError(f'{self.name} must be a string, got {value!r}')
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f'{self.name}={value!r} is not one of {list(self.choices)}')
+
+    @property
+    def constraint_text(self):
+        """Return the range or choices as README/descriptor text."""
+        if self.value_range is not None:
+            return f'[{self.value_range[0]}, {self.value_range[1]}]'
+        if self.choices is not None:
+            return ', '.join(str(c) for c in self.choices)
+        return ''
+
+
+RELIABILITY = ('best_effort', 'reliable')
+
+COMMON_PARAMS = (
+    ParamSpec('diagnostics.period_s', 1.0, 'Period of /diagnostics updates (s).', (0.1, 60.0)),
+    ParamSpec('diagnostics.stale_timeout_s', 2.0,
+              'Input silence after which diagnostics report ERROR (s).', (0.1, 600.0), None,
+              True),
+    ParamSpec('input.reliability', 'best_effort',
+              'QoS reliability of input subscriptions (best_effort matches both kinds of '
+              'publisher).', None, RELIABILITY),
+    ParamSpec('input.history_depth', 1, 'QoS history depth of input subscriptions.', (1, 100)),
+    ParamSpec('log_throttle_s', 5.0, 'Minimum period between repeated per-frame warnings (s).',
+              (0.1, 600.0), None, True),
+)
+
+HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
+    ParamSpec('model.name', 'default',
+              "Model card: 'default' (shipped), a card name in models/, or a path to a .yaml."),
+    ParamSpec('model.backend', 'auto', 'Inference runtime.', None,
+              ('auto', 'onnxruntime', 'torch', 'tensorrt')),
+    ParamSpec('model.threads', 0, 'CPU threads for the runtime (0 = runtime default).',
+              (0, 64)),
+    ParamSpec('model.precision', 'fp32', 'Precision on GPU backends.', None,
+              ('fp32', 'fp16', 'int8')),
+    ParamSpec('model.cache_dir', '', 'TensorRT engine cache (empty = ~/.cache/hand_pose_ros).'),
+    ParamSpec('model.force_engine_rebuild', False, 'Rebuild the TensorRT engine at start-up.'),
+    ParamSpec('localizer.max_hands', 2, 'Largest number of hands reported per frame.', (1, 8),
+              None, True),
+    ParamSpec('localizer.min_depth_m', 0.15, 'Nearest depth searched for hands (m).',
+              (0.05, 5.0), None, True),
+    ParamSpec('localizer.max_depth_m', 1.6, 'Farthest depth searched for hands (m).',
+              (0.1, 10.0), None, True),
+    ParamSpec('input.max_pixels', 4096 * 2160, 'Largest accepted image (width x height).',
+              (1, 10 ** 8)),
+    ParamSpec('camera_info.max_stamp_diff_s', 0.0,
+              'Largest stamp difference for pairing image and camera_info (0 = exact); '
+              'otherwise the latest info is used.', (0.0, 1.0), None, True),
+    ParamSpec('debug_image.scale', 1.0, 'Scale of the debug overlay image.', (0.1, 2.0), None,
+              True),
+)
+
+SYNTHETIC_CAMERA_PARAMS = (
+    ParamSpec('rate_hz', 30.0, 'Publishing rate (Hz).', (0.1, 240.0)),
+    ParamSpec('camera', 'sr300', 'Camera model preset.', None,
+              ('sr300', 'nyu', 'icvl', 'msra', 'd435_640x480', 'd435_848x480')),
+    ParamSpec('frame_id', 'camera_depth_optical_frame', 'frame_id of published images.'),
+    ParamSpec('seed', 0, 'Random seed of the synthetic scene and motion.', (0, 2 ** 31 - 1)),
+    ParamSpec('sequence_frames', 300, 'Frames per synthetic motion sequence before it loops.',
+              (2, 100000)),
+    ParamSpec('publish_color', False, 'Also publish color/image_raw (rgb8).'),
+    ParamSpec('max_speed_m_s', 1.5, 'Highest hand speed of the synthetic motion (m/s).',
+              (0.0, 5.0)),
+)
+
+OUTPUT_PARAMS = (
+    ParamSpec('output.tf_prefix', '', 'Prefix of published TF frames (<prefix>hand_<id>...).'),
+    ParamSpec('output.publish_tf', True, 'Publish a TF frame per hand and joint on /tf.', None,
+              None, True),
+    ParamSpec('output.marker_lifetime_s', 0.5,
+              'Lifetime of markers, so they vanish if the node stops (s).', (0.0, 60.0), None,
+              True),
+)
+
+
+def _filter_specs():
+    specs = []
+    for name, default, description, low, high, choices in filter_config_fields():
+        value_range = (low, high) if low is not None else None
+        specs.append(ParamSpec(f'filter.{name}', default, description, value_range,
+                               tuple(choices) if choices else None, True))
+    return tuple(specs)
+
+
+HAND_FILTER_NODE_PARAMS = COMMON_PARAMS + OUTPUT_PARAMS + _filter_specs()
+
+NODE_PARAMS = {
+    'hand_pose_node': HAND_POSE_NODE_PARAMS,
+    'hand_filter_node': HAND_FILTER_NODE_PARAMS,
+    'synthetic_camera_node': SYNTHETIC_CAMERA_PARAMS,
+}
+
+
+def defaults(specs):
+    """Return {name: default} for a spec table."""
+    return {spec.name: spec.default for spec in specs}
+
+
+def check_values(specs, values):
+    """Validate a {name: value} dict against a spec table; raise ValueError if one is bad."""
+    by_name = {spec.name: spec for spec in specs}
+    for name, value in values.items():
+        if name not in by_name:
+            raise ValueError(f'unknown parameter {name!r}')
+        by_name[name].check(value)
+
+
+def group(values, prefix):
+    """Return {suffix: value} for the parameters under ``prefix.`` (dotted groups)."""
+    start = prefix + '.'
+    return {name[len(start):]: value for name, value in values.items() if name.startswith(start)}
+
+
+def markdown_table(specs):
+    """Return a README table of a spec table."""
+    rows = ['| parameter | default | range / choices | dynamic | description |',
+            '| --- | --- | --- | --- | --- |']
+    for spec in specs:
+        default = repr(spec.default) if isinstance(spec.default, str) else spec.default
+        rows.append(f'| `{spec.name}` | `{default}` | {spec.constraint_text} | '
+                    f"{'yes' if spec.dynamic else 'no'} | {spec.description} |")
+    return '\n'.join(rows)
+
+
+def yaml_document():
+    """Return the ROS parameter YAML of every node's defaults (``config/hand_pose.yaml``)."""
+    import yaml
+
+    document = {node: {'ros__parameters': _nest(defaults(specs))}
+                for node, specs in NODE_PARAMS.items()}
+    header = ('# Default parameters of hand_pose_ros, generated from hand_pose_ros/ros/params.py\n'
+              '# (python -m hand_pose_ros.ros.params --yaml). Used by pose.launch.py and\n'
+              '# hand_pose_pipeline; copy and edit for your camera.\n')
+    return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def markdown_document():
+    """Return the README parameter section: one table per node."""
+    parts = []
+    for node, specs in NODE_PARAMS.items():
+        parts += [f'#### `{node}`', '', markdown_table(specs), '']
+    return '\n'.join(parts)
+
+
+def _nest(flat):
+    nested = {}
+    for name, value in flat.items():
+        *groups, leaf = name.split('.')
+        target = nested
+        for part in groups:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return nested
+
+
+def main(argv=None):
+    """Print the generated YAML (``--yaml``) or README tables (``--markdown``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument('--yaml', action='store_true')
+    which.add_argument('--markdown', action='store_true')
+    print(yaml_document() if parser.parse_args(argv).yaml else markdown_document(), end='')
+
+
+if __name__ == '__main__':
+    main()

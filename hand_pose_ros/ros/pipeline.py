@@ -1,0 +1,89 @@
+"""
+``hand_pose_pipeline``: the whole pipeline in one process (no ``ros2 launch`` needed).
+
+Spins ``hand_pose_node`` and ``hand_filter_node`` (and ``synthetic_camera_node`` with
+``--synthetic``) with a multi-threaded executor, reading the same YAML parameter file that
+the launch file uses.
+"""
+
+import argparse
+import os
+import sys
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+from hand_pose_ros.ros.hand_filter_node import HandFilterNode
+from hand_pose_ros.ros.hand_pose_node import HandPoseNode
+from hand_pose_ros.ros.synthetic_camera_node import SyntheticCameraNode
+
+
+def default_params_file():
+    """Return the shipped ``config/hand_pose.yaml`` (source tree or installed share)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.path.join(here, '..', '..', 'config', 'hand_pose.yaml')]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        candidates.append(os.path.join(get_package_share_directory('hand_pose_ros'),
+                                       'config', 'hand_pose.yaml'))
+    except (ImportError, LookupError):
+        pass
+    for path in candidates:
+        if os.path.isfile(path):
+            return os.path.normpath(path)
+    raise FileNotFoundError('config/hand_pose.yaml not found; pass --params-file')
+
+
+def create_nodes(params_file=None, synthetic=False, namespace='', context=None,
+                 estimator=None, extra_ros_args=()):
+    """
+    Construct the pipeline's nodes.
+
+    :param params_file: ROS parameter YAML (node sections ``hand_pose_node`` etc.).
+    :param synthetic: also create the synthetic camera.
+    :param namespace: namespace of all nodes (several cameras on one machine).
+    :param estimator: optional pre-built estimator for ``hand_pose_node``.
+    :param extra_ros_args: further ``--ros-args`` items, e.g. ``['-p', 'name:=value']``.
+    :return: list of nodes, camera first.
+    """
+    ros_args = ['--ros-args']
+    if params_file:
+        ros_args += ['--params-file', params_file]
+    ros_args += list(extra_ros_args)
+    kwargs = {'namespace': namespace, 'context': context, 'cli_args': ros_args}
+    nodes = [SyntheticCameraNode(**kwargs)] if synthetic else []
+    nodes.append(HandPoseNode(estimator=estimator, **kwargs))
+    nodes.append(HandFilterNode(**kwargs))
+    return nodes
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument('--params-file', default=None,
+                        help='parameter YAML (default: the shipped config/hand_pose.yaml)')
+    parser.add_argument('--synthetic', action='store_true',
+                        help='start the synthetic camera instead of using a real one')
+    parser.add_argument('--namespace', default='', help='namespace of all nodes')
+    parser.add_argument('--threads', type=int, default=4, help='executor threads')
+    return parser.parse_args(argv)
+
+
+def main(args=None):
+    """Run the pipeline until Ctrl-C."""
+    argv = sys.argv if args is None else args
+    rclpy.init(args=argv)
+    options = parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    nodes = []
+    try:
+        nodes = create_nodes(options.params_file or default_params_file(), options.synthetic,
+                             options.namespace)
+        executor = MultiThreadedExecutor(num_threads=options.threads)
+        for node in nodes:
+            executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()

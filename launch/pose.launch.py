@@ -1,0 +1,52 @@
+"""
+Launch the hand pose pipeline: estimator + filter (+ synthetic camera, + RViz).
+
+Example: ``ros2 launch hand_pose_ros pose.launch.py depth_topic:=/camera/depth/image_rect_raw
+camera_info_topic:=/camera/depth/camera_info``.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    """Return the launch description."""
+    share = get_package_share_directory('hand_pose_ros')
+    params_file = LaunchConfiguration('params_file')
+    namespace = LaunchConfiguration('namespace')
+    synthetic = LaunchConfiguration('synthetic')
+    camera_remaps = [('depth/image_raw', LaunchConfiguration('depth_topic')),
+                     ('depth/camera_info', LaunchConfiguration('camera_info_topic'))]
+    return LaunchDescription([
+        DeclareLaunchArgument('params_file',
+                              default_value=os.path.join(share, 'config', 'hand_pose.yaml'),
+                              description='Parameter YAML for all nodes.'),
+        DeclareLaunchArgument('depth_topic', default_value='depth/image_raw',
+                              description='Depth image topic (16UC1 mm or 32FC1 m).'),
+        DeclareLaunchArgument('camera_info_topic', default_value='depth/camera_info',
+                              description='CameraInfo topic of the depth image.'),
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='Namespace of all nodes.'),
+        DeclareLaunchArgument('backend', default_value='auto',
+                              description='auto, onnxruntime, torch or tensorrt.'),
+        DeclareLaunchArgument('synthetic', default_value='false',
+                              description='Start the synthetic camera instead of a real one.'),
+        DeclareLaunchArgument('rviz', default_value='false', description='Start RViz.'),
+        Node(package='hand_pose_ros', executable='synthetic_camera_node',
+             name='synthetic_camera_node', namespace=namespace, parameters=[params_file],
+             remappings=camera_remaps, condition=IfCondition(synthetic)),
+        Node(package='hand_pose_ros', executable='hand_pose_node', name='hand_pose_node',
+             namespace=namespace, remappings=camera_remaps,
+             parameters=[params_file, {'model.backend': LaunchConfiguration('backend')}]),
+        Node(package='hand_pose_ros', executable='hand_filter_node', name='hand_filter_node',
+             namespace=namespace, parameters=[params_file]),
+        Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
+             arguments=['-d', os.path.join(share, 'config', 'pose.rviz')],
+             condition=IfCondition(LaunchConfiguration('rviz'))),
+    ])

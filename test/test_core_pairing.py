@@ -1,0 +1,24 @@
+import pytest
+
+from hand_pose_ros.core.pairing import StampPairer
+
+
+def test_exact_stamp_wins_over_latest():
+    pairer = StampPairer()
+    assert pairer.match(10) == (None, False)
+    for stamp in (10, 20, 30):
+        pairer.add(stamp, f'info{stamp}')
+    assert pairer.match(20) == ('info20', True)
+    assert pairer.match(25) == ('info30', False)   # unsynchronised: latest
+    pairer.reset()
+    assert pairer.match(20) == (None, False)
+
+
+def test_tolerance_and_history_bound():
+    pairer = StampPairer(max_stamp_diff_ns=5, history=2)
+    for stamp in (100, 200, 300):
+        pairer.add(stamp, stamp)
+    assert pairer.match(204) == (200, True)
+    assert pairer.match(100) == (300, False)       # 100 fell out of the history
+    with pytest.raises(ValueError):
+        StampPairer(history=0)
