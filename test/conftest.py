@@ -23,3 +23,69 @@ def ros_context():
         yield context
     finally:
         context.try_shutdown()
+
+
+class Spinner:
+    """Spin nodes in a background thread; tests wait on conditions with a deadline."""
+
+    def __init__(self, context):
+        import threading
+
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.context = context
+        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.nodes = []
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._running = True
+        self._thread.start()
+
+    def _spin(self):
+        while self._running and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def add(self, node):
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def wait_for(self, predicate, timeout_s=30.0):
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def close(self):
+        self._running = False
+        self._thread.join(timeout=5.0)
+        for node in self.nodes:
+            self.executor.remove_node(node)
+            node.destroy_node()
+        self.executor.shutdown()
+
+
+@pytest.fixture
+def spinner(ros_context):
+    """Yield a :class:`Spinner` on the test's context; nodes are destroyed afterwards."""
+    spin = Spinner(ros_context)
+    try:
+        yield spin
+    finally:
+        spin.close()
+
+
+class Recorder:
+    """Collect messages of several topics on one probe node."""
+
+    def __init__(self, node):
+        self.node = node
+        self.messages = {}
+
+    def listen(self, msg_type, topic, qos=10):
+        self.messages[topic] = []
+        self.node.create_subscription(msg_type, topic, self.messages[topic].append, qos)
+        return self.messages[topic]

@@ -92,10 +92,17 @@ class HandFilterNode(Node):
         self._latency_ms.add((time.monotonic() - start) * 1000.0)
 
     def publish_hands(self, header, tracks):
-        """Publish every output for the tracked hands of one frame."""
-        tracks = sorted_hands(tracks)
-        ids = {t.hand_id for t in tracks}
+        """
+        Publish every output for the tracked hands of one frame.
+
+        The keypoint cloud carries every track (joints past the gap limit have
+        ``valid = 0``); the other outputs only hands with a valid joint: a hand whose joints
+        are all invalid counts as lost, so its TF frames stop and its markers are deleted.
+        """
         self._pubs['keypoints'].publish(keypoint_cloud(tracks, header))
+        tracks = sorted_hands(t for t in tracks
+                              if t.valid.any() and np.isfinite(t.keypoints_xyz).all())
+        ids = {t.hand_id for t in tracks}
         self._pubs['joints'].publish(joint_pose_array(tracks, header))
         self._pubs['joint_states'].publish(joint_state(tracks, header))
         if tracks:

@@ -1,0 +1,133 @@
+"""hand_filter_node over real DDS: outputs, headers, TF, markers, parameters, bad input."""
+
+from types import SimpleNamespace
+
+from conftest import Recorder
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseArray, PoseStamped
+import numpy as np
+import rclpy
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState, PointCloud2
+from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import Marker, MarkerArray
+
+from hand_pose_ros.core.kinematics import ANGLE_NAMES
+from hand_pose_ros.core.skeleton import JOINT_NAMES
+from hand_pose_ros.core.synth import generate_motion
+from hand_pose_ros.ros.hand_filter_node import HandFilterNode
+from hand_pose_ros.ros.messages import hands_from_cloud, keypoint_cloud
+from hand_pose_ros.ros.node_utils import OUTPUT_QOS
+
+FRAME = 'test_camera_optical_frame'
+
+
+def raw_cloud(stamp_s, keypoint_sets):
+    header = Header(frame_id=FRAME)
+    header.stamp.sec = int(stamp_s)
+    header.stamp.nanosec = int(round((stamp_s % 1) * 1e9))
+    hands = [SimpleNamespace(hand_id=i, keypoints_xyz=xyz, scores=np.full(21, 0.9),
+                             valid=np.ones(21, bool), handedness='unknown')
+             for i, xyz in enumerate(keypoint_sets)]
+    return keypoint_cloud(hands, header)
+
+
+def stamp_of(msg):
+    return (msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+
+def make_probe(spinner):
+    probe = spinner.add(rclpy.create_node('probe', context=spinner.context))
+    recorder = Recorder(probe)
+    for msg_type, topic in ((PointCloud2, 'hand_pose/keypoints'), (PoseArray, 'hand_pose/joints'),
+                            (PoseStamped, 'hand_pose/palm_pose'),
+                            (JointState, 'hand_pose/joint_states'),
+                            (MarkerArray, 'hand_pose/markers'), (TFMessage, '/tf'),
+                            (DiagnosticArray, '/diagnostics')):
+        recorder.listen(msg_type, topic, OUTPUT_QOS)
+    publisher = probe.create_publisher(PointCloud2, 'hand_pose/raw_keypoints', OUTPUT_QOS)
+    return probe, recorder, publisher
+
+
+def publish_and_wait(spinner, publisher, recorder, msg, count):
+    publisher.publish(msg)
+    assert spinner.wait_for(lambda: len(recorder.messages['hand_pose/keypoints']) >= count, 10)
+
+
+def test_outputs_carry_the_input_header_and_hand_structure(spinner):
+    node = spinner.add(HandFilterNode(context=spinner.context))
+    probe, recorder, publisher = make_probe(spinner)
+    assert spinner.wait_for(lambda: publisher.get_subscription_count() > 0, 10)
+    motion = generate_motion(40, fps=30.0, seed=3, handedness='right')
+    stamps = 100.0 + motion.stamps_s
+    for i in range(30):
+        publish_and_wait(spinner, publisher, recorder,
+                         raw_cloud(stamps[i], [motion.joints_xyz[i]]), i + 1)
+    assert spinner.wait_for(lambda: len(recorder.messages['hand_pose/markers']) >= 30, 10)
+    sent = {(int(s), int(round((s % 1) * 1e9))) for s in stamps[:30]}
+    for topic in ('hand_pose/keypoints', 'hand_pose/joints', 'hand_pose/palm_pose',
+                  'hand_pose/joint_states'):
+        msgs = recorder.messages[topic]
+        assert msgs, topic
+        assert all(m.header.frame_id == FRAME and stamp_of(m) in sent for m in msgs), topic
+    last = hands_from_cloud(recorder.messages['hand_pose/keypoints'][-1])
+    assert len(last) == 1 and last[0]['valid'].all()
+    error_mm = np.linalg.norm(last[0]['keypoints_xyz'] - motion.joints_xyz[29], axis=1) * 1000
+    assert error_mm.mean() < 15.0   # filtered clean input stays close to the truth
+    assert len(recorder.messages['hand_pose/joints'][-1].poses) == 21
+    names = recorder.messages['hand_pose/joint_states'][-1].name
+    assert len(names) == len(ANGLE_NAMES) and names[0].startswith(('right_', 'hand_0_'))
+    transforms = [t for m in recorder.messages['/tf'] for t in m.transforms]
+    assert transforms and all(t.header.frame_id == FRAME for t in transforms)
+    children = {t.child_frame_id for t in transforms}
+    hand_id = last[0]['hand_id']
+    assert f'hand_{hand_id}' in children
+    assert {f'hand_{hand_id}_{name}' for name in JOINT_NAMES} <= children
+    markers = recorder.messages['hand_pose/markers'][-1].markers
+    assert {m.ns for m in markers} == {f'hand_{hand_id}'}
+    assert node.status().level == DiagnosticStatus.OK
+
+    # The hand leaves: empty frames beyond the gap limit delete its markers and stop its TF.
+    for k in range(12):
+        empty = raw_cloud(stamps[29] + 0.05 * (k + 1), [])
+        publish_and_wait(spinner, publisher, recorder, empty, 31 + k)
+    assert spinner.wait_for(lambda: any(
+        m.action == Marker.DELETE and m.ns == f'hand_{hand_id}'
+        for msg in recorder.messages['hand_pose/markers'] for m in msg.markers), 10)
+    assert not any(hand['valid'].any()
+                   for hand in hands_from_cloud(recorder.messages['hand_pose/keypoints'][-1]))
+    tf_count = len(recorder.messages['/tf'])
+    for k in range(3):
+        empty = raw_cloud(stamps[29] + 0.7 + 0.05 * k, [])
+        publish_and_wait(spinner, publisher, recorder, empty, 43 + k)
+    assert len(recorder.messages['/tf']) == tf_count
+
+
+def test_dynamic_parameters_validated_by_the_core(spinner):
+    node = spinner.add(HandFilterNode(context=spinner.context))
+    ok = node.set_parameters([Parameter('filter.one_euro.min_cutoff_hz', value=2.5)])[0]
+    assert ok.successful and node._filter.config.one_euro.min_cutoff_hz == 2.5
+    for name, value in (('filter.one_euro.min_cutoff_hz', -1.0), ('filter.smoother', 'bogus')):
+        result = node.set_parameters([Parameter(name, value=value)])[0]
+        assert not result.successful, (name, value)
+    assert node._filter.config.one_euro.min_cutoff_hz == 2.5
+    assert node._filter.config.smoother != 'bogus'
+
+
+def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):
+    node = spinner.add(HandFilterNode(context=spinner.context))
+    probe, recorder, publisher = make_probe(spinner)
+    assert spinner.wait_for(lambda: publisher.get_subscription_count() > 0, 10)
+    bad = raw_cloud(5.0, [np.zeros((21, 3))])
+    bad.fields = bad.fields[:3]
+    publisher.publish(bad)
+    assert spinner.wait_for(lambda: node._counts['bad_input'] == 1, 10), node._counts
+    truncated = raw_cloud(5.1, [np.zeros((21, 3))])
+    truncated.data = truncated.data[:40]
+    publisher.publish(truncated)
+    assert spinner.wait_for(lambda: node._counts['bad_input'] == 2, 10), node._counts
+    motion = generate_motion(2, seed=1)
+    publish_and_wait(spinner, publisher, recorder, raw_cloud(5.2, [motion.joints_xyz[0]]), 1)
+    status = node.status()
+    assert status.level == DiagnosticStatus.WARN and 'raw keypoints rejected' in status.message
