@@ -89,3 +89,28 @@ class Recorder:
         self.messages[topic] = []
         self.node.create_subscription(msg_type, topic, self.messages[topic].append, qos)
         return self.messages[topic]
+
+
+@pytest.fixture(scope='session')
+def tiny_model_card(tmp_path_factory):
+    """
+    Return the card of a tiny, untrained A2J (ONNX exported) for plumbing tests.
+
+    Its outputs are real network outputs but not accurate poses: tests using it check
+    behaviour (topics, headers, errors), never accuracy.
+    """
+    import torch
+
+    from hand_pose_ros.core import export, model_io
+    from hand_pose_ros.core.crop import CropSpec
+    from hand_pose_ros.core.models import build_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = build_model('a2j', backbone='resnet18', width=0.25, input_size=64,
+                        head_channels=16).eval()
+    spec = CropSpec(input_size=64, cube_size_m=(0.2, 0.2, 0.3))
+    card = model_io.save_model(model, tmp_path_factory.mktemp('tiny_model'), 'tiny',
+                               extra={'crop': spec.to_dict()})
+    export.export_card(card)
+    return card

@@ -10,7 +10,9 @@ def test_exact_stamp_wins_over_latest():
         pairer.add(stamp, f'info{stamp}')
     assert pairer.match(20) == ('info20', True)
     assert pairer.match(25) == ('info30', False)   # unsynchronised: latest
-    pairer.reset()
+    pairer.discard_after(20)                       # time jumped back to 20
+    assert pairer.match(25) == ('info20', False)
+    pairer.discard_after(0)
     assert pairer.match(20) == (None, False)
 
 

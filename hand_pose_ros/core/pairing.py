@@ -38,6 +38,8 @@ class StampPairer:
             return best[1], True
         return self._infos[-1][1], False
 
-    def reset(self):
-        """Forget all infos (e.g. after a jump back in time)."""
+    def discard_after(self, stamp_ns):
+        """Forget infos stamped after ``stamp_ns`` (the old loop after a jump back in time)."""
+        kept = [item for item in self._infos if item[0] <= stamp_ns]
         self._infos.clear()
+        self._infos.extend(kept)

@@ -7,6 +7,7 @@ Subscribes ``depth/image_raw`` and ``depth/camera_info``, publishes the raw esti
 Frames arriving while the previous one is processed replace the waiting one (drop-oldest).
 """
 
+import dataclasses
 import threading
 import time
 
@@ -43,11 +44,29 @@ def load_node_estimator(values):
     from hand_pose_ros.core import load_estimator
 
     model = group(values, 'model')
-    return load_estimator(
-        model['name'], backend=model['backend'], threads=model['threads'],
-        precision=model['precision'], cache_dir=model['cache_dir'] or None,
-        force_engine_rebuild=model['force_engine_rebuild'],
-        localizer=group(values, 'localizer'))
+    estimator = load_estimator(
+        model['name'], backend=model['backend'], max_hands=values['localizer.max_hands'],
+        threads=model['threads'] or None, precision=model['precision'],
+        fp16=model['precision'] == 'fp16', cache_dir=model['cache_dir'] or None,
+        force_rebuild=model['force_engine_rebuild'])
+    configure_localizer(estimator, values)
+    return estimator
+
+
+def configure_localizer(estimator, values):
+    """Apply the ``localizer.*`` parameters to an estimator (start-up and dynamic updates)."""
+    from hand_pose_ros.core.localizer import DepthHandLocalizer
+
+    config = dataclasses.replace(estimator.localizer.config,
+                                 min_depth_m=values['localizer.min_depth_m'],
+                                 max_depth_m=values['localizer.max_depth_m'])
+    estimator.localizer = DepthHandLocalizer(config)
+    estimator.max_hands = values['localizer.max_hands']
+
+
+def describe(estimator):
+    """Return 'model on backend' for logs and diagnostics."""
+    return f'{estimator.name} on {getattr(estimator.backend, "name", "custom backend")}'
 
 
 class HandPoseNode(Node):
@@ -58,7 +77,7 @@ class HandPoseNode(Node):
         self._values = declare_parameters(self, HAND_POSE_NODE_PARAMS, self._apply_parameters)
         self._estimator = estimator if estimator is not None else load_node_estimator(
             self._values)
-        self.get_logger().info(f'model {self._estimator.description}')
+        self.get_logger().info(f'model {describe(self._estimator)}')
         self._pairer = StampPairer(self._max_stamp_diff_ns(self._values))
         self._slot = LatestFrameSlot()
         self._lock = threading.Lock()
@@ -87,9 +106,7 @@ class HandPoseNode(Node):
         return int(values['camera_info.max_stamp_diff_s'] * 1e9)
 
     def _apply_parameters(self, values):
-        if values['localizer.min_depth_m'] >= values['localizer.max_depth_m']:
-            raise ValueError('localizer.min_depth_m must be below localizer.max_depth_m')
-        self._estimator.configure_localizer(group(values, 'localizer'))
+        configure_localizer(self._estimator, values)
         self._pairer.max_stamp_diff_ns = self._max_stamp_diff_ns(values)
         self._values = values
 
@@ -119,8 +136,8 @@ class HandPoseNode(Node):
         stamp = stamp_ns(msg.header)
         if self._last_stamp_ns is not None and stamp < self._last_stamp_ns:
             self._warn('time_jumps', 'depth image stamp went backwards (bag loop?): '
-                       'camera_info history reset')
-            self._pairer.reset()
+                       'newer camera_info discarded')
+            self._pairer.discard_after(stamp)
         self._last_stamp_ns = stamp
         info, exact = self._pairer.match(stamp)
         if info is None:
@@ -171,7 +188,7 @@ class HandPoseNode(Node):
             'output rate (Hz)': f'{self._output_rate.rate_hz(now):.1f}',
             'latency p50 (ms)': f'{self._latency_ms.percentile(50):.1f}',
             'latency p99 (ms)': f'{self._latency_ms.percentile(99):.1f}',
-            'model': self._estimator.description,
+            'model': describe(self._estimator),
             'hands detected': hands,
             'frames dropped': self._slot.dropped,
             **{k.replace('_', ' '): v for k, v in counts.items()},
