@@ -149,4 +149,4 @@ class HandFilterNode(Node):
 
 def main(args=None):
     """Run ``hand_filter_node``."""
-    run(HandFilterNode, args)
+    return run(HandFilterNode, args)

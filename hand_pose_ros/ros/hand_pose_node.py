@@ -221,4 +221,4 @@ class HandPoseNode(Node):
 
 def main(args=None):
     """Run ``hand_pose_node``."""
-    run(HandPoseNode, args)
+    return run(HandPoseNode, args)

@@ -1,5 +1,7 @@
 """Shared node plumbing: parameter declaration from specs, QoS, diagnostics, ``main``."""
 
+import sys
+
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 import rclpy
@@ -83,15 +85,25 @@ def stamp_ns(header):
 
 
 def run(node_class, args=None):
-    """Run one node until shutdown (Humble-compatible ``main`` form)."""
+    """
+    Run one node until shutdown (Humble-compatible ``main`` form).
+
+    A configuration error at start-up (bad parameter, missing or corrupted model file)
+    ends the program with one clear line and exit code 1 instead of a traceback.
+    """
     rclpy.init(args=args)
     node = None
+    code = 0
     try:
         node = node_class()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except (ValueError, OSError) as error:
+        print(f'{node_class.__name__}: error: {error}', file=sys.stderr)
+        code = 1
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    return code

@@ -21,16 +21,17 @@ from hand_pose_ros.ros.synthetic_camera_node import SyntheticCameraNode
 def default_params_file():
     """Return the shipped ``config/hand_pose.yaml`` (source tree or installed share)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [os.path.join(here, '..', '..', 'config', 'hand_pose.yaml')]
+    source = os.path.normpath(os.path.join(here, '..', '..', 'config', 'hand_pose.yaml'))
+    if os.path.isfile(source):
+        return source
     try:
         from ament_index_python.packages import get_package_share_directory
-        candidates.append(os.path.join(get_package_share_directory('hand_pose_ros'),
-                                       'config', 'hand_pose.yaml'))
-    except (ImportError, LookupError):
-        pass
-    for path in candidates:
-        if os.path.isfile(path):
-            return os.path.normpath(path)
+        installed = os.path.join(get_package_share_directory('hand_pose_ros'), 'config',
+                                 'hand_pose.yaml')
+    except (ImportError, LookupError, OSError):
+        installed = None
+    if installed and os.path.isfile(installed):
+        return installed
     raise FileNotFoundError('config/hand_pose.yaml not found; pass --params-file')
 
 
@@ -68,22 +69,36 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def ros_arguments(argv):
+    """Return the items after ``--ros-args`` (up to ``--``) of a command line."""
+    if '--ros-args' not in argv:
+        return []
+    rest = argv[argv.index('--ros-args') + 1:]
+    return rest[:rest.index('--')] if '--' in rest else rest
+
+
 def main(args=None):
     """Run the pipeline until Ctrl-C."""
     argv = sys.argv if args is None else args
     rclpy.init(args=argv)
     options = parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
     nodes = []
+    code = 0
     try:
+        # Command-line parameters come after the YAML so that they win, as with ros2 run.
         nodes = create_nodes(options.params_file or default_params_file(), options.synthetic,
-                             options.namespace)
+                             options.namespace, extra_ros_args=ros_arguments(argv))
         executor = MultiThreadedExecutor(num_threads=options.threads)
         for node in nodes:
             executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except (ValueError, OSError) as error:
+        print(f'hand_pose_pipeline: error: {error}', file=sys.stderr)
+        code = 1
     finally:
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
+    return code

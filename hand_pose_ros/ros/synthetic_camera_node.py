@@ -82,4 +82,4 @@ class SyntheticCameraNode(Node):
 
 def main(args=None):
     """Run ``synthetic_camera_node``."""
-    run(SyntheticCameraNode, args)
+    return run(SyntheticCameraNode, args)
