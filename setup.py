@@ -18,6 +18,8 @@ CONSOLE_SCRIPTS = {
     'hand_pose_bench': 'hand_pose_ros.cli.bench:main',
     'hand_pose_filter_eval': 'hand_pose_ros.cli.filter_eval:main',
     'hand_pose_demo': 'hand_pose_ros.cli.demo:main',
+    'hand_pose_soak': 'hand_pose_ros.cli.soak:main',
+    'hand_pose_selftrain': 'hand_pose_ros.cli.selftrain:main',
 }
 
 setup(
