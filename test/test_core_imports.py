@@ -4,7 +4,11 @@ import subprocess
 import sys
 
 NUMPY_MODULES = ['hand_pose_ros', 'hand_pose_ros.core', 'hand_pose_ros.core.skeleton',
-                 'hand_pose_ros.core.camera']
+                 'hand_pose_ros.core.camera', 'hand_pose_ros.core.crop',
+                 'hand_pose_ros.core.localizer', 'hand_pose_ros.core.estimator',
+                 'hand_pose_ros.core.evaluation', 'hand_pose_ros.core.synth',
+                 'hand_pose_ros.core.backends', 'hand_pose_ros.core.kinematics',
+                 'hand_pose_ros.core.filters']
 
 
 def test_numpy_core_loads_neither_rclpy_nor_torch():

@@ -72,6 +72,9 @@ class JointLimitsDeg:
 
 
 JOINT_LIMITS_DEG = JointLimitsDeg()
+# Thumb CMC flexion zero: the thumb metacarpal swung this far from the middle metacarpal
+# towards the thumb side, in the palm plane (synthetic hand model and kinematics convention).
+THUMB_CMC_REST_SPLAY_DEG = 50.0
 
 # Motion facts for gates at 30 Hz (metres per second, metres per second squared).
 MAX_PALM_SPEED_M_S = 3.0

@@ -1,0 +1,164 @@
+"""
+``hand_pose_evaluate``: accuracy of a model (or of the hand localiser) on labelled frames.
+
+Examples::
+
+    hand_pose_evaluate --dataset synthetic --model default --center oracle --json eval.json
+    hand_pose_evaluate --dataset synthetic --model default --center detect --plot curve.png
+    hand_pose_evaluate --dataset synthetic --localizer-only --frames 500
+    hand_pose_evaluate --dataset nyu --root ~/data/nyu --model default --center detect
+
+Metric definitions: :mod:`hand_pose_ros.core.evaluation`.
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+from hand_pose_ros.core import evaluation
+
+
+def build_parser():
+    from hand_pose_ros.core.camera import CAMERA_PRESETS
+    from hand_pose_ros.core.datasets import READERS
+
+    parser = argparse.ArgumentParser(
+        prog='hand_pose_evaluate',
+        description='Evaluate a hand pose model, or the hand localiser, on labelled depth '
+                    'frames (see hand_pose_ros.core.evaluation for the metric definitions).',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--dataset', required=True, choices=sorted(READERS),
+                        help='dataset format; synthetic without --root renders a held-out '
+                             'set on the fly')
+    parser.add_argument('--root', help='dataset folder (required except for synthetic)')
+    parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
+                        help='dataset reader option, repeatable (e.g. labels=test.txt, '
+                             'kinect=1, subjects=P0,P1)')
+    parser.add_argument('--model', default='default', help='model name or model card path')
+    parser.add_argument('--center', choices=evaluation.CENTER_MODES, default='oracle',
+                        help='oracle: crop at the ground-truth joint centroid; detect: find '
+                             'hands with the localiser')
+    parser.add_argument('--backend', default='auto', help='inference backend')
+    parser.add_argument('--frames', type=int, default=None,
+                        help='number of frames (evenly spaced over a dataset; synthetic '
+                             'default 2000)')
+    parser.add_argument('--seed', type=int, default=1000,
+                        help='seed of the synthetic test set (training uses seeds < 1000)')
+    parser.add_argument('--camera', default='sr300', choices=sorted(CAMERA_PRESETS),
+                        help='simulated camera of the synthetic test set')
+    parser.add_argument('--scene', default='default', choices=evaluation.SYNTHETIC_SCENES,
+                        help='synthetic test scenes: default (clutter, bodies, tables, '
+                             'objects, sometimes two hands), single_hand, hand_only')
+    parser.add_argument('--max-hands', type=int, default=2, help='hands per image (detect)')
+    parser.add_argument('--match-radius-mm', type=float, default=50.0,
+                        help='a hand is detected when a found centre lies this close to the '
+                             'ground-truth centroid')
+    parser.add_argument('--localizer-only', action='store_true',
+                        help='evaluate only the hand localiser (no model needed)')
+    parser.add_argument('--json', dest='json_path', help='write the results as JSON here')
+    parser.add_argument('--plot', help='write the success-frame curve PNG here')
+    parser.add_argument('--verbose', action='store_true', help='log at INFO level')
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format='%(levelname)s %(name)s: %(message)s')
+    try:
+        result = run(args)
+    except (ValueError, OSError) as error:
+        print(f'hand_pose_evaluate: error: {error}', file=sys.stderr)
+        return 2
+    print(format_result(result))
+    if args.json_path:
+        with open(args.json_path, 'w', encoding='utf-8') as handle:
+            json.dump(result, handle, indent=2)
+        print(f'wrote {args.json_path}')
+    if args.plot and 'success_curve' in result:
+        curve = result['success_curve']
+        label = f'{result["model"]} ({result["center_mode"]})'
+        evaluation.draw_success_curves(
+            {label: (curve['thresholds_mm'], curve['fraction'])}, args.plot)
+        print(f'wrote {args.plot}')
+    return 0
+
+
+def run(args):
+    """Evaluate as the parsed arguments ask and return the result dict."""
+    if args.frames is not None and args.frames < 1:
+        raise ValueError(f'--frames must be >= 1, got {args.frames}')
+    frames = evaluation.labelled_frames(args.dataset, args.root, args.frames, seed=args.seed,
+                                        camera=args.camera, scene=args.scene,
+                                        reader_options=parse_options(args.option))
+    radius_m = args.match_radius_mm / 1000.0
+    synthetic = args.dataset == 'synthetic' and args.root is None
+    source = {'dataset': args.dataset, 'root': args.root,
+              'seed': args.seed if synthetic else None,
+              'scene': args.scene if synthetic else None}
+    if args.localizer_only:
+        from hand_pose_ros.core.localizer import DepthHandLocalizer
+
+        result = evaluation.evaluate_localizer(DepthHandLocalizer(), frames,
+                                               max_hands=args.max_hands,
+                                               match_radius_m=radius_m)
+        return {**source, 'evaluated': 'localizer', **result}
+    from hand_pose_ros.core.estimator import load_estimator
+
+    estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands)
+    result = evaluation.evaluate_estimator(estimator, frames, args.center,
+                                           match_radius_m=radius_m)
+    return {**source, 'evaluated': 'estimator', 'model': args.model, 'backend': args.backend,
+            **result}
+
+
+def parse_options(items):
+    """Turn ['key=value', ...] into reader keyword arguments (ints and comma lists parsed)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or not key:
+            raise ValueError(f'--option must look like KEY=VALUE, got {item!r}')
+        if ',' in value:
+            options[key] = [v for v in value.split(',') if v]
+        else:
+            options[key] = int(value) if value.lstrip('-').isdigit() else value
+    return options
+
+
+def format_result(result):
+    """Return a short human-readable summary of a result dict."""
+    def mm(value):
+        return 'n/a' if value is None else f'{value:.2f} mm'
+
+    lines = [f'{result["evaluated"]} on {result["dataset"]}: {result["frames"]} frames']
+    rate = result.get('detection_rate')
+    lines.append('detection rate: ' + ('n/a' if rate is None else f'{rate * 100:.2f} %')
+                 + f' (match radius {result["match_radius_mm"]:.0f} mm), '
+                 f'false positives: {result["false_positives"]}')
+    if result.get('detection_rate_mostly_visible') is not None:
+        lines.append(f'detection rate, hands with >= half their joints visible: '
+                     f'{result["detection_rate_mostly_visible"] * 100:.2f} % '
+                     f'({result["hands_mostly_visible"]} hands)')
+    center = result.get('center_error_mm')
+    if center:
+        lines.append(f'centre error: mean {mm(center["mean"])}, median {mm(center["median"])},'
+                     f' p90 {mm(center["p90"])}')
+    if result['evaluated'] == 'estimator':
+        lines.append(f'mean 3D error: {mm(result["mean_mm"])} (median '
+                     f'{mm(result["median_mm"])}), center {result["center_mode"]}')
+        curve = result['success_curve']
+        at = dict(zip(curve['thresholds_mm'], curve['fraction']))
+        lines.append('success frames: ' + ', '.join(
+            f'{t:g} mm {at[t] * 100:.1f} %' for t in (20.0, 40.0, 80.0) if at.get(t) is not None))
+        lines.append('timings (ms): ' + ', '.join(
+            f'{k} {v:.2f}' for k, v in result['timings_ms'].items() if v is not None))
+    else:
+        lines.append(f'locate: mean {result["locate_ms"]["mean"]:.2f} ms'
+                     if result.get('locate_ms') else 'locate: n/a')
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

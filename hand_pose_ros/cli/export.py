@@ -1,0 +1,105 @@
+"""
+``hand_pose_export``: write ONNX (static and dynamic batch) and optionally TensorRT engines.
+
+Examples::
+
+    hand_pose_export --card models/default.yaml               # ONNX next to the weights
+    hand_pose_export --model-dir models --static-batch 1 4    # every card in a directory
+    hand_pose_export --card models/default.yaml --engine --precision fp16
+
+Every export runs the ONNX checker and compares ONNX Runtime with PyTorch; the exit status
+is 1 when an error is above ``--tolerance``.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+import sys
+
+from hand_pose_ros.core import export, model_io
+
+
+def parse_args(argv=None):
+    """Return the parsed command line."""
+    parser = argparse.ArgumentParser(
+        prog='hand_pose_export', description='Export hand pose models to ONNX / TensorRT.')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--card', type=Path, help='model card (<name>.yaml)')
+    source.add_argument('--model-dir', type=Path, help='export every model card in DIR')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='output directory (default: beside each card, and registered in '
+                             'the card with its checksum)')
+    parser.add_argument('--no-dynamic-batch', dest='dynamic_batch', action='store_false',
+                        help='skip the dynamic-batch export')
+    parser.add_argument('--static-batch', type=int, nargs='*', default=[], metavar='N',
+                        help='also write static-batch exports <name>_b<N>.onnx')
+    parser.add_argument('--tolerance', type=float, default=export.DEFAULT_TOLERANCE,
+                        help='max abs error allowed between ONNX Runtime and PyTorch')
+    parser.add_argument('--engine', action='store_true',
+                        help='build (or refresh) the TensorRT engine of the dynamic export')
+    parser.add_argument('--precision', choices=('fp32', 'fp16', 'int8'), default='fp16')
+    parser.add_argument('--max-batch', type=int, default=4, help='engine max batch (hands)')
+    parser.add_argument('--engine-cache', type=Path, default=None,
+                        help='engine directory (default ~/.cache/hand_pose_ros/engines)')
+    parser.add_argument('--force-engine-rebuild', action='store_true')
+    parser.add_argument('--calibration-crops', type=Path, default=None,
+                        help='.npy array (N, C, S, S) of normalised crops for INT8 calibration')
+    return parser.parse_args(argv)
+
+
+def calibration_batches(path, batch_size):
+    """Yield batches of crops from a .npy file for INT8 calibration."""
+    import numpy as np
+
+    crops = np.load(path, allow_pickle=False)
+    if crops.ndim != 4:
+        raise ValueError(f'{path}: calibration crops must be (N, C, S, S), got {crops.shape}')
+    for start in range(0, len(crops), batch_size):
+        yield crops[start:start + batch_size]
+
+
+def export_one(card_path, args):
+    """Export one card; return True when every comparison is within tolerance."""
+    results = export.export_card(card_path, args.out, args.dynamic_batch, args.static_batch,
+                                 args.tolerance)
+    for result in results:
+        print(result.summary())
+    if args.engine:
+        from hand_pose_ros.core.backends import TensorRTBackend
+
+        dynamic = [r.path for r in results if r.dynamic_batch]
+        if not dynamic:
+            raise ValueError('--engine needs the dynamic-batch export')
+        batches = None
+        if args.calibration_crops is not None:
+            batches = calibration_batches(args.calibration_crops, args.max_batch)
+        backend = TensorRTBackend(dynamic[0], args.precision, args.max_batch, args.engine_cache,
+                                  args.force_engine_rebuild, batches)
+        print(f'TensorRT engine for {dynamic[0]}: {backend.cache_status} '
+              f'({args.precision}, max batch {backend.max_batch})')
+    return all(result.within_tolerance for result in results)
+
+
+def main(argv=None):
+    """Run the export command line; return the exit status."""
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    args = parse_args(argv)
+    if args.model_dir is not None:
+        cards = sorted(p for p in args.model_dir.glob(f'*{model_io.CARD_SUFFIX}'))
+        if not cards:
+            print(f'hand_pose_export: no model cards (*.yaml) in {args.model_dir}',
+                  file=sys.stderr)
+            return 2
+    else:
+        cards = [args.card]
+    try:
+        # Export every card even when an earlier one is above tolerance.
+        verdicts = [export_one(card, args) for card in cards]
+    except (ValueError, RuntimeError) as error:
+        print(f'hand_pose_export: {error}', file=sys.stderr)
+        return 2
+    return 0 if all(verdicts) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

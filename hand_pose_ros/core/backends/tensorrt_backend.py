@@ -1,0 +1,260 @@
+"""
+TensorRT backend: engine built from the exported ONNX, cached on disk, run on CUDA.
+
+Written to the documented ``tensorrt`` Python API and handling the 8.x / 10.x differences:
+
+- network creation: TensorRT 8 needs the EXPLICIT_BATCH flag, 10 has it always (flag 0);
+- workspace: ``set_memory_pool_limit`` (8.4+) instead of ``max_workspace_size``;
+- execution: the named-tensor API (``num_io_tensors``, ``set_input_shape``,
+  ``set_tensor_address``, ``execute_async_v3``; 8.5+ and 10.x) or, on older 8.x, the
+  binding API (``set_binding_shape`` and ``execute_async_v2``).
+
+Device memory and the CUDA stream come from PyTorch (no pycuda needed). INT8 uses an
+entropy calibrator fed by an iterator of crops (synthetic or recorded), with the
+calibration cache kept beside the engine. Engines live in the
+:mod:`~hand_pose_ros.core.backends.engine_cache` (rebuilt once when the key changes).
+Building takes minutes on a Jetson: do it offline (``hand_pose_export --engine``) or at node
+configure time, never inside an image callback.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from hand_pose_ros.core import model_io
+from hand_pose_ros.core.backends.base import (
+    input_feeds, onnx_input_shapes, OUTPUT_NAMES, resolve_onnx)
+from hand_pose_ros.core.backends.engine_cache import EngineCache, EngineKey
+
+LOGGER = logging.getLogger(__name__)
+WORKSPACE_BYTES = 1 << 30
+
+
+def tensorrt_available():
+    """Return (True, '') when tensorrt imports and CUDA is usable, else (False, reason)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as error:
+        return False, f'tensorrt is not installed ({error})'
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, 'no CUDA device visible to torch'
+    return True, ''
+
+
+def _major_version(trt):
+    return int(trt.__version__.split('.')[0])
+
+
+def _make_calibrator(trt, torch, batches, input_shapes, batch_size, cache_path):
+    """Return an IInt8EntropyCalibrator2 fed from an iterator of crop batches."""
+
+    class CropCalibrator(trt.IInt8EntropyCalibrator2):
+
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches = iter(batches)
+            self.buffers = {name: torch.empty((batch_size, *chw), dtype=torch.float32,
+                                              device='cuda')
+                            for name, _, chw in input_shapes}
+            self.count = 0
+
+        def get_batch_size(self):
+            return batch_size
+
+        def get_batch(self, names):
+            try:
+                batch = next(self.batches)
+            except StopIteration:
+                LOGGER.info('INT8 calibration used %d batches', self.count)
+                return None
+            feeds, size = input_feeds(batch, input_shapes)
+            for name, array in feeds.items():
+                if size < batch_size:
+                    array = np.concatenate(
+                        [array, np.repeat(array[-1:], batch_size - size, axis=0)])
+                self.buffers[name].copy_(torch.from_numpy(array[:batch_size]))
+            self.count += 1
+            return [int(self.buffers[name].data_ptr()) for name in names]
+
+        def read_calibration_cache(self):
+            if cache_path.is_file():
+                return cache_path.read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache):
+            cache_path.write_bytes(bytes(cache))
+
+    return CropCalibrator()
+
+
+def build_serialized_engine(onnx_path, key, calibration_batches=None, calibration_cache=None,
+                            workspace_bytes=WORKSPACE_BYTES):
+    """
+    Build a serialized TensorRT engine for an ONNX file and an :class:`EngineKey`.
+
+    :param calibration_batches: iterable of crop batches (arrays or dicts), needed for INT8.
+    :param calibration_cache: path of the INT8 calibration cache file.
+    :return: engine bytes.
+    """
+    import tensorrt as trt
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if _major_version(trt) < 10:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ValueError(f'TensorRT cannot parse {onnx_path}: {errors}')
+    config = builder.create_builder_config()
+    if hasattr(config, 'set_memory_pool_limit'):
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    else:
+        config.max_workspace_size = workspace_bytes
+    input_shapes = onnx_input_shapes(onnx_path)
+    # Tuned for one hand per frame (opt batch 1), valid up to max_batch hands.
+    profile = builder.create_optimization_profile()
+    for name, fixed, chw in input_shapes:
+        low = fixed or 1
+        high = fixed or key.max_batch
+        profile.set_shape(name, (low, *chw), (low, *chw), (high, *chw))
+    config.add_optimization_profile(profile)
+    if key.precision in ('fp16', 'int8'):
+        if not getattr(builder, 'platform_has_fast_fp16', True):  # deprecated in 10.x
+            LOGGER.warning('this GPU has no fast FP16; TensorRT may fall back to FP32 layers')
+        config.set_flag(trt.BuilderFlag.FP16)
+    if key.precision == 'int8':
+        if calibration_batches is None:
+            raise ValueError('INT8 engines need calibration crops (calibration_batches)')
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = _make_calibrator(
+            trt, torch, calibration_batches, input_shapes, key.max_batch,
+            Path(calibration_cache))
+        # Calibration runs at the profile's opt shape: pin it to the calibrator's batch.
+        calibration_profile = builder.create_optimization_profile()
+        for name, _, chw in input_shapes:
+            shape = (key.max_batch, *chw)
+            calibration_profile.set_shape(name, shape, shape, shape)
+        config.set_calibration_profile(calibration_profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f'TensorRT failed to build an engine for {onnx_path}')
+    return bytes(serialized)
+
+
+class TensorRTBackend:
+    """
+    Run a model through a cached TensorRT engine.
+
+    :param model_path: model card (``.yaml``, uses its ONNX export) or ``.onnx`` file.
+    :param precision: 'fp32', 'fp16' or 'int8'.
+    :param max_batch: largest batch (hands per call) the engine accepts.
+    :param cache_dir: engine directory (default ``~/.cache/hand_pose_ros/engines``).
+    :param force_rebuild: rebuild the engine even when the cached one matches.
+    :param calibration_batches: iterable of crop batches for INT8 calibration.
+    """
+
+    name = 'tensorrt'
+
+    def __init__(self, model_path, precision='fp16', max_batch=4, cache_dir=None,
+                 force_rebuild=False, calibration_batches=None):
+        available, reason = tensorrt_available()
+        if not available:
+            raise RuntimeError(f'TensorRT backend unavailable: {reason}')
+        import tensorrt as trt
+        import torch
+
+        self.onnx_path = resolve_onnx(model_path)
+        self.input_shapes = onnx_input_shapes(self.onnx_path)
+        fixed = self.input_shapes[0][1]
+        self.max_batch = int(fixed or max_batch)
+        self.fixed_batch = fixed
+        key = EngineKey(
+            onnx_sha256=model_io.sha256_file(self.onnx_path),
+            input_shapes=tuple((name, chw) for name, _, chw in self.input_shapes),
+            max_batch=self.max_batch, precision=precision, trt_version=trt.__version__,
+            gpu_name=torch.cuda.get_device_name())
+        cache = EngineCache(cache_dir)
+        stem = self.onnx_path.stem
+        calibration_cache = cache.engine_path(stem, key).with_suffix('.calib')
+        engine_bytes, self.cache_status = cache.load_or_build(
+            stem, key,
+            lambda: build_serialized_engine(self.onnx_path, key, calibration_batches,
+                                            calibration_cache),
+            force_rebuild)
+        # Keep the runtime alive as long as the engine it deserialized.
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise RuntimeError(f'TensorRT could not deserialize the engine for {stem}; '
+                               'rebuild it with force_rebuild')
+        self.context = self.engine.create_execution_context()
+        self.tensor_api = hasattr(self.engine, 'num_io_tensors')
+        self.stream = torch.cuda.Stream()
+        self.precision = precision
+        LOGGER.info('tensorrt backend: %s, %s, max batch %d, engine %s (TensorRT %s, %s)',
+                    self.onnx_path, precision, self.max_batch, self.cache_status,
+                    trt.__version__, key.gpu_name)
+
+    def __call__(self, batch):
+        """Return {'joints': (B, J, 3), 'confidence': (B, J)} float32 for a batch of crops."""
+        feeds, size = input_feeds(batch, self.input_shapes)
+        if self.fixed_batch is not None and size != self.fixed_batch:
+            raise ValueError(f'this engine has a fixed batch of {self.fixed_batch}, got {size}')
+        outputs = []
+        for start in range(0, size, self.max_batch):
+            chunk = {name: array[start:start + self.max_batch] for name, array in feeds.items()}
+            outputs.append(self._run(chunk))
+        return {name: np.concatenate([o[name] for o in outputs]) for name in OUTPUT_NAMES}
+
+    def _run(self, feeds):
+        import torch
+
+        with torch.cuda.stream(self.stream):
+            inputs = {name: torch.from_numpy(array).cuda(non_blocking=False)
+                      for name, array in feeds.items()}
+            if self.tensor_api:
+                outputs = self._execute_tensors(inputs)
+            else:
+                outputs = self._execute_bindings(inputs)
+        self.stream.synchronize()
+        return {name: outputs[name].float().cpu().numpy() for name in OUTPUT_NAMES}
+
+    def _execute_tensors(self, inputs):
+        import torch
+
+        for name, tensor in inputs.items():
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, int(tensor.data_ptr()))
+        outputs = {}
+        for name in OUTPUT_NAMES:
+            shape = tuple(self.context.get_tensor_shape(name))
+            outputs[name] = torch.empty(shape, dtype=torch.float32, device='cuda')
+            self.context.set_tensor_address(name, int(outputs[name].data_ptr()))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError('TensorRT execution failed')
+        return outputs
+
+    def _execute_bindings(self, inputs):
+        import torch
+
+        bindings = [0] * self.engine.num_bindings
+        for name, tensor in inputs.items():
+            index = self.engine.get_binding_index(name)
+            self.context.set_binding_shape(index, tuple(tensor.shape))
+            bindings[index] = int(tensor.data_ptr())
+        outputs = {}
+        for name in OUTPUT_NAMES:
+            index = self.engine.get_binding_index(name)
+            shape = tuple(self.context.get_binding_shape(index))
+            outputs[name] = torch.empty(shape, dtype=torch.float32, device='cuda')
+            bindings[index] = int(outputs[name].data_ptr())
+        if not self.context.execute_async_v2(bindings, self.stream.cuda_stream):
+            raise RuntimeError('TensorRT execution failed')
+        return outputs

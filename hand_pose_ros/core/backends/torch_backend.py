@@ -1,0 +1,74 @@
+"""PyTorch backend: eager (optionally ``torch.compile``), CPU or CUDA, FP16 and channels-last."""
+
+import logging
+
+import numpy as np
+
+from hand_pose_ros.core import model_io
+from hand_pose_ros.core.backends.base import input_feeds, log_once, OUTPUT_NAMES
+
+LOGGER = logging.getLogger(__name__)
+DEVICES = ('auto', 'cpu', 'cuda')
+
+
+class TorchBackend:
+    """
+    Run a network with PyTorch.
+
+    :param model_path: model card (``.yaml``); weights verified and loaded from safetensors.
+    :param device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
+    :param fp16: half precision weights and activations (default: True on CUDA; CPU
+        always runs FP32).
+    :param channels_last: NHWC memory format (default: True on CUDA, where it speeds up
+        convolutions with tensor cores).
+    :param torch_compile: wrap the network in ``torch.compile``.
+    :param threads: CPU threads for torch (None: leave torch's setting alone).
+    """
+
+    name = 'torch'
+
+    def __init__(self, model_path, device='auto', fp16=None, channels_last=None,
+                 torch_compile=False, threads=None):
+        import torch
+
+        if device not in DEVICES:
+            raise ValueError(f'device must be one of {DEVICES}, got {device!r}')
+        cuda = torch.cuda.is_available()
+        if device == 'cuda' and not cuda:
+            raise ValueError('device cuda asked for, but torch sees no CUDA device')
+        if device == 'auto' and not cuda:
+            log_once(logging.INFO, 'torch backend: no CUDA device, running on CPU')
+        self.device = torch.device('cuda' if cuda and device != 'cpu' else 'cpu')
+        on_gpu = self.device.type == 'cuda'
+        if fp16 and not on_gpu:
+            raise ValueError('fp16 needs a CUDA device; the CPU path runs float32')
+        self.dtype = torch.float16 if (on_gpu if fp16 is None else fp16) else torch.float32
+        use_channels_last = on_gpu if channels_last is None else bool(channels_last)
+        self.memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        model, card = model_io.load_model(model_path, device=self.device)
+        model = model.to(dtype=self.dtype, memory_format=self.memory_format).eval()
+        self.module = model
+        self.network = torch.compile(model) if torch_compile else model
+        size = model.input_size
+        channels = {'depth': 1, 'color': 3}
+        self.input_shapes = [(name, None, (channels[name], size, size))
+                             for name in model.input_names]
+        LOGGER.info('torch backend: %s on %s, %s, %s%s', card.get('name'), self.device,
+                    str(self.dtype).replace('torch.', ''),
+                    'channels-last' if use_channels_last else 'NCHW',
+                    ', torch.compile' if torch_compile else '')
+
+    def __call__(self, batch):
+        """Return {'joints': (B, J, 3), 'confidence': (B, J)} float32 for a batch of crops."""
+        import torch
+
+        feeds, _ = input_feeds(batch, self.input_shapes)
+        with torch.inference_mode():
+            tensors = [torch.from_numpy(feeds[name]).to(self.device).to(
+                dtype=self.dtype, memory_format=self.memory_format)
+                for name, _, _ in self.input_shapes]
+            outputs = self.network(*tensors)
+            return {name: outputs[name].float().cpu().numpy().astype(np.float32, copy=False)
+                    for name in OUTPUT_NAMES}

@@ -1,0 +1,301 @@
+"""
+Crop geometry: the single source of truth for hand crops of every depth model.
+
+A crop is the image window covering a metric box (``cube_size_m``) centred on a hand
+centre, resampled to a square ``input_size`` patch. Training, evaluation, export and
+inference all use this module, so a model always sees crops made the same way.
+
+Normalisation contract shared with the models:
+
+- patch value = (d - center_z) / (cube_z / 2) for depths inside the box's depth window,
+  in [-1, 1]; invalid pixels, pixels outside the image and depths outside the window are
+  1.0 (background, "far").
+- normalised joint coordinates: x = u_norm, y = v_norm with
+  u_norm = (u_px + 0.5) / S * 2 - 1 for crop pixel u_px (pixel centres), so -1 and 1 are the
+  crop's outer edges; z = (d - center_z) / (cube_z / 2).
+
+The window is the projection of center +- cube_x / 2, cube_y / 2 at the centre depth, so a
+hand keeps the same size in the patch whatever its distance from the camera.
+"""
+
+from dataclasses import dataclass, field
+import math
+
+import numpy as np
+
+from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz, xyz_from_uvd
+
+BACKGROUND_VALUE = 1.0
+INTERPOLATIONS = ('nearest', 'bilinear')
+# Centres closer than this cannot be a hand seen by a depth camera (and would blow up the
+# window size); they are rejected.
+MIN_CENTER_DEPTH_M = 0.05
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """
+    Geometry of a model's input crop.
+
+    :param input_size: side of the square patch, pixels.
+    :param cube_size_m: (x, y, z) full size of the metric box around the centre, metres;
+        x and y set the image window, z the depth window.
+    :param interpolation: 'nearest' (default: never invents depths between the hand and the
+        background) or 'bilinear' (weights renormalised over valid neighbours).
+    """
+
+    input_size: int = 176
+    cube_size_m: tuple = (0.2, 0.2, 0.3)
+    interpolation: str = 'nearest'
+
+    def __post_init__(self):
+        if int(self.input_size) != self.input_size or self.input_size < 2:
+            raise ValueError(f'crop input_size must be an integer >= 2, got {self.input_size!r}')
+        object.__setattr__(self, 'input_size', int(self.input_size))
+        cube = tuple(float(c) for c in self.cube_size_m)
+        if len(cube) != 3 or not all(math.isfinite(c) and c > 0 for c in cube):
+            raise ValueError(
+                f'crop cube_size_m must be three positive lengths (x, y, z) in metres, '
+                f'got {self.cube_size_m!r}')
+        object.__setattr__(self, 'cube_size_m', cube)
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f'crop interpolation must be one of {INTERPOLATIONS}, '
+                             f'got {self.interpolation!r}')
+
+    def to_dict(self):
+        """Return a plain dict (for model cards)."""
+        return {'input_size': self.input_size, 'cube_size_m': list(self.cube_size_m),
+                'interpolation': self.interpolation}
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build a spec from :meth:`to_dict` output; unknown keys raise ValueError."""
+        unknown = set(values) - {'input_size', 'cube_size_m', 'interpolation'}
+        if unknown:
+            raise ValueError(f'unknown crop spec keys: {sorted(unknown)}')
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """
+    Mapping between normalised crop coordinates and the camera frame.
+
+    Image pixel (u, v) = ``image_center_uv + linear @ (u_norm, v_norm)``; depth
+    d = center_z + z_norm * half_depth_m.
+
+    :param intrinsics: camera intrinsics of the full image.
+    :param center_xyz: (3,) crop centre, metres.
+    :param image_center_uv: (2,) projection of the centre, pixels.
+    :param linear: (2, 2) image pixels per normalised unit (includes any rotation).
+    :param half_depth_m: cube_z / 2, metres.
+    :param input_size: patch side, pixels.
+    """
+
+    intrinsics: CameraIntrinsics
+    center_xyz: np.ndarray
+    image_center_uv: np.ndarray
+    linear: np.ndarray
+    half_depth_m: float
+    input_size: int
+    _inverse: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, '_inverse', np.linalg.inv(self.linear))
+
+    def uv_from_normalized(self, uv_norm):
+        """Return (..., 2) full-image pixel coordinates of (..., 2) normalised crop coords."""
+        uv_norm = np.asarray(uv_norm, dtype=np.float64)
+        return uv_norm @ self.linear.T + self.image_center_uv
+
+    def normalized_from_uv(self, uv):
+        """Return (..., 2) normalised crop coordinates of (..., 2) full-image pixels."""
+        uv = np.asarray(uv, dtype=np.float64)
+        return (uv - self.image_center_uv) @ self._inverse.T
+
+    def xyz_from_normalized(self, joints_norm):
+        """Return (..., 3) camera-frame points, metres, of (..., 3) normalised joints."""
+        joints_norm = np.asarray(joints_norm, dtype=np.float64)
+        if joints_norm.shape[-1] != 3:
+            raise ValueError(f'normalised joints must end in 3 coordinates, '
+                             f'got shape {joints_norm.shape}')
+        uv = self.uv_from_normalized(joints_norm[..., :2])
+        depth = self.center_xyz[2] + joints_norm[..., 2] * self.half_depth_m
+        return xyz_from_uvd(np.concatenate([uv, depth[..., None]], axis=-1), self.intrinsics)
+
+    def normalized_from_xyz(self, xyz):
+        """Return (..., 3) normalised crop coordinates of (..., 3) camera-frame points."""
+        xyz = np.asarray(xyz, dtype=np.float64)
+        if xyz.shape[-1] != 3:
+            raise ValueError(f'points must end in 3 coordinates, got shape {xyz.shape}')
+        uvd = uvd_from_xyz(xyz, self.intrinsics)
+        uv_norm = self.normalized_from_uv(uvd[..., :2])
+        z_norm = (uvd[..., 2] - self.center_xyz[2]) / self.half_depth_m
+        return np.concatenate([uv_norm, z_norm[..., None]], axis=-1)
+
+    @property
+    def window_uv(self):
+        """Return (u_min, v_min, u_max, v_max): the crop's bounding box in image pixels."""
+        corners = self.uv_from_normalized(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]))
+        return (*corners.min(axis=0), *corners.max(axis=0))
+
+
+@dataclass(frozen=True)
+class CropResult:
+    """
+    A normalised patch and the transform that made it.
+
+    :param patch: (S, S) float32 normalised depth (see module docstring).
+    :param transform: :class:`CropTransform`.
+    """
+
+    patch: np.ndarray
+    transform: CropTransform
+
+
+def check_center(center_xyz, intrinsics):
+    """
+    Validate a hand centre and return it as a (3,) float64 array.
+
+    :param center_xyz: (3,) metres, camera optical frame.
+    :param intrinsics: :class:`CameraIntrinsics` of the image.
+    :return: (3,) float64 centre.
+    :raises ValueError: when the centre is not finite, is behind (or too close to) the
+        camera, or projects outside the image.
+    """
+    center = np.asarray(center_xyz, dtype=np.float64)
+    if center.shape != (3,):
+        raise ValueError(f'hand centre must have shape (3,), got {center.shape}')
+    if not np.all(np.isfinite(center)):
+        raise ValueError(f'hand centre must be finite, got {center.tolist()}')
+    if center[2] < MIN_CENTER_DEPTH_M:
+        raise ValueError(f'hand centre z={center[2]:.3f} m is behind or too close to the '
+                         f'camera (minimum {MIN_CENTER_DEPTH_M} m)')
+    u, v, _ = uvd_from_xyz(center, intrinsics)
+    if not (-0.5 <= u < intrinsics.width - 0.5 and -0.5 <= v < intrinsics.height - 0.5):
+        raise ValueError(f'hand centre {center.tolist()} projects to pixel ({u:.1f}, {v:.1f}), '
+                         f'outside the {intrinsics.width}x{intrinsics.height} image')
+    return center
+
+
+def make_transform(intrinsics, center_xyz, spec, rotation_rad=0.0):
+    """
+    Return the :class:`CropTransform` of a crop around a validated centre.
+
+    :param intrinsics: :class:`CameraIntrinsics`.
+    :param center_xyz: (3,) metres (see :func:`check_center`).
+    :param spec: :class:`CropSpec`.
+    :param rotation_rad: in-plane rotation of the crop (augmentation), radians; the patch's
+        x axis points along image direction (cos r, sin r).
+    """
+    center = check_center(center_xyz, intrinsics)
+    cube_x, cube_y, cube_z = spec.cube_size_m
+    half_u = intrinsics.fx * cube_x / 2.0 / center[2]
+    half_v = intrinsics.fy * cube_y / 2.0 / center[2]
+    cos_r, sin_r = math.cos(rotation_rad), math.sin(rotation_rad)
+    linear = np.array([[cos_r, -sin_r], [sin_r, cos_r]]) @ np.diag([half_u, half_v])
+    return CropTransform(intrinsics=intrinsics, center_xyz=center,
+                         image_center_uv=uvd_from_xyz(center, intrinsics)[:2],
+                         linear=linear, half_depth_m=cube_z / 2.0,
+                         input_size=spec.input_size)
+
+
+def _check_depth(depth_m, intrinsics):
+    depth_m = np.asarray(depth_m)
+    if depth_m.ndim != 2:
+        raise ValueError(f'depth image must be 2-D (H, W), got shape {depth_m.shape}')
+    if depth_m.dtype not in (np.float32, np.float64):
+        raise ValueError(f'crop_depth expects float metres (NaN invalid), got {depth_m.dtype}; '
+                         f'convert with camera.depth_to_metres')
+    intrinsics.check_image(depth_m)
+    return depth_m
+
+
+def _sample_nearest(depth_m, u, v):
+    height, width = depth_m.shape
+    ui = np.floor(u + 0.5).astype(np.int64)
+    vi = np.floor(v + 0.5).astype(np.int64)
+    inside = (ui >= 0) & (ui < width) & (vi >= 0) & (vi < height)
+    values = depth_m[np.clip(vi, 0, height - 1), np.clip(ui, 0, width - 1)]
+    return np.where(inside, values, np.nan)
+
+
+def _sample_bilinear(depth_m, u, v):
+    height, width = depth_m.shape
+    u0 = np.floor(u).astype(np.int64)
+    v0 = np.floor(v).astype(np.int64)
+    fu = u - u0
+    fv = v - v0
+    shape = np.broadcast_shapes(u.shape, v.shape)
+    total = np.zeros(shape)
+    weight = np.zeros(shape)
+    for du, dv, w in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)),
+                      (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
+        ui, vi = u0 + du, v0 + dv
+        inside = (ui >= 0) & (ui < width) & (vi >= 0) & (vi < height)
+        values = depth_m[np.clip(vi, 0, height - 1), np.clip(ui, 0, width - 1)]
+        valid = inside & np.isfinite(values) & (values > 0)
+        w = np.where(valid, w, 0.0)
+        total += w * np.where(valid, values, 0.0)
+        weight += w
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(weight > 1e-6, total / weight, np.nan)
+
+
+_SAMPLERS = {'nearest': _sample_nearest, 'bilinear': _sample_bilinear}
+
+
+def crop_depth(depth_m, intrinsics, center_xyz, spec, rotation_rad=0.0):
+    """
+    Crop and normalise the metric box around a hand centre.
+
+    :param depth_m: (H, W) float32 metres, NaN (or <= 0) invalid.
+    :param intrinsics: :class:`CameraIntrinsics` matching the image size.
+    :param center_xyz: (3,) hand centre, metres, camera optical frame.
+    :param spec: :class:`CropSpec`.
+    :param rotation_rad: optional in-plane rotation (training augmentation), radians.
+    :return: :class:`CropResult` with a (S, S) float32 patch.
+    :raises ValueError: on a bad image or a centre that is not finite, behind the camera or
+        outside the image. Windows reaching past the image border are padded as invalid.
+    """
+    depth_m = _check_depth(depth_m, intrinsics)
+    transform = make_transform(intrinsics, center_xyz, spec, rotation_rad)
+    size = spec.input_size
+    grid = (np.arange(size, dtype=np.float64) + 0.5) / size * 2.0 - 1.0
+    if rotation_rad == 0.0:
+        # Axis-aligned: a (1, S) row and an (S, 1) column of coordinates broadcast to the grid.
+        u = (transform.image_center_uv[0] + transform.linear[0, 0] * grid)[None, :]
+        v = (transform.image_center_uv[1] + transform.linear[1, 1] * grid)[:, None]
+    else:
+        uv_norm = np.stack(np.meshgrid(grid, grid, indexing='xy'), axis=-1)
+        uv = transform.uv_from_normalized(uv_norm)
+        u, v = uv[..., 0], uv[..., 1]
+    depth = _SAMPLERS[spec.interpolation](depth_m, u, v)
+    with np.errstate(invalid='ignore'):
+        normalized = (depth - transform.center_xyz[2]) / transform.half_depth_m
+        inside = np.abs(normalized) <= 1.0
+    patch = np.where(inside, normalized, BACKGROUND_VALUE).astype(np.float32)
+    return CropResult(patch=patch, transform=transform)
+
+
+def crop_batch(depth_m, intrinsics, centers_xyz, spec):
+    """
+    Crop several hands of one image into a network batch.
+
+    :param depth_m: (H, W) float32 metres, NaN invalid.
+    :param intrinsics: :class:`CameraIntrinsics`.
+    :param centers_xyz: (N, 3) hand centres, metres.
+    :param spec: :class:`CropSpec`.
+    :return: ((N, 1, S, S) float32 batch, list of N :class:`CropTransform`).
+    """
+    centers = np.asarray(centers_xyz, dtype=np.float64)
+    if centers.ndim != 2 or centers.shape[1] != 3:
+        raise ValueError(f'hand centres must have shape (N, 3), got {centers.shape}')
+    size = spec.input_size
+    batch = np.empty((len(centers), 1, size, size), dtype=np.float32)
+    transforms = []
+    for i, center in enumerate(centers):
+        result = crop_depth(depth_m, intrinsics, center, spec)
+        batch[i, 0] = result.patch
+        transforms.append(result.transform)
+    return batch, transforms

@@ -1,0 +1,287 @@
+"""
+The public hand pose estimator: depth image in, 3D hand keypoints out.
+
+``HandPoseEstimator`` is assembled from parts passed in (localiser, crop spec, backend),
+so tests and users can swap any of them; :func:`load_estimator` builds one from a model
+card. One call runs: localise (or take given centres) -> crop (:mod:`crop`) -> one batched
+backend call -> decode (crop transform back to the camera frame).
+
+Usage::
+
+    from hand_pose_ros.core import CameraIntrinsics, load_estimator
+    est = load_estimator('default', backend='auto')
+    hands = est.estimate(depth, CameraIntrinsics(fx, fy, cx, cy, width, height))
+"""
+
+from dataclasses import dataclass
+import logging
+from pathlib import Path
+import time
+
+import numpy as np
+
+from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
+from hand_pose_ros.core.crop import check_center, crop_batch, CropSpec
+from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig
+from hand_pose_ros.core.skeleton import NUM_JOINTS
+
+LOGGER = logging.getLogger(__name__)
+
+STAGES = ('localize', 'crop', 'infer', 'decode')
+# Two localised hands whose crop centres end up closer than this are one hand.
+DUPLICATE_DISTANCE_M = 0.05
+# Package model directory (source tree and editable installs) and the ament share directory.
+PACKAGE_MODELS_DIR = Path(__file__).resolve().parents[2] / 'models'
+
+
+@dataclass(frozen=True)
+class HandPose:
+    """
+    One estimated hand.
+
+    :param keypoints_xyz: (21, 3) float64 metres, camera optical frame, canonical
+        MediaPipe order.
+    :param scores: (21,) float64 per-joint confidence in [0, 1].
+    :param center_xyz: (3,) crop centre used, metres.
+    :param detection_score: localiser score in [0, 1] (1.0 for centres given by the caller).
+    """
+
+    keypoints_xyz: np.ndarray
+    scores: np.ndarray
+    center_xyz: np.ndarray
+    detection_score: float
+
+
+class HandPoseEstimator:
+    """
+    Localise, crop, infer and decode hands in depth images.
+
+    :param localizer: object with ``locate(depth_m, intrinsics, max_hands)`` returning
+        candidates with ``center_xyz`` and ``score`` (e.g. :class:`DepthHandLocalizer`).
+    :param spec: :class:`CropSpec` the backend's network was trained with.
+    :param backend: callable ``batch (N, 1, S, S) float32 -> {'joints': (N, 21, 3)
+        normalised crop coordinates, 'confidence': (N, 21)}``.
+    :param max_hands: most hands returned per image when no centres are given.
+    :param refine_passes: extra passes for localised hands, each re-cropping at the joint
+        centroid of the previous pass (the localiser's centre is a rough palm estimate;
+        networks are trained on crops at the joint centroid). Given centres are used as is.
+    :param name: model name, for logs.
+
+    After each :meth:`estimate`, ``last_timings`` holds the milliseconds spent per stage:
+    localize (input checks, conversion and the localiser), crop, infer, decode (summed over
+    the passes). Localised hands that converge onto one hand are reported once.
+    """
+
+    def __init__(self, localizer, spec, backend, max_hands=2, refine_passes=1, name='model'):
+        if not isinstance(spec, CropSpec):
+            raise ValueError(f'spec must be a CropSpec, got {type(spec).__name__}')
+        if int(max_hands) < 1:
+            raise ValueError(f'max_hands must be >= 1, got {max_hands}')
+        self.localizer = localizer
+        self.spec = spec
+        self.backend = backend
+        if int(refine_passes) < 0:
+            raise ValueError(f'refine_passes must be >= 0, got {refine_passes}')
+        self.max_hands = int(max_hands)
+        self.refine_passes = int(refine_passes)
+        self.name = name
+        self.last_timings = dict.fromkeys(STAGES, 0.0)
+
+    def estimate(self, depth, intrinsics, centers=None):
+        """
+        Estimate the 3D keypoints of the hands in a depth image.
+
+        :param depth: (H, W) uint16 millimetres (0 invalid) or float32 metres (NaN, inf,
+            <= 0 invalid).
+        :param intrinsics: :class:`CameraIntrinsics` of the image.
+        :param centers: optional (N, 3) hand centres, metres; None runs the localiser.
+        :return: list of :class:`HandPose`, primary hand first; empty when no hand is found.
+        :raises ValueError: bad image, intrinsics that do not match it, or given centres that
+            are not finite, behind the camera or outside the image.
+        """
+        timings = dict.fromkeys(STAGES, 0.0)
+        self.last_timings = timings
+        start = time.perf_counter()
+        if not isinstance(intrinsics, CameraIntrinsics):
+            raise ValueError(f'intrinsics must be a CameraIntrinsics, '
+                             f'got {type(intrinsics).__name__}')
+        depth_m = depth_to_metres(depth)
+        intrinsics.check_image(depth_m)
+        if centers is None:
+            if not np.isfinite(depth_m).any():
+                return []
+            candidates = self.localizer.locate(depth_m, intrinsics, max_hands=self.max_hands)
+            centers_xyz = np.array([c.center_xyz for c in candidates], dtype=np.float64)
+            detection_scores = [float(c.score) for c in candidates]
+        else:
+            centers_xyz = np.asarray(centers, dtype=np.float64)
+            if centers_xyz.ndim == 1 and centers_xyz.shape == (3,):
+                centers_xyz = centers_xyz[None]
+            if centers_xyz.ndim != 2 or centers_xyz.shape[1] != 3:
+                raise ValueError(f'centers must have shape (N, 3), got {centers_xyz.shape}')
+            for center in centers_xyz:
+                check_center(center, intrinsics)
+            detection_scores = [1.0] * len(centers_xyz)
+        now = time.perf_counter()
+        timings['localize'] = (now - start) * 1e3
+        if len(centers_xyz) == 0:
+            return []
+
+        passes = 1 + (self.refine_passes if centers is None else 0)
+        hands = []
+        for index in range(passes):
+            if index > 0:
+                # Re-centre each crop on the joint centroid of the previous pass (the
+                # centre the network was trained with); keep centres that would leave
+                # the image.
+                centers_xyz = np.array([
+                    _refined_center(hand.keypoints_xyz, old, intrinsics,
+                                    min(self.spec.cube_size_m[:2]) / 2.0)
+                    for hand, old in zip(hands, centers_xyz)])
+                detection_scores = [hand.detection_score for hand in hands]
+            hands, centers_xyz = self._infer(depth_m, intrinsics, centers_xyz,
+                                             detection_scores, timings)
+            if not hands:
+                break
+        if centers is None:
+            hands = _without_duplicates(hands)
+        return hands
+
+    def _infer(self, depth_m, intrinsics, centers_xyz, detection_scores, timings):
+        """Crop, infer and decode; return the hands and the centres of the kept hands."""
+        start = time.perf_counter()
+        batch, transforms = crop_batch(depth_m, intrinsics, centers_xyz.reshape(-1, 3),
+                                       self.spec)
+        then = time.perf_counter()
+        timings['crop'] += (then - start) * 1e3
+
+        outputs = self.backend(batch)
+        now = time.perf_counter()
+        timings['infer'] += (now - then) * 1e3
+
+        joints, confidence = self._check_outputs(outputs, len(batch))
+        hands, kept = [], []
+        for i, transform in enumerate(transforms):
+            keypoints = transform.xyz_from_normalized(joints[i])
+            if not np.all(np.isfinite(keypoints)):
+                LOGGER.warning('%s: non-finite joints for hand %d dropped', self.name, i)
+                continue
+            hands.append(HandPose(keypoints_xyz=keypoints,
+                                  scores=np.clip(confidence[i], 0.0, 1.0),
+                                  center_xyz=transform.center_xyz.copy(),
+                                  detection_score=detection_scores[i]))
+            kept.append(i)
+        timings['decode'] += (time.perf_counter() - now) * 1e3
+        return hands, centers_xyz[kept]
+
+    def _check_outputs(self, outputs, count):
+        try:
+            joints = np.asarray(outputs['joints'], dtype=np.float64)
+            confidence = np.asarray(outputs['confidence'], dtype=np.float64)
+        except (KeyError, TypeError):
+            raise ValueError(f'{self.name}: backend must return a dict with "joints" and '
+                             f'"confidence", got {type(outputs).__name__}') from None
+        if joints.shape != (count, NUM_JOINTS, 3) or confidence.shape != (count, NUM_JOINTS):
+            raise ValueError(f'{self.name}: backend returned joints {joints.shape} and '
+                             f'confidence {confidence.shape}; expected ({count}, {NUM_JOINTS}, '
+                             f'3) and ({count}, {NUM_JOINTS})')
+        confidence = np.where(np.isfinite(confidence), confidence, 0.0)
+        return joints, confidence
+
+
+def _refined_center(keypoints_xyz, previous_xyz, intrinsics, max_shift_m):
+    """Return the joint centroid, or the previous centre when the centroid is unusable."""
+    center = keypoints_xyz.mean(axis=0)
+    if np.linalg.norm(center - previous_xyz) > max_shift_m:
+        return previous_xyz
+    try:
+        return check_center(center, intrinsics)
+    except ValueError:
+        return previous_xyz
+
+
+def _without_duplicates(hands, min_distance_m=DUPLICATE_DISTANCE_M):
+    """Drop hands whose centre lies within ``min_distance_m`` of a better-scored hand."""
+    kept = []
+    for hand in sorted(hands, key=lambda h: -h.detection_score):
+        if all(np.linalg.norm(hand.center_xyz - other.center_xyz) >= min_distance_m
+               for other in kept):
+            kept.append(hand)
+    return kept
+
+
+def model_search_dirs():
+    """Return the directories searched for named model cards, in order."""
+    dirs = [PACKAGE_MODELS_DIR]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        share = get_package_share_directory('hand_pose_ros', print_warning=False)
+        dirs.append(Path(share) / 'models')
+    except (ImportError, LookupError, OSError, ValueError):
+        pass
+    return dirs
+
+
+def resolve_card(model):
+    """
+    Return the path of a model card from a name ('default') or a path to a ``.yaml`` card.
+
+    :raises ModelFileError: when no card is found; the message names the paths tried.
+    """
+    from hand_pose_ros.core.model_io import CARD_SUFFIX, ModelFileError
+
+    path = Path(model)
+    if path.suffix == CARD_SUFFIX or path.parent != Path('.'):
+        if path.is_file():
+            return path
+        raise ModelFileError(f'model card {path}: file not found')
+    tried = [directory / f'{model}{CARD_SUFFIX}' for directory in model_search_dirs()]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise ModelFileError(
+        f'model {model!r}: card file not found (looked for {", ".join(map(str, tried))}); '
+        f'train one with hand_pose_train or pass the path of a model card')
+
+
+def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1,
+                   localizer_config=None, **backend_options):
+    """
+    Build a :class:`HandPoseEstimator` from a model card.
+
+    :param model: model name (a card ``NAME.yaml`` in the package's models directory) or
+        the path of a card.
+    :param backend: backend name for ``hand_pose_ros.core.backends.create_backend``
+        ('auto' picks the best available runtime).
+    :param max_hands: most hands per image.
+    :param refine_passes: re-centring passes for localised hands (see
+        :class:`HandPoseEstimator`).
+    :param localizer_config: :class:`LocalizerConfig`; default: the card's ``localizer``
+        section, else the defaults.
+    :param backend_options: passed on to the backend factory.
+    :raises ModelFileError: missing or corrupted model file (names the file and why).
+    """
+    from hand_pose_ros.core.model_io import ModelFileError, read_card
+
+    card_path = resolve_card(model)
+    card = read_card(card_path, verify=True)
+    if 'crop' not in card:
+        raise ModelFileError(f'model card {card_path}: no "crop" section (crop spec the '
+                             f'network was trained with)')
+    try:
+        spec = CropSpec.from_dict(card['crop'])
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f'model card {card_path}: bad "crop" section ({error})') from None
+    if set(card.get('inputs', {'depth': None})) != {'depth'}:
+        raise ModelFileError(f'model card {card_path}: the depth estimator needs a depth-only '
+                             f'network, this one takes {sorted(card["inputs"])}')
+    if localizer_config is None:
+        localizer_config = LocalizerConfig(**card.get('localizer', {}))
+    from hand_pose_ros.core.backends import create_backend
+
+    runtime = create_backend(backend, card_path, **backend_options)
+    LOGGER.info('estimator: model %s, backend %s', card.get('name', card_path),
+                getattr(runtime, 'name', backend))
+    return HandPoseEstimator(DepthHandLocalizer(localizer_config), spec, runtime,
+                             max_hands=max_hands, refine_passes=refine_passes,
+                             name=str(card.get('name', model)))

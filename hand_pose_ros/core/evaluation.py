@@ -1,0 +1,409 @@
+"""
+Accuracy metrics of hand pose estimators and of the hand localiser.
+
+Definitions (reported by ``hand_pose_evaluate``):
+
+- 3D joint error: Euclidean distance between predicted and ground-truth joints, mm, over
+  the joints the dataset labels (its layout's canonical mask).
+- mean / median error: over all labelled joints of the evaluated (detected) hands;
+  per-joint error: mean per canonical joint (NaN where never labelled).
+- success-frame curve: fraction of ground-truth hands whose *maximum* joint error is at most
+  each threshold (0-80 mm); a missed hand counts as a failure at every threshold.
+- detection (``--center detect``): a ground-truth hand is detected when a reported hand's
+  centre lies within ``match_radius_m`` (default 50 mm) of its oracle centre (the centroid
+  of its labelled joints); hands and ground truth are matched one-to-one, nearest first.
+  Reported hands matching no ground truth are false positives.
+- localiser centre error: distance from the matched candidate's centre to the oracle centre.
+"""
+
+from dataclasses import dataclass
+import logging
+import math
+
+import numpy as np
+
+from hand_pose_ros.core.camera import CameraIntrinsics
+from hand_pose_ros.core.crop import check_center
+from hand_pose_ros.core.skeleton import JOINT_NAMES, NUM_JOINTS
+from hand_pose_ros.core.training import oracle_center
+
+LOGGER = logging.getLogger(__name__)
+
+CENTER_MODES = ('oracle', 'detect')
+DEFAULT_THRESHOLDS_MM = np.arange(0.0, 81.0, 1.0)
+DEFAULT_MATCH_RADIUS_M = 0.05
+SYNTHETIC_SCENES = ('default', 'single_hand', 'hand_only')
+# A hand counts as mostly visible when at least this fraction of its joints is not occluded.
+MOSTLY_VISIBLE = 0.5
+
+
+@dataclass
+class LabelledFrame:
+    """
+    A depth frame with the ground truth of every visible hand.
+
+    :param depth_m: (H, W) float32 metres, NaN invalid.
+    :param intrinsics: :class:`CameraIntrinsics`.
+    :param joints_xyz: (K, 21, 3) metres, canonical order (NaN where unlabelled).
+    :param joint_mask: (K, 21) bool, labelled joints.
+    :param name: frame identifier.
+    :param visible: optional (K, 21) bool, joints not occluded (synthetic frames).
+    """
+
+    depth_m: np.ndarray
+    intrinsics: CameraIntrinsics
+    joints_xyz: np.ndarray
+    joint_mask: np.ndarray
+    name: str = ''
+    visible: np.ndarray = None
+
+    @classmethod
+    def from_sample(cls, sample):
+        """Wrap a one-hand :class:`~hand_pose_ros.core.datasets.DepthSample`."""
+        return cls(sample.depth_m, sample.intrinsics, np.asarray(sample.joints_xyz)[None],
+                   np.asarray(sample.joint_mask, dtype=bool)[None], sample.name)
+
+    @property
+    def centers_xyz(self):
+        """Return (K, 3) oracle centres (centroids of the labelled joints)."""
+        return np.array([oracle_center(j, m) for j, m in zip(self.joints_xyz, self.joint_mask)]
+                        ).reshape(-1, 3)
+
+
+def synthetic_scene_config(name):
+    """
+    Return the synthetic engine's ``SceneConfig`` for a named test scene type.
+
+    'default': the engine's default scenes (arms, objects, tables, bodies, walls, clutter,
+    sometimes a second hand); 'single_hand': the same with exactly one hand; 'hand_only': one
+    hand with its forearm and nothing else.
+    """
+    from hand_pose_ros.core import synth
+
+    if name not in SYNTHETIC_SCENES:
+        raise ValueError(f'unknown synthetic scene {name!r}; choose from {SYNTHETIC_SCENES}')
+    if name == 'single_hand':
+        return synth.SceneConfig(second_hand_prob=0.0)
+    if name == 'hand_only':
+        return synth.SceneConfig.hand_only()
+    return synth.SceneConfig()
+
+
+def labelled_frames(dataset, root=None, num_frames=None, seed=1000, camera='sr300',
+                    scene='default', reader_options=None):
+    """
+    Return an iterable of :class:`LabelledFrame` from a dataset folder or the synthetic engine.
+
+    :param dataset: reader name (see ``hand_pose_ros.core.datasets.READERS``); 'synthetic'
+        without ``root`` renders a held-out set on the fly.
+    :param root: dataset folder.
+    :param num_frames: frames to use (evenly spaced over a dataset); synthetic default 2000.
+    :param seed: synthetic seed (held-out sets use >= 1000; training uses smaller seeds).
+    :param camera: camera preset of the synthetic set.
+    :param scene: synthetic scene type (see :func:`synthetic_scene_config`).
+    :param reader_options: keyword arguments of the dataset reader (e.g. ``labels``).
+    """
+    if dataset == 'synthetic' and root is None:
+        return synthetic_frames(2000 if num_frames is None else num_frames, seed, camera,
+                                scene=synthetic_scene_config(scene))
+    if root is None:
+        raise ValueError(f'dataset {dataset!r} needs --root (the folder holding its files)')
+    from hand_pose_ros.core.datasets import open_dataset
+
+    reader = open_dataset(dataset, root, **(reader_options or {}))
+    count = len(reader)
+    if num_frames is None or num_frames >= count:
+        indices = range(count)
+    else:
+        indices = np.unique(np.linspace(0, count - 1, num_frames).round().astype(int))
+    return (LabelledFrame.from_sample(reader[int(i)]) for i in indices)
+
+
+def synthetic_frames(num_frames, seed, camera='sr300', scene=None, sensor=None):
+    """
+    Yield rendered synthetic :class:`LabelledFrame` (full images, every hand labelled).
+
+    :param num_frames: frames to render.
+    :param seed: generator seed.
+    :param camera: camera preset.
+    :param scene: ``synth.SceneConfig`` (None: the engine's default scenes, with noise,
+        arms, objects, tables, bodies, walls, clutter and sometimes a second hand).
+    :param sensor: ``synth.SensorConfig`` (None: the engine's default sensor model).
+    """
+    from hand_pose_ros.core import synth
+
+    intrinsics = CameraIntrinsics.from_preset(camera)
+    options = {key: value for key, value in (('scene', scene), ('sensor', sensor))
+               if value is not None}
+    generator = synth.SyntheticGenerator(intrinsics, seed=seed, **options)
+    for index in range(num_frames):
+        frame = generator.sample_frame()
+        joints = np.stack([hand.joints_xyz for hand in frame.hands]).reshape(-1, NUM_JOINTS, 3)
+        visible = np.stack([hand.visible for hand in frame.hands]).reshape(-1, NUM_JOINTS)
+        yield LabelledFrame(frame.depth_m, intrinsics, joints,
+                            np.ones(joints.shape[:2], dtype=bool), f'synthetic-{seed}-{index}',
+                            visible.astype(bool))
+
+
+def joint_errors_mm(pred_xyz, gt_xyz, mask):
+    """
+    Return per-joint 3D errors in millimetres, NaN where a joint is not labelled.
+
+    :param pred_xyz: (..., 21, 3) metres.
+    :param gt_xyz: (..., 21, 3) metres.
+    :param mask: (..., 21) bool, labelled joints.
+    """
+    pred_xyz = np.asarray(pred_xyz, dtype=np.float64)
+    gt_xyz = np.asarray(gt_xyz, dtype=np.float64)
+    if pred_xyz.shape != gt_xyz.shape or pred_xyz.shape[-2:] != (NUM_JOINTS, 3):
+        raise ValueError(f'predictions {pred_xyz.shape} and ground truth {gt_xyz.shape} must '
+                         f'both be (..., {NUM_JOINTS}, 3)')
+    errors = np.linalg.norm(pred_xyz - gt_xyz, axis=-1) * 1000.0
+    return np.where(np.broadcast_to(mask, errors.shape), errors, np.nan)
+
+
+def success_curve(errors_mm, thresholds_mm=DEFAULT_THRESHOLDS_MM):
+    """
+    Return the fraction of hands whose maximum labelled-joint error is <= each threshold.
+
+    :param errors_mm: (F, 21) errors, NaN for unlabelled joints; a row that is entirely
+        NaN or holds inf is a missed hand (never a success).
+    :param thresholds_mm: (T,) thresholds.
+    :return: (T,) fractions in [0, 1].
+    """
+    errors_mm = np.asarray(errors_mm, dtype=np.float64).reshape(-1, NUM_JOINTS)
+    thresholds_mm = np.asarray(thresholds_mm, dtype=np.float64)
+    if len(errors_mm) == 0:
+        return np.zeros(len(thresholds_mm))
+    labelled = ~np.isnan(errors_mm)
+    worst = np.where(labelled.any(axis=1),
+                     np.nanmax(np.where(labelled, errors_mm, -np.inf), axis=1), np.inf)
+    return (worst[None, :] <= thresholds_mm[:, None]).mean(axis=1)
+
+
+def summarize_errors(errors_mm, thresholds_mm=DEFAULT_THRESHOLDS_MM):
+    """
+    Return error statistics of (F, 21) errors (NaN unlabelled, rows of inf = missed hands).
+
+    :return: dict with mean_mm, median_mm, per_joint_mm {joint name: mm or None},
+        success_curve {thresholds_mm, fraction} and hands (evaluated, missed).
+    """
+    errors_mm = np.asarray(errors_mm, dtype=np.float64).reshape(-1, NUM_JOINTS)
+    missed = np.all(np.isinf(errors_mm) | np.isnan(errors_mm), axis=1) \
+        & np.any(np.isinf(errors_mm), axis=1)
+    found = errors_mm[~missed]
+    values = found[np.isfinite(found)]
+    with np.errstate(invalid='ignore'):
+        counts = np.isfinite(found).sum(axis=0)
+        sums = np.where(np.isfinite(found), found, 0.0).sum(axis=0)
+        per_joint = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return {
+        'mean_mm': _number(values.mean()) if values.size else None,
+        'median_mm': _number(np.median(values)) if values.size else None,
+        'per_joint_mm': {name: _number(v) for name, v in zip(JOINT_NAMES, per_joint)},
+        'success_curve': {'thresholds_mm': [float(t) for t in thresholds_mm],
+                          'fraction': [_number(f) for f in success_curve(errors_mm,
+                                                                         thresholds_mm)]},
+        'hands': {'evaluated': int(len(found)), 'missed': int(missed.sum())},
+    }
+
+
+def match_centers(found_xyz, truth_xyz, radius_m=DEFAULT_MATCH_RADIUS_M):
+    """
+    Match found centres to ground-truth centres one-to-one, nearest pairs first.
+
+    :param found_xyz: (N, 3) metres.
+    :param truth_xyz: (K, 3) metres.
+    :param radius_m: largest matching distance.
+    :return: (K,) index into ``found_xyz`` for each ground truth, -1 when unmatched.
+    """
+    found_xyz = np.asarray(found_xyz, dtype=np.float64).reshape(-1, 3)
+    truth_xyz = np.asarray(truth_xyz, dtype=np.float64).reshape(-1, 3)
+    assignment = np.full(len(truth_xyz), -1, dtype=np.int64)
+    if len(found_xyz) == 0 or len(truth_xyz) == 0:
+        return assignment
+    distance = np.linalg.norm(truth_xyz[:, None] - found_xyz[None], axis=-1)
+    order = np.argsort(distance, axis=None)
+    used = set()
+    for flat in order:
+        k, n = np.unravel_index(flat, distance.shape)
+        if distance[k, n] > radius_m:
+            break
+        if assignment[k] < 0 and n not in used:
+            assignment[k] = n
+            used.add(n)
+    return assignment
+
+
+def _croppable(frame, k):
+    """Return whether ground-truth hand k has labels and a centre inside the image."""
+    if not frame.joint_mask[k].any():
+        return False
+    try:
+        check_center(frame.centers_xyz[k], frame.intrinsics)
+    except ValueError:
+        return False
+    return True
+
+
+def evaluate_estimator(estimator, frames, center_mode='oracle',
+                       match_radius_m=DEFAULT_MATCH_RADIUS_M,
+                       thresholds_mm=DEFAULT_THRESHOLDS_MM):
+    """
+    Evaluate an estimator (``estimate(depth, intrinsics, centers)`` API) on labelled frames.
+
+    :param estimator: e.g. :class:`~hand_pose_ros.core.estimator.HandPoseEstimator`.
+    :param frames: iterable of :class:`LabelledFrame`.
+    :param center_mode: 'oracle' (crop at the ground-truth centroid) or 'detect' (the
+        estimator's own localiser).
+    :return: dict: error summary (see :func:`summarize_errors`), detection figures and mean
+        per-stage timings in ms.
+    """
+    if center_mode not in CENTER_MODES:
+        raise ValueError(f'center_mode must be one of {CENTER_MODES}, got {center_mode!r}')
+    rows, center_errors, timings = [], [], []
+    num_frames = skipped = false_positives = 0
+    for frame in frames:
+        num_frames += 1
+        keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
+        skipped += len(frame.joints_xyz) - len(keep)
+        if not keep:
+            continue
+        truth = frame.centers_xyz[keep]
+        if center_mode == 'oracle':
+            hands = estimator.estimate(frame.depth_m, frame.intrinsics, centers=truth)
+            assignment = np.arange(len(keep)) if len(hands) == len(keep) \
+                else match_centers([h.center_xyz for h in hands], truth, 1e-9)
+        else:
+            hands = estimator.estimate(frame.depth_m, frame.intrinsics)
+            assignment = match_centers([h.center_xyz for h in hands], truth, match_radius_m)
+            false_positives += len(hands) - int((assignment >= 0).sum())
+        timings.append(dict(estimator.last_timings))
+        for index, k in enumerate(keep):
+            if assignment[index] < 0:
+                rows.append(np.full(NUM_JOINTS, np.inf))
+                continue
+            hand = hands[assignment[index]]
+            rows.append(joint_errors_mm(hand.keypoints_xyz, frame.joints_xyz[k],
+                                        frame.joint_mask[k]))
+            center_errors.append(np.linalg.norm(hand.center_xyz - truth[index]) * 1000.0)
+    result = summarize_errors(np.array(rows).reshape(-1, NUM_JOINTS), thresholds_mm)
+    hands_total = len(rows)
+    detected = result['hands']['evaluated']
+    result.update({
+        'center_mode': center_mode,
+        'frames': num_frames,
+        'hands_skipped_outside_image': skipped,
+        'detection_rate': _number(detected / hands_total) if hands_total else None,
+        'match_radius_mm': match_radius_m * 1000.0,
+        'false_positives': false_positives,
+        'center_error_mm': _stats(center_errors) if center_mode == 'detect' else None,
+        'timings_ms': {stage: _number(np.mean([t[stage] for t in timings]))
+                       for stage in (timings[0] if timings else {})},
+    })
+    return result
+
+
+def evaluate_localizer(localizer, frames, max_hands=2, match_radius_m=DEFAULT_MATCH_RADIUS_M):
+    """
+    Measure a localiser's detection rate, centre error and false positives.
+
+    :param localizer: object with ``locate(depth_m, intrinsics, max_hands)``.
+    :param frames: iterable of :class:`LabelledFrame`.
+    :return: dict with frames, hands, detection_rate (and for frames with visibility labels
+        detection_rate_mostly_visible: hands with >= half their joints unoccluded),
+        center_error_mm statistics, false_positives (total and per frame), locate time in ms.
+    """
+    import time
+
+    hands = detected = false_positives = num_frames = 0
+    errors, durations, mostly_visible = [], [], []
+    for frame in frames:
+        num_frames += 1
+        keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
+        start = time.perf_counter()
+        candidates = localizer.locate(frame.depth_m, frame.intrinsics, max_hands=max_hands)
+        durations.append((time.perf_counter() - start) * 1e3)
+        truth = frame.centers_xyz[keep]
+        found = np.array([c.center_xyz for c in candidates]).reshape(-1, 3)
+        assignment = match_centers(found, truth, match_radius_m)
+        hands += len(keep)
+        detected += int((assignment >= 0).sum())
+        false_positives += len(candidates) - int((assignment >= 0).sum())
+        errors.extend(np.linalg.norm(found[n] - truth[i]) * 1000.0
+                      for i, n in enumerate(assignment) if n >= 0)
+        if frame.visible is not None:
+            mostly_visible.extend(bool(n >= 0) for k, n in zip(keep, assignment)
+                                  if frame.visible[k].mean() >= MOSTLY_VISIBLE)
+    return {
+        'frames': num_frames,
+        'hands': hands,
+        'detection_rate': _number(detected / hands) if hands else None,
+        'match_radius_mm': match_radius_m * 1000.0,
+        'detection_rate_mostly_visible': _number(np.mean(mostly_visible))
+        if mostly_visible else None,
+        'hands_mostly_visible': len(mostly_visible),
+        'center_error_mm': _stats(errors),
+        'false_positives': false_positives,
+        'false_positives_per_frame': _number(false_positives / num_frames)
+        if num_frames else None,
+        'locate_ms': _stats(durations),
+    }
+
+
+def draw_success_curves(curves, path, size=(640, 480)):
+    """
+    Draw success-frame curves as a PNG (pillow; no matplotlib).
+
+    :param curves: {label: (thresholds_mm, fractions)}.
+    :param path: output PNG path.
+    """
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 60, 20, 24, 50
+    image = Image.new('RGB', size, 'white')
+    draw = ImageDraw.Draw(image)
+    all_thresholds = np.concatenate([np.asarray(t, dtype=np.float64) for t, _ in
+                                     curves.values()]) if curves else np.array([80.0])
+    t_max = max(float(all_thresholds.max()), 1.0)
+
+    def point(t, f):
+        return (left + (width - left - right) * t / t_max,
+                height - bottom - (height - top - bottom) * f)
+
+    for step in range(11):
+        fraction = step / 10
+        draw.line([point(0, fraction), point(t_max, fraction)], fill=(225, 225, 225))
+        draw.text((8, point(0, fraction)[1] - 6), f'{fraction * 100:.0f}%', fill='black')
+    tick = 10 ** math.floor(math.log10(t_max))
+    for t in np.arange(0, t_max + 1e-9, tick if t_max / tick >= 4 else tick / 2):
+        draw.line([point(t, 0), point(t, 1)], fill=(225, 225, 225))
+        draw.text((point(t, 0)[0] - 8, height - bottom + 6), f'{t:g}', fill='black')
+    draw.rectangle([point(0, 1), point(t_max, 0)], outline='black')
+    draw.text((width // 2 - 110, height - 22), 'maximum joint error threshold (mm)',
+              fill='black')
+    draw.text((left, 4), 'fraction of hands with every joint within the threshold',
+              fill='black')
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+    for index, (label, (thresholds, fractions)) in enumerate(curves.items()):
+        colour = colours[index % len(colours)]
+        pts = [point(t, f) for t, f in zip(thresholds, fractions) if f is not None]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=2)
+        draw.text((left + 10, top + 8 + 14 * index), f'{label}', fill=colour)
+    image.save(path)
+    return path
+
+
+def _number(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _stats(values):
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return None
+    return {'mean': _number(values.mean()), 'median': _number(np.median(values)),
+            'p90': _number(np.percentile(values, 90)), 'max': _number(values.max())}

@@ -1,0 +1,101 @@
+"""
+Run hand_pose_evaluate on a few synthetic frames.
+
+The model is a tiny untrained network: numbers are checked for consistency, not accuracy.
+"""
+
+import json
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from hand_pose_ros.cli.evaluate import main
+from hand_pose_ros.core.crop import CropSpec
+
+
+def test_localizer_only_on_synthetic_frames(tmp_path, capsys):
+    out = tmp_path / 'loc.json'
+    assert main(['--dataset', 'synthetic', '--localizer-only', '--frames', '3',
+                 '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result['evaluated'] == 'localizer' and result['frames'] == 3
+    assert result['seed'] == 1000 and result['hands'] >= 3
+    assert 0.0 <= result['detection_rate'] <= 1.0
+    assert 'detection rate' in capsys.readouterr().out
+
+
+def tiny_card(directory):
+    torch = pytest.importorskip('torch')
+    from hand_pose_ros.core.model_io import save_model
+    from hand_pose_ros.core.models import build_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model('a2j', backbone='resnet18', width=0.25, input_size=64, head_channels=16)
+    spec = CropSpec(input_size=64, cube_size_m=(0.2, 0.2, 0.3))
+    return save_model(model, directory, 'tiny', extra={'crop': spec.to_dict()})
+
+
+def test_model_evaluation_writes_json_and_curve(tmp_path):
+    card = tiny_card(tmp_path)
+    out, plot = tmp_path / 'eval.json', tmp_path / 'curve.png'
+    assert main(['--dataset', 'synthetic', '--model', str(card), '--backend', 'torch',
+                 '--center', 'oracle', '--frames', '2', '--json', str(out),
+                 '--plot', str(plot)]) == 0
+    result = json.loads(out.read_text())
+    assert result['center_mode'] == 'oracle' and result['detection_rate'] == 1.0
+    per_joint = [v for v in result['per_joint_mm'].values() if v is not None]
+    assert len(per_joint) == 21
+    # An untrained network still predicts inside the +-100 mm crop box around the centroid.
+    assert 0.0 < result['mean_mm'] < 250.0
+    assert result['mean_mm'] == pytest.approx(np.mean(per_joint), rel=0.2)
+    assert set(result['timings_ms']) == {'localize', 'crop', 'infer', 'decode'}
+    fractions = result['success_curve']['fraction']
+    assert fractions == sorted(fractions) and len(fractions) == 81
+    with Image.open(plot) as image:
+        assert image.size == (640, 480)
+
+
+def test_icvl_folder_uses_the_joints_the_dataset_labels(tmp_path):
+    from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
+
+    intrinsics = CameraIntrinsics.from_preset('icvl')
+    (tmp_path / 'Depth').mkdir()
+    v, u = np.mgrid[0:240, 0:320]
+    depth = np.where((u - 160) ** 2 + (v - 120) ** 2 < 30 ** 2, 400, 0).astype(np.uint16)
+    Image.fromarray(depth).save(tmp_path / 'Depth' / 'frame.png')
+    rng = np.random.default_rng(0)
+    joints = np.array([0.0, 0.0, 0.41]) + rng.uniform(-0.04, 0.04, (16, 3))
+    uvd = uvd_from_xyz(joints, intrinsics) * [1, 1, 1000]
+    values = ' '.join(f'{x:.3f}' for x in uvd.ravel())
+    (tmp_path / 'test.txt').write_text(f'frame.png {values}\n')
+    out = tmp_path / 'icvl.json'
+    assert main(['--dataset', 'icvl', '--root', str(tmp_path), '--option', 'labels=test.txt',
+                 '--model', str(tiny_card(tmp_path)), '--backend', 'torch',
+                 '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result['frames'] == 1 and result['seed'] is None
+    per_joint = result['per_joint_mm']
+    # ICVL has no wrist, thumb CMC or finger PIP joints in the canonical order.
+    assert per_joint['wrist'] is None and per_joint['index_pip'] is None
+    assert sum(v is not None for v in per_joint.values()) == 15
+
+
+def test_errors_exit_with_a_message(tmp_path, capsys):
+    assert main(['--dataset', 'nyu', '--localizer-only']) == 2
+    assert '--root' in capsys.readouterr().err
+    assert main(['--dataset', 'synthetic', '--model', str(tmp_path / 'none.yaml')]) == 2
+    assert 'none.yaml' in capsys.readouterr().err
+    assert main(['--dataset', 'icvl', '--root', str(tmp_path / 'missing'),
+                 '--localizer-only']) == 2
+    assert main(['--dataset', 'icvl', '--root', str(tmp_path), '--option', 'labels',
+                 '--localizer-only']) == 2
+    assert 'KEY=VALUE' in capsys.readouterr().err
+
+
+def test_dataset_reader_options_are_parsed():
+    from hand_pose_ros.cli.evaluate import parse_options
+
+    assert parse_options(['labels=test.txt', 'kinect=2', 'subjects=P0,P1']) == {
+        'labels': 'test.txt', 'kinect': 2, 'subjects': ['P0', 'P1']}

@@ -1,0 +1,126 @@
+"""TensorRT engine cache: keys, stale detection, rebuilds, directories; TensorRT on a GPU."""
+
+from dataclasses import replace
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from hand_pose_ros.core.backends.engine_cache import (
+    default_cache_dir, EngineCache, EngineKey, prepare_cache_dir)
+
+KEY = EngineKey(onnx_sha256='a' * 64, input_shapes=(('depth', (1, 176, 176)),), max_batch=4,
+                precision='fp16', trt_version='10.3.0', gpu_name='NVIDIA Orin')
+
+
+class Builder:
+    """Counts builds and returns distinct engine bytes per call."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        return f'engine-{self.calls}'.encode()
+
+
+def test_default_dir_honours_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    assert default_cache_dir() == tmp_path / 'xdg' / 'hand_pose_ros' / 'engines'
+    monkeypatch.delenv('XDG_CACHE_HOME')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert default_cache_dir() == tmp_path / 'home' / '.cache' / 'hand_pose_ros' / 'engines'
+    cache = EngineCache()
+    assert cache.directory.is_dir() and not str(cache.directory).startswith('/tmp/hand')
+
+
+def test_every_key_field_changes_the_digest():
+    changes = {'onnx_sha256': 'b' * 64, 'input_shapes': (('depth', (1, 128, 128)),),
+               'max_batch': 2, 'precision': 'int8', 'trt_version': '8.6.2',
+               'gpu_name': 'NVIDIA GeForce RTX 3060'}
+    digests = {KEY.digest()}
+    for field, value in changes.items():
+        changed = replace(KEY, **{field: value})
+        assert changed.changed_fields(KEY) == [field]
+        digests.add(changed.digest())
+    assert len(digests) == 1 + len(changes)
+    assert EngineKey.from_dict(json.loads(json.dumps(KEY.to_dict()))) == KEY
+    with pytest.raises(ValueError, match='precision'):
+        replace(KEY, precision='fp8')
+    with pytest.raises(ValueError, match='max_batch'):
+        replace(KEY, max_batch=0)
+
+
+def test_build_hit_stale_rebuild_and_force(tmp_path, caplog):
+    cache = EngineCache(tmp_path / 'engines')
+    build = Builder()
+    data, status = cache.load_or_build('a2j', KEY, build)
+    assert (data, status, build.calls) == (b'engine-1', 'built', 1)
+    path = cache.engine_path('a2j', KEY)
+    assert path.read_bytes() == b'engine-1'
+    stored = json.loads(cache.key_path(path).read_text())
+    assert stored['digest'] == KEY.digest()
+    data, status = cache.load_or_build('a2j', KEY, build)
+    assert (data, status, build.calls) == (b'engine-1', 'hit', 1)
+    upgraded = replace(KEY, trt_version='10.4.0', gpu_name='NVIDIA H100')
+    with caplog.at_level(logging.WARNING):
+        data, status = cache.load_or_build('a2j', upgraded, build)
+    assert (data, status, build.calls) == (b'engine-2', 'rebuilt', 2)
+    assert 'stale: trt_version, gpu_name changed' in caplog.text
+    assert cache.load_or_build('a2j', upgraded, build)[1] == 'hit'
+    assert cache.load_or_build('a2j', upgraded, build, force_rebuild=True)[1] == 'rebuilt'
+    assert build.calls == 3
+
+
+def test_missing_or_corrupt_key_file_triggers_rebuild(tmp_path):
+    cache = EngineCache(tmp_path)
+    build = Builder()
+    cache.load_or_build('m', KEY, build)
+    key_path = cache.key_path(cache.engine_path('m', KEY))
+    key_path.write_text('{not json')
+    assert cache.check('m', KEY)[1] == 'unreadable key file'
+    assert cache.load_or_build('m', KEY, build)[1] == 'rebuilt'
+    key_path.unlink()
+    assert cache.check('m', KEY)[1] == 'no key file'
+    assert cache.load_or_build('m', KEY, build)[1] == 'rebuilt'
+    assert build.calls == 3
+    with pytest.raises(RuntimeError, match='produced no engine'):
+        cache.load_or_build('m', replace(KEY, max_batch=8), lambda: b'')
+
+
+def test_unusable_cache_directories_raise_clear_errors(tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    with pytest.raises(ValueError, match='is not a directory'):
+        prepare_cache_dir(blocker)
+    with pytest.raises(ValueError, match='cannot be created'):
+        prepare_cache_dir(blocker / 'engines')
+    # procfs refuses new files even for root: a real read-only directory.
+    with pytest.raises(ValueError, match='is not writable'):
+        prepare_cache_dir('/proc/self')
+
+
+def test_tensorrt_engine_matches_onnxruntime(tmp_path):
+    """GPU only: build an FP32 and an FP16 engine from a tiny A2J and compare with ORT."""
+    pytest.importorskip('tensorrt')
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip('TensorRT needs a CUDA device')
+    from hand_pose_ros.core import export, model_io
+    from hand_pose_ros.core.backends import create_backend
+    from hand_pose_ros.core.models import build_model
+
+    model = build_model('a2j', backbone='resnet18', width=0.25, input_size=64,
+                        head_channels=32).eval()
+    card = model_io.save_model(model, tmp_path, 'a2j')
+    export.export_card(card)
+    batch = export.example_inputs(model, 3)['depth']
+    reference = create_backend('onnxruntime', card)(batch)
+    for precision, tolerance in (('fp32', 1e-3), ('fp16', 2e-2)):
+        backend = create_backend('tensorrt', card, precision=precision, max_batch=4,
+                                 cache_dir=tmp_path / 'engines')
+        assert backend.cache_status == 'built'
+        np.testing.assert_allclose(backend(batch)['joints'], reference['joints'],
+                                   atol=tolerance)

@@ -1,0 +1,244 @@
+"""
+Estimator plumbing, API and bad input.
+
+The backends here are built in the test: an oracle that returns known normalised joints
+(tests the crop/decode plumbing exactly, not a network) and a tiny untrained A2J network
+(tests that a real network's outputs pass through).
+"""
+
+import numpy as np
+import pytest
+
+from hand_pose_ros.core import CameraIntrinsics, HandPose, HandPoseEstimator, load_estimator
+from hand_pose_ros.core.crop import CropSpec, make_transform
+from hand_pose_ros.core.localizer import DepthHandLocalizer
+from hand_pose_ros.core.model_io import ModelFileError
+
+INTRINSICS = CameraIntrinsics.from_preset('sr300')
+SPEC = CropSpec(input_size=64, cube_size_m=(0.2, 0.2, 0.3))
+CENTER = np.array([0.03, -0.02, 0.5])
+
+
+class OracleBackend:
+    """Return fixed normalised joints (one set per hand) with a fixed confidence."""
+
+    def __init__(self, joints_norm, confidence=0.8):
+        self.joints_norm = np.asarray(joints_norm, dtype=np.float32)
+        self.confidence = confidence
+        self.batches = []
+
+    def __call__(self, batch):
+        self.batches.append(batch)
+        count = len(batch)
+        return {'joints': self.joints_norm[:count],
+                'confidence': np.full((count, 21), self.confidence, np.float32)}
+
+
+def hand_scene(center=CENTER):
+    """Return a depth image (float32 m) with a hand-sized disc 10 mm in front of center."""
+    v, u = np.mgrid[0:INTRINSICS.height, 0:INTRINSICS.width]
+    depth = np.full(v.shape, np.nan, dtype=np.float32)
+    z = center[2] - 0.01
+    x = (u - INTRINSICS.cx) * z / INTRINSICS.fx
+    y = (v - INTRINSICS.cy) * z / INTRINSICS.fy
+    depth[(x - center[0]) ** 2 + (y - center[1]) ** 2 < 0.06 ** 2] = z
+    return depth
+
+
+def known_joints(center=CENTER, seed=0):
+    return center + np.random.default_rng(seed).uniform(-0.08, 0.08, size=(21, 3))
+
+
+def estimator(backend, spec=SPEC):
+    return HandPoseEstimator(DepthHandLocalizer(), spec, backend, max_hands=2, name='test')
+
+
+def test_given_centres_decode_to_the_known_joints():
+    joints = np.stack([known_joints(CENTER, 0), known_joints(CENTER + [0.1, 0, 0.1], 1)])
+    centers = np.stack([CENTER, CENTER + [0.1, 0, 0.1]])
+    norm = np.stack([make_transform(INTRINSICS, c, SPEC).normalized_from_xyz(j)
+                     for c, j in zip(centers, joints)])
+    backend = OracleBackend(norm)
+    est = estimator(backend)
+    depth_mm = np.round(hand_scene() * 1000).astype(np.float32)
+    depth_mm = np.nan_to_num(depth_mm).astype(np.uint16)
+    hands = est.estimate(depth_mm, INTRINSICS, centers=centers)
+    assert len(hands) == 2 and all(isinstance(h, HandPose) for h in hands)
+    for hand, expected, center in zip(hands, joints, centers):
+        # float32 normalised joints: sub-micrometre loss.
+        np.testing.assert_allclose(hand.keypoints_xyz, expected, atol=1e-5)
+        np.testing.assert_allclose(hand.center_xyz, center)
+        assert hand.keypoints_xyz.shape == (21, 3) and hand.scores.shape == (21,)
+        assert hand.detection_score == 1.0
+    np.testing.assert_allclose(hands[0].scores, 0.8, atol=1e-6)
+    # One batched backend call for both hands.
+    assert len(backend.batches) == 1 and backend.batches[0].shape == (2, 1, 64, 64)
+    assert set(est.last_timings) == {'localize', 'crop', 'infer', 'decode'}
+    assert all(value >= 0 for value in est.last_timings.values())
+
+
+def test_localised_hand_is_cropped_around_the_detected_centre():
+    backend = OracleBackend(np.zeros((2, 21, 3)))  # every joint at the crop centre
+    hands = estimator(backend).estimate(hand_scene(), INTRINSICS)
+    assert len(hands) == 1
+    hand = hands[0]
+    np.testing.assert_allclose(hand.keypoints_xyz, np.tile(hand.center_xyz, (21, 1)),
+                               atol=1e-6)
+    # The localiser puts the centre 20 mm behind the surface; the disc is 10 mm in front.
+    assert np.linalg.norm(hand.center_xyz - CENTER) < 0.015
+    assert 0 < hand.detection_score <= 1
+    # The patch is the crop of the disc: its centre pixel sees the disc surface.
+    patch = backend.batches[0][0, 0]
+    surface_z = CENTER[2] - 0.01
+    assert patch[32, 32] == pytest.approx((surface_z - hand.center_xyz[2]) / 0.15, abs=1e-5)
+
+
+def test_tiny_network_backend_gives_finite_joints_near_the_crop():
+    torch = pytest.importorskip('torch')
+    from hand_pose_ros.core.models import build_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    spec = CropSpec(input_size=64, cube_size_m=(0.2, 0.2, 0.3))
+    model = build_model('a2j', backbone='resnet18', width=0.25, input_size=64,
+                        head_channels=16).eval()
+
+    def backend(batch):
+        with torch.no_grad():
+            out = model(torch.from_numpy(batch))
+        return {key: value.numpy() for key, value in out.items()}
+
+    hands = estimator(backend, spec).estimate(hand_scene(), INTRINSICS)
+    assert len(hands) == 1
+    keypoints = hands[0].keypoints_xyz
+    scores = hands[0].scores
+    assert np.all(np.isfinite(keypoints)) and np.all((scores >= 0) & (scores <= 1))
+    # A2J decodes joints as anchor averages: inside the crop box whatever the weights.
+    assert np.all(np.abs(keypoints[:, :2] - hands[0].center_xyz[:2]) < 0.12)
+
+
+def test_empty_and_invalid_images_give_no_hands():
+    est = estimator(OracleBackend(np.zeros((2, 21, 3))))
+    assert est.estimate(np.zeros((480, 640), np.uint16), INTRINSICS) == []
+    assert est.estimate(np.full((480, 640), np.nan, np.float32), INTRINSICS) == []
+    noisy = np.full((480, 640), np.inf, np.float32)
+    noisy[::7, ::5] = np.nan
+    assert est.estimate(noisy, INTRINSICS) == []
+    assert est.backend.batches == []
+
+
+@pytest.mark.parametrize('depth, message', [
+    (np.zeros((480, 640), np.uint8), 'dtype'),
+    (np.zeros((480, 640, 3), np.float32), '2-D'),
+    (np.zeros((0, 640), np.float32), 'empty'),
+    (np.zeros((240, 320), np.float32), 'intrinsics'),
+])
+def test_bad_images_raise(depth, message):
+    with pytest.raises(ValueError, match=message):
+        estimator(OracleBackend(np.zeros((2, 21, 3)))).estimate(depth, INTRINSICS)
+
+
+@pytest.mark.parametrize('centers, message', [
+    ([[0.0, 0.0, -0.4]], 'behind'),
+    ([[5.0, 0.0, 0.5]], 'outside'),
+    ([[np.nan, 0.0, 0.5]], 'finite'),
+    ([[0.0, 0.5]], 'shape'),
+])
+def test_bad_centres_raise(centers, message):
+    est = estimator(OracleBackend(np.zeros((2, 21, 3))))
+    with pytest.raises(ValueError, match=message):
+        est.estimate(hand_scene(), INTRINSICS, centers=np.array(centers))
+
+
+def test_bad_intrinsics_and_backend_outputs():
+    est = estimator(OracleBackend(np.zeros((2, 21, 3))))
+    with pytest.raises(ValueError, match='CameraIntrinsics'):
+        est.estimate(hand_scene(), (475.0, 475.0, 320.0, 240.0))
+    nan_joints = np.zeros((2, 21, 3))
+    nan_joints[0, 3] = np.nan
+    assert estimator(OracleBackend(nan_joints)).estimate(
+        hand_scene(), INTRINSICS, centers=[CENTER]) == []
+    wrong = estimator(lambda batch: {'joints': np.zeros((len(batch), 14, 3)),
+                                     'confidence': np.zeros((len(batch), 14))})
+    with pytest.raises(ValueError, match='expected'):
+        wrong.estimate(hand_scene(), INTRINSICS, centers=[CENTER])
+    with pytest.raises(ValueError, match='CropSpec'):
+        HandPoseEstimator(DepthHandLocalizer(), {'input_size': 64}, OracleBackend([]))
+
+
+def test_missing_model_names_the_file(tmp_path):
+    with pytest.raises(ModelFileError, match='no_such_model.yaml'):
+        load_estimator('no_such_model')
+    card = tmp_path / 'mine.yaml'
+    with pytest.raises(ModelFileError, match=str(card)):
+        load_estimator(str(card))
+    card.write_text('network: a2j\n')
+    with pytest.raises(ModelFileError, match='not a model card'):
+        load_estimator(str(card))
+
+
+def test_load_estimator_from_a_saved_card(tmp_path):
+    torch = pytest.importorskip('torch')
+    from hand_pose_ros.core.model_io import save_model
+    from hand_pose_ros.core.models import build_model
+
+    torch.set_num_threads(1)
+    model = build_model('a2j', backbone='resnet18', width=0.25, input_size=64, head_channels=16)
+    card = save_model(model, tmp_path, 'tiny', extra={'crop': SPEC.to_dict()})
+    est = load_estimator(str(card), backend='torch', max_hands=1, device='cpu')
+    assert est.spec == SPEC and est.max_hands == 1
+    hands = est.estimate(hand_scene(), INTRINSICS)
+    assert len(hands) == 1 and np.all(np.isfinite(hands[0].keypoints_xyz))
+    # A corrupted weights file is refused, naming the file.
+    weights = tmp_path / 'tiny.safetensors'
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match='tiny.safetensors'):
+        load_estimator(str(card), backend='torch')
+
+
+def test_refinement_pass_recrops_at_the_joint_centroid():
+    shift = np.zeros((2, 21, 3))
+    shift[..., 0] = 0.2  # every joint 0.2 crop half-widths right of the crop centre
+    backend = OracleBackend(shift)
+    est = estimator(backend)
+    hands = est.estimate(hand_scene(), INTRINSICS)
+    assert len(hands) == 1 and len(backend.batches) == 2
+    first = DepthHandLocalizer().locate(hand_scene(), INTRINSICS)[0].center_xyz
+    expected = make_transform(INTRINSICS, first, SPEC).xyz_from_normalized(shift[0]).mean(0)
+    np.testing.assert_allclose(hands[0].center_xyz, expected, atol=1e-9)
+    assert hands[0].center_xyz[0] - first[0] == pytest.approx(0.02, abs=1e-3)
+    # Given centres are used as they are: one pass.
+    backend.batches.clear()
+    est.estimate(hand_scene(), INTRINSICS, centers=[CENTER])
+    assert len(backend.batches) == 1
+    no_refine = HandPoseEstimator(DepthHandLocalizer(), SPEC, backend, refine_passes=0)
+    backend.batches.clear()
+    no_refine.estimate(hand_scene(), INTRINSICS)
+    assert len(backend.batches) == 1
+
+
+class FixedLocalizer:
+    """Report fixed candidates (a swapped-in localiser part)."""
+
+    def __init__(self, candidates):
+        self.candidates = candidates
+
+    def locate(self, depth_m, intrinsics, max_hands=2):
+        return self.candidates[:max_hands]
+
+
+def test_candidates_on_one_hand_are_reported_once():
+    from hand_pose_ros.core.localizer import HandCandidate
+
+    def candidate(center, score):
+        return HandCandidate(np.asarray(center), score, (0, 0, 1, 1), 0.01, 10, False)
+
+    backend = OracleBackend(np.zeros((3, 21, 3)))
+    near = [candidate(CENTER, 0.6), candidate(CENTER + [0.03, 0, 0], 0.9),
+            candidate(CENTER + [-0.2, 0, 0], 0.5)]
+    est = HandPoseEstimator(FixedLocalizer(near), SPEC, backend, max_hands=3)
+    hands = est.estimate(hand_scene(), INTRINSICS)
+    assert [h.detection_score for h in hands] == [0.9, 0.5]
+    np.testing.assert_allclose(hands[0].center_xyz, CENTER + [0.03, 0, 0])

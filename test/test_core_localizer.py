@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+
+from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
+from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig
+
+INTRINSICS = CameraIntrinsics.from_preset('sr300')
+V, U = np.mgrid[0:INTRINSICS.height, 0:INTRINSICS.width]
+RAY_X = (U - INTRINSICS.cx) / INTRINSICS.fx
+RAY_Y = (V - INTRINSICS.cy) / INTRINSICS.fy
+
+
+def empty():
+    return np.full((INTRINSICS.height, INTRINSICS.width), np.nan, dtype=np.float32)
+
+
+def paint(depth, mask, z):
+    """Draw a surface where ``mask`` holds, keeping the nearer of it and what is there."""
+    z = np.broadcast_to(np.asarray(z, dtype=np.float32), depth.shape)
+    closer = mask & ~(depth <= z)
+    depth[closer] = z[closer]
+
+
+def add_hand(depth, center, arm_to=None):
+    """
+    Draw a fronto-parallel hand (palm disc + finger block), optionally with a forearm.
+
+    The hand surface is 10 mm in front of ``center`` (the joints lie inside the hand).
+    """
+    x0, y0, z0 = center
+    zs = z0 - 0.01
+    x, y = RAY_X * zs, RAY_Y * zs
+    radius2 = ((x - x0) ** 2 + (y - y0 - 0.02) ** 2) / 0.045 ** 2
+    fingers = (np.abs(x - x0) < 0.04) & (y < y0) & (y > y0 - 0.08) \
+        & (np.mod((x - x0) * 100, 2.0) < 1.4)
+    paint(depth, fingers, zs)
+    # The palm bulges 15 mm towards the camera (a real hand is not flat).
+    paint(depth, radius2 < 1.0, zs - 0.015 * (1.0 - np.minimum(radius2, 1.0)))
+    if arm_to is not None:
+        # Forearm from the wrist towards image direction arm_to (unit 2-vector), receding.
+        direction = np.asarray(arm_to, dtype=np.float64)
+        wrist = np.array([x0, y0 + 0.06])
+        for step in np.linspace(0.0, 0.5, 120):
+            z = zs + 0.35 * step
+            px, py = wrist + direction * step
+            xr, yr = RAY_X * z, RAY_Y * z
+            paint(depth, (xr - px) ** 2 + (yr - py) ** 2 < 0.035 ** 2, z)
+    return depth
+
+
+def locate(depth, max_hands=2, config=None):
+    return DepthHandLocalizer(config).locate(depth, INTRINSICS, max_hands=max_hands)
+
+
+def test_single_hand_with_forearm_to_the_border():
+    center = np.array([0.02, -0.03, 0.5])
+    depth = add_hand(empty(), center, arm_to=(0.0, 1.0))
+    hands = locate(depth)
+    assert len(hands) == 1
+    assert hands[0].arm_cut
+    assert np.linalg.norm(hands[0].center_xyz - center) < 0.03
+    u_min, v_min, u_max, v_max = hands[0].bbox
+    assert u_min < 320 < u_max and v_min < 215 < v_max
+
+
+def test_arm_entering_from_the_side_is_cut_at_the_far_end():
+    center = np.array([-0.05, 0.0, 0.45])
+    depth = add_hand(empty(), center, arm_to=(0.8, 0.6))
+    hands = locate(depth)
+    assert len(hands) == 1 and hands[0].arm_cut
+    assert np.linalg.norm(hands[0].center_xyz - center) < 0.035
+
+
+def test_two_hands_at_different_depths():
+    left, right = np.array([-0.15, 0.0, 0.5]), np.array([0.15, 0.02, 0.62])
+    depth = add_hand(add_hand(empty(), left, arm_to=(-0.3, 1.0)), right, arm_to=(0.3, 1.0))
+    hands = locate(depth, max_hands=2)
+    assert len(hands) == 2
+    found = sorted((h.center_xyz for h in hands), key=lambda c: c[0])
+    assert np.linalg.norm(found[0] - left) < 0.035
+    assert np.linalg.norm(found[1] - right) < 0.035
+    assert len(locate(depth, max_hands=1)) == 1
+    assert locate(depth, max_hands=0) == []
+
+
+def test_no_hand_empty_and_all_invalid_images():
+    assert locate(empty()) == []
+    assert locate(depth_to_metres(np.zeros((480, 640), np.uint16))) == []
+    # Speckle: a few isolated near pixels are too small to be a hand.
+    depth = empty()
+    depth[100:103, 200:202] = 0.4
+    depth[300, 400] = 0.3
+    assert locate(depth) == []
+
+
+def test_table_and_wall_are_rejected_but_hand_in_front_is_found():
+    table = empty()
+    # A table plane seen from above, filling the lower half of the image.
+    paint(table, V > 240, 0.6 + 0.002 * (V - 240))
+    assert locate(table) == []
+    wall = np.full_like(table, 0.9)
+    assert locate(wall) == []
+    center = np.array([0.0, -0.05, 0.5])
+    scene = add_hand(wall.copy(), center, arm_to=(0.0, 1.0))
+    paint(scene, V > 300, 0.75 + 0.0005 * (V - 300))
+    hands = locate(scene)
+    assert len(hands) == 1
+    assert np.linalg.norm(hands[0].center_xyz - center) < 0.03
+
+
+def test_hand_near_the_image_border():
+    # Hand centre 40 px from the left edge: part of the palm lies outside the image.
+    z = 0.5
+    center = np.array([(40 - INTRINSICS.cx) * z / INTRINSICS.fx, 0.0, z])
+    depth = add_hand(empty(), center)
+    hands = locate(depth)
+    assert len(hands) == 1
+    assert abs(hands[0].center_xyz[2] - z) < 0.02
+    assert np.linalg.norm(hands[0].center_xyz[:2] - center[:2]) < 0.04
+
+
+def test_bad_input_and_config():
+    with pytest.raises(ValueError, match='float metres'):
+        locate(np.zeros((480, 640), np.uint16))
+    with pytest.raises(ValueError, match='intrinsics'):
+        locate(np.zeros((240, 320), np.float32))
+    with pytest.raises(ValueError, match='max_depth_m'):
+        LocalizerConfig(min_depth_m=2.0, max_depth_m=1.0)
+    with pytest.raises(ValueError, match='band_m'):
+        LocalizerConfig(band_m=0.0)
+
+
+def test_detection_rate_and_centre_error_on_synthetic_frames():
+    from hand_pose_ros.core.evaluation import (
+        evaluate_localizer, synthetic_frames, synthetic_scene_config)
+
+    # Held-out seed; full figures (2000 frames) come from hand_pose_evaluate --localizer-only.
+    frames = synthetic_frames(30, seed=1000, scene=synthetic_scene_config('hand_only'))
+    result = evaluate_localizer(DepthHandLocalizer(), frames, max_hands=1)
+    assert result['hands'] == 30
+    assert result['detection_rate'] >= 0.8
+    assert result['center_error_mm']['median'] < 35.0
+    assert result['false_positives_per_frame'] <= 0.2
