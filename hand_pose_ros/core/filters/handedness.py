@@ -1,0 +1,81 @@
+"""
+Handedness (left or right) from palm orientation and thumb side, smoothed over time.
+
+The palm normal ``n = (index_mcp - wrist) x (pinky_mcp - wrist)`` is palmar on a right hand
+and dorsal on a left hand (mirror images), so deciding which side of the palm plane is
+palmar decides handedness. Evidence for the palmar side: flexed fingers and the opposed thumb
+lie on the palmar side of the palm plane; optionally, a camera prior says which side of the
+palm faces the camera. A flat hand seen edge-on carries no evidence, which is why the
+estimate is smoothed over time and reported as 'unknown' while weak.
+"""
+
+import numpy as np
+
+from hand_pose_ros.core.kinematics import palm_frame
+from hand_pose_ros.core.skeleton import FINGER_JOINTS, hand_length
+
+_CURL_JOINTS = np.concatenate([FINGER_JOINTS[0, 2:], FINGER_JOINTS[1:, 1:].ravel()])
+# Palmar offset of the curl joints (fraction of hand length) that counts as full evidence.
+_FULL_EVIDENCE_OFFSET = 0.08
+_CAMERA_PRIOR_WEIGHT = 0.5
+
+
+def handedness_evidence(keypoints_xyz, camera_prior='none'):
+    """
+    Return the evidence in [-1, 1] that a hand is right (+) or left (-).
+
+    :param keypoints_xyz: (21, 3) keypoints in the camera optical frame (z forward), metres.
+    :param camera_prior: 'none', 'palm_facing_camera' or 'back_facing_camera'.
+    :return: float; the magnitude is the confidence of this single frame.
+    """
+    origin, rotation = palm_frame(keypoints_xyz)
+    normal = rotation[:, 2]
+    offsets = (np.asarray(keypoints_xyz)[_CURL_JOINTS] - origin) @ normal
+    scale = max(float(hand_length(keypoints_xyz)), 1e-6)
+    evidence = np.tanh(np.mean(offsets) / (scale * _FULL_EVIDENCE_OFFSET))
+    if camera_prior != 'none':
+        towards_camera = -origin / max(np.linalg.norm(origin), 1e-9)
+        facing = float(normal @ towards_camera)
+        sign = 1.0 if camera_prior == 'palm_facing_camera' else -1.0
+        evidence = (1.0 - _CAMERA_PRIOR_WEIGHT) * evidence + _CAMERA_PRIOR_WEIGHT * sign * facing
+    return float(np.clip(evidence, -1.0, 1.0))
+
+
+class HandednessEstimator:
+    """
+    Exponentially smoothed handedness of one track.
+
+    :param config: HandednessConfig (time_constant_s, min_confidence, camera_prior).
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.reset()
+
+    def reset(self):
+        """Forget the evidence."""
+        self.value = 0.0
+        self.stamp_s = None
+
+    def update(self, stamp_s, keypoints_xyz):
+        """Add the evidence of one frame (all joints valid) and return the label."""
+        evidence = handedness_evidence(keypoints_xyz, self.config.camera_prior)
+        if self.stamp_s is None or self.config.time_constant_s == 0.0:
+            self.value = evidence
+        else:
+            keep = np.exp(-max(stamp_s - self.stamp_s, 0.0) / self.config.time_constant_s)
+            self.value = keep * self.value + (1.0 - keep) * evidence
+        self.stamp_s = stamp_s
+        return self.label
+
+    @property
+    def label(self):
+        """Return 'right', 'left' or 'unknown'."""
+        if abs(self.value) < self.config.min_confidence:
+            return 'unknown'
+        return 'right' if self.value > 0 else 'left'
+
+    @property
+    def confidence(self):
+        """Return the smoothed confidence in [0, 1]."""
+        return abs(self.value)

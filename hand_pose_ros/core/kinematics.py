@@ -1,0 +1,361 @@
+"""
+Hand kinematics: joint angles, palm frame and bone frames of 21-joint hands.
+
+Conventions (all arrays in the canonical order of :mod:`hand_pose_ros.core.skeleton`):
+
+* Palm frame: origin at :func:`~hand_pose_ros.core.skeleton.palm_center` (mean of the wrist
+  and the four finger MCPs); x axis distal, from the wrist towards the midpoint of the index
+  and little-finger MCPs; z axis along ``(index_mcp - wrist) x (pinky_mcp - wrist)``,
+  made orthogonal to x; y = z x x. The construction is mirror-consistent: y always points
+  towards the little finger, z points out of the palm (palmar) on a right hand and out of
+  the back of the hand (dorsal) on a left hand.
+* Joint angles (radians): flexion is positive towards the palm, hyperextension negative;
+  MCP abduction is positive towards the thumb side. Every finger joint angle is measured in
+  the finger's own flexion frame: the axis ``a`` along the parent bone, the palmar axis ``p``
+  and the lateral axis ``l = a x p`` carried down the finger, so that rotating ``a`` by
+  ``+theta`` about ``l`` bends it towards the palm. The direction of the next bone is
+  ``d = cos(phi) (cos(theta) a + sin(theta) p) + sin(phi) l``; ``theta`` is the flexion and
+  ``phi`` the out-of-plane (abduction) angle. :func:`chain_angles` and
+  :func:`directions_from_angles` convert between the two, which is what an anatomical repair
+  uses to clamp angles.
+* Thumb CMC (same convention as the synthetic hand model): in the frame (middle metacarpal
+  ``u``, thumb side ``r``, palmar ``p``) the thumb metacarpal direction is
+  ``t = cos(abd) (cos(s - flex) u + sin(s - flex) r) + sin(abd) p`` with the rest splay
+  ``s = skeleton.THUMB_CMC_REST_SPLAY_DEG``: abduction lifts the thumb out of the palm plane
+  towards the palm, flexion swings it across the palm towards the little finger.
+* Bone frames: joint j's orientation is the frame of the bone ending at j (parent -> j):
+  x along the bone; for the four fingers y is the palm y axis made orthogonal to x
+  (the flexion axis), z = x x y; for the thumb z is the palm z axis made orthogonal to x,
+  y = z x x. The wrist uses the palm frame.
+
+Left hands are handled by mirroring the palmar direction (``handedness='left'``); angle
+values of a left hand equal those of the mirrored right hand.
+"""
+
+import numpy as np
+
+from hand_pose_ros.core.skeleton import (
+    BONES, FINGER_JOINTS, FINGERS, MEAN_BONE_LENGTHS_MM, NUM_JOINTS, palm_center,
+    THUMB_CMC_REST_SPLAY_DEG, WRIST)
+
+_EPS = 1e-9
+
+ANGLE_NAMES = (
+    'thumb_cmc_flexion', 'thumb_cmc_abduction', 'thumb_mcp_flexion', 'thumb_ip_flexion',
+) + tuple(
+    name for finger in FINGERS[1:] for name in (
+        f'{finger}_mcp_flexion', f'{finger}_mcp_abduction',
+        f'{finger}_pip_flexion', f'{finger}_dip_flexion'))
+ANGLE_INDEX = {name: i for i, name in enumerate(ANGLE_NAMES)}
+
+# A relaxed hand, degrees (used by hand_from_angles when no angles are given).
+REST_ANGLES_DEG = dict(
+    {'thumb_cmc_flexion': 15.0, 'thumb_cmc_abduction': 40.0, 'thumb_mcp_flexion': 10.0,
+     'thumb_ip_flexion': 10.0},
+    **{f'{f}_{j}': v for f in FINGERS[1:] for j, v in (
+        ('mcp_flexion', 15.0), ('mcp_abduction', 0.0), ('pip_flexion', 20.0),
+        ('dip_flexion', 12.0))})
+
+# Palm template of hand_from_angles: angle of each wrist->MCP bone from the distal axis
+# towards the thumb side (degrees), chosen so index-MCP to little-MCP is ~67 mm; the thumb
+# CMC direction (degrees towards the thumb side, degrees towards the palm).
+_MCP_FAN_DEG = (18.0, 3.0, -12.0, -26.0)
+_THUMB_CMC_DIRECTION_DEG = (40.0, 20.0)
+
+INDEX_MCP, PINKY_MCP, MIDDLE_MCP = 5, 17, 9
+
+
+def _unit(v):
+    """Return v normalised along the last axis (zero vectors stay zero)."""
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(norm, _EPS)
+
+
+def _orthogonal_unit(v, axis):
+    """Return the unit component of v orthogonal to the unit vector axis."""
+    return _unit(v - np.sum(v * axis, axis=-1, keepdims=True) * axis)
+
+
+def _check_keypoints(keypoints_xyz):
+    keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
+    if keypoints_xyz.shape != (NUM_JOINTS, 3):
+        raise ValueError(f'keypoints_xyz must have shape (21, 3), got {keypoints_xyz.shape}')
+    if not np.all(np.isfinite(keypoints_xyz)):
+        raise ValueError('keypoints_xyz contains non-finite values')
+    return keypoints_xyz
+
+
+def _handedness_sign(handedness):
+    if handedness in ('right', 'unknown', None):
+        return 1.0
+    if handedness == 'left':
+        return -1.0
+    raise ValueError(f"handedness must be 'left', 'right' or 'unknown', got {handedness!r}")
+
+
+def palm_frame(keypoints_xyz):
+    """
+    Return the palm frame of a hand (see module docstring for the axis convention).
+
+    :param keypoints_xyz: (21, 3) keypoints, metres.
+    :return: origin (3,) at the palm centre and rotation (3, 3) whose columns are the x, y, z
+        axes expressed in the keypoints' frame.
+    """
+    keypoints_xyz = _check_keypoints(keypoints_xyz)
+    wrist = keypoints_xyz[WRIST]
+    index_mcp, pinky_mcp = keypoints_xyz[INDEX_MCP], keypoints_xyz[PINKY_MCP]
+    x_axis = _unit(0.5 * (index_mcp + pinky_mcp) - wrist)
+    normal = np.cross(index_mcp - wrist, pinky_mcp - wrist)
+    z_axis = _orthogonal_unit(normal, x_axis)
+    y_axis = np.cross(z_axis, x_axis)
+    return palm_center(keypoints_xyz), np.stack([x_axis, y_axis, z_axis], axis=1)
+
+
+def _palm_axes(keypoints_xyz, handedness):
+    """Return (palmar unit normal, thumb-side unit vector in the palm plane)."""
+    _, rotation = palm_frame(keypoints_xyz)
+    palmar = rotation[:, 2] * _handedness_sign(handedness)
+    thumb_side = _orthogonal_unit(keypoints_xyz[INDEX_MCP] - keypoints_xyz[PINKY_MCP], palmar)
+    return palmar, thumb_side
+
+
+def chain_angles(axis, palmar, directions):
+    """
+    Return flexion and out-of-plane angles along a chain of bone directions.
+
+    :param axis: (3,) reference (parent) direction.
+    :param palmar: (3,) direction towards which flexion is positive.
+    :param directions: (K, 3) unit directions of the K bones of the chain.
+    :return: flexion (K,) and out-of-plane angles (K,), radians.
+    """
+    a = _unit(np.asarray(axis, dtype=np.float64))
+    p = _orthogonal_unit(np.asarray(palmar, dtype=np.float64), a)
+    lateral = np.cross(a, p)
+    flexion, out_of_plane = [], []
+    for d in directions:
+        flexion.append(np.arctan2(d @ p, d @ a))
+        out_of_plane.append(np.arcsin(np.clip(d @ lateral, -1.0, 1.0)))
+        a = d
+        lateral = _orthogonal_unit(lateral, a)
+        p = np.cross(lateral, a)
+    return np.array(flexion), np.array(out_of_plane)
+
+
+def directions_from_angles(axis, palmar, flexion, out_of_plane):
+    """
+    Return (K, 3) unit bone directions rebuilt from chain angles (inverse of chain_angles).
+
+    :param axis: (3,) reference (parent) direction.
+    :param palmar: (3,) direction towards which flexion is positive.
+    :param flexion: (K,) flexion angles, radians.
+    :param out_of_plane: (K,) out-of-plane angles, radians.
+    :return: (K, 3) directions of the K bones.
+    """
+    a = _unit(np.asarray(axis, dtype=np.float64))
+    p = _orthogonal_unit(np.asarray(palmar, dtype=np.float64), a)
+    lateral = np.cross(a, p)
+    out = []
+    for theta, phi in zip(flexion, out_of_plane):
+        d = np.cos(phi) * (np.cos(theta) * a + np.sin(theta) * p) + np.sin(phi) * lateral
+        out.append(d)
+        a = d
+        lateral = _orthogonal_unit(lateral, a)
+        p = np.cross(lateral, a)
+    return np.array(out)
+
+
+def finger_reference(keypoints_xyz, finger, handedness='right'):
+    """
+    Return the reference frame used for one finger's angles.
+
+    :param keypoints_xyz: (21, 3) keypoints.
+    :param finger: finger index 0 (thumb) to 4 (little finger).
+    :param handedness: 'left', 'right' or 'unknown' (treated as right).
+    :return: (reference axis (3,), palmar direction (3,), abduction sign) where the
+        abduction sign makes positive out-of-plane angles point towards the thumb.
+    """
+    keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
+    palmar, thumb_side = _palm_axes(keypoints_xyz, handedness)
+    if finger == 0:
+        thumb_axis = _unit(keypoints_xyz[2] - keypoints_xyz[1])
+        towards_palm = palmar - thumb_side
+        return thumb_axis, towards_palm, 1.0
+    mcp = keypoints_xyz[FINGER_JOINTS[finger, 0]]
+    axis = _unit(mcp - keypoints_xyz[WRIST])
+    lateral = np.cross(axis, _orthogonal_unit(palmar, axis))
+    return axis, palmar, float(np.sign(lateral @ thumb_side) or 1.0)
+
+
+def thumb_cmc_frame(keypoints_xyz, handedness='right'):
+    """Return the (middle metacarpal, thumb side, palmar) orthonormal axes of the thumb CMC."""
+    keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
+    palmar, _ = _palm_axes(keypoints_xyz, handedness)
+    u = _unit(keypoints_xyz[MIDDLE_MCP] - keypoints_xyz[WRIST])
+    p = _orthogonal_unit(palmar, u)
+    r = _orthogonal_unit(keypoints_xyz[INDEX_MCP] - keypoints_xyz[PINKY_MCP], u)
+    r = _orthogonal_unit(r, p)
+    return u, r, p
+
+
+def joint_angles(keypoints_xyz, handedness='right'):
+    """
+    Return the joint angles of a hand, ordered like ANGLE_NAMES (radians).
+
+    :param keypoints_xyz: (21, 3) keypoints, metres.
+    :param handedness: 'left', 'right' or 'unknown' (treated as right); decides which side of
+        the palm plane is palmar, hence the sign of flexion.
+    :return: (len(ANGLE_NAMES),) float64 angles.
+    """
+    keypoints_xyz = _check_keypoints(keypoints_xyz)
+    angles = np.zeros(len(ANGLE_NAMES))
+    u, r, p = thumb_cmc_frame(keypoints_xyz, handedness)
+    t = _unit(keypoints_xyz[2] - keypoints_xyz[1])
+    angles[ANGLE_INDEX['thumb_cmc_abduction']] = np.arcsin(np.clip(t @ p, -1.0, 1.0))
+    angles[ANGLE_INDEX['thumb_cmc_flexion']] = (
+        np.radians(THUMB_CMC_REST_SPLAY_DEG) - np.arctan2(t @ r, t @ u))
+    for finger in range(5):
+        chain = FINGER_JOINTS[finger]
+        axis, palmar, abduction_sign = finger_reference(keypoints_xyz, finger, handedness)
+        if finger == 0:
+            bones = _unit(keypoints_xyz[chain[2:]] - keypoints_xyz[chain[1:3]])
+            flexion, _ = chain_angles(axis, palmar, bones)
+            angles[ANGLE_INDEX['thumb_mcp_flexion']] = flexion[0]
+            angles[ANGLE_INDEX['thumb_ip_flexion']] = flexion[1]
+            continue
+        bones = _unit(keypoints_xyz[chain[1:]] - keypoints_xyz[chain[:-1]])
+        flexion, out_of_plane = chain_angles(axis, palmar, bones)
+        name = FINGERS[finger]
+        angles[ANGLE_INDEX[f'{name}_mcp_flexion']] = flexion[0]
+        angles[ANGLE_INDEX[f'{name}_mcp_abduction']] = abduction_sign * out_of_plane[0]
+        angles[ANGLE_INDEX[f'{name}_pip_flexion']] = flexion[1]
+        angles[ANGLE_INDEX[f'{name}_dip_flexion']] = flexion[2]
+    return angles
+
+
+def bone_frames(keypoints_xyz):
+    """
+    Return the orientation of every joint as the frame of the bone ending at it.
+
+    :param keypoints_xyz: (21, 3) keypoints, metres.
+    :return: (21, 3, 3) rotation matrices (columns x, y, z); see the module docstring.
+    """
+    keypoints_xyz = _check_keypoints(keypoints_xyz)
+    _, palm_rotation = palm_frame(keypoints_xyz)
+    frames = np.empty((NUM_JOINTS, 3, 3))
+    frames[WRIST] = palm_rotation
+    for finger in range(5):
+        for joint in FINGER_JOINTS[finger]:
+            parent = WRIST if joint == FINGER_JOINTS[finger, 0] else joint - 1
+            x_axis = _unit(keypoints_xyz[joint] - keypoints_xyz[parent])
+            if finger == 0:
+                z_axis = _orthogonal_unit(palm_rotation[:, 2], x_axis)
+                y_axis = np.cross(z_axis, x_axis)
+            else:
+                y_axis = _orthogonal_unit(palm_rotation[:, 1], x_axis)
+                z_axis = np.cross(x_axis, y_axis)
+            frames[joint] = np.stack([x_axis, y_axis, z_axis], axis=1)
+    return frames
+
+
+def hinge_out_of_plane(keypoints_xyz, finger, handedness='right'):
+    """
+    Return the out-of-plane angles (2,) at a finger's hinge joints (PIP/DIP; thumb MCP/IP).
+
+    Zero for an ideal hinge; :func:`rebuild_finger` can keep them to stay close to an
+    observation.
+    """
+    keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
+    chain = FINGER_JOINTS[finger]
+    axis, palmar, _ = finger_reference(keypoints_xyz, finger, handedness)
+    if finger == 0:
+        bones = _unit(keypoints_xyz[chain[2:]] - keypoints_xyz[chain[1:3]])
+        return chain_angles(axis, palmar, bones)[1]
+    bones = _unit(keypoints_xyz[chain[1:]] - keypoints_xyz[chain[:-1]])
+    return chain_angles(axis, palmar, bones)[1][1:]
+
+
+def rebuild_finger(keypoints_xyz, finger, angles, bone_lengths_m, handedness='right',
+                   hinge_twist=None):
+    """
+    Return keypoints with one finger chain rebuilt from joint angles and bone lengths.
+
+    The palm (wrist, thumb CMC, finger MCPs) is kept; the finger's joints are placed along the
+    directions given by ``angles`` at the given bone lengths. PIP/DIP and thumb MCP/IP are
+    pure hinges unless ``hinge_twist`` gives their out-of-plane angles
+    (:func:`hinge_out_of_plane`). This is the inverse of :func:`joint_angles`.
+
+    :param keypoints_xyz: (21, 3) keypoints, metres.
+    :param finger: finger index 0 (thumb) to 4 (little finger).
+    :param angles: (len(ANGLE_NAMES),) joint angles, radians.
+    :param bone_lengths_m: (20,) bone lengths indexed like skeleton.BONES, metres.
+    :param handedness: 'left', 'right' or 'unknown' (treated as right).
+    :param hinge_twist: (2,) out-of-plane angles of the hinge joints, radians, or None.
+    :return: (21, 3) float64 keypoints.
+    """
+    out = np.array(keypoints_xyz, dtype=np.float64)
+    twist = np.zeros(2) if hinge_twist is None else np.asarray(hinge_twist, dtype=np.float64)
+    chain = FINGER_JOINTS[finger]
+    # Bone b ends at joint b + 1, so the bone ending at joint j has index j - 1.
+    if finger == 0:
+        u, r, p = thumb_cmc_frame(out, handedness)
+        abduction = angles[ANGLE_INDEX['thumb_cmc_abduction']]
+        swing = np.radians(THUMB_CMC_REST_SPLAY_DEG) - angles[ANGLE_INDEX['thumb_cmc_flexion']]
+        t = np.cos(abduction) * (np.cos(swing) * u + np.sin(swing) * r) + np.sin(abduction) * p
+        out[chain[1]] = out[chain[0]] + bone_lengths_m[chain[1] - 1] * t
+        axis, palmar, _ = finger_reference(out, 0, handedness)
+        directions = directions_from_angles(
+            axis, palmar,
+            [angles[ANGLE_INDEX['thumb_mcp_flexion']], angles[ANGLE_INDEX['thumb_ip_flexion']]],
+            twist)
+        start = 2
+    else:
+        name = FINGERS[finger]
+        axis, palmar, abduction_sign = finger_reference(out, finger, handedness)
+        directions = directions_from_angles(
+            axis, palmar,
+            [angles[ANGLE_INDEX[f'{name}_{j}_flexion']] for j in ('mcp', 'pip', 'dip')],
+            [abduction_sign * angles[ANGLE_INDEX[f'{name}_mcp_abduction']], *twist])
+        start = 1
+    for k, direction in enumerate(directions):
+        joint = chain[start + k]
+        out[joint] = out[joint - 1] + bone_lengths_m[joint - 1] * direction
+    return out
+
+
+def hand_from_angles(angles=None, bone_lengths_m=None, handedness='right'):
+    """
+    Return a constructed hand in its own palm frame (wrist at the origin).
+
+    The palm is a flat template (x distal, y towards the little finger, z palmar on a right
+    hand; a left hand is its mirror image in y), fingers follow :func:`rebuild_finger`.
+
+    :param angles: (len(ANGLE_NAMES),) radians; None uses REST_ANGLES_DEG.
+    :param bone_lengths_m: (20,) metres; None uses skeleton.MEAN_BONE_LENGTHS_MM.
+    :param handedness: 'left' or 'right'.
+    :return: (21, 3) float64 keypoints, metres.
+    """
+    if handedness not in ('left', 'right'):
+        raise ValueError(f"handedness must be 'left' or 'right', got {handedness!r}")
+    if angles is None:
+        angles = np.radians([REST_ANGLES_DEG[name] for name in ANGLE_NAMES])
+    angles = np.asarray(angles, dtype=np.float64)
+    if angles.shape != (len(ANGLE_NAMES),):
+        raise ValueError(f'angles must have shape ({len(ANGLE_NAMES)},), got {angles.shape}')
+    if bone_lengths_m is None:
+        bone_lengths_m = MEAN_BONE_LENGTHS_MM / 1000.0
+    bone_lengths_m = np.asarray(bone_lengths_m, dtype=np.float64)
+    if bone_lengths_m.shape != (len(BONES),) or np.any(bone_lengths_m <= 0):
+        raise ValueError('bone_lengths_m must be 20 positive lengths')
+    keypoints = np.zeros((NUM_JOINTS, 3))
+    for finger, fan_deg in zip(range(1, 5), _MCP_FAN_DEG):
+        fan = np.radians(fan_deg)
+        mcp = FINGER_JOINTS[finger, 0]
+        keypoints[mcp] = bone_lengths_m[mcp - 1] * np.array([np.cos(fan), -np.sin(fan), 0.0])
+    side, palmar = np.radians(_THUMB_CMC_DIRECTION_DEG)
+    keypoints[1] = bone_lengths_m[0] * np.array(
+        [np.cos(palmar) * np.cos(side), -np.cos(palmar) * np.sin(side), np.sin(palmar)])
+    for finger in range(5):
+        keypoints = rebuild_finger(keypoints, finger, angles, bone_lengths_m)
+    if handedness == 'left':
+        keypoints[:, 1] *= -1.0
+    return keypoints

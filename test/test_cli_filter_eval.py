@@ -1,0 +1,46 @@
+"""Tests for the hand_pose_filter_eval command."""
+
+import json
+
+import numpy as np
+
+from hand_pose_ros.cli import filter_eval
+from hand_pose_ros.core.synth import generate_motion
+
+
+def test_eval_runs_on_a_short_synthetic_sequence(tmp_path, capsys):
+    out = tmp_path / 'figures.json'
+    assert filter_eval.main(['--frames', '90', '--sequences', '1', '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    for word in ('raw', 'one_euro', 'kalman', 'offline', 'mean err mm', 'lag ms',
+                 'outl. recall', 'gap err'):
+        assert word in text
+    results = json.loads(out.read_text())['results']
+    raw, default = results['raw'], results['one_euro (default)']
+    assert raw['outlier_recall'] == 0.0 and raw['lag_ms'] == 0.0
+    assert 5.0 < raw['mean_error_mm'] < 40.0
+    assert default['accel_error_mm_f2'] < 0.7 * raw['accel_error_mm_f2']
+    assert default['mean_error_mm'] < raw['mean_error_mm']
+
+
+def test_eval_on_model_predictions(tmp_path, capsys):
+    motion = generate_motion(60, seed=3)
+    rng = np.random.default_rng(0)
+    pred = motion.joints_xyz + rng.normal(0.0, 0.006, motion.joints_xyz.shape)
+    pred[30:33] = np.nan
+    pred[10, 8] += 0.1
+    path = tmp_path / 'pred.npz'
+    np.savez(path, stamps_s=motion.stamps_s, pred=pred, gt=motion.joints_xyz)
+    out = tmp_path / 'figures.json'
+    assert filter_eval.main(['--predictions', str(path), '--json', str(out)]) == 0
+    results = json.loads(out.read_text())['results']
+    assert results['one_euro (default)']['outlier_recall'] == 1.0
+    assert np.isfinite(results['offline (two-way)']['gap_error_mm'])
+    assert 'predictions' in capsys.readouterr().out
+
+
+def test_eval_rejects_bad_predictions(tmp_path, capsys):
+    path = tmp_path / 'bad.npz'
+    np.savez(path, stamps_s=np.arange(5.0), pred=np.zeros((5, 21, 3)))
+    assert filter_eval.main(['--predictions', str(path)]) == 2
+    assert 'gt' in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""Tests for offline (whole-sequence) filtering: two-way gates, RTS smoothing, gaps."""
+
+import numpy as np
+import pytest
+
+from hand_pose_ros.core.filters import FilterConfig, offline_filter
+from hand_pose_ros.core.kinematics import hand_from_angles
+
+PERIOD = 1 / 30.0
+
+
+def _sequence(frames, rng, noise=0.004):
+    stamps = np.arange(frames) * PERIOD
+    velocity = np.array([0.4, -0.2, 0.1])
+    truth = hand_from_angles()[None] + np.array([0.0, 0.0, 0.5]) + stamps[:, None, None] * velocity
+    return stamps, truth, truth + rng.normal(0.0, noise, truth.shape)
+
+
+def test_offline_interpolates_short_gaps_and_removes_outliers():
+    rng = np.random.default_rng(0)
+    stamps, truth, observed = _sequence(90, rng)
+    observed[40:44] = np.nan  # 4 missing frames
+    observed[60, 8] += np.array([0.0, 0.08, 0.0])  # an outlier on the index tip
+    observed[2, 12] += np.array([0.06, 0.0, 0.0])  # one at the start of the sequence
+    output, valid = offline_filter(stamps, observed, None, FilterConfig())
+    assert valid.all()
+    errors = np.linalg.norm(output - truth, axis=2)
+    raw = np.linalg.norm(observed - truth, axis=2)
+    assert errors[40:44].max() < 0.006
+    assert errors[60, 8] < 0.006 and errors[2, 12] < 0.006
+    assert errors.mean() < 0.5 * np.nanmean(raw)
+
+
+def test_offline_long_gap_is_invalid_and_splits_the_sequence():
+    rng = np.random.default_rng(1)
+    stamps, truth, observed = _sequence(60, rng)
+    observed[20:35] = np.nan  # 0.5 s > max_gap_s
+    observed[50:, 3] = np.nan
+    output, valid = offline_filter(stamps, observed)
+    assert not valid[20:35].any() and np.isnan(output[20:35]).all()
+    assert valid[:20].all() and valid[35:50].all()
+    assert not valid[50:, 3].any() and valid[50:, 4].all()
+    assert np.linalg.norm(output[valid] - truth[valid], axis=1).max() < 0.012
+
+
+def test_offline_rejects_bad_input():
+    with pytest.raises(ValueError, match='increasing'):
+        offline_filter(np.zeros(3), np.zeros((3, 21, 3)))
+    with pytest.raises(ValueError, match='keypoints'):
+        offline_filter(np.arange(3.0), np.zeros((3, 20, 3)))
+    with pytest.raises(ValueError, match='scores'):
+        offline_filter(np.arange(3.0), np.zeros((3, 21, 3)), np.ones((3, 20)))

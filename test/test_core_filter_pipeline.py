@@ -1,0 +1,208 @@
+"""Tests for the online HandFilter: gates, gaps, resets, tracking, handedness, config."""
+
+import numpy as np
+import pytest
+
+from hand_pose_ros.core.filters import (
+    config_fields, config_from_dict, FilterConfig, HandFilter, Observation)
+from hand_pose_ros.core.filters.handedness import handedness_evidence
+from hand_pose_ros.core.kinematics import hand_from_angles
+from hand_pose_ros.core.skeleton import FINGER_JOINTS
+
+PERIOD = 1 / 30.0
+INDEX_TIP = 8
+
+
+def _pose(handedness='right'):
+    # Palm roughly facing the camera (camera z forward), 0.5 m away.
+    turn = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    return hand_from_angles(handedness=handedness) @ turn.T
+
+
+def _moving(t, start=(0.0, 0.0, 0.5), velocity=(0.6, 0.2, 0.0), handedness='right'):
+    return _pose(handedness) + np.asarray(start) + np.asarray(velocity) * t
+
+
+def _noisy(hand, rng, noise=0.002):
+    return hand + rng.normal(0.0, noise, hand.shape)
+
+
+def _run(frames, hand_filter=None, rng=None, corrupt=None):
+    hand_filter = hand_filter or HandFilter()
+    rng = rng or np.random.default_rng(0)
+    outputs = []
+    for k in range(frames):
+        truth = _moving(k * PERIOD)
+        observed = _noisy(truth, rng)
+        if corrupt is not None:
+            observed = corrupt(k, observed)
+        detections = [] if observed is None else [Observation(observed)]
+        outputs.append((truth, hand_filter.update(k * PERIOD, detections)))
+    return hand_filter, outputs
+
+
+def test_gate_rejects_an_injected_outlier():
+    def corrupt(k, observed):
+        if k == 20:
+            observed[INDEX_TIP] += np.array([0.05, 0.0, 0.0])
+        return observed
+
+    hand_filter, outputs = _run(25, corrupt=corrupt)
+    truth, tracks = outputs[20]
+    track = tracks[0]
+    assert track.rejected[INDEX_TIP] and track.rejected.sum() == 1
+    assert track.valid[INDEX_TIP] and track.predicted_joints[INDEX_TIP]
+    assert np.linalg.norm(track.keypoints_xyz[INDEX_TIP] - truth[INDEX_TIP]) < 0.01
+    assert hand_filter.stats['rejected_joints.acceleration'] >= 1
+    # Before and after, nothing is rejected.
+    assert not any(t[0].rejected.any() for _, t in outputs[5:20] + outputs[21:])
+
+
+def test_gate_is_robust_to_a_single_frame_finger_swap():
+    index, middle = FINGER_JOINTS[1, 1:], FINGER_JOINTS[2, 1:]
+
+    def corrupt(k, observed):
+        if k == 20:
+            observed[index], observed[middle] = observed[middle].copy(), observed[index].copy()
+        return observed
+
+    _, outputs = _run(25, corrupt=corrupt)
+    truth, tracks = outputs[20]
+    assert tracks[0].rejected[index].all() and tracks[0].rejected[middle].all()
+    errors = np.linalg.norm(tracks[0].keypoints_xyz - truth, axis=1)
+    assert errors.max() < 0.012
+
+
+def test_gap_is_predicted_then_invalidated_then_recovered():
+    def corrupt(k, observed):
+        return None if 20 <= k < 30 else observed
+
+    hand_filter, outputs = _run(40, corrupt=corrupt)
+    for k in range(20, 30):
+        truth, tracks = outputs[k]
+        assert len(tracks) == 1 and tracks[0].predicted
+        within = (k - 19) * PERIOD <= FilterConfig().max_gap_s
+        assert tracks[0].valid.all() == within and tracks[0].valid.any() == within
+        if within:
+            assert np.linalg.norm(tracks[0].keypoints_xyz - truth, axis=1).max() < 0.02
+            assert 0.0 < tracks[0].scores.max() < 1.0
+    truth, tracks = outputs[35]
+    assert tracks[0].valid.all() and not tracks[0].predicted and tracks[0].hand_id == 0
+    assert np.linalg.norm(tracks[0].keypoints_xyz - truth, axis=1).max() < 0.02
+    assert hand_filter.stats['predicted_joints'] > 0
+
+
+def test_time_jump_backwards_and_stale_stream_reset():
+    hand_filter, _ = _run(10)
+    tracks = hand_filter.update(0.05, [Observation(_moving(0.05))])
+    assert hand_filter.stats['resets.time_jump_back'] == 1
+    assert tracks[0].hand_id == 1
+    np.testing.assert_allclose(tracks[0].keypoints_xyz, _moving(0.05))
+    hand_filter.update(5.0, [Observation(_moving(5.0))])
+    assert hand_filter.stats['resets.stale_stream'] == 1 and hand_filter.stats['resets'] == 2
+    assert hand_filter.tracks == [2]
+    # A repeated stamp returns the previous output unchanged.
+    again = hand_filter.update(5.0, [Observation(_moving(6.0))])
+    np.testing.assert_allclose(again[0].keypoints_xyz, _moving(5.0))
+    hand_filter.reset()
+    assert hand_filter.tracks == []
+
+
+def test_two_crossing_hands_keep_their_ids():
+    hand_filter = HandFilter()
+    rng = np.random.default_rng(1)
+    ids = {}
+    for k in range(60):
+        t = k * PERIOD
+        # Palms pass 6 cm apart at t = 1 s, moving at 0.5 m/s in opposite directions.
+        a = _moving(t, start=(-0.5, 0.0, 0.5), velocity=(0.5, 0.0, 0.0))
+        b = _moving(t, start=(0.5, 0.06, 0.55), velocity=(-0.5, 0.0, 0.0),
+                    handedness='left')
+        order = [('a', a), ('b', b)][::1 if k % 2 else -1]
+        tracks = hand_filter.update(t, [Observation(_noisy(h, rng)) for _, h in order])
+        assert len(tracks) == 2
+        for name, hand in order:
+            nearest = min(tracks, key=lambda tr: np.linalg.norm(tr.keypoints_xyz[0] - hand[0]))
+            ids.setdefault(name, nearest.hand_id)
+            assert nearest.hand_id == ids[name]
+    assert ids['a'] != ids['b'] and hand_filter.stats['new_tracks'] == 2
+
+
+def test_max_hands_keeps_the_most_confident():
+    hand_filter = HandFilter(config_from_dict({'tracking.max_hands': 2}))
+    hands = [_moving(0.0, start=(x, 0.0, 0.5)) for x in (-0.3, 0.0, 0.3)]
+    scores = [np.full(21, s) for s in (0.9, 0.5, 0.8)]
+    tracks = hand_filter.update(0.0, [Observation(h, s) for h, s in zip(hands, scores)])
+    assert len(tracks) == 2
+    assert hand_filter.stats['rejected_hands.max_hands'] == 1
+    kept = sorted(round(float(t.keypoints_xyz[0, 0]), 3) for t in tracks)
+    assert kept == [round(float(hands[0][0, 0]), 3), round(float(hands[2][0, 0]), 3)]
+
+
+def test_handedness_of_mirrored_hands():
+    assert handedness_evidence(_pose('right')) > 0.5
+    assert handedness_evidence(_pose('left')) < -0.5
+    for handedness in ('right', 'left'):
+        hand_filter = HandFilter()
+        for k in range(10):
+            tracks = hand_filter.update(k * PERIOD, [Observation(_pose(handedness) + [0, 0, .5])])
+        assert tracks[0].handedness == handedness
+        assert tracks[0].handedness_confidence > 0.5
+
+
+def test_set_config_keeps_tracks_and_calibration():
+    hand_filter, outputs = _run(40)
+    lengths = hand_filter.calibrated_bone_lengths(0)
+    truth = np.linalg.norm(np.diff(outputs[0][0][[0, 5, 6, 7, 8]], axis=0), axis=1)
+    np.testing.assert_allclose(lengths[4:8], truth, atol=0.002)  # index finger chain
+    hand_filter.set_config(config_from_dict({'smoother': 'kalman', 'one_euro.beta': 5.0}))
+    tracks = hand_filter.update(40 * PERIOD, [Observation(_moving(40 * PERIOD))])
+    assert tracks[0].hand_id == 0
+    np.testing.assert_allclose(hand_filter.calibrated_bone_lengths(0), lengths, atol=1e-3)
+    with pytest.raises(ValueError, match='smoother'):
+        hand_filter.set_config(config_from_dict({}).__class__(smoother='median'))
+
+
+def test_config_fields_validation_and_flat_dict():
+    fields = {name: rest for name, *rest in config_fields()}
+    default, description, low, high, choices = fields['one_euro.min_cutoff_hz']
+    assert default == FilterConfig().one_euro.min_cutoff_hz and low < default < high
+    assert description and choices is None
+    assert fields['anatomy.action'][4] == ('repair', 'invalidate_joints', 'reject_hand')
+    for name in ('gates.palm_max_speed_m_s', 'gates.fingertip_max_speed_m_s',
+                 'gates.max_acceleration_m_s2', 'tracking.max_hands', 'tracking.gate_m',
+                 'max_gap_s', 'stale_timeout_s', 'kalman.process_noise_m_s2'):
+        assert name in fields
+    cfg = config_from_dict({'one_euro.beta': 2, 'tracking.max_hands': 3})
+    assert cfg.one_euro.beta == 2.0 and isinstance(cfg.one_euro.beta, float)
+    assert FilterConfig().one_euro.beta != 2.0  # the default was not modified
+    with pytest.raises(ValueError, match='one_euro.min_cutoff_hz'):
+        config_from_dict({'one_euro.min_cutoff_hz': -1.0})
+    with pytest.raises(ValueError, match='tracking.max_hands'):
+        config_from_dict({'tracking.max_hands': 1.5})
+    with pytest.raises(ValueError, match='unknown'):
+        config_from_dict({'one_euro.gamma': 1.0})
+    with pytest.raises(ValueError, match='gates.enabled'):
+        config_from_dict({'gates.enabled': 'yes'})
+    with pytest.raises(ValueError, match='stale_timeout_s'):
+        config_from_dict({'stale_timeout_s': 0.1, 'max_gap_s': 0.5})
+
+
+def test_bad_observations_raise():
+    hand_filter = HandFilter()
+    with pytest.raises(ValueError, match='keypoints_xyz'):
+        hand_filter.update(0.0, [Observation(np.zeros((20, 3)))])
+    with pytest.raises(ValueError, match='scores'):
+        hand_filter.update(0.0, [Observation(_pose(), np.ones(5))])
+    with pytest.raises(ValueError, match='stamp_s'):
+        hand_filter.update(float('nan'), [])
+
+
+def test_set_config_resizes_calibration_window():
+    hand_filter, _ = _run(40)
+    lengths = hand_filter.calibrated_bone_lengths(0)
+    hand_filter.set_config(config_from_dict({'anatomy.calibration_window': 20,
+                                             'anatomy.calibration_min_frames': 10}))
+    np.testing.assert_allclose(hand_filter.calibrated_bone_lengths(0), lengths, atol=0.003)
+    hand_filter.set_config(config_from_dict({'anatomy.calibration_min_frames': 100}))
+    assert hand_filter.calibrated_bone_lengths(0) is None

@@ -1,0 +1,111 @@
+"""Tests for hand_pose_ros.core.kinematics (angles, palm frame, bone frames)."""
+
+import numpy as np
+import pytest
+
+from hand_pose_ros.core import kinematics
+from hand_pose_ros.core.kinematics import (
+    ANGLE_NAMES, bone_frames, hand_from_angles, joint_angles, palm_frame)
+from hand_pose_ros.core.skeleton import bone_lengths, BONES, MEAN_BONE_LENGTHS_MM, palm_center
+
+
+def _rotation(seed):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+def _random_angles(rng):
+    angles = np.radians(rng.uniform(-10.0, 60.0, len(ANGLE_NAMES)))
+    angles[ANGLE_NAMES.index('thumb_cmc_abduction')] = np.radians(rng.uniform(5.0, 60.0))
+    for name in ANGLE_NAMES:
+        if name.endswith('abduction') and not name.startswith('thumb'):
+            angles[ANGLE_NAMES.index(name)] = np.radians(rng.uniform(-15.0, 15.0))
+    return angles
+
+
+def test_angle_names_cover_contract():
+    for name in ('index_mcp_flexion', 'index_mcp_abduction', 'index_pip_flexion',
+                 'index_dip_flexion', 'thumb_cmc_flexion', 'thumb_cmc_abduction',
+                 'thumb_mcp_flexion', 'thumb_ip_flexion', 'pinky_dip_flexion'):
+        assert name in ANGLE_NAMES
+    assert len(ANGLE_NAMES) == 20
+
+
+@pytest.mark.parametrize('handedness', ['right', 'left'])
+def test_joint_angles_invert_hand_from_angles_in_any_pose(handedness):
+    rng = np.random.default_rng(3)
+    for k in range(20):
+        angles = _random_angles(rng)
+        hand = hand_from_angles(angles, handedness=handedness)
+        moved = hand @ _rotation(k).T + np.array([0.1, -0.05, 0.6])
+        np.testing.assert_allclose(joint_angles(moved, handedness), angles, atol=1e-9)
+        np.testing.assert_allclose(bone_lengths(hand) * 1000.0, MEAN_BONE_LENGTHS_MM,
+                                   atol=1e-9)
+
+
+def test_left_hand_read_as_right_has_negative_flexion():
+    angles = _random_angles(np.random.default_rng(0))
+    left = hand_from_angles(angles, handedness='left')
+    as_right = joint_angles(left, 'right')
+    pip = ANGLE_NAMES.index('middle_pip_flexion')
+    assert as_right[pip] == pytest.approx(-angles[pip], abs=1e-9)
+
+
+def test_palm_frame_axes_and_rigid_invariance():
+    hand = hand_from_angles()
+    origin, rotation = palm_frame(hand)
+    np.testing.assert_allclose(origin, palm_center(hand))
+    np.testing.assert_allclose(rotation.T @ rotation, np.eye(3), atol=1e-12)
+    assert np.linalg.det(rotation) == pytest.approx(1.0)
+    distal = 0.5 * (hand[5] + hand[17]) - hand[0]
+    assert rotation[:, 0] @ distal == pytest.approx(np.linalg.norm(distal))
+    # y points towards the little finger, z palmar on a right hand.
+    assert rotation[:, 1] @ (hand[17] - hand[5]) > 0.05
+    assert (hand[8] - origin) @ rotation[:, 2] > 0.0  # flexed fingertip is palmar
+    turn, shift = _rotation(1), np.array([0.2, 0.1, 0.5])
+    origin2, rotation2 = palm_frame(hand @ turn.T + shift)
+    np.testing.assert_allclose(origin2, turn @ origin + shift, atol=1e-12)
+    np.testing.assert_allclose(rotation2, turn @ rotation, atol=1e-12)
+
+
+def test_palm_frame_of_mirrored_hand_keeps_y_towards_little_finger():
+    left = hand_from_angles(handedness='left')
+    origin, rotation = palm_frame(left)
+    assert rotation[:, 1] @ (left[17] - left[5]) > 0.05
+    assert np.linalg.det(rotation) == pytest.approx(1.0)
+    assert (left[8] - origin) @ rotation[:, 2] < 0.0  # z is dorsal on a left hand
+
+
+def test_bone_frames_are_rotations_along_bones():
+    hand = hand_from_angles(_random_angles(np.random.default_rng(5)))
+    frames = bone_frames(hand)
+    assert frames.shape == (21, 3, 3)
+    np.testing.assert_allclose(np.einsum('jab,jac->jbc', frames, frames),
+                               np.broadcast_to(np.eye(3), (21, 3, 3)), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(frames), 1.0, atol=1e-12)
+    np.testing.assert_allclose(frames[0], palm_frame(hand)[1])
+    for parent, child in BONES:
+        direction = (hand[child] - hand[parent]) / np.linalg.norm(hand[child] - hand[parent])
+        np.testing.assert_allclose(frames[child][:, 0], direction, atol=1e-12)
+
+
+def test_rebuild_finger_restores_lengths_and_angles():
+    angles = _random_angles(np.random.default_rng(8))
+    hand = hand_from_angles(angles)
+    lengths = MEAN_BONE_LENGTHS_MM / 1000.0 * 1.1
+    rebuilt = kinematics.rebuild_finger(hand, 2, angles, lengths)
+    middle_bones = [9, 10, 11]  # MCP->PIP, PIP->DIP, DIP->tip of the middle finger
+    np.testing.assert_allclose(bone_lengths(rebuilt)[middle_bones], lengths[middle_bones])
+    np.testing.assert_allclose(joint_angles(rebuilt), angles, atol=1e-9)
+    np.testing.assert_array_equal(rebuilt[:9], hand[:9])
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match='shape'):
+        joint_angles(np.zeros((20, 3)))
+    bad = hand_from_angles()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match='non-finite'):
+        palm_frame(bad)
+    with pytest.raises(ValueError, match='handedness'):
+        joint_angles(hand_from_angles(), 'both')
