@@ -10,6 +10,7 @@ Frames arriving while the previous one is processed replace the waiting one (dro
 import dataclasses
 import threading
 import time
+import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
@@ -82,7 +83,7 @@ class HandPoseNode(Node):
         self._slot = LatestFrameSlot()
         self._lock = threading.Lock()
         self._counts = {'received': 0, 'processed': 0, 'bad_input': 0, 'no_camera_info': 0,
-                        'unsynchronised_info': 0, 'time_jumps': 0}
+                        'unsynchronised_info': 0, 'time_jumps': 0, 'internal_errors': 0}
         self._last_error = ''
         self._last_hands = 0
         self._last_stamp_ns = None
@@ -128,8 +129,14 @@ class HandPoseNode(Node):
     def _work(self):
         while not self._slot.closed:
             msg = self._slot.take(timeout_s=0.5)
-            if msg is not None:
+            if msg is None:
+                continue
+            try:
                 self._process(msg)
+            except Exception as error:  # noqa: B902 - a bug must not stop the worker thread
+                self._warn('internal_errors', f'internal error on a frame: {error!r}')
+                self.get_logger().error(traceback.format_exc(),
+                                        throttle_duration_sec=self._values['log_throttle_s'])
 
     def _process(self, msg):
         start = time.monotonic()
@@ -196,6 +203,8 @@ class HandPoseNode(Node):
         }
         if silent_s > self._values['diagnostics.stale_timeout_s']:
             level, text = DiagnosticStatus.ERROR, f'no depth images for {silent_s:.1f} s'
+        elif counts['internal_errors']:
+            level, text = DiagnosticStatus.ERROR, f'internal errors: {last_error}'
         elif counts['processed'] and self._slot.dropped > counts['processed']:
             level = DiagnosticStatus.WARN
             text = 'falling behind: more frames dropped than processed'
