@@ -102,37 +102,34 @@ class Monitor:
             }
 
 
-def write_gif(path, frames, intrinsics, fps):
-    """Write the collected frames as an animated GIF (truth white, estimate coloured)."""
+def write_gif(path, frames, intrinsics, fps, size_px=360):
+    """
+    Write the collected frames as an animated GIF, zoomed on the hand.
+
+    Ground truth is drawn in cyan, the filtered estimate coloured per finger.
+    """
     from PIL import Image
 
+    from hand_pose_ros.core.camera import uvd_from_xyz
     from hand_pose_ros.core.overlay import depth_to_gray, draw_skeletons
 
     images = []
+    half = 100
     for depth, estimates, truths in frames:
-        image = _draw_truth(depth_to_gray(depth), intrinsics, truths)
+        image = draw_skeletons(depth_to_gray(depth), intrinsics, truths, radius=2, width=1,
+                               color=(0, 230, 255))
         image = draw_skeletons(image, intrinsics, estimates, radius=3, width=2)
-        half = (image.shape[1] // 2, image.shape[0] // 2)
-        images.append(Image.fromarray(image).resize(half))
+        anchor = truths[0] if truths else (estimates[0][0] if estimates else None)
+        if anchor is not None:
+            u, v = uvd_from_xyz(np.mean(anchor, axis=0), intrinsics)[:2]
+            u = int(np.clip(u, half, image.shape[1] - half))
+            v = int(np.clip(v, half, image.shape[0] - half))
+            image = image[v - half:v + half, u - half:u + half]
+        images.append(Image.fromarray(np.ascontiguousarray(image)).resize((size_px, size_px)))
     if images:
         images[0].save(path, save_all=True, append_images=images[1:],
                        duration=int(1000 / fps), loop=0)
     return len(images)
-
-
-def _draw_truth(image, intrinsics, truths):
-    from PIL import Image, ImageDraw
-
-    from hand_pose_ros.core.camera import uvd_from_xyz
-    from hand_pose_ros.core.skeleton import BONES
-
-    canvas = Image.fromarray(image)
-    draw = ImageDraw.Draw(canvas)
-    for keypoints in truths:
-        uv = uvd_from_xyz(keypoints, intrinsics)[:, :2]
-        for parent, child in BONES:
-            draw.line([tuple(uv[parent]), tuple(uv[child])], fill=(255, 255, 255), width=1)
-    return np.asarray(canvas)
 
 
 def main(argv=None):

@@ -21,17 +21,18 @@ def depth_to_gray(depth, near_m=None, far_m=None):
     near = np.nanpercentile(depth_m, 1) if near_m is None else near_m
     far = np.nanpercentile(depth_m, 99) if far_m is None else far_m
     scaled = 1.0 - (depth_m - near) / max(far - near, 1e-3)
-    gray = np.where(valid, 40 + 215 * np.clip(scaled, 0.0, 1.0), 0).astype(np.uint8)
+    gray = np.where(valid, 50 + 150 * np.clip(scaled, 0.0, 1.0), 0).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-def draw_skeletons(rgb, intrinsics, skeletons, radius=3, width=2):
+def draw_skeletons(rgb, intrinsics, skeletons, radius=3, width=2, color=None):
     """
     Draw hand skeletons over an image.
 
     :param rgb: (H, W, 3) uint8 image (not modified).
     :param intrinsics: camera of the image.
     :param skeletons: iterable of (21, 3) keypoints in metres, or (keypoints, valid) pairs.
+    :param color: one RGB colour for everything; default: a colour per finger.
     :return: a new (H, W, 3) uint8 image.
     """
     from PIL import Image, ImageDraw
@@ -47,9 +48,9 @@ def draw_skeletons(rgb, intrinsics, skeletons, radius=3, width=2):
         for parent, child in BONES:
             if valid[parent] and valid[child]:
                 draw.line([tuple(uv[parent]), tuple(uv[child])],
-                          fill=FINGER_RGB[FINGER_OF_JOINT[child]], width=width)
+                          fill=color or FINGER_RGB[FINGER_OF_JOINT[child]], width=width)
         for j in np.flatnonzero(valid):
             u, v = uv[j]
-            color = FINGER_RGB[max(FINGER_OF_JOINT[j], 0)] if j else (255, 255, 255)
-            draw.ellipse([u - radius, v - radius, u + radius, v + radius], fill=color)
+            fill = color or (FINGER_RGB[FINGER_OF_JOINT[j]] if j else (255, 255, 255))
+            draw.ellipse([u - radius, v - radius, u + radius, v + radius], fill=fill)
     return np.asarray(image)
