@@ -141,3 +141,29 @@ def test_detection_rate_and_centre_error_on_synthetic_frames():
     assert result['detection_rate'] >= 0.8
     assert result['center_error_mm']['median'] < 35.0
     assert result['false_positives_per_frame'] <= 0.2
+
+
+def test_nearer_of_two_similar_hands_ranks_first():
+    near, far = np.array([-0.12, 0.0, 0.45]), np.array([0.15, 0.0, 0.95])
+    depth = add_hand(add_hand(empty(), far, arm_to=(0.3, 1.0)), near, arm_to=(-0.3, 1.0))
+    hands = locate(depth, max_hands=2)
+    assert len(hands) == 2 and hands[0].score > hands[1].score
+    assert np.linalg.norm(hands[0].center_xyz - near) < 0.035
+    assert np.linalg.norm(locate(depth, max_hands=1)[0].center_xyz - near) < 0.035
+
+
+def test_synthetic_arms_leave_the_image_or_recede_like_real_arms():
+    # The localiser picks the hand end of an arm by where the arm enters; synthetic arms
+    # must not end in mid-air next to the hand (real arms reach the border or a body).
+    from hand_pose_ros.core.synth import SceneConfig, SensorConfig, SyntheticGenerator
+    from hand_pose_ros.core.synth.scene import PART_FOREARM
+
+    generator = SyntheticGenerator(INTRINSICS.scaled(0.25), scene=SceneConfig.hand_only(),
+                                   sensor=SensorConfig.clean(), seed=7)
+    for _ in range(12):
+        frame = generator.sample_frame()
+        arm = frame.parts == PART_FOREARM
+        on_border = arm[0].any() or arm[-1].any() or arm[:, 0].any() or arm[:, -1].any()
+        behind = np.nanmax(np.where(arm, frame.depth_m, np.nan)) \
+            - frame.hands[0].joints_xyz[:, 2].mean()
+        assert on_border or behind > 0.4

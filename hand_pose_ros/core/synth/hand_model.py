@@ -418,19 +418,27 @@ def flexion_angles_deg(keypoints_xyz):
     return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
 
 
-def hand_capsules(shape, keypoints_xyz, rotation, forearm_direction, forearm_length_m):
+# Upper arm radius at the shoulder end relative to the forearm's elbow radius.
+UPPER_ARM_WIDENING = 1.3
+
+
+def hand_capsules(shape, keypoints_xyz, rotation, forearm_direction, forearm_length_m,
+                  upper_arm=None):
     """
     Return the tapered capsules (round cones) that form a posed hand's surface.
 
     Every phalanx is a capsule between its joints with the shape's joint radii; the palm is
     four metacarpal capsules plus a wrist capsule and a thenar capsule (palm thickness from
-    the shape); the forearm is two side-by-side capsules leaving the wrist.
+    the shape); the forearm is two side-by-side capsules leaving the wrist; the upper arm
+    (optional) continues from the elbow, widening, so the arm does not end in mid-air.
 
     :param shape: :class:`HandShape`.
     :param keypoints_xyz: (21, 3) posed keypoints, camera frame, metres.
     :param rotation: (3, 3) camera-from-hand rotation used for the keypoints.
     :param forearm_direction: (3,) unit vector from the wrist towards the elbow, camera frame.
     :param forearm_length_m: length of the forearm capsules.
+    :param upper_arm: optional (3,) vector from the elbow to the far end of the upper arm,
+        camera frame, metres (None or a zero vector: no upper arm).
     :return: dict with 'start' (N, 3), 'end' (N, 3), 'radius_start' (N,), 'radius_end' (N,),
         'forearm' (N,) bool, 'joints' (N, 2) the skeleton joints each capsule belongs to
         (-1: none) and 'start_covered' (N,) bool, True where another capsule's sphere
@@ -495,6 +503,10 @@ def hand_capsules(shape, keypoints_xyz, rotation, forearm_direction, forearm_len
         add(wrist + offset + 0.3 * wrist_r * direction,
             wrist + 1.2 * offset + forearm_length_m * direction, wrist_r * 0.85,
             elbow_r * 0.85, (skeleton.WRIST, -1), is_forearm=True)
+    if upper_arm is not None and np.linalg.norm(upper_arm) > 0:
+        elbow = wrist + forearm_length_m * direction
+        add(elbow, elbow + np.asarray(upper_arm, dtype=np.float64), elbow_r,
+            elbow_r * UPPER_ARM_WIDENING, (-1, -1), is_forearm=True)
     return {'start': np.array(starts), 'end': np.array(ends), 'radius_start': np.array(r0),
             'radius_end': np.array(r1), 'forearm': np.array(forearm),
             'joints': np.array(attached, dtype=np.int64),

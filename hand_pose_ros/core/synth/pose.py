@@ -1,6 +1,6 @@
 """Posed hands: wrist pose, forearm, rotation sampling and interpolation."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -9,7 +9,7 @@ from hand_pose_ros.core import skeleton
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.synth.hand_model import (
     Articulation, hand_capsules, hand_keypoints, HandShape, local_keypoints, rotation_x,
-    rotation_z)
+    rotation_z, UPPER_ARM_WIDENING)
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,11 @@ class HandPose:
     :param translation: (3,) wrist position, camera frame, metres.
     :param wrist_bend_deg: (2,) wrist flexion and radial deviation of the forearm, degrees.
     :param forearm_length_m: length of the visible forearm.
+    :param upper_arm_length_m: length of the arm beyond the elbow (upper arm, continuing
+        towards the shoulder out of view); 0 leaves the forearm alone (e.g. when a body in
+        the scene carries the upper arm).
+    :param upper_arm_lift: how much the upper arm turns away from the camera at the elbow
+        (added to the forearm direction's depth component before normalising).
     """
 
     shape: HandShape
@@ -31,6 +36,8 @@ class HandPose:
     translation: np.ndarray
     wrist_bend_deg: tuple = (0.0, 0.0)
     forearm_length_m: float = 0.26
+    upper_arm_length_m: float = 0.6
+    upper_arm_lift: float = 0.6
 
     @cached_property
     def keypoints_xyz(self):
@@ -45,11 +52,25 @@ class HandPose:
         local[0] *= self.shape.mirror
         return np.asarray(self.rotation) @ local
 
+    @property
+    def elbow_xyz(self):
+        """Return the (3,) elbow position (forearm end), camera frame, metres."""
+        return np.asarray(self.translation) + self.forearm_length_m * self.forearm_direction
+
+    @property
+    def upper_arm_direction(self):
+        """Return the (3,) unit vector from the elbow towards the shoulder, camera frame."""
+        forearm = self.forearm_direction
+        direction = forearm + np.array([0.0, 0.0, self.upper_arm_lift])
+        norm = np.linalg.norm(direction)
+        return forearm if norm < 1e-6 else direction / norm
+
     @cached_property
     def capsules(self):
         """Return the hand's round cones (see :func:`hand_capsules`), computed once."""
         return hand_capsules(self.shape, self.keypoints_xyz, self.rotation,
-                             self.forearm_direction, self.forearm_length_m)
+                             self.forearm_direction, self.forearm_length_m,
+                             self.upper_arm_length_m * self.upper_arm_direction)
 
     def local_palm_center(self):
         """Return the (3,) palm centre in the (mirrored) hand frame."""
@@ -132,6 +153,11 @@ class WristPoseConfig:
     :param wrist_flexion_deg: range of wrist flexion.
     :param wrist_deviation_deg: range of radial (+) / ulnar (-) deviation.
     :param forearm_length_m: range of the visible forearm length.
+    :param upper_arm_lift: :attr:`HandPose.upper_arm_lift` of sampled poses (fixed: the arm's
+        variety comes from the forearm direction, and the random stream stays that of poses
+        without upper arms, so seeded scenes keep their hand placements).
+    :param upper_arm_length_m: (shortest, longest) arm beyond the elbow: it runs on until
+        it leaves the image (the user's body is out of view), at most the longest.
     """
 
     distance_range_m: tuple = (0.2, 1.5)
@@ -143,6 +169,8 @@ class WristPoseConfig:
     wrist_flexion_deg: tuple = (-50.0, 60.0)
     wrist_deviation_deg: tuple = (-30.0, 20.0)
     forearm_length_m: tuple = (0.22, 0.32)
+    upper_arm_lift: float = 0.6
+    upper_arm_length_m: tuple = (0.28, 1.2)
 
     def __post_init__(self):
         lo, hi = self.distance_range_m
@@ -201,5 +229,38 @@ def sample_hand_pose(rng, shape, articulation, intrinsics, config=WristPoseConfi
         if -pose.forearm_direction[2] <= config.max_arm_towards_camera:
             break
     translation = palm - pose.rotation @ pose.local_palm_center()
-    return HandPose(shape, articulation, pose.rotation, translation, pose.wrist_bend_deg,
-                    pose.forearm_length_m)
+    pose = HandPose(shape, articulation, pose.rotation, translation, pose.wrist_bend_deg,
+                    pose.forearm_length_m, upper_arm_lift=config.upper_arm_lift)
+    return replace(pose, upper_arm_length_m=_arm_leaving_image(
+        pose.elbow_xyz, pose.upper_arm_direction, intrinsics, config.upper_arm_length_m,
+        pose.shape.forearm_radii_m[1] * UPPER_ARM_WIDENING))
+
+
+def _arm_leaving_image(elbow, direction, intrinsics, length_range_m, radius_m):
+    """
+    Return the upper arm length that takes the arm out of the image.
+
+    Real arms enter the image from its border (or from a body in view); a synthetic arm
+    ending in mid-air would teach a localiser cues that do not exist on real frames.
+
+    :param elbow: (3,) elbow, camera frame.
+    :param direction: (3,) unit vector from the elbow towards the shoulder.
+    :param intrinsics: :class:`CameraIntrinsics` of the full image.
+    :param length_range_m: (shortest, longest) length returned.
+    :param radius_m: arm radius (the arm must leave by more than its radius).
+    :return: float metres.
+    """
+    shortest, longest = length_range_m
+    lengths = np.arange(shortest, longest + 1e-9, 0.02)
+    points = elbow + lengths[:, None] * direction
+    z = points[:, 2]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        # Lateral margin (pixels) the arm's radius takes at each point's depth.
+        margin = radius_m * intrinsics.fx / z
+        u = intrinsics.fx * points[:, 0] / z + intrinsics.cx
+        v = intrinsics.fy * points[:, 1] / z + intrinsics.cy
+        outside = (z <= 0.05) | (u < -margin) | (u > intrinsics.width + margin) \
+            | (v < -margin) | (v > intrinsics.height + margin)
+    if not outside.any():
+        return float(longest)
+    return float(lengths[int(np.argmax(outside))])

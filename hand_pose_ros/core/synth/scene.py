@@ -279,6 +279,9 @@ def sample_scene(rng, intrinsics, config=SceneConfig()):
         items.append(SceneItem(_held_object(rng, pose, config), PART_OBJECT,
                                _random_colour(rng)))
     items.extend(sample_background(rng, intrinsics, config, hands))
+    if any(item.part == PART_BODY for item in items):
+        # The body's upper arm continues the primary hand's forearm.
+        hands[0] = replace(hands[0], upper_arm_length_m=0.0)
     skin = np.array([sample_skin(rng) for _ in hands])
     forearm = np.array([s if rng.random() < config.forearm_skin_prob else _random_colour(rng)
                         for s in skin])
