@@ -1,0 +1,126 @@
+"""Common sample type and helpers shared by the dataset readers."""
+
+from dataclasses import dataclass
+import os
+
+import numpy as np
+
+from hand_pose_ros.core import skeleton
+from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
+
+
+@dataclass
+class DepthSample:
+    """
+    One labelled depth frame in the canonical joint order.
+
+    :param depth_m: (H, W) float32 depth in metres, NaN where invalid.
+    :param intrinsics: :class:`CameraIntrinsics` of ``depth_m``.
+    :param joints_xyz: (21, 3) float64 joints in the camera optical frame (x right, y down,
+        z forward), metres, canonical MediaPipe order, NaN where the dataset has no joint.
+    :param joint_mask: (21,) bool, True where ``joints_xyz`` holds a labelled joint.
+    :param name: identifier of the frame inside its dataset (usually a relative path).
+    """
+
+    depth_m: np.ndarray
+    intrinsics: CameraIntrinsics
+    joints_xyz: np.ndarray
+    joint_mask: np.ndarray
+    name: str = ''
+
+    @property
+    def center_xyz(self):
+        """Return the (3,) oracle hand centre: centroid of the labelled joints, metres."""
+        return self.joints_xyz[self.joint_mask].mean(axis=0)
+
+
+def sample_from_layout(depth, intrinsics, joints_xyz_m, layout, name):
+    """
+    Build a :class:`DepthSample` from dataset-order joints in metres.
+
+    :param depth: (H, W) uint16 millimetres or float metres.
+    :param intrinsics: :class:`CameraIntrinsics` of the image.
+    :param joints_xyz_m: (N, 3) joints in the dataset's own order, metres, y down.
+    :param layout: key of ``skeleton.LAYOUTS``.
+    :param name: frame identifier.
+    :return: :class:`DepthSample`.
+    """
+    depth_m = depth_to_metres(depth)
+    intrinsics.check_image(depth_m)
+    joints = skeleton.LAYOUTS[layout].canonical_from_layout(joints_xyz_m)
+    mask = np.all(np.isfinite(joints), axis=-1)
+    return DepthSample(depth_m, intrinsics, joints, mask, name)
+
+
+def read_png16(path):
+    """Read a 16-bit single-channel PNG as uint16 millimetres."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image)
+    if array.ndim != 2:
+        raise ValueError(f'{path}: expected a single-channel 16-bit depth PNG, '
+                         f'got shape {array.shape}')
+    if array.dtype != np.uint16:
+        array = array.astype(np.uint16)
+    return array
+
+
+def parse_label_rows(path, num_values, name_column):
+    """
+    Parse a whitespace-separated label file into names and float rows.
+
+    :param path: text file, one frame per line.
+    :param num_values: number of numbers expected after the name column.
+    :param name_column: True when the first column is a frame name or index.
+    :return: (names list of str, (N, num_values) float64 array).
+    """
+    names, rows = [], []
+    with open(path, 'r') as stream:
+        for line_number, line in enumerate(stream, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            name = fields[0] if name_column else str(line_number - 1)
+            values = fields[1:] if name_column else fields
+            if len(values) < num_values:
+                raise ValueError(f'{path}:{line_number}: expected {num_values} numbers, '
+                                 f'got {len(values)}')
+            try:
+                rows.append([float(v) for v in values[:num_values]])
+            except ValueError:
+                raise ValueError(f'{path}:{line_number}: label values must be numbers') \
+                    from None
+            names.append(name)
+    if not rows:
+        raise ValueError(f'{path}: no labelled frames')
+    return names, np.asarray(rows, dtype=np.float64)
+
+
+def require_dir(root):
+    """Raise ValueError unless ``root`` is an existing directory."""
+    if not os.path.isdir(root):
+        raise ValueError(f'dataset root {root!r} is not a directory')
+    return root
+
+
+class LabelledFrames:
+    """
+    Base of the readers: a list of frames, each read on demand.
+
+    Subclasses fill ``self._names`` (frame identifiers) and implement ``_read(index)``.
+    """
+
+    intrinsics = None
+
+    def __len__(self):
+        return len(self._names)
+
+    def __getitem__(self, index):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f'frame index {index} out of range for {len(self)} frames')
+        return self._read(index % len(self))
+
+    def __iter__(self):
+        for index in range(len(self)):
+            yield self._read(index)

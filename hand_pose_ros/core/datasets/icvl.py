@@ -1,0 +1,41 @@
+"""
+ICVL hand posture dataset reader (Tang et al. 2014).
+
+A label file (``labels.txt`` for training, ``test_seq_1.txt`` / ``test_seq_2.txt`` for
+testing) holds one frame per line: the image path relative to the ``Depth`` folder, then
+16 joints as ``u v d`` (pixels, pixels, millimetres). Depth images are 16-bit PNGs in
+millimetres, 320x240.
+"""
+
+import os
+
+import numpy as np
+
+from hand_pose_ros.core.camera import CameraIntrinsics, xyz_from_uvd
+from hand_pose_ros.core.datasets.base import (
+    LabelledFrames, parse_label_rows, read_png16, require_dir, sample_from_layout)
+
+
+class ICVLDataset(LabelledFrames):
+    """
+    Frames listed in one ICVL label file.
+
+    :param root: dataset folder holding ``Depth/`` and the label file.
+    :param labels: label file name inside ``root``.
+    """
+
+    intrinsics = CameraIntrinsics.from_preset('icvl')
+
+    def __init__(self, root, labels='labels.txt'):
+        require_dir(root)
+        path = os.path.join(root, labels)
+        if not os.path.isfile(path):
+            raise ValueError(f'ICVL root {root!r} has no label file {labels!r}')
+        self.root = root
+        self._names, rows = parse_label_rows(path, 16 * 3, name_column=True)
+        self._uvd = rows.reshape(-1, 16, 3) * np.array([1.0, 1.0, 1e-3])
+
+    def _read(self, index):
+        depth = read_png16(os.path.join(self.root, 'Depth', self._names[index]))
+        joints = xyz_from_uvd(self._uvd[index], self.intrinsics)
+        return sample_from_layout(depth, self.intrinsics, joints, 'icvl', self._names[index])

@@ -1,0 +1,33 @@
+"""
+Reader of synthetic dataset folders written by ``hand_pose_synth``.
+
+The folder layout and its parsing belong to :mod:`hand_pose_ros.core.synth.dataset`; this
+module only turns its frames into :class:`DepthSample` (joints already in the canonical
+order, metres, camera optical frame; the primary hand is the labelled one).
+"""
+
+import numpy as np
+
+from hand_pose_ros.core.datasets.base import LabelledFrames, require_dir, sample_from_layout
+
+
+class SyntheticFolderDataset(LabelledFrames):
+    """
+    Frames of a synthetic dataset folder.
+
+    :param root: folder with ``depth/``, ``labels.npz`` and ``meta.json``.
+    """
+
+    def __init__(self, root):
+        from hand_pose_ros.core.synth.dataset import load_synthetic_dataset
+
+        require_dir(root)
+        self.root = root
+        self._dataset = load_synthetic_dataset(root)
+        self.intrinsics = self._dataset.intrinsics
+        self._names = [f'depth/{i:06d}.png' for i in range(len(self._dataset))]
+
+    def _read(self, index):
+        joints = np.asarray(self._dataset.labels['joints_xyz'][index], dtype=np.float64)
+        return sample_from_layout(self._dataset.depth_mm(index), self.intrinsics, joints,
+                                  'canonical', self._names[index])

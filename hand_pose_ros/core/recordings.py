@@ -1,0 +1,190 @@
+"""
+Unlabelled depth recordings: the common frame type and a folder-of-PNGs reader/writer.
+
+A recording is any object that can be iterated several times, yielding :class:`DepthFrame`
+in time order, and that has a ``len()`` (frame count, for progress bars). Two exist:
+:class:`FolderRecording` here (16-bit PNG depth in millimetres plus an intrinsics file)
+and ``hand_pose_ros.ros.bags.BagRecording`` (rosbag2, MCAP or sqlite3, no ROS install).
+
+Folder layout::
+
+    recording/
+      intrinsics.yaml        # fx, fy, cx, cy, width, height (also .yml or .json), or a
+                             # ROS camera_info YAML (camera_matrix.data, image_width/height)
+      000000.png ...         # 16-bit PNG, millimetres, 0 = invalid; sorted by name
+
+Stamps: when every file stem is an integer of at least 16 digits it is read as nanoseconds
+(the name ``rosbag``-to-PNG exporters write); otherwise frame ``i`` is stamped ``i / fps``.
+"""
+
+from dataclasses import dataclass
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres, depth_to_millimetres
+
+INTRINSICS_FILES = ('intrinsics.yaml', 'intrinsics.yml', 'intrinsics.json')
+_NANOSECOND_STEM_DIGITS = 16
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """
+    One unlabelled depth frame.
+
+    :param stamp_ns: capture stamp, integer nanoseconds.
+    :param depth: (H, W) uint16 millimetres (0 invalid) or float32 metres (NaN invalid).
+    :param intrinsics: :class:`CameraIntrinsics` of the image.
+    """
+
+    stamp_ns: int
+    depth: np.ndarray
+    intrinsics: CameraIntrinsics
+
+    @property
+    def stamp_s(self):
+        """Return the stamp in seconds."""
+        return self.stamp_ns * 1e-9
+
+
+def intrinsics_from_dict(values, source='intrinsics'):
+    """
+    Return :class:`CameraIntrinsics` from a plain mapping.
+
+    Accepts ``{fx, fy, cx, cy, width, height}`` or a ROS camera_info YAML
+    (``camera_matrix: {data: [9 values]}``, ``image_width``, ``image_height``).
+
+    :param source: name used in error messages (the file).
+    :raises ValueError: naming the missing or bad field.
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f'{source}: expected a mapping, got {type(values).__name__}')
+    if 'camera_matrix' in values:
+        try:
+            k = np.asarray(values['camera_matrix']['data'], dtype=np.float64).ravel()
+            size = int(values['image_width']), int(values['image_height'])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f'{source}: bad camera_info YAML ({error!r})') from None
+        if k.shape != (9,):
+            raise ValueError(f'{source}: camera_matrix.data must hold 9 values, got {k.size}')
+        values = {'fx': k[0], 'fy': k[4], 'cx': k[2], 'cy': k[5], 'width': size[0],
+                  'height': size[1]}
+    missing = [key for key in ('fx', 'fy', 'cx', 'cy', 'width', 'height') if key not in values]
+    if missing:
+        raise ValueError(f'{source}: missing intrinsics fields {missing}')
+    return CameraIntrinsics(float(values['fx']), float(values['fy']), float(values['cx']),
+                            float(values['cy']), int(values['width']), int(values['height']))
+
+
+def read_intrinsics_file(path):
+    """Return :class:`CameraIntrinsics` from a YAML or JSON file (see the module docstring)."""
+    path = Path(path)
+    text = path.read_text(encoding='utf-8')
+    if path.suffix == '.json':
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f'{path}: not valid JSON ({error})') from None
+    else:
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f'{path}: not valid YAML ({error})') from None
+    return intrinsics_from_dict(values, str(path))
+
+
+def read_depth_png(path):
+    """Return a 16-bit depth PNG as (H, W) uint16 millimetres."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in ('I;16', 'I;16B', 'I;16L', 'I'):
+            raise ValueError(f'{path}: depth PNGs must be 16-bit single channel, '
+                             f'got mode {image.mode!r}')
+        pixels = np.array(image)
+    if pixels.dtype != np.uint16:
+        if pixels.min() < 0 or pixels.max() > np.iinfo(np.uint16).max:
+            raise ValueError(f'{path}: depth values outside the 16-bit range')
+        pixels = pixels.astype(np.uint16)
+    return pixels
+
+
+def write_depth_png(path, depth):
+    """Write depth (uint16 mm or float metres) as a 16-bit PNG in millimetres."""
+    from PIL import Image
+
+    Image.fromarray(depth_to_millimetres(depth_to_metres(depth))).save(path)
+
+
+class FolderRecording:
+    """
+    A folder of 16-bit depth PNGs with an intrinsics file (layout in the module docstring).
+
+    :param path: the folder.
+    :param intrinsics: :class:`CameraIntrinsics` overriding (or replacing) the file.
+    :param fps: frame rate used for stamps when the file names are not nanosecond stamps.
+    :raises ValueError: no PNG, no intrinsics, or a non-positive fps.
+    """
+
+    def __init__(self, path, intrinsics=None, fps=30.0):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ValueError(f'recording folder {self.path} does not exist')
+        if not fps > 0:
+            raise ValueError(f'fps must be positive, got {fps!r}')
+        self.files = sorted(self.path.glob('*.png'))
+        if not self.files:
+            raise ValueError(f'recording folder {self.path} holds no .png depth image')
+        if intrinsics is None:
+            found = [self.path / name for name in INTRINSICS_FILES
+                     if (self.path / name).is_file()]
+            if not found:
+                raise ValueError(f'recording folder {self.path}: no intrinsics file '
+                                 f'(one of {", ".join(INTRINSICS_FILES)}) and none given')
+            intrinsics = read_intrinsics_file(found[0])
+        self.intrinsics = intrinsics
+        stems = [f.stem for f in self.files]
+        if all(s.isdigit() and len(s) >= _NANOSECOND_STEM_DIGITS for s in stems):
+            self.stamps_ns = [int(s) for s in stems]
+        else:
+            self.stamps_ns = [int(round(i * 1e9 / fps)) for i in range(len(stems))]
+        self.description = f'folder {self.path} ({len(self.files)} frames)'
+
+    def __len__(self):
+        return len(self.files)
+
+    def __iter__(self):
+        for stamp_ns, path in zip(self.stamps_ns, self.files):
+            depth = read_depth_png(path)
+            self.intrinsics.check_image(depth)
+            yield DepthFrame(stamp_ns, depth, self.intrinsics)
+
+
+def write_folder_recording(path, frames):
+    """
+    Write frames as a folder recording (nanosecond-stamped PNG names + intrinsics.yaml).
+
+    All frames must share one camera. Returns the number of frames written.
+    """
+    import yaml
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    intrinsics = None
+    count = 0
+    for frame in frames:
+        if intrinsics is None:
+            intrinsics = frame.intrinsics
+        elif frame.intrinsics != intrinsics:
+            raise ValueError('a folder recording holds one camera; frame intrinsics differ')
+        write_depth_png(path / f'{int(frame.stamp_ns):019d}.png', frame.depth)
+        count += 1
+    if intrinsics is not None:
+        values = {'fx': intrinsics.fx, 'fy': intrinsics.fy, 'cx': intrinsics.cx,
+                  'cy': intrinsics.cy, 'width': intrinsics.width, 'height': intrinsics.height}
+        (path / INTRINSICS_FILES[0]).write_text(yaml.safe_dump(values), encoding='utf-8')
+    return count

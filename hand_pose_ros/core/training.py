@@ -1,0 +1,984 @@
+"""
+Training loop for the depth hand pose networks.
+
+Data flow: a *source* (the synthetic engine, or a dataset reader) makes context crops
+(:func:`hand_pose_ros.core.augment.context_spec`) around the oracle hand centre; render
+worker processes write them in chunks to ``<output_dir>/pool/``; the trainer keeps the
+newest ``pool_size`` of them in memory and draws every batch from that pool with fresh
+augmentation (:func:`hand_pose_ros.core.augment.augment_crop`). Rendering and training
+thus run at their own speeds: training never waits for the renderer, and a slow renderer
+only means each rendered crop is reused under more augmentations. The pool on disk also
+makes a resumed run start at once.
+
+Every ``checkpoint_every`` steps the trainer evaluates on a held-out set (a different
+seed, crops around the oracle centre, no augmentation), writes ``checkpoint_last.pt``
+(and ``checkpoint_best.pt`` when the held-out error improves), ``train.csv``,
+``eval.csv`` and ``curves.png``. ``resume=True`` continues from ``checkpoint_last.pt``.
+Checkpoints hold tensors and plain values only, so they load with
+``torch.load(weights_only=True)``.
+"""
+
+from dataclasses import dataclass, field, fields
+import glob
+import json
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import time
+
+import numpy as np
+
+from hand_pose_ros.core import augment
+from hand_pose_ros.core.camera import CameraIntrinsics
+from hand_pose_ros.core.crop import crop_depth, CropSpec, CropTransform, make_transform
+
+LOG = logging.getLogger(__name__)
+
+LR_SCHEDULES = ('cosine', 'step', 'constant')
+CHECKPOINT_LAST = 'checkpoint_last.pt'
+CHECKPOINT_BEST = 'checkpoint_best.pt'
+TRAIN_FIELDS = ('step', 'loss', 'lr', 'samples_per_s', 'pool_size', 'elapsed_s')
+
+
+@dataclass
+class TrainConfig:
+    """
+    Everything a training run needs; YAML files map onto these fields.
+
+    :param output_dir: run folder (checkpoints, logs, curves, crop pool).
+    :param model: registry name for ``build_model``.
+    :param model_cfg: keyword arguments of the model (``input_size`` is filled in).
+    :param crop: :class:`CropSpec` fields (input_size, cube_size_m, interpolation).
+    :param context: context crop factor for augmentation (see :mod:`augment`).
+    :param augment: :class:`AugmentConfig` fields (defaults: the papers' ranges).
+    :param data: training source: ``{'type': 'synthetic', 'camera': preset, 'scene': {...},
+        'sensor': {...}}`` or ``{'type': <dataset>, 'root': DIR, ...reader options}``.
+    :param eval_data: held-out source (default: ``data`` with seed ``eval_seed``).
+    :param eval_frames: held-out crops evaluated at every checkpoint (0 disables).
+    :param eval_seed: seed of the held-out synthetic set.
+    :param pool_size: context crops kept in memory.
+    :param min_pool: crops needed before the first step.
+    :param render_workers: background render processes (0: render ``pool_size`` crops in
+        the main process first, then train on that fixed pool).
+    :param fresh_ratio: new crops rendered per trained sample (after ``min_pool``); workers
+        pause when ahead, leaving the CPU to training (each crop is then reused under about
+        1 / fresh_ratio augmentations).
+    :param chunk_size: crops per pool file.
+    :param steps: total optimisation steps.
+    :param batch_size: crops per step.
+    :param lr: peak learning rate (Adam).
+    :param weight_decay: Adam weight decay.
+    :param lr_schedule: 'cosine' (to 0 after warm-up), 'step' or 'constant'.
+    :param warmup_steps: linear warm-up steps.
+    :param lr_step_size: steps between decays of the 'step' schedule.
+    :param lr_gamma: decay factor of the 'step' schedule.
+    :param seed: seed of the model initialisation, batches, augmentation and rendering.
+    :param checkpoint_every: steps between checkpoints, evaluations and plots.
+    :param log_every: steps between rows of ``train.csv``.
+    :param device: 'auto' (CUDA when present), 'cpu' or 'cuda'.
+    :param num_threads: torch CPU threads (0: torch default).
+    """
+
+    output_dir: str = 'runs/default'
+    model: str = 'a2j'
+    model_cfg: dict = field(default_factory=lambda: {
+        'backbone': 'resnet18', 'width': 0.25, 'head_channels': 64})
+    crop: dict = field(default_factory=lambda: {
+        'input_size': 96, 'cube_size_m': [0.2, 0.2, 0.3], 'interpolation': 'nearest'})
+    context: float = 1.5
+    augment: dict = field(default_factory=dict)
+    data: dict = field(default_factory=lambda: {'type': 'synthetic', 'camera': 'sr300'})
+    eval_data: dict = None
+    eval_frames: int = 300
+    eval_seed: int = 1000
+    pool_size: int = 20000
+    min_pool: int = 256
+    render_workers: int = 1
+    fresh_ratio: float = 0.25
+    chunk_size: int = 64
+    steps: int = 20000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: str = 'cosine'
+    warmup_steps: int = 200
+    lr_step_size: int = 10000
+    lr_gamma: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    device: str = 'auto'
+    num_threads: int = 0
+
+    def __post_init__(self):
+        self.crop_spec = CropSpec.from_dict(
+            {k: tuple(v) if isinstance(v, list) else v for k, v in self.crop.items()})
+        self.augment_config = augment.AugmentConfig.from_dict(self.augment)
+        augment.context_spec(self.crop_spec, self.context)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f'lr_schedule must be one of {LR_SCHEDULES}, '
+                             f'got {self.lr_schedule!r}')
+        for name in ('steps', 'batch_size', 'pool_size', 'min_pool', 'chunk_size',
+                     'checkpoint_every', 'log_every'):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f'{name} must be a positive integer, got {getattr(self, name)}')
+        for name in ('render_workers', 'eval_frames', 'warmup_steps', 'num_threads'):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ValueError(f'lr must be positive and weight_decay >= 0, '
+                             f'got {self.lr}, {self.weight_decay}')
+        if not 0 < self.fresh_ratio <= 10:
+            raise ValueError(f'fresh_ratio must be in (0, 10], got {self.fresh_ratio}')
+        if self.min_pool > self.pool_size:
+            raise ValueError(f'min_pool ({self.min_pool}) exceeds pool_size ({self.pool_size})')
+        if self.device not in ('auto', 'cpu', 'cuda'):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if 'type' not in self.data:
+            raise ValueError("data needs a 'type' ('synthetic' or a dataset name)")
+
+    def to_dict(self):
+        """Return the config as plain values (YAML / checkpoint friendly)."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build from a plain dict; unknown keys raise ValueError."""
+        names = {item.name for item in fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f'unknown training config keys: {sorted(unknown)}')
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path):
+        """Load a YAML config file."""
+        import yaml
+
+        with open(path, 'r') as stream:
+            values = yaml.safe_load(stream) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f'{path}: a training config must be a YAML mapping')
+        return cls.from_dict(values)
+
+    def held_out_data(self):
+        """Return the held-out source description."""
+        if self.eval_data is not None:
+            return self.eval_data
+        return dict(self.data, seed=self.eval_seed)
+
+
+def learning_rate(step, config):
+    """Return the learning rate of (0-based) ``step`` under the config's schedule."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == 'cosine':
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if config.lr_schedule == 'step':
+        return config.lr * config.lr_gamma ** (step // config.lr_step_size)
+    return config.lr
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def oracle_center(joints_xyz, joint_mask):
+    """Return the (3,) centroid of the labelled joints (the 'oracle' hand centre)."""
+    return np.asarray(joints_xyz)[np.asarray(joint_mask, dtype=bool)].mean(axis=0)
+
+
+def crop_labelled(depth_m, intrinsics, joints_xyz, joint_mask, spec, center_xyz=None):
+    """
+    Crop a labelled frame around its (oracle) centre.
+
+    :return: (:class:`CropResult`, (21, 3) normalised joints with NaN where unlabelled).
+    """
+    center = oracle_center(joints_xyz, joint_mask) if center_xyz is None else center_xyz
+    result = crop_depth(depth_m, intrinsics, center, spec)
+    joints = result.transform.normalized_from_xyz(joints_xyz)
+    joints[~np.asarray(joint_mask, dtype=bool)] = np.nan
+    return result, joints
+
+
+def _dataclass_from_dict(kind, values):
+    """Build a (flat) config dataclass from a YAML mapping; lists become tuples."""
+    values = dict(values or {})
+    names = {item.name for item in fields(kind)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f'unknown {kind.__name__} keys: {sorted(unknown)}')
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+class SyntheticCrops:
+    """
+    Crops of freshly rendered synthetic scenes (only the crop window is rendered).
+
+    :param spec: crop spec of the crops to make.
+    :param seed: generator seed.
+    :param camera: camera preset of the simulated sensor.
+    :param scene: options of the synthetic scene sampler.
+    :param sensor: options of the simulated sensor.
+    """
+
+    def __init__(self, spec, seed, camera='sr300', scene=None, sensor=None):
+        from hand_pose_ros.core.synth.generator import SyntheticGenerator
+        from hand_pose_ros.core.synth.scene import SceneConfig
+        from hand_pose_ros.core.synth.sensor import SensorConfig
+
+        self.spec = spec
+        self.intrinsics = CameraIntrinsics.from_preset(camera)
+        self.generator = SyntheticGenerator(
+            self.intrinsics, scene=_dataclass_from_dict(SceneConfig, scene),
+            sensor=_dataclass_from_dict(SensorConfig, sensor), seed=seed)
+
+    def next_labelled(self):
+        """Return (depth_m, intrinsics, joints_xyz, mask, center) of one rendered window."""
+        for _ in range(100):
+            scene = self.generator.sample_scene()
+            joints = np.asarray(scene.hands[0].keypoints_xyz, dtype=np.float64)
+            mask = np.ones(len(joints), dtype=bool)
+            center = oracle_center(joints, mask)
+            try:
+                transform = make_transform(self.intrinsics, center, self.spec)
+            except ValueError:
+                continue  # the hand's centre left the image: draw another scene
+            u_min, v_min, u_max, v_max = transform.window_uv
+            u0, v0 = int(math.floor(u_min)) - 1, int(math.floor(v_min)) - 1
+            window = self.intrinsics.window(u0, v0, int(math.ceil(u_max)) + 2 - u0,
+                                            int(math.ceil(v_max)) + 2 - v0)
+            frame = self.generator.render(scene, intrinsics=window)
+            return frame.depth_m, window, joints, mask, center
+        raise ValueError('synthetic scenes keep placing the hand outside the image; '
+                         'check the scene options')
+
+    def next_crop(self):
+        """Return (CropResult, normalised joints (21, 3), mask (21,), joints_xyz (21, 3))."""
+        depth_m, window, joints, mask, center = self.next_labelled()
+        result, joints_norm = crop_labelled(depth_m, window, joints, mask, self.spec, center)
+        return result, joints_norm, mask, joints
+
+
+class DatasetCrops:
+    """
+    Crops of a dataset reader's frames in a seeded random order (oracle centres).
+
+    :param spec: crop spec of the crops to make.
+    :param seed: shuffling seed.
+    :param name: dataset name for :func:`hand_pose_ros.core.datasets.open_dataset`.
+    :param root: dataset folder.
+    :param options: reader options.
+    """
+
+    def __init__(self, spec, seed, name, root, **options):
+        from hand_pose_ros.core.datasets import open_dataset
+
+        self.spec = spec
+        self.dataset = open_dataset(name, root, **options)
+        self.rng = np.random.default_rng(seed)
+        self._order = []
+
+    def next_crop(self):
+        """Return (CropResult, normalised joints (21, 3), mask (21,), joints_xyz (21, 3))."""
+        for _ in range(len(self.dataset)):
+            if not self._order:
+                self._order = list(self.rng.permutation(len(self.dataset)))
+            sample = self.dataset[int(self._order.pop())]
+            if sample.joint_mask.sum() == 0:
+                continue
+            try:
+                result, joints = crop_labelled(sample.depth_m, sample.intrinsics,
+                                               sample.joints_xyz, sample.joint_mask, self.spec)
+            except ValueError:
+                continue  # centre outside the image
+            return result, joints, sample.joint_mask, sample.joints_xyz
+        raise ValueError('no frame of the dataset gives a valid crop')
+
+
+def make_source(data, spec, seed):
+    """Return the crop source described by a ``data`` dict (see :class:`TrainConfig`)."""
+    options = dict(data)
+    kind = options.pop('type')
+    seed = int(options.pop('seed', seed))
+    if kind == 'synthetic' and 'root' not in options:
+        return SyntheticCrops(spec, seed, **options)
+    return DatasetCrops(spec, seed, kind, **options)
+
+
+# --------------------------------------------------------------------------- crop pool
+
+
+def render_chunk(source, count):
+    """Return a pool chunk dict of ``count`` context crops from ``source``."""
+    size = source.spec.input_size
+    patches = np.empty((count, size, size), dtype=np.float16)
+    joints = np.empty((count, 21, 3), dtype=np.float32)
+    masks = np.empty((count, 21), dtype=bool)
+    for i in range(count):
+        result, joints_norm, mask, _ = source.next_crop()
+        patches[i] = result.patch
+        joints[i] = joints_norm
+        masks[i] = mask
+    return {'patches': patches, 'joints': joints, 'mask': masks}
+
+
+def save_chunk(directory, name, chunk):
+    """Write a chunk atomically (readers never see a half-written file)."""
+    path = os.path.join(directory, name)
+    with open(path + '.tmp', 'wb') as stream:
+        np.savez(stream, **chunk)
+    os.replace(path + '.tmp', path)
+
+
+def next_chunk_index(directory, tag):
+    """Return the first unused index of ``chunk_<tag>_<index>.npz`` files in ``directory``."""
+    existing = glob.glob(os.path.join(directory, f'chunk_{tag}_*.npz'))
+    return 1 + max([int(p.rsplit('_', 1)[1][:-4]) for p in existing], default=-1)
+
+
+def render_worker(data, spec_dict, seed, tag, directory, chunk_size, stop, allowed, rendered):
+    """
+    Render context-crop chunks into ``directory`` until ``stop`` is set (process target).
+
+    :param tag: unique name part of this worker's files (``chunk_<tag>_<index>.npz``).
+    :param allowed: shared counter of crops all workers may have rendered so far.
+    :param rendered: shared counter of crops all workers have rendered (claimed).
+    """
+    spec = CropSpec.from_dict(spec_dict)
+    source = make_source(data, spec, seed)
+    index = next_chunk_index(directory, tag)
+    parent = os.getppid()
+    # A killed trainer cannot set ``stop``: also end when reparented.
+    while not stop.is_set() and os.getppid() == parent:
+        with rendered.get_lock():
+            claimed = rendered.value + chunk_size <= allowed.value
+            if claimed:
+                rendered.value += chunk_size
+        if not claimed:
+            time.sleep(0.2)
+            continue
+        save_chunk(directory, f'chunk_{tag}_{index:06d}.npz', render_chunk(source, chunk_size))
+        index += 1
+
+
+class CropPool:
+    """
+    The newest ``capacity`` context crops, fed from chunk files on disk.
+
+    Chunk files whose crops have all been overwritten in the ring are deleted, so the
+    folder holds about ``capacity`` crops: enough to refill the pool on resume.
+
+    :param directory: chunk folder.
+    :param capacity: crops kept in memory (a ring buffer).
+    :param size: context patch side.
+    """
+
+    def __init__(self, directory, capacity, size):
+        self.directory = directory
+        self.capacity = capacity
+        self.patches = np.empty((capacity, size, size), dtype=np.float16)
+        self.joints = np.empty((capacity, 21, 3), dtype=np.float32)
+        self.masks = np.empty((capacity, 21), dtype=bool)
+        self.count = 0
+        self._next = 0
+        self._seen = set()
+        self._loaded = []  # (path, crops) in load order
+
+    def __len__(self):
+        return self.count
+
+    def refresh(self):
+        """Load chunk files not seen yet (oldest first); return the number of new crops."""
+        paths = sorted(glob.glob(os.path.join(self.directory, 'chunk_*.npz')),
+                       key=lambda p: (os.path.getmtime(p), p))
+        new = [p for p in paths if p not in self._seen]
+        self._seen.update(new)
+        added = 0
+        for path in new:
+            with np.load(path) as chunk:
+                crops = self.add(chunk['patches'], chunk['joints'], chunk['mask'])
+            self._loaded.append((path, crops))
+            added += crops
+        self._prune()
+        return added
+
+    def _prune(self):
+        """Delete the files whose crops no longer live in the ring."""
+        kept, newest = 0, []
+        for path, crops in reversed(self._loaded):
+            if kept >= self.capacity:
+                os.remove(path)
+            else:
+                newest.append((path, crops))
+            kept += crops
+        self._loaded = newest[::-1]
+
+    def add(self, patches, joints, masks):
+        """Append crops, overwriting the oldest when full; return how many were added."""
+        for i in range(len(masks)):
+            self.patches[self._next] = patches[i]
+            self.joints[self._next] = joints[i]
+            self.masks[self._next] = masks[i]
+            self._next = (self._next + 1) % self.capacity
+            self.count = min(self.count + 1, self.capacity)
+        return len(masks)
+
+    def batch(self, rng, batch_size, config):
+        """Return an augmented batch: patches (B, 1, S, S), joints (B, 21, 3), valid (B, 21)."""
+        spec = config.crop_spec
+        size = spec.input_size
+        patches = np.empty((batch_size, 1, size, size), dtype=np.float32)
+        joints = np.empty((batch_size, 21, 3), dtype=np.float32)
+        valid = np.empty((batch_size, 21), dtype=np.float32)
+        for i, index in enumerate(rng.integers(0, self.count, batch_size)):
+            patch, joints_norm = augment.augment_crop(
+                self.patches[index].astype(np.float32), self.joints[index], rng,
+                config.augment_config, spec, config.context)
+            patches[i, 0] = patch
+            mask = self.masks[index] & np.all(np.isfinite(joints_norm), axis=-1)
+            joints[i] = np.where(mask[:, None], joints_norm, 0.0)
+            valid[i] = mask
+        return patches, joints, valid
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def make_eval_set(source, count):
+    """Return a held-out set dict: crops, targets and crop geometry for metric errors."""
+    size = source.spec.input_size
+    out = {'patches': np.empty((count, 1, size, size), dtype=np.float32),
+           'joints_xyz': np.empty((count, 21, 3)), 'mask': np.empty((count, 21), dtype=bool),
+           'center_xyz': np.empty((count, 3)), 'image_center_uv': np.empty((count, 2)),
+           'linear': np.empty((count, 2, 2)), 'intrinsics': np.empty((count, 6)),
+           'half_depth_m': np.empty(count)}
+    for i in range(count):
+        result, _, mask, joints_xyz = source.next_crop()
+        transform = result.transform
+        intrinsics = transform.intrinsics
+        out['patches'][i, 0] = result.patch
+        out['joints_xyz'][i] = joints_xyz
+        out['mask'][i] = mask
+        out['center_xyz'][i] = transform.center_xyz
+        out['image_center_uv'][i] = transform.image_center_uv
+        out['linear'][i] = transform.linear
+        out['intrinsics'][i] = (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy,
+                                intrinsics.width, intrinsics.height)
+        out['half_depth_m'][i] = transform.half_depth_m
+    return out
+
+
+def eval_transform(eval_set, index):
+    """Return the :class:`CropTransform` of held-out crop ``index``."""
+    fx, fy, cx, cy, width, height = eval_set['intrinsics'][index]
+    return CropTransform(
+        intrinsics=CameraIntrinsics(fx, fy, cx, cy, int(width), int(height)),
+        center_xyz=eval_set['center_xyz'][index],
+        image_center_uv=eval_set['image_center_uv'][index],
+        linear=eval_set['linear'][index], half_depth_m=float(eval_set['half_depth_m'][index]),
+        input_size=eval_set['patches'].shape[-1])
+
+
+def evaluate(model, eval_set, device, batch_size=64):
+    """Return {'mean_mm', 'median_mm', 'per_joint_mm'} of a model on a held-out set."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(eval_set['patches']), batch_size):
+            batch = torch.from_numpy(eval_set['patches'][start:start + batch_size]).to(device)
+            predictions.append(model(batch)['joints'].float().cpu().numpy())
+    model.train(was_training)
+    predictions = np.concatenate(predictions)
+    errors = np.full(eval_set['mask'].shape, np.nan)
+    for i, joints_norm in enumerate(predictions):
+        xyz = eval_transform(eval_set, i).xyz_from_normalized(joints_norm)
+        errors[i] = np.linalg.norm(xyz - eval_set['joints_xyz'][i], axis=-1) * 1000.0
+    errors[~eval_set['mask']] = np.nan
+    return {'mean_mm': float(np.nanmean(errors)), 'median_mm': float(np.nanmedian(errors)),
+            'per_joint_mm': np.nanmean(errors, axis=0).tolist()}
+
+
+# --------------------------------------------------------------------------- logs
+
+
+class ProgressBar:
+    """
+    A progress line with live loss on stderr (redrawn on a TTY, periodic lines otherwise).
+
+    :param total: total steps.
+    :param stream: output stream.
+    :param interval_s: minimum seconds between redraws (TTY) or lines (log files).
+    """
+
+    def __init__(self, total, stream=None, interval_s=None):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+        self.interval_s = interval_s if interval_s is not None else (0.2 if self.tty else 30.0)
+        self._last = -math.inf
+
+    def update(self, step, text, force=False):
+        """Show progress at ``step`` (1-based) with an extra status text."""
+        now = time.monotonic()
+        if not force and now - self._last < self.interval_s and step < self.total:
+            return
+        self._last = now
+        filled = int(30 * step / self.total)
+        line = f'[{"#" * filled}{"." * (30 - filled)}] {step}/{self.total} {text}'
+        self.stream.write(('\r' + line + '\x1b[K') if self.tty else line + '\n')
+        if self.tty and step >= self.total:
+            self.stream.write('\n')
+        self.stream.flush()
+
+
+def write_csv(path, header, rows):
+    """Write rows (dicts) to a CSV file."""
+    with open(path, 'w') as stream:
+        stream.write(','.join(header) + '\n')
+        for row in rows:
+            stream.write(','.join(_format(row[k]) for k in header) + '\n')
+
+
+def _format(value):
+    return f'{value:.6g}' if isinstance(value, float) else str(value)
+
+
+def read_csv(path):
+    """Read a CSV written by :func:`write_csv` into a list of float dicts."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, 'r') as stream:
+        header = stream.readline().strip().split(',')
+        return [dict(zip(header, map(float, line.strip().split(','))))
+                for line in stream if line.strip()]
+
+
+def _smooth(values, window):
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 3:
+        return values
+    kernel = np.ones(min(window, len(values))) / min(window, len(values))
+    padded = np.concatenate([np.full(len(kernel) - 1, values[0]), values])
+    return np.convolve(padded, kernel, mode='valid')
+
+
+def plot_curves(train_rows, eval_rows, path, width=900, height=620):
+    """Draw the training loss (log scale) and held-out error curves into a PNG (Pillow)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new('RGB', (width, height), 'white')
+    draw = ImageDraw.Draw(image)
+    panels = [('training loss (log10, smoothed)', train_rows, 'loss', True, (31, 119, 180)),
+              ('held-out mean 3D error (mm)', eval_rows, 'mean_mm', False, (214, 39, 40))]
+    panel_height = height // 2
+    max_step = max([r['step'] for r in train_rows + eval_rows] + [1])
+    for p, (title, rows, key, log_scale, colour) in enumerate(panels):
+        top = p * panel_height
+        left, right, upper, lower = 70, width - 20, top + 30, top + panel_height - 35
+        draw.rectangle([left, upper, right, lower], outline='black')
+        draw.text((left, top + 10), title, fill='black')
+        draw.text((right - 60, lower + 8), f'step {max_step}', fill='black')
+        values = [r[key] for r in rows if math.isfinite(r[key]) and (r[key] > 0 or not log_scale)]
+        steps = [r['step'] for r in rows if math.isfinite(r[key])
+                 and (r[key] > 0 or not log_scale)]
+        if not values:
+            continue
+        values = np.log10(values) if log_scale else np.asarray(values)
+        if log_scale:
+            values = _smooth(values, 20)
+        low, high = float(values.min()), float(values.max())
+        if high - low < 1e-9:
+            low, high = low - 0.5, high + 0.5
+        for frac in (0.0, 0.5, 1.0):
+            value = low + frac * (high - low)
+            y = lower - frac * (lower - upper)
+            label = f'{10 ** value:.3g}' if log_scale else f'{value:.1f}'
+            draw.text((5, y - 6), label, fill='black')
+            draw.line([left, y, left + 5, y], fill='black')
+        points = [(left + (right - left) * s / max_step,
+                   lower - (lower - upper) * (v - low) / (high - low))
+                  for s, v in zip(steps, values)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points if len(points) < 50 else []:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    image.save(path)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def resolve_device(name):
+    """Return the torch device for 'auto', 'cpu' or 'cuda'."""
+    import torch
+
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(name)
+
+
+def build_training_model(config):
+    """Build the configured model with the crop's input size."""
+    from hand_pose_ros.core.models import build_model
+
+    model_cfg = dict(config.model_cfg)
+    size = config.crop_spec.input_size
+    if model_cfg.setdefault('input_size', size) != size:
+        raise ValueError(f"model_cfg input_size {model_cfg['input_size']} differs from the "
+                         f'crop input_size {size}')
+    return build_model(config.model, **model_cfg)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint dict safely (``weights_only=True``)."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise ValueError(f'checkpoint {path!r} does not exist')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # noqa: B902 - report any unpickling failure with the file
+        raise ValueError(f'checkpoint {path!r} cannot be loaded: {error}') from None
+
+
+def model_from_checkpoint(path):
+    """Return (model, TrainConfig, checkpoint dict) rebuilt from a checkpoint file."""
+    checkpoint = load_checkpoint(path)
+    config = TrainConfig.from_dict(json.loads(checkpoint['config']))
+    model = build_training_model(config)
+    model.load_state_dict(checkpoint['model'])
+    model.eval()
+    return model, config, checkpoint
+
+
+class Trainer:
+    """
+    One training run (see the module docstring).
+
+    :param config: :class:`TrainConfig`.
+    :param resume: continue from ``<output_dir>/checkpoint_last.pt``.
+    :param progress_stream: where the progress bar goes (default stderr).
+    """
+
+    def __init__(self, config, resume=False, progress_stream=None):
+        import torch
+
+        self.config = config
+        self.output_dir = config.output_dir
+        os.makedirs(self.output_dir, exist_ok=True)
+        self.pool_dir = os.path.join(self.output_dir, 'pool')
+        os.makedirs(self.pool_dir, exist_ok=True)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.model = build_training_model(config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
+                                          weight_decay=config.weight_decay)
+        self.step = 0
+        self.best_error_mm = math.inf
+        self.train_rows = []
+        self.eval_rows = []
+        if resume:
+            self._resume()
+        self.progress = ProgressBar(config.steps, progress_stream)
+        self.context_spec = augment.context_spec(config.crop_spec, config.context)
+        self.pool = CropPool(self.pool_dir, config.pool_size, self.context_spec.input_size)
+        self._workers = []
+        self._stop = None
+        self.eval_set = self._load_eval_set()
+
+    # ----- state
+
+    def _resume(self):
+        import torch
+
+        path = os.path.join(self.output_dir, CHECKPOINT_LAST)
+        checkpoint = load_checkpoint(path)
+        saved = json.loads(checkpoint['config'])
+        for key in ('model', 'model_cfg', 'crop'):
+            if saved[key] != getattr(self.config, key):
+                raise ValueError(f'cannot resume {path}: its {key} {saved[key]!r} differs '
+                                 f'from the config ({getattr(self.config, key)!r})')
+        self.model.load_state_dict(checkpoint['model'])
+        self.optimizer.load_state_dict(checkpoint['optimizer'])
+        self.step = int(checkpoint['step'])
+        self.best_error_mm = float(checkpoint['best_error_mm'])
+        self.rng.bit_generator.state = json.loads(checkpoint['numpy_rng'])
+        torch.set_rng_state(checkpoint['torch_rng'])
+        self.train_rows = [r for r in read_csv(os.path.join(self.output_dir, 'train.csv'))
+                           if r['step'] <= self.step]
+        self.eval_rows = [r for r in read_csv(os.path.join(self.output_dir, 'eval.csv'))
+                          if r['step'] <= self.step]
+        LOG.info('resumed %s at step %d', path, self.step)
+
+    def save_checkpoint(self, path):
+        """Write the run state to ``path`` atomically."""
+        import torch
+
+        state = {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                 'step': self.step, 'best_error_mm': self.best_error_mm,
+                 'config': json.dumps(self.config.to_dict()),
+                 'numpy_rng': json.dumps(self.rng.bit_generator.state),
+                 'torch_rng': torch.get_rng_state()}
+        torch.save(state, path + '.tmp')
+        os.replace(path + '.tmp', path)
+
+    def _load_eval_set(self):
+        if not self.config.eval_frames:
+            return None
+        data = self.config.held_out_data()
+        key = json.dumps([data, self.config.crop, self.config.eval_frames], sort_keys=True)
+        path = os.path.join(self.output_dir, 'eval_set.npz')
+        if os.path.isfile(path):
+            with np.load(path) as stored:
+                if str(stored['key']) == key:
+                    return {k: stored[k] for k in stored.files if k != 'key'}
+        source = make_source(data, self.config.crop_spec, self.config.eval_seed)
+        eval_set = make_eval_set(source, self.config.eval_frames)
+        np.savez(path, key=key, **eval_set)
+        return eval_set
+
+    # ----- data
+
+    def _start_rendering(self):
+        config = self.config
+        spec = self.context_spec.to_dict()
+        if config.render_workers == 0:
+            missing = config.pool_size - len(glob.glob(os.path.join(self.pool_dir, '*.npz'))) \
+                * config.chunk_size
+            source = make_source(config.data, self.context_spec, config.seed)
+            first = next_chunk_index(self.pool_dir, 'main')
+            for index in range(first, first + max(0, math.ceil(missing / config.chunk_size))):
+                save_chunk(self.pool_dir, f'chunk_main_{index:06d}.npz',
+                           render_chunk(source, config.chunk_size))
+            self.pool.refresh()
+            return
+        context = multiprocessing.get_context('spawn')
+        self._stop = context.Event()
+        self._allowed = context.Value('q', config.min_pool)
+        rendered = context.Value('q', 0)
+        # Each worker of each (re)start renders its own scenes: seeds from (seed, step, worker).
+        for worker in range(config.render_workers):
+            sequence = np.random.SeedSequence([config.seed, self.step, worker])
+            seed = int(sequence.generate_state(1)[0])
+            process = context.Process(
+                target=render_worker, daemon=True,
+                args=(config.data, spec, seed, f's{self.step}w{worker}', self.pool_dir,
+                      config.chunk_size, self._stop, self._allowed, rendered))
+            process.start()
+            self._workers.append(process)
+        self.pool.refresh()
+        while len(self.pool) < config.min_pool:
+            if not any(p.is_alive() for p in self._workers):
+                raise RuntimeError('all render workers exited before filling the crop pool; '
+                                   'see their error output above')
+            time.sleep(0.5)
+            self.pool.refresh()
+
+    def _stop_rendering(self):
+        if self._stop is not None:
+            self._stop.set()
+        for process in self._workers:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.terminate()
+        self._workers = []
+
+    # ----- loop
+
+    def train(self, stop_at=None):
+        """
+        Run until ``config.steps`` (or ``stop_at``, checkpointing there).
+
+        :param stop_at: optional earlier step to stop at (the schedule still spans
+            ``config.steps``, so a resumed run continues exactly).
+        :return: the last held-out metrics (or {}).
+        """
+        import torch
+
+        config = self.config
+        stop_at = config.steps if stop_at is None else min(int(stop_at), config.steps)
+        self._start_rendering()
+        first_step = self.step
+        metrics = {}
+        try:
+            self.model.train()
+            window_start, window_samples, loss_ema = time.monotonic(), 0, None
+            run_start = time.monotonic() - (self.train_rows[-1]['elapsed_s']
+                                            if self.train_rows else 0.0)
+            loss_sum, loss_count = 0.0, 0
+            while self.step < stop_at:
+                if self.step % 20 == 0 and self._workers:
+                    self.pool.refresh()
+                    self._allowed.value = config.min_pool + int(
+                        (self.step - first_step + 20) * config.batch_size * config.fresh_ratio)
+                patches, joints, valid = self.pool.batch(self.rng, config.batch_size, config)
+                lr = learning_rate(self.step, config)
+                for group in self.optimizer.param_groups:
+                    group['lr'] = lr
+                if hasattr(self.model, 'set_step'):
+                    self.model.set_step(self.step)
+                outputs = self.model(torch.from_numpy(patches).to(self.device))
+                losses = self.model.loss(outputs, {
+                    'joints': torch.from_numpy(joints).to(self.device),
+                    'valid': torch.from_numpy(valid).to(self.device)})
+                self.optimizer.zero_grad(set_to_none=True)
+                losses['total'].backward()
+                self.optimizer.step()
+                self.step += 1
+                loss = float(losses['total'].detach())
+                if not math.isfinite(loss):
+                    raise RuntimeError(f'training diverged at step {self.step} (loss {loss}); '
+                                       f'lower the learning rate')
+                loss_ema = loss if loss_ema is None else 0.95 * loss_ema + 0.05 * loss
+                loss_sum, loss_count = loss_sum + loss, loss_count + 1
+                window_samples += config.batch_size
+                elapsed = time.monotonic() - window_start
+                rate = window_samples / max(elapsed, 1e-9)
+                if self.step % config.log_every == 0:
+                    self.train_rows.append({
+                        'step': self.step, 'loss': loss_sum / loss_count, 'lr': lr,
+                        'samples_per_s': rate, 'pool_size': len(self.pool),
+                        'elapsed_s': time.monotonic() - run_start})
+                    loss_sum, loss_count = 0.0, 0
+                    if elapsed > 60:
+                        window_start, window_samples = time.monotonic(), 0
+                best = f' best {self.best_error_mm:.1f} mm' if self.eval_rows else ''
+                self.progress.update(
+                    self.step, f'loss {loss_ema:.3f} lr {lr:.2e} {rate:.0f} samples/s '
+                    f'pool {len(self.pool)}{best}')
+                if self.step % config.checkpoint_every == 0 or self.step == stop_at:
+                    metrics = self.checkpoint()
+        finally:
+            self._stop_rendering()
+        return metrics
+
+    def checkpoint(self):
+        """Evaluate, write checkpoints, CSV logs and curves; return the held-out metrics."""
+        metrics = {}
+        if self.eval_set is not None:
+            metrics = evaluate(self.model, self.eval_set, self.device)
+            self.eval_rows.append({'step': self.step, 'mean_mm': metrics['mean_mm'],
+                                   'median_mm': metrics['median_mm']})
+            LOG.info('step %d: held-out mean error %.2f mm', self.step, metrics['mean_mm'])
+            self.progress.stream.write(
+                f'\nstep {self.step}: held-out mean 3D error {metrics["mean_mm"]:.2f} mm '
+                f'(median {metrics["median_mm"]:.2f})\n')
+        improved = metrics and metrics['mean_mm'] < self.best_error_mm
+        if improved:
+            self.best_error_mm = metrics['mean_mm']
+        self.save_checkpoint(os.path.join(self.output_dir, CHECKPOINT_LAST))
+        if improved or not metrics:
+            self.save_checkpoint(os.path.join(self.output_dir, CHECKPOINT_BEST))
+        write_csv(os.path.join(self.output_dir, 'train.csv'), TRAIN_FIELDS, self.train_rows)
+        write_csv(os.path.join(self.output_dir, 'eval.csv'), ('step', 'mean_mm', 'median_mm'),
+                  self.eval_rows)
+        plot_curves(self.train_rows, self.eval_rows, os.path.join(self.output_dir, 'curves.png'))
+        return metrics
+
+
+def train(config, resume=False, progress_stream=None):
+    """Run a training (see :class:`Trainer`) and return the final held-out metrics."""
+    return Trainer(config, resume=resume, progress_stream=progress_stream).train()
+
+
+def write_model(checkpoint_path, directory, name, export_onnx=True):
+    """
+    Ship a checkpoint as a model: safetensors + model card (+ ONNX export).
+
+    The card records the network, crop spec, training data and seeds, steps and the
+    held-out metrics re-measured on the run's held-out set (when present beside the
+    checkpoint).
+
+    :param checkpoint_path: a ``checkpoint_*.pt`` of a run.
+    :param directory: output folder (e.g. ``models``).
+    :param name: model name (file stem).
+    :param export_onnx: also export ``name.onnx`` and record it in the card.
+    :return: path of the model card.
+    """
+    from hand_pose_ros.core import export, model_io
+
+    model, config, checkpoint = model_from_checkpoint(checkpoint_path)
+    extra = {
+        'crop': config.crop_spec.to_dict(),
+        'training': {
+            'data': config.data, 'seed': config.seed, 'steps': int(checkpoint['step']),
+            'batch_size': config.batch_size, 'lr': config.lr, 'lr_schedule': config.lr_schedule,
+            'augment': {k: list(v) if isinstance(v, tuple) else v
+                        for k, v in vars(config.augment_config).items()},
+            'context': config.context, 'checkpoint': os.path.basename(checkpoint_path)},
+    }
+    eval_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), 'eval_set.npz')
+    if os.path.isfile(eval_path):
+        with np.load(eval_path) as stored:
+            eval_set = {k: stored[k] for k in stored.files if k != 'key'}
+        metrics = evaluate(model, eval_set, 'cpu')
+        extra['metrics'] = {
+            'held_out': {'data': config.held_out_data(), 'frames': len(eval_set['mask']),
+                         'center': 'oracle'},
+            'mean_3d_error_mm': round(metrics['mean_mm'], 3),
+            'median_3d_error_mm': round(metrics['median_mm'], 3),
+            'per_joint_error_mm': [round(v, 3) for v in metrics['per_joint_mm']]}
+    card_path = model_io.save_model(model, directory, name, extra=extra)
+    if export_onnx:
+        export.export_card(card_path)
+    return card_path
+
+
+def benchmark(config, crops=32, steps=5):
+    """
+    Measure the data and training throughput of a config on this machine.
+
+    :param config: :class:`TrainConfig`.
+    :param crops: context crops to render for the render figure.
+    :param steps: training steps to time (after one warm-up step).
+    :return: dict with 'render_crops_per_s' (one process), 'augment_ms_per_batch',
+        'train_step_ms', 'train_samples_per_s' and 'device'.
+    """
+    import torch
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    spec = augment.context_spec(config.crop_spec, config.context)
+    source = make_source(config.data, spec, config.seed)
+    source.next_crop()
+    start = time.perf_counter()
+    chunk = render_chunk(source, crops)
+    render_s = time.perf_counter() - start
+    pool = CropPool(os.devnull, crops, spec.input_size)
+    pool.add(chunk['patches'], chunk['joints'], chunk['mask'])
+    rng = np.random.default_rng(config.seed)
+    start = time.perf_counter()
+    batches = [pool.batch(rng, config.batch_size, config) for _ in range(steps + 1)]
+    augment_s = (time.perf_counter() - start) / len(batches)
+    device = resolve_device(config.device)
+    model = build_training_model(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    for index, (patches, joints, valid) in enumerate(batches):
+        if index == 1:
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        outputs = model(torch.from_numpy(patches).to(device))
+        loss = model.loss(outputs, {'joints': torch.from_numpy(joints).to(device),
+                                    'valid': torch.from_numpy(valid).to(device)})['total']
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    step_s = (time.perf_counter() - start) / steps
+    return {'render_crops_per_s': crops / render_s, 'augment_ms_per_batch': augment_s * 1e3,
+            'train_step_ms': step_s * 1e3, 'train_samples_per_s': config.batch_size / step_s,
+            'device': str(device)}

@@ -1,0 +1,135 @@
+"""hand_pose_selftrain: a real run on a tiny bag and a PNG folder, resume rules, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hand_pose_ros.cli.selftrain import _sequences, main, open_recording
+from hand_pose_ros.core import model_io
+from hand_pose_ros.core.camera import CameraIntrinsics
+from hand_pose_ros.core.estimator import load_estimator
+from hand_pose_ros.core.recordings import DepthFrame, FolderRecording, write_folder_recording
+from hand_pose_ros.core.synth import generate_motion, SyntheticGenerator
+from hand_pose_ros.ros.bags import BagRecording, write_depth_bag
+
+INTRINSICS = CameraIntrinsics(130.0, 130.0, 80.0, 60.0, 160, 120)
+FAST = ['--steps', '2', '--batch-size', '2', '--threads', '1', '--iterations', '1',
+        '--no-onnx']
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    """Return (bag path, folder path, tiny card path)."""
+    import torch
+
+    from hand_pose_ros.core.models import build_model
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp('cli_selftrain')
+    motion = generate_motion(12, seed=5, intrinsics=INTRINSICS)
+    rendered = SyntheticGenerator(INTRINSICS, seed=5).render_motion(motion)
+    frames = [DepthFrame(10 ** 18 + int(round(f.stamp_s * 1e9)), f.depth_mm, INTRINSICS)
+              for f in rendered]
+    write_depth_bag(root / 'bag', frames, storage='mcap')
+    write_folder_recording(root / 'pngs', frames)
+    torch.manual_seed(0)
+    model = build_model('a2j', backbone='resnet18', width=0.125, input_size=32,
+                        head_channels=16)
+    card = model_io.save_model(model, root / 'model', 'tiny', extra={
+        'crop': {'input_size': 32, 'cube_size_m': [0.25, 0.25, 0.3],
+                 'interpolation': 'nearest'}})
+    return root / 'bag', root / 'pngs', card
+
+
+def test_run_on_a_bag_writes_reports_and_a_loadable_model(inputs, tmp_path, capsys):
+    bag, _, card = inputs
+    out = tmp_path / 'run'
+    assert main([str(bag), '--model', str(card), '-o', str(out), *FAST]) == 0
+    printed = capsys.readouterr()
+    assert '[selftrain] round 0' in printed.err
+    final = printed.out.strip().splitlines()[-1]
+    assert final.endswith('adapted.yaml')
+    report = json.loads((out / 'report.json').read_text())
+    assert report['rounds'][0]['round'] == 0
+    assert report['details'][0]['frames_seen'] == 12
+    assert (out / 'iter_00' / 'timeline.png').is_file()
+    estimator = load_estimator(final, backend='torch', device='cpu')
+    frame = next(iter(BagRecording(bag)))
+    for hand in estimator.estimate(frame.depth, frame.intrinsics):
+        assert np.all(np.isfinite(hand.keypoints_xyz))
+    # An existing run is only continued when asked to.
+    assert main([str(bag), '--model', str(card), '-o', str(out), *FAST]) == 2
+    assert '--resume' in capsys.readouterr().err
+    assert main([str(bag), '--model', str(card), '-o', str(out), '--resume', *FAST]) == 0
+
+
+def test_png_folder_recordings_are_read_like_bags(inputs):
+    bag, folder, _ = inputs
+    from_folder = list(open_recording(folder))
+    from_bag = list(open_recording(bag))
+    assert isinstance(open_recording(folder), FolderRecording)
+    assert [f.stamp_ns for f in from_folder] == [f.stamp_ns for f in from_bag]
+    for a, b in zip(from_folder, from_bag):
+        np.testing.assert_array_equal(a.depth, b.depth)
+        assert a.intrinsics == b.intrinsics == INTRINSICS
+
+
+def test_experiment_runs_end_to_end_at_a_tiny_size(inputs, tmp_path):
+    _, _, card = inputs
+    out = tmp_path / 'experiment'
+    assert main(['--experiment', str(out), '--model', str(card), '--adapt-frames', '10',
+                 '--test-frames', '4', '--sequence-frames', '5', *FAST]) == 0
+    results = json.loads((out / 'experiment.json').read_text())
+    assert results['frames'] == {'adapt_unlabelled': 10, 'test_b': 4, 'test_a': 2}
+    assert len(BagRecording(out / 'domain_b_bag')) == 10
+    before = results['before']['domain_b']
+    assert before['frames'] == 4 and np.isfinite(before['mean_error_oracle_mm'])
+    assert results['rounds'][0]['round'] == 0
+    assert (out / 'experiment.md').read_text().startswith('# Domain-shift experiment')
+
+
+def test_bad_input_exits_with_a_message(inputs, tmp_path, capsys):
+    bag, folder, card = inputs
+    assert main([str(folder), '-o', str(tmp_path / 'a'), '--model', str(card),
+                 '--depth-topic', '/x']) == 2
+    assert 'topics apply to bags only' in capsys.readouterr().err
+    assert main([str(bag), '-o', str(tmp_path / 'b'), '--model', str(card),
+                 '--filter', 'nonsense']) == 2
+    assert 'KEY=VALUE' in capsys.readouterr().err
+    assert main([str(tmp_path), '-o', str(tmp_path / 'c'), '--model', str(card)]) == 2
+    assert 'no .png' in capsys.readouterr().err
+    assert main([str(bag), '-o', str(tmp_path / 'd'), '--model', str(tmp_path / 'no.yaml')]) \
+        == 2
+    with pytest.raises(SystemExit):
+        main(['--model', str(card)])
+    assert _sequences(250, 100, 7) == [(7, 100), (8, 100), (9, 50)]
+
+
+def test_folder_intrinsics_formats_and_bad_files(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / 'rec'
+    write_folder_recording(folder, [DepthFrame(i, np.full((120, 160), 600 + i, np.uint16),
+                                               INTRINSICS) for i in range(3)])
+    (folder / 'intrinsics.yaml').unlink()
+    for i, path in enumerate(sorted(folder.glob('*.png'))):
+        path.rename(folder / f'frame_{i}.png')
+    with pytest.raises(ValueError, match='no intrinsics file'):
+        FolderRecording(folder)
+    (folder / 'intrinsics.yml').write_text(
+        'image_width: 160\nimage_height: 120\ncamera_matrix:\n  rows: 3\n  cols: 3\n'
+        '  data: [130.0, 0.0, 80.0, 0.0, 130.0, 60.0, 0.0, 0.0, 1.0]\n')
+    recording = FolderRecording(folder, fps=10.0)
+    assert recording.intrinsics == INTRINSICS
+    # Names that are not nanosecond stamps: frames are stamped by the frame rate.
+    assert [f.stamp_ns for f in recording] == [0, 100_000_000, 200_000_000]
+    assert [int(f.depth[0, 0]) for f in recording] == [600, 601, 602]
+    (folder / 'intrinsics.yml').unlink()
+    (folder / 'intrinsics.json').write_text('{"fx": 130, "fy": 130, "cx": 80, "cy": 60}')
+    with pytest.raises(ValueError, match='missing intrinsics fields'):
+        FolderRecording(folder)
+    Image.fromarray(np.zeros((120, 160, 3), np.uint8)).save(folder / 'z.png')
+    recording = FolderRecording(folder, intrinsics=INTRINSICS)
+    with pytest.raises(ValueError, match='16-bit'):
+        list(recording)

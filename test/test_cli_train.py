@@ -1,0 +1,83 @@
+"""hand_pose_train on a tiny config: train, resume, ship; shipped configs parse."""
+
+import glob
+import os
+
+import pytest
+from test_core_training import TINY_MODEL, write_hands2017_fixture
+import torch
+import yaml
+
+from hand_pose_ros.cli import train as train_cli
+from hand_pose_ros.core import model_io, training
+
+torch.set_num_threads(1)
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'config')
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    write_hands2017_fixture(str(tmp_path / 'data'), frames=4)
+    values = {
+        'output_dir': str(tmp_path / 'run'), 'model_cfg': TINY_MODEL,
+        'crop': {'input_size': 32, 'cube_size_m': [0.2, 0.2, 0.3]},
+        'data': {'type': 'hands2017', 'root': str(tmp_path / 'data')},
+        'eval_frames': 3, 'pool_size': 8, 'min_pool': 4, 'chunk_size': 4,
+        'render_workers': 0, 'steps': 100, 'batch_size': 4, 'checkpoint_every': 3,
+        'log_every': 1, 'num_threads': 1}
+    path = tmp_path / 'tiny.yaml'
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_cli_trains_resumes_and_ships(tiny_yaml, tmp_path, capsys):
+    assert train_cli.main(['--config', str(tiny_yaml), '--steps', '3',
+                           '--set', 'eval_data={type: hands2017, root: %s}' % (tmp_path / 'data'),
+                           '--set', 'augment.noise_mm=1.0']) == 0
+    captured = capsys.readouterr()
+    assert 'held-out mean 3D error' in captured.out
+    assert 'loss' in captured.err and '3/3' in captured.err
+    assert training.load_checkpoint(str(tmp_path / 'run' / 'checkpoint_last.pt'))['step'] == 3
+    assert train_cli.main(['--config', str(tiny_yaml), '--steps', '5', '--resume',
+                           '--set', 'eval_data={type: hands2017, root: %s}' % (tmp_path / 'data'),
+                           '--set', 'augment.noise_mm=1.0']) == 0
+    checkpoint = training.load_checkpoint(str(tmp_path / 'run' / 'checkpoint_last.pt'))
+    assert checkpoint['step'] == 5
+    assert [r['step'] for r in training.read_csv(str(tmp_path / 'run' / 'train.csv'))] == \
+        [1, 2, 3, 4, 5]
+    assert train_cli.main(['--write-model', str(tmp_path / 'run' / 'checkpoint_best.pt'),
+                           '--model-dir', str(tmp_path / 'models'), '--name', 'tiny']) == 0
+    card = model_io.read_card(tmp_path / 'models' / 'tiny.yaml')
+    assert card['onnx'] == 'tiny.onnx' and card['training']['augment']['noise_mm'] == 1.0
+
+
+def test_cli_reports_bad_input(tiny_yaml, tmp_path, capsys):
+    assert train_cli.main(['--config', str(tiny_yaml), '--set', 'model_cfg.backbone=vgg']) == 2
+    assert 'error' in capsys.readouterr().err
+    assert train_cli.main(['--config', str(tiny_yaml), '--resume',
+                           '--output-dir', str(tmp_path / 'none')]) == 2
+    assert 'checkpoint_last.pt' in capsys.readouterr().err
+    assert train_cli.main(['--write-model', str(tmp_path / 'missing.pt')]) == 2
+    with pytest.raises(ValueError, match='KEY=VALUE'):
+        train_cli.apply_assignment({}, 'steps')
+
+
+def test_assignments_reach_into_mappings():
+    values = {'model_cfg': {'width': 1.0}}
+    train_cli.apply_assignment(values, 'model_cfg.width=0.5')
+    train_cli.apply_assignment(values, 'crop.cube_size_m=[0.25, 0.25, 0.3]')
+    assert values == {'model_cfg': {'width': 0.5}, 'crop': {'cube_size_m': [0.25, 0.25, 0.3]}}
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(CONFIG_DIR, 'train_*.yaml'))))
+def test_shipped_configs_are_valid(path):
+    config = training.TrainConfig.from_yaml(path)
+    model = training.build_training_model(config)
+    assert model.input_size == config.crop_spec.input_size
+
+
+def test_cli_benchmark_prints_figures(tiny_yaml, tmp_path, capsys):
+    assert train_cli.main(['--config', str(tiny_yaml), '--benchmark']) == 0
+    out = capsys.readouterr().out
+    assert 'context crops/s' in out and 'samples/s on cpu (batch 4)' in out
+    assert not (tmp_path / 'run').exists()  # a benchmark writes no run folder

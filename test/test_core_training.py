@@ -1,0 +1,193 @@
+"""A tiny training run learns, logs, checkpoints and resumes exactly."""
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import torch
+
+from hand_pose_ros.core import skeleton, training
+from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
+
+torch.set_num_threads(1)
+
+TINY_MODEL = {'backbone': 'resnet18', 'width': 0.125, 'head_channels': 8}
+
+
+def write_hands2017_fixture(root, frames=6, seed=0):
+    """Write a tiny HANDS2017-format dataset: disks of each joint's depth on a back plane."""
+    rng = np.random.default_rng(seed)
+    cam = CameraIntrinsics.from_preset('hands2017')
+    os.makedirs(os.path.join(root, 'images'), exist_ok=True)
+    rows, cols = np.mgrid[0:cam.height, 0:cam.width]
+    lines = []
+    for frame in range(frames):
+        center = np.array([rng.uniform(-0.1, 0.1), rng.uniform(-0.05, 0.05), 0.5])
+        joints = center + rng.uniform(-0.07, 0.07, (21, 3)) * [1.0, 1.0, 0.4]
+        depth = np.zeros((cam.height, cam.width), dtype=np.uint16)
+        depth[150:330, 200:440] = 600
+        for u, v, d in uvd_from_xyz(joints, cam)[np.argsort(-joints[:, 2])]:
+            depth[(rows - v) ** 2 + (cols - u) ** 2 <= 25] = int(d * 1000)
+        name = f'image_D{frame:08d}.png'
+        Image.fromarray(depth).save(os.path.join(root, 'images', name))
+        order = np.argsort(skeleton.LAYOUTS['hands2017'].to_canonical)
+        values = (joints[order] * 1000).ravel()
+        lines.append(name + ' ' + ' '.join(f'{v:.3f}' for v in values))
+    with open(os.path.join(root, 'Training_Annotation.txt'), 'w') as stream:
+        stream.write('\n'.join(lines) + '\n')
+
+
+def tiny_config(tmp_path, output='run', **overrides):
+    data_root = str(tmp_path / 'data')
+    if not os.path.isdir(data_root):
+        write_hands2017_fixture(data_root)
+    values = {
+        'output_dir': str(tmp_path / output), 'model_cfg': TINY_MODEL,
+        'crop': {'input_size': 32, 'cube_size_m': [0.2, 0.2, 0.3]},
+        'augment': {'rotation_deg': 20.0, 'scale_range': [1.0, 1.0], 'shift_px': 0.0,
+                    'depth_shift_m': 0.0, 'noise_mm': 0.0, 'erase_prob': 0.0,
+                    'hole_prob': 0.0, 'edge_dropout_prob': 0.0},
+        'data': {'type': 'hands2017', 'root': data_root},
+        'eval_data': {'type': 'hands2017', 'root': data_root},
+        'eval_frames': 4, 'pool_size': 12, 'min_pool': 4, 'chunk_size': 6,
+        'render_workers': 0, 'steps': 40, 'batch_size': 8, 'lr': 1e-2, 'warmup_steps': 2,
+        'checkpoint_every': 20, 'log_every': 2, 'seed': 3, 'num_threads': 1}
+    values.update(overrides)
+    return training.TrainConfig.from_dict(values)
+
+
+def test_tiny_run_learns_and_writes_its_outputs(tmp_path):
+    config = tiny_config(tmp_path)
+    progress = io.StringIO()
+    metrics = training.train(config, progress_stream=progress)
+    out = tmp_path / 'run'
+    for name in ('checkpoint_last.pt', 'checkpoint_best.pt', 'train.csv', 'eval.csv',
+                 'curves.png', 'eval_set.npz'):
+        assert (out / name).is_file(), name
+    rows = training.read_csv(str(out / 'train.csv'))
+    assert [r['step'] for r in rows] == list(range(2, 41, 2))
+    losses = [r['loss'] for r in rows]
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+    evals = training.read_csv(str(out / 'eval.csv'))
+    assert [r['step'] for r in evals] == [20, 40]
+    assert metrics['mean_mm'] == pytest.approx(evals[-1]['mean_mm'], rel=1e-5)
+    assert 0 < metrics['mean_mm'] < 200 and len(metrics['per_joint_mm']) == 21
+    assert 'loss' in progress.getvalue() and '40/40' in progress.getvalue()
+    with Image.open(out / 'curves.png') as image:
+        assert image.size == (900, 620)
+        # Both panels hold a drawn curve (coloured pixels).
+        pixels = np.asarray(image.convert('RGB')).astype(int)
+        assert (np.abs(pixels - [31, 119, 180]).sum(-1) < 10).sum() > 50
+        assert (np.abs(pixels - [214, 39, 40]).sum(-1) < 10).sum() > 5
+    checkpoint = training.load_checkpoint(str(out / 'checkpoint_last.pt'))
+    assert checkpoint['step'] == 40
+
+
+def test_resume_continues_to_the_same_weights(tmp_path):
+    straight = training.Trainer(tiny_config(tmp_path, 'straight', eval_frames=0))
+    straight.train()
+    interrupted = training.Trainer(tiny_config(tmp_path, 'resumed', eval_frames=0))
+    interrupted.train(stop_at=14)
+    assert training.load_checkpoint(str(tmp_path / 'resumed' / 'checkpoint_last.pt'))[
+        'step'] == 14
+    resumed = training.Trainer(tiny_config(tmp_path, 'resumed', eval_frames=0), resume=True)
+    assert resumed.step == 14
+    resumed.train()
+    assert resumed.step == 40
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+    rows = training.read_csv(str(tmp_path / 'resumed' / 'train.csv'))
+    assert [r['step'] for r in rows] == list(range(2, 41, 2))
+
+
+def test_resume_refuses_a_different_network(tmp_path):
+    training.Trainer(tiny_config(tmp_path, eval_frames=0)).train(stop_at=2)
+    other = tiny_config(tmp_path, eval_frames=0, model_cfg=dict(TINY_MODEL, head_channels=16))
+    with pytest.raises(ValueError, match='model_cfg'):
+        training.Trainer(other, resume=True)
+
+
+def test_write_model_ships_card_weights_and_onnx(tmp_path):
+    config = tiny_config(tmp_path, steps=4, checkpoint_every=4)
+    training.train(config, progress_stream=io.StringIO())
+    from hand_pose_ros.core import model_io
+    card_path = training.write_model(str(tmp_path / 'run' / 'checkpoint_best.pt'),
+                                     str(tmp_path / 'models'), 'tiny')
+    card = model_io.read_card(card_path)
+    assert card['network'] == 'a2j' and card['crop']['input_size'] == 32
+    assert card['training']['steps'] == 4 and card['training']['seed'] == 3
+    assert card['metrics']['mean_3d_error_mm'] > 0
+    assert set(card['files']) == {'tiny.safetensors', 'tiny.onnx'}
+    model, _ = model_io.load_model(card_path)
+    trained, _, _ = training.model_from_checkpoint(str(tmp_path / 'run' / 'checkpoint_best.pt'))
+    batch = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch)['joints'], trained(batch)['joints'])
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'lr_schedule': 'warm'}, 'lr_schedule must be one of'),
+    ({'steps': 0}, 'steps must be a positive integer'),
+    ({'min_pool': 100}, 'exceeds pool_size'),
+    ({'crop': {'input_size': 1}}, 'input_size must be an integer'),
+    ({'colour': 'red'}, 'unknown training config keys'),
+    ({'augment': {'noise_mm': -1}}, 'noise_mm must be finite'),
+])
+def test_config_validation(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path, **overrides)
+
+
+def test_learning_rate_schedules(tmp_path):
+    cosine = tiny_config(tmp_path, steps=100, warmup_steps=10, lr=1.0)
+    assert training.learning_rate(0, cosine) == pytest.approx(0.1)
+    assert training.learning_rate(10, cosine) == pytest.approx(1.0)
+    assert training.learning_rate(55, cosine) == pytest.approx(0.5)
+    assert training.learning_rate(100, cosine) == pytest.approx(0.0)
+    step = tiny_config(tmp_path, lr_schedule='step', lr_step_size=30, lr_gamma=0.1,
+                       warmup_steps=0, lr=1.0)
+    assert [training.learning_rate(s, step) for s in (0, 29, 30, 61)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.01])
+
+
+def test_synthetic_source_with_a_render_worker(tmp_path):
+    config = tiny_config(
+        tmp_path, data={'type': 'synthetic', 'camera': 'sr300',
+                        'scene': {'distance_range_m': [0.3, 0.6]}},
+        eval_data=None, eval_frames=3, eval_seed=1000, render_workers=1, chunk_size=4,
+        pool_size=8, min_pool=4, steps=3, checkpoint_every=3)
+    trainer = training.Trainer(config, progress_stream=io.StringIO())
+    metrics = trainer.train()
+    assert not trainer._workers
+    import multiprocessing
+    assert not multiprocessing.active_children()
+    assert 0 < metrics['mean_mm'] < 500
+    chunks = sorted((tmp_path / 'run' / 'pool').glob('chunk_*.npz'))
+    assert chunks
+    with np.load(chunks[0]) as chunk:
+        patches, joints = chunk['patches'], chunk['joints']
+    # Context crops (1.5 x 32 px) with normalised joints near the crop centre.
+    assert patches.shape == (4, 48, 48)
+    assert np.all(np.abs(np.nanmean(joints, axis=1)[:, :2]) < 0.5)
+    assert (patches < 1).mean() > 0.02
+    with np.load(tmp_path / 'run' / 'eval_set.npz') as held_out:
+        held_out_patches = held_out['patches'][:, 0]
+    # The held-out set is rendered from its own seed: its crops differ from the pool's.
+    for patch in held_out_patches:
+        assert not any(np.array_equal(patch[8:24, 8:24], p[16:32, 16:32]) for p in patches)
+
+
+def test_crop_pool_keeps_the_newest_crops_and_prunes_files(tmp_path):
+    pool = training.CropPool(str(tmp_path), capacity=6, size=4)
+    for index in range(4):
+        training.save_chunk(str(tmp_path), f'chunk_a_{index:06d}.npz', {
+            'patches': np.full((3, 4, 4), index, np.float16),
+            'joints': np.zeros((3, 21, 3), np.float32), 'mask': np.ones((3, 21), bool)})
+        os.utime(tmp_path / f'chunk_a_{index:06d}.npz', (index, index))
+    assert pool.refresh() == 12 and len(pool) == 6
+    assert sorted(set(pool.patches[:, 0, 0].tolist())) == [2.0, 3.0]
+    assert sorted(p.name for p in tmp_path.glob('*.npz')) == ['chunk_a_000002.npz',
+                                                              'chunk_a_000003.npz']
+    assert pool.refresh() == 0

@@ -1,0 +1,107 @@
+"""rosbag2 depth recordings: write and read back (MCAP and sqlite3, 16UC1 and 32FC1), pairing."""
+
+import numpy as np
+import pytest
+
+from hand_pose_ros.core.camera import CameraIntrinsics
+from hand_pose_ros.core.recordings import DepthFrame
+from hand_pose_ros.ros.bags import BagRecording, DepthBagWriter, write_depth_bag
+
+CAMERA_A = CameraIntrinsics(100.0, 101.0, 40.0, 30.0, 80, 60)
+CAMERA_B = CameraIntrinsics(90.0, 90.0, 39.5, 29.5, 80, 60)
+T0_NS = 1_700_000_000 * 10 ** 9
+
+
+def depth_mm(i):
+    depth = (np.arange(80 * 60, dtype=np.uint16).reshape(60, 80) % 900) + 300 + i
+    depth[5, 7] = 0  # invalid pixel
+    return depth.astype(np.uint16)
+
+
+def frames(count=6, switch_at=None):
+    return [DepthFrame(T0_NS + i * 33_333_333, depth_mm(i),
+                       CAMERA_B if switch_at is not None and i >= switch_at else CAMERA_A)
+            for i in range(count)]
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+@pytest.mark.parametrize('encoding', ['16UC1', '32FC1'])
+def test_round_trip_keeps_depth_stamps_and_intrinsics(tmp_path, storage, encoding):
+    written = frames(switch_at=3)
+    assert write_depth_bag(tmp_path / 'bag', written, storage=storage, encoding=encoding) == 6
+    recording = BagRecording(tmp_path / 'bag')
+    assert len(recording) == 6
+    assert recording.depth_topic == '/camera/depth/image_raw'
+    assert recording.info_topic == '/camera/depth/camera_info'
+    read = list(recording)
+    assert [f.stamp_ns for f in read] == [f.stamp_ns for f in written]
+    assert [f.intrinsics for f in read] == [f.intrinsics for f in written]
+    for original, frame in zip(written, read):
+        if encoding == '16UC1':
+            assert frame.depth.dtype == np.uint16
+            np.testing.assert_array_equal(frame.depth, original.depth)
+        else:
+            assert frame.depth.dtype == np.float32
+            assert np.isnan(frame.depth[5, 7])
+            valid = original.depth > 0
+            np.testing.assert_allclose(frame.depth[valid], original.depth[valid] * 1e-3,
+                                       rtol=1e-6)
+    # The recording can be iterated again (the self-training loop reads it per round).
+    assert len(list(recording)) == 6
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_infos_recorded_after_their_image_still_pair_by_stamp(tmp_path, storage):
+    written = frames(switch_at=2)
+    with DepthBagWriter(tmp_path / 'bag', storage=storage) as writer:
+        for frame in written:
+            writer.write(frame, info_first=False)
+    read = list(BagRecording(tmp_path / 'bag'))
+    assert [f.intrinsics for f in read] == [f.intrinsics for f in written]
+    assert [f.stamp_ns for f in read] == [f.stamp_ns for f in written]
+
+
+def test_images_without_any_camera_info_are_skipped(tmp_path):
+    from rosbags.typesys import get_typestore, Stores
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    types = store.types
+    # The first two images are recorded without camera_info (the camera started late).
+    with DepthBagWriter(tmp_path / 'bag', storage='mcap') as writer:
+        for i, frame in enumerate(frames(4)):
+            if i >= 2:
+                writer.write(frame)
+                continue
+            stamp = types['builtin_interfaces/msg/Time'](
+                sec=frame.stamp_ns // 10 ** 9, nanosec=frame.stamp_ns % 10 ** 9)
+            msg = types['sensor_msgs/msg/Image'](
+                header=types['std_msgs/msg/Header'](stamp=stamp, frame_id='cam'), height=60,
+                width=80, encoding='16UC1', is_bigendian=False, step=160,
+                data=frame.depth.view(np.uint8).ravel())
+            writer.writer.write(writer.image_connection, frame.stamp_ns,
+                                store.serialize_cdr(msg, 'sensor_msgs/msg/Image'))
+    recording = BagRecording(tmp_path / 'bag', lookahead=0)
+    read = list(recording)
+    assert [f.stamp_ns for f in read] == [f.stamp_ns for f in frames(4)[2:]]
+    assert recording.unpaired == 2
+
+
+def test_topic_choice_and_bad_paths_raise_clear_errors(tmp_path):
+    with DepthBagWriter(tmp_path / 'two', depth_topic='/left/image',
+                        info_topic='/left/camera_info') as writer:
+        writer.writer.add_connection('/right/image', 'sensor_msgs/msg/Image',
+                                     typestore=writer.typestore)
+        writer.write(frames(1)[0])
+    with pytest.raises(ValueError, match='cannot choose'):
+        BagRecording(tmp_path / 'two')
+    recording = BagRecording(tmp_path / 'two', depth_topic='/left/image')
+    assert recording.info_topic == '/left/camera_info'
+    assert len(list(recording)) == 1
+    with pytest.raises(ValueError, match='no sensor_msgs/msg/Image topic'):
+        BagRecording(tmp_path / 'two', depth_topic='/missing')
+    with pytest.raises(ValueError, match='metadata.yaml'):
+        BagRecording(tmp_path)
+    with pytest.raises(ValueError, match='storage'):
+        DepthBagWriter(tmp_path / 'x', storage='rosbag1')
+    with pytest.raises(ValueError, match='encoding'):
+        DepthBagWriter(tmp_path / 'y', encoding='8UC1')
