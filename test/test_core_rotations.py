@@ -1,6 +1,6 @@
 import numpy as np
 
-from hand_pose_ros.core.rotations import matrix_from_quaternion, quaternion_from_matrix
+from hand_pose_ros.core.rotations import cross, matrix_from_quaternion, quaternion_from_matrix
 
 
 def test_quaternion_round_trip_covers_all_branches():
@@ -17,3 +17,10 @@ def test_quaternion_round_trip_covers_all_branches():
     same = np.minimum(np.abs(back - q).max(axis=1), np.abs(back + q).max(axis=1))
     assert same.max() < 1e-9
     np.testing.assert_allclose(quaternion_from_matrix(np.eye(3)), [0, 0, 0, 1])
+
+
+def test_cross_matches_numpy():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(2, 7, 5, 3))
+    np.testing.assert_allclose(cross(a, b), np.cross(a, b), atol=1e-12)
+    np.testing.assert_allclose(cross(a[0, 0], b), np.cross(a[0, 0], b), atol=1e-12)

@@ -60,16 +60,10 @@ def synthetic_frames(count, seed, camera='sr300'):
 
 def publish_outputs(tracks, header, serialize):
     """Build and serialise every output message of one frame (what publishing costs)."""
-    from hand_pose_ros.ros import messages
+    from hand_pose_ros.ros.messages import frame_outputs
 
-    tracks = [t for t in tracks if t.valid.any() and np.isfinite(t.keypoints_xyz).all()]
-    outputs = [messages.keypoint_cloud(tracks, header),
-               messages.joint_pose_array(tracks, header),
-               messages.joint_state(tracks, header), messages.tf_message(tracks, header),
-               messages.marker_array(tracks, header)]
-    if tracks:
-        outputs.append(messages.palm_pose(tracks[0], header))
-    return [serialize(msg) for msg in outputs]
+    return [serialize(msg) for msg in frame_outputs(tracks, header).values()
+            if msg is not None]
 
 
 def bench_pipeline(model, backend, frames, intrinsics, warmup, threads):

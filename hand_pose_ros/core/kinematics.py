@@ -34,8 +34,10 @@ values of a left hand equal those of the mirrored right hand.
 
 import numpy as np
 
+from hand_pose_ros.core.rotations import cross
 from hand_pose_ros.core.skeleton import (
-    BONES, FINGER_JOINTS, FINGERS, MEAN_BONE_LENGTHS_MM, NUM_JOINTS, palm_center,
+    BONES, FINGER_JOINTS, FINGER_OF_JOINT, FINGERS, MEAN_BONE_LENGTHS_MM, NUM_JOINTS,
+    palm_center,
     THUMB_CMC_REST_SPLAY_DEG, WRIST)
 
 _EPS = 1e-9
@@ -105,9 +107,9 @@ def palm_frame(keypoints_xyz):
     wrist = keypoints_xyz[WRIST]
     index_mcp, pinky_mcp = keypoints_xyz[INDEX_MCP], keypoints_xyz[PINKY_MCP]
     x_axis = _unit(0.5 * (index_mcp + pinky_mcp) - wrist)
-    normal = np.cross(index_mcp - wrist, pinky_mcp - wrist)
+    normal = cross(index_mcp - wrist, pinky_mcp - wrist)
     z_axis = _orthogonal_unit(normal, x_axis)
-    y_axis = np.cross(z_axis, x_axis)
+    y_axis = cross(z_axis, x_axis)
     return palm_center(keypoints_xyz), np.stack([x_axis, y_axis, z_axis], axis=1)
 
 
@@ -130,14 +132,14 @@ def chain_angles(axis, palmar, directions):
     """
     a = _unit(np.asarray(axis, dtype=np.float64))
     p = _orthogonal_unit(np.asarray(palmar, dtype=np.float64), a)
-    lateral = np.cross(a, p)
+    lateral = cross(a, p)
     flexion, out_of_plane = [], []
     for d in directions:
         flexion.append(np.arctan2(d @ p, d @ a))
         out_of_plane.append(np.arcsin(np.clip(d @ lateral, -1.0, 1.0)))
         a = d
         lateral = _orthogonal_unit(lateral, a)
-        p = np.cross(lateral, a)
+        p = cross(lateral, a)
     return np.array(flexion), np.array(out_of_plane)
 
 
@@ -153,43 +155,44 @@ def directions_from_angles(axis, palmar, flexion, out_of_plane):
     """
     a = _unit(np.asarray(axis, dtype=np.float64))
     p = _orthogonal_unit(np.asarray(palmar, dtype=np.float64), a)
-    lateral = np.cross(a, p)
+    lateral = cross(a, p)
     out = []
     for theta, phi in zip(flexion, out_of_plane):
         d = np.cos(phi) * (np.cos(theta) * a + np.sin(theta) * p) + np.sin(phi) * lateral
         out.append(d)
         a = d
         lateral = _orthogonal_unit(lateral, a)
-        p = np.cross(lateral, a)
+        p = cross(lateral, a)
     return np.array(out)
 
 
-def finger_reference(keypoints_xyz, finger, handedness='right'):
+def finger_reference(keypoints_xyz, finger, handedness='right', palm_axes=None):
     """
     Return the reference frame used for one finger's angles.
 
     :param keypoints_xyz: (21, 3) keypoints.
     :param finger: finger index 0 (thumb) to 4 (little finger).
     :param handedness: 'left', 'right' or 'unknown' (treated as right).
+    :param palm_axes: (palmar, thumb side) of the hand when already computed.
     :return: (reference axis (3,), palmar direction (3,), abduction sign) where the
         abduction sign makes positive out-of-plane angles point towards the thumb.
     """
     keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
-    palmar, thumb_side = _palm_axes(keypoints_xyz, handedness)
+    palmar, thumb_side = palm_axes or _palm_axes(keypoints_xyz, handedness)
     if finger == 0:
         thumb_axis = _unit(keypoints_xyz[2] - keypoints_xyz[1])
         towards_palm = palmar - thumb_side
         return thumb_axis, towards_palm, 1.0
     mcp = keypoints_xyz[FINGER_JOINTS[finger, 0]]
     axis = _unit(mcp - keypoints_xyz[WRIST])
-    lateral = np.cross(axis, _orthogonal_unit(palmar, axis))
+    lateral = cross(axis, _orthogonal_unit(palmar, axis))
     return axis, palmar, float(np.sign(lateral @ thumb_side) or 1.0)
 
 
-def thumb_cmc_frame(keypoints_xyz, handedness='right'):
+def thumb_cmc_frame(keypoints_xyz, handedness='right', palm_axes=None):
     """Return the (middle metacarpal, thumb side, palmar) orthonormal axes of the thumb CMC."""
     keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
-    palmar, _ = _palm_axes(keypoints_xyz, handedness)
+    palmar, _ = palm_axes or _palm_axes(keypoints_xyz, handedness)
     u = _unit(keypoints_xyz[MIDDLE_MCP] - keypoints_xyz[WRIST])
     p = _orthogonal_unit(palmar, u)
     r = _orthogonal_unit(keypoints_xyz[INDEX_MCP] - keypoints_xyz[PINKY_MCP], u)
@@ -208,14 +211,15 @@ def joint_angles(keypoints_xyz, handedness='right'):
     """
     keypoints_xyz = _check_keypoints(keypoints_xyz)
     angles = np.zeros(len(ANGLE_NAMES))
-    u, r, p = thumb_cmc_frame(keypoints_xyz, handedness)
+    axes = _palm_axes(keypoints_xyz, handedness)
+    u, r, p = thumb_cmc_frame(keypoints_xyz, handedness, axes)
     t = _unit(keypoints_xyz[2] - keypoints_xyz[1])
     angles[ANGLE_INDEX['thumb_cmc_abduction']] = np.arcsin(np.clip(t @ p, -1.0, 1.0))
     angles[ANGLE_INDEX['thumb_cmc_flexion']] = (
         np.radians(THUMB_CMC_REST_SPLAY_DEG) - np.arctan2(t @ r, t @ u))
     for finger in range(5):
         chain = FINGER_JOINTS[finger]
-        axis, palmar, abduction_sign = finger_reference(keypoints_xyz, finger, handedness)
+        axis, palmar, abduction_sign = finger_reference(keypoints_xyz, finger, handedness, axes)
         if finger == 0:
             bones = _unit(keypoints_xyz[chain[2:]] - keypoints_xyz[chain[1:3]])
             flexion, _ = chain_angles(axis, palmar, bones)
@@ -243,17 +247,15 @@ def bone_frames(keypoints_xyz):
     _, palm_rotation = palm_frame(keypoints_xyz)
     frames = np.empty((NUM_JOINTS, 3, 3))
     frames[WRIST] = palm_rotation
-    for finger in range(5):
-        for joint in FINGER_JOINTS[finger]:
-            parent = WRIST if joint == FINGER_JOINTS[finger, 0] else joint - 1
-            x_axis = _unit(keypoints_xyz[joint] - keypoints_xyz[parent])
-            if finger == 0:
-                z_axis = _orthogonal_unit(palm_rotation[:, 2], x_axis)
-                y_axis = np.cross(z_axis, x_axis)
-            else:
-                y_axis = _orthogonal_unit(palm_rotation[:, 1], x_axis)
-                z_axis = np.cross(x_axis, y_axis)
-            frames[joint] = np.stack([x_axis, y_axis, z_axis], axis=1)
+    x_axes = _unit(keypoints_xyz[BONES[:, 1]] - keypoints_xyz[BONES[:, 0]])
+    thumb = FINGER_OF_JOINT[BONES[:, 1]] == 0
+    # Thumb bones keep the palm normal as z; finger bones keep the palm's y axis as y.
+    reference = np.where(thumb[:, None], palm_rotation[:, 2], palm_rotation[:, 1])
+    ortho = _orthogonal_unit(reference, x_axes)
+    other = np.where(thumb[:, None], cross(ortho, x_axes), cross(x_axes, ortho))
+    y_axes = np.where(thumb[:, None], other, ortho)
+    z_axes = np.where(thumb[:, None], ortho, other)
+    frames[BONES[:, 1]] = np.stack([x_axes, y_axes, z_axes], axis=2)
     return frames
 
 

@@ -44,3 +44,17 @@ def matrix_from_quaternion(quaternion):
         np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
         np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
     ], -2)
+
+
+def cross(a, b):
+    """
+    Return the cross product of (..., 3) vectors.
+
+    Same result as ``np.cross`` for 3-vectors but several times faster on the small arrays
+    of per-frame hand geometry, where ``np.cross``'s axis handling dominates.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return np.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1],
+                     a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+                     a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], axis=-1)

@@ -19,9 +19,7 @@ from visualization_msgs.msg import MarkerArray
 from hand_pose_ros.core.filters import HandFilter, Observation
 from hand_pose_ros.core.filters.config import config_from_dict
 from hand_pose_ros.core.stats import LatencyWindow, RateMeter
-from hand_pose_ros.ros.messages import (hands_from_cloud, joint_pose_array, joint_state,
-                                        keypoint_cloud, marker_array, palm_pose, sorted_hands,
-                                        tf_message)
+from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, visible_hands
 from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
                                           OUTPUT_QOS, run, stamp_ns)
 from hand_pose_ros.ros.params import group, HAND_FILTER_NODE_PARAMS
@@ -92,27 +90,15 @@ class HandFilterNode(Node):
         self._latency_ms.add((time.monotonic() - start) * 1000.0)
 
     def publish_hands(self, header, tracks):
-        """
-        Publish every output for the tracked hands of one frame.
-
-        The keypoint cloud carries every track (joints past the gap limit have
-        ``valid = 0``); the other outputs only hands with a valid joint: a hand whose joints
-        are all invalid counts as lost, so its TF frames stop and its markers are deleted.
-        """
-        self._pubs['keypoints'].publish(keypoint_cloud(tracks, header))
-        tracks = sorted_hands(t for t in tracks
-                              if t.valid.any() and np.isfinite(t.keypoints_xyz).all())
-        ids = {t.hand_id for t in tracks}
-        self._pubs['joints'].publish(joint_pose_array(tracks, header))
-        self._pubs['joint_states'].publish(joint_state(tracks, header))
-        if tracks:
-            self._pubs['palm'].publish(palm_pose(tracks[0], header))
-            if self._values['output.publish_tf']:
-                self._pubs['tf'].publish(tf_message(tracks, header,
-                                                    self._values['output.tf_prefix']))
-        self._pubs['markers'].publish(marker_array(
-            tracks, header, lost_ids=self._published_ids - ids,
-            lifetime_s=self._values['output.marker_lifetime_s']))
+        """Publish every output for the tracked hands of one frame (see ``frame_outputs``)."""
+        ids = {t.hand_id for t in visible_hands(tracks)}
+        outputs = frame_outputs(tracks, header, self._values['output.tf_prefix'],
+                                self._published_ids - ids,
+                                self._values['output.marker_lifetime_s'],
+                                self._values['output.publish_tf'])
+        for name, msg in outputs.items():
+            if msg is not None:
+                self._pubs[name].publish(msg)
         self._published_ids = ids
 
     def status(self):

@@ -127,27 +127,41 @@ def _pose(position, quaternion):
     return pose
 
 
-def joint_pose_array(hands, header):
+def hand_geometry(hands):
+    """
+    Return {hand_id: (palm origin (3,), palm quaternion (4,), joint quaternions (21, 4))}.
+
+    Computed once per frame and shared by the pose, palm and TF messages.
+    """
+    geometry = {}
+    for hand in hands:
+        origin, rotation = palm_frame(hand.keypoints_xyz)
+        geometry[hand.hand_id] = (origin, quaternion_from_matrix(rotation),
+                                  quaternion_from_matrix(bone_frames(hand.keypoints_xyz)))
+    return geometry
+
+
+def joint_pose_array(hands, header, geometry=None):
     """Return a ``geometry_msgs/PoseArray``: 21 poses per hand, orientation = bone frame."""
     from geometry_msgs.msg import PoseArray
 
+    geometry = geometry or hand_geometry(hands)
     msg = PoseArray()
     msg.header = header
     for hand in sorted_hands(hands):
-        rotations = bone_frames(hand.keypoints_xyz)
-        quaternions = quaternion_from_matrix(rotations)
+        quaternions = geometry[hand.hand_id][2]
         msg.poses.extend(_pose(p, q) for p, q in zip(hand.keypoints_xyz, quaternions))
     return msg
 
 
-def palm_pose(hand, header):
+def palm_pose(hand, header, geometry=None):
     """Return the palm frame of ``hand`` as ``geometry_msgs/PoseStamped``."""
     from geometry_msgs.msg import PoseStamped
 
-    origin, rotation = palm_frame(hand.keypoints_xyz)
+    origin, quaternion, _ = (geometry or hand_geometry([hand]))[hand.hand_id]
     msg = PoseStamped()
     msg.header = header
-    msg.pose = _pose(origin, quaternion_from_matrix(rotation))
+    msg.pose = _pose(origin, quaternion)
     return msg
 
 
@@ -188,17 +202,17 @@ def hand_frame_names(prefix, hand_id):
     return palm, [f'{palm}_{name}' for name in JOINT_NAMES]
 
 
-def tf_message(hands, header, prefix=''):
+def tf_message(hands, header, prefix='', geometry=None):
     """Return a ``tf2_msgs/TFMessage``: a palm frame and valid joint frames per hand."""
     from geometry_msgs.msg import TransformStamped
     from tf2_msgs.msg import TFMessage
 
+    geometry = geometry or hand_geometry(hands)
     msg = TFMessage()
     for hand in sorted_hands(hands):
         palm_name, joint_names = hand_frame_names(prefix, hand.hand_id)
-        origin, rotation = palm_frame(hand.keypoints_xyz)
-        frames = [(palm_name, origin, quaternion_from_matrix(rotation))]
-        quaternions = quaternion_from_matrix(bone_frames(hand.keypoints_xyz))
+        origin, palm_quaternion, quaternions = geometry[hand.hand_id]
+        frames = [(palm_name, origin, palm_quaternion)]
         frames += [(joint_names[j], hand.keypoints_xyz[j], quaternions[j])
                    for j in range(NUM_JOINTS) if hand.valid[j]]
         for child, position, quaternion in frames:
@@ -266,3 +280,33 @@ def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
         label.color = _color((1.0, 1.0, 1.0, 1.0))
         msg.markers += [joints, bones, label]
     return msg
+
+
+def visible_hands(tracks):
+    """Return the tracks shown as hands: at least one valid joint and finite keypoints."""
+    return sorted_hands(t for t in tracks
+                        if np.asarray(t.valid).any() and np.isfinite(t.keypoints_xyz).all())
+
+
+def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0.5,
+                  publish_tf=True):
+    """
+    Build every output message of one frame.
+
+    The keypoint cloud carries every track (joints past the gap limit have ``valid = 0``);
+    the other outputs only :func:`visible_hands`: a hand whose joints are all invalid counts
+    as lost, so its TF frames stop and its markers are deleted.
+
+    :return: {output name: message or None}: keypoints, joints, joint_states, palm, tf,
+        markers.
+    """
+    hands = visible_hands(tracks)
+    geometry = hand_geometry(hands)
+    return {
+        'keypoints': keypoint_cloud(tracks, header),
+        'joints': joint_pose_array(hands, header, geometry),
+        'joint_states': joint_state(hands, header),
+        'palm': palm_pose(hands[0], header, geometry) if hands else None,
+        'tf': tf_message(hands, header, tf_prefix, geometry) if hands and publish_tf else None,
+        'markers': marker_array(hands, header, lost_ids, marker_lifetime_s),
+    }
