@@ -171,6 +171,7 @@ def main(argv=None):
     final = monitor.summary()
     status = nodes[1].status()
     executor.shutdown()
+    spin.join(timeout=10.0)
     for node in nodes + [monitor_node]:
         node.destroy_node()
     rclpy.try_shutdown()
