@@ -46,6 +46,7 @@ class CameraMonitor:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped = 0
+        self.received = 0
         self.bad = 0
         self.latency_ms = []
         node.create_subscription(PointCloud2, f'/{namespace}/hand_pose/ground_truth',
@@ -73,6 +74,7 @@ class CameraMonitor:
                 values = {kv.key: kv.value for kv in status.values}
                 with self.lock:
                     self.dropped = int(values.get('frames dropped', 0))
+                    self.received = int(values.get('received', 0))
                     self.bad = int(values.get('bad input', 0))
 
     def take_latencies(self):
@@ -144,7 +146,11 @@ def main(argv=None):
                          if p.poll() is None}
                 row['cameras'][ns] = {
                     'in': monitor.frames_in, 'out': monitor.frames_out,
-                    'dropped': monitor.dropped, 'bad': monitor.bad,
+                    # Drop-oldest happens in two places: the input queue (history depth)
+                    # replaces frames the node has not taken yet, and the node's frame slot
+                    # replaces frames waiting for the estimator.
+                    'dropped': monitor.dropped + max(0, monitor.frames_in - monitor.received),
+                    'bad': monitor.bad,
                     'p50_ms': float(np.percentile(latency, 50)) if len(latency) else None,
                     'p99_ms': float(np.percentile(latency, 99)) if len(latency) else None,
                     'processes': procs,
