@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from hand_pose_ros.core.config_io import dataclass_from_dict
 from hand_pose_ros.core.crop import BACKGROUND_VALUE, CropSpec
 
 
@@ -81,11 +82,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, values):
         """Build from a plain dict (YAML); lists become tuples, unknown keys raise."""
-        names = {item.name for item in fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f'unknown augment keys: {sorted(unknown)}')
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return dataclass_from_dict(cls, values, 'augment')
 
 
 NO_AUGMENT = AugmentConfig(rotation_deg=0.0, scale_range=(1.0, 1.0), shift_px=0.0,

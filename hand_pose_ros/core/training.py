@@ -32,6 +32,7 @@ import numpy as np
 
 from hand_pose_ros.core import augment
 from hand_pose_ros.core.camera import CameraIntrinsics
+from hand_pose_ros.core.config_io import dataclass_from_dict
 from hand_pose_ros.core.crop import crop_depth, CropSpec, CropTransform, make_transform
 
 LOG = logging.getLogger(__name__)
@@ -146,11 +147,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values):
         """Build from a plain dict; unknown keys raise ValueError."""
-        names = {item.name for item in fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f'unknown training config keys: {sorted(unknown)}')
-        return cls(**values)
+        return dataclass_from_dict(cls, values, 'training config', lists_to_tuples=False)
 
     @classmethod
     def from_yaml(cls, path):
@@ -204,16 +201,6 @@ def crop_labelled(depth_m, intrinsics, joints_xyz, joint_mask, spec, center_xyz=
     return result, joints
 
 
-def _dataclass_from_dict(kind, values):
-    """Build a (flat) config dataclass from a YAML mapping; lists become tuples."""
-    values = dict(values or {})
-    names = {item.name for item in fields(kind)}
-    unknown = set(values) - names
-    if unknown:
-        raise ValueError(f'unknown {kind.__name__} keys: {sorted(unknown)}')
-    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
 class SyntheticCrops:
     """
     Crops of freshly rendered synthetic scenes (only the crop window is rendered).
@@ -233,8 +220,8 @@ class SyntheticCrops:
         self.spec = spec
         self.intrinsics = CameraIntrinsics.from_preset(camera)
         self.generator = SyntheticGenerator(
-            self.intrinsics, scene=_dataclass_from_dict(SceneConfig, scene),
-            sensor=_dataclass_from_dict(SensorConfig, sensor), seed=seed)
+            self.intrinsics, scene=dataclass_from_dict(SceneConfig, scene),
+            sensor=dataclass_from_dict(SensorConfig, sensor), seed=seed)
 
     def next_labelled(self):
         """Return (depth_m, intrinsics, joints_xyz, mask, center) of one rendered window."""
