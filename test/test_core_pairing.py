@@ -24,3 +24,10 @@ def test_tolerance_and_history_bound():
     assert pairer.match(100) == (300, False)       # 100 fell out of the history
     with pytest.raises(ValueError):
         StampPairer(history=0)
+
+
+def test_latest_info_wins_among_equal_stamps():
+    pairer = StampPairer()
+    pairer.add(50, 'broken')
+    pairer.add(50, 'fixed')
+    assert pairer.match(50) == ('fixed', True)

@@ -33,7 +33,8 @@ class StampPairer:
         """
         if not self._infos:
             return None, False
-        best = min(self._infos, key=lambda item: abs(item[0] - stamp_ns))
+        # Newest first, so that of several infos with the same stamp the latest wins.
+        best = min(reversed(self._infos), key=lambda item: abs(item[0] - stamp_ns))
         if abs(best[0] - stamp_ns) <= self.max_stamp_diff_ns:
             return best[1], True
         return self._infos[-1][1], False
