@@ -33,6 +33,11 @@ class RateMeter:
         """Return the time of the latest event, or None."""
         return self._times[-1] if self._times else None
 
+    def silence_s(self, now_s, since_s):
+        """Return the seconds since the latest event, or since ``since_s`` before any."""
+        last = self.last()
+        return now_s - (last if last is not None else since_s)
+
     def _trim(self, now_s):
         while self._times and self._times[0] < now_s - self.window_s:
             self._times.popleft()

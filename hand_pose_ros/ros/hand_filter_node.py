@@ -8,7 +8,7 @@ Subscribes ``hand_pose/raw_keypoints`` and publishes ``hand_pose/keypoints``,
 
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseArray, PoseStamped
 import numpy as np
 from rclpy.node import Node
@@ -21,7 +21,7 @@ from hand_pose_ros.core.filters.config import config_from_dict
 from hand_pose_ros.core.stats import LatencyWindow, RateMeter
 from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, visible_hands
 from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
-                                          OUTPUT_QOS, run, stamp_ns)
+                                          OUTPUT_QOS, run, stamp_ns, start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_FILTER_NODE_PARAMS
 
 
@@ -60,9 +60,8 @@ class HandFilterNode(Node):
                                                   OUTPUT_QOS),
             'markers': self.create_publisher(MarkerArray, 'hand_pose/markers', OUTPUT_QOS),
             'tf': self.create_publisher(TFMessage, '/tf', OUTPUT_QOS),
-            'diagnostics': self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS),
         }
-        self.create_timer(self._values['diagnostics.period_s'], self._publish_diagnostics)
+        start_diagnostics(self, self._values['diagnostics.period_s'], self.status)
 
     def _apply_parameters(self, values):
         self._filter.set_config(config_from_dict(group(values, 'filter')))
@@ -104,8 +103,7 @@ class HandFilterNode(Node):
     def status(self):
         """Return the node's ``DiagnosticStatus``; the pipeline and tests read it too."""
         now = time.monotonic()
-        last_input = self._input_rate.last()
-        silent_s = now - (last_input if last_input is not None else self._start)
+        silent_s = self._input_rate.silence_s(now, self._start)
         values = {
             'input rate (Hz)': f'{self._input_rate.rate_hz(now):.1f}',
             'latency p50 (ms)': f'{self._latency_ms.percentile(50):.2f}',
@@ -125,12 +123,6 @@ class HandFilterNode(Node):
             level, text = DiagnosticStatus.OK, 'running'
         return diagnostic_status(f'{self.get_name()}: hand filter',
                                  self.get_fully_qualified_name(), level, text, values)
-
-    def _publish_diagnostics(self):
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [self.status()]
-        self._pubs['diagnostics'].publish(msg)
 
 
 def main(args=None):

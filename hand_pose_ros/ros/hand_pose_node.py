@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -25,7 +25,7 @@ from hand_pose_ros.ros.conversions import (depth_from_image, image_from_array,
                                            intrinsics_from_camera_info)
 from hand_pose_ros.ros.messages import keypoint_cloud
 from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
-                                          OUTPUT_QOS, run, stamp_ns)
+                                          OUTPUT_QOS, run, stamp_ns, start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 
 
@@ -97,8 +97,7 @@ class HandPoseNode(Node):
         self.create_subscription(Image, 'depth/image_raw', self._on_image, qos)
         self._raw_pub = self.create_publisher(PointCloud2, 'hand_pose/raw_keypoints', OUTPUT_QOS)
         self._debug_pub = self.create_publisher(Image, 'hand_pose/debug_image', OUTPUT_QOS)
-        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
-        self.create_timer(self._values['diagnostics.period_s'], self._publish_diagnostics)
+        start_diagnostics(self, self._values['diagnostics.period_s'], self.status)
         self._worker = threading.Thread(target=self._work, name='hand_pose_worker', daemon=True)
         self._worker.start()
 
@@ -188,8 +187,7 @@ class HandPoseNode(Node):
         with self._lock:
             counts = dict(self._counts)
             last_error, hands = self._last_error, self._last_hands
-        last_input = self._input_rate.last()
-        silent_s = now - (last_input if last_input is not None else self._start)
+        silent_s = self._input_rate.silence_s(now, self._start)
         values = {
             'input rate (Hz)': f'{self._input_rate.rate_hz(now):.1f}',
             'output rate (Hz)': f'{self._output_rate.rate_hz(now):.1f}',
@@ -214,12 +212,6 @@ class HandPoseNode(Node):
             level, text = DiagnosticStatus.OK, 'running'
         return diagnostic_status(f'{self.get_name()}: hand pose estimation',
                                  self.get_fully_qualified_name(), level, text, values)
-
-    def _publish_diagnostics(self):
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [self.status()]
-        self._diag_pub.publish(msg)
 
     def destroy_node(self):
         """Stop the worker thread, then destroy the node."""

@@ -79,6 +79,21 @@ def diagnostic_status(name, hardware_id, level, message, values):
                             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
+def start_diagnostics(node, period_s, status):
+    """Publish ``status()`` (a ``DiagnosticStatus``) on ``/diagnostics`` every ``period_s``."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    publisher = node.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
+
+    def publish():
+        msg = DiagnosticArray()
+        msg.header.stamp = node.get_clock().now().to_msg()
+        msg.status = [status()]
+        publisher.publish(msg)
+
+    return node.create_timer(period_s, publish)
+
+
 def stamp_ns(header):
     """Return a header's stamp in integer nanoseconds."""
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec

@@ -3,21 +3,15 @@ Parameter counts and per-crop latency of the networks on each available backend.
 
 Figures for model selection, independent of trained weights (latency does not depend on
 weight values): each configuration is built, saved, exported to ONNX and timed on the
-chosen backends with a seeded random batch. Run
-``python -m hand_pose_ros.core.backends.profiling [--threads N] [--iterations N]``.
+chosen backends with a seeded random batch. The command is ``hand_pose_bench --networks``.
 """
 
-import argparse
-import logging
-import platform
 import tempfile
 import time
 
 import numpy as np
 
 from hand_pose_ros.core import export, model_io
-
-LOGGER = logging.getLogger(__name__)
 
 # label -> (registry name, build config)
 PROFILE_CONFIGS = {
@@ -95,30 +89,3 @@ def format_rows(rows, backends):
                   for b in backends]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
-
-
-def main(argv=None):
-    """Print the profile table for the chosen configurations and backends."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--models', nargs='+', default=list(PROFILE_CONFIGS),
-                        choices=list(PROFILE_CONFIGS))
-    parser.add_argument('--backends', nargs='+', default=['onnxruntime', 'torch'],
-                        choices=['onnxruntime', 'torch'])
-    parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--threads', type=int, default=None,
-                        help='CPU threads for both runtimes (default: runtime default)')
-    parser.add_argument('--iterations', type=int, default=20)
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        import torch
-        torch.set_num_threads(args.threads)
-    rows = [profile_model(label, args.backends, args.batch, args.threads,
-                          iterations=args.iterations) for label in args.models]
-    print(f'CPU: {platform.processor() or platform.machine()}, threads: '
-          f'{args.threads or "default"}')
-    print(format_rows(rows, args.backends))
-    return rows
-
-
-if __name__ == '__main__':
-    main()
