@@ -15,10 +15,12 @@ class RateMeter:
     def __init__(self, window_s=5.0):
         self.window_s = float(window_s)
         self._times = deque()
+        self._last = None
 
     def tick(self, now_s):
         """Record one event at ``now_s`` (any monotonic clock, seconds)."""
         self._times.append(now_s)
+        self._last = now_s
         self._trim(now_s)
 
     def rate_hz(self, now_s):
@@ -30,8 +32,8 @@ class RateMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
     def last(self):
-        """Return the time of the latest event, or None."""
-        return self._times[-1] if self._times else None
+        """Return the time of the latest event ever recorded (kept past the window), or None."""
+        return self._last
 
     def silence_s(self, now_s, since_s):
         """Return the seconds since the latest event, or since ``since_s`` before any."""
