@@ -127,6 +127,38 @@ def test_write_model_ships_card_weights_and_onnx(tmp_path):
         torch.testing.assert_close(model(batch)['joints'], trained(batch)['joints'])
 
 
+def test_init_from_a_model_starts_from_its_weights(tmp_path):
+    from hand_pose_ros.core import model_io
+    training.train(tiny_config(tmp_path, steps=4, checkpoint_every=4, eval_frames=0),
+                   progress_stream=io.StringIO())
+    card_path = training.write_model(str(tmp_path / 'run' / 'checkpoint_last.pt'),
+                                     str(tmp_path / 'models'), 'start', export_onnx=False)
+    started = training.Trainer(tiny_config(tmp_path, 'tuned', eval_frames=0,
+                                           init_from=str(card_path)))
+    start_model, _ = model_io.load_model(card_path)
+    for key, value in start_model.state_dict().items():
+        torch.testing.assert_close(started.model.state_dict()[key], value, msg=key)
+    started.train(stop_at=2)
+    tuned = training.write_model(str(tmp_path / 'tuned' / 'checkpoint_last.pt'),
+                                 str(tmp_path / 'models'), 'tuned', export_onnx=False)
+    assert model_io.read_card(tuned)['training']['init_from'] == str(card_path)
+
+
+def test_init_from_refuses_a_different_network_or_crop(tmp_path):
+    training.train(tiny_config(tmp_path, steps=2, checkpoint_every=2, eval_frames=0),
+                   progress_stream=io.StringIO())
+    card_path = str(training.write_model(str(tmp_path / 'run' / 'checkpoint_last.pt'),
+                                         str(tmp_path / 'models'), 'start', export_onnx=False))
+    wider = tiny_config(tmp_path, 'wide', eval_frames=0, init_from=card_path,
+                        model_cfg=dict(TINY_MODEL, head_channels=16))
+    with pytest.raises(ValueError, match='model_cfg'):
+        training.Trainer(wider)
+    other_crop = tiny_config(tmp_path, 'crop', eval_frames=0, init_from=card_path,
+                             crop={'input_size': 32, 'cube_size_m': [0.3, 0.3, 0.3]})
+    with pytest.raises(ValueError, match='crop'):
+        training.Trainer(other_crop)
+
+
 @pytest.mark.parametrize('overrides, message', [
     ({'lr_schedule': 'warm'}, 'lr_schedule must be one of'),
     ({'steps': 0}, 'steps must be a positive integer'),

@@ -640,7 +640,7 @@ class SelfTrainer:
             paths.append(directory / name)
         return paths
 
-    def _train_config(self, seed, run_dir, pool_size):
+    def _train_config(self, seed, run_dir, pool_size, start_card):
         from hand_pose_ros.core.training import TrainConfig
 
         card = self.start_card_values
@@ -656,7 +656,7 @@ class SelfTrainer:
             warmup_steps=min(config.warmup_steps, config.steps - 1),
             seed=seed, checkpoint_every=min(config.checkpoint_every, config.steps),
             log_every=max(1, min(10, config.steps)), device=config.device,
-            num_threads=config.num_threads)
+            num_threads=config.num_threads, init_from=str(start_card))
 
     def _context_spec(self):
         from hand_pose_ros.core import augment
@@ -704,11 +704,8 @@ class SelfTrainer:
 
         run_dir = directory / 'train'
         resume = (run_dir / CHECKPOINT_LAST).is_file()
-        trainer = Trainer(self._train_config(seed, run_dir, pool['pool_size']), resume=resume,
-                          progress_stream=self.stream)
-        if not resume:
-            start_model, _ = model_io.load_model(start_card, device='cpu')
-            trainer.model.load_state_dict(start_model.state_dict())
+        trainer = Trainer(self._train_config(seed, run_dir, pool['pool_size'], start_card),
+                          resume=resume, progress_stream=self.stream)
         self._say(f'{name}: fine-tuning {self.config.steps} steps on {pool["pseudo_crops"]} '
                   f'pseudo-labelled + {pool["synthetic_crops"]} synthetic crops')
         trainer.train()

@@ -80,6 +80,8 @@ class TrainConfig:
     :param log_every: steps between rows of ``train.csv``.
     :param device: 'auto' (CUDA when present), 'cpu' or 'cuda'.
     :param num_threads: torch CPU threads (0: torch default).
+    :param init_from: model name or card path whose weights start a new run (fine-tuning;
+        the network, its config and the crop must match); ignored when resuming.
     """
 
     output_dir: str = 'runs/default'
@@ -112,6 +114,7 @@ class TrainConfig:
     log_every: int = 10
     device: str = 'auto'
     num_threads: int = 0
+    init_from: str = None
 
     def __post_init__(self):
         self.crop_spec = CropSpec.from_dict(
@@ -678,6 +681,8 @@ class Trainer:
         self.eval_rows = []
         if resume:
             self._resume()
+        elif config.init_from:
+            self._initialise_from(config.init_from)
         self.progress = ProgressBar(config.steps, progress_stream)
         self.context_spec = augment.context_spec(config.crop_spec, config.context)
         self.pool = CropPool(self.pool_dir, config.pool_size, self.context_spec.input_size)
@@ -708,6 +713,25 @@ class Trainer:
         self.eval_rows = [r for r in read_csv(os.path.join(self.output_dir, 'eval.csv'))
                           if r['step'] <= self.step]
         LOG.info('resumed %s at step %d', path, self.step)
+
+    def _initialise_from(self, model):
+        from hand_pose_ros.core import model_io
+        from hand_pose_ros.core.estimator import resolve_card
+
+        card_path = resolve_card(model)
+        start_model, card = model_io.load_model(card_path, device='cpu')
+        expected = {'network': self.config.model,
+                    'crop': model_io.plain_data(self.config.crop_spec.to_dict())}
+        for key, value in expected.items():
+            if card[key] != value:
+                raise ValueError(f'cannot start from {card_path}: its {key} {card[key]!r} '
+                                 f'differs from the config ({value!r})')
+        try:
+            self.model.load_state_dict(start_model.state_dict())
+        except RuntimeError as error:
+            raise ValueError(f'cannot start from {card_path}: its network config differs '
+                             f'from model_cfg ({error})') from None
+        LOG.info('initialised the network from %s', card_path)
 
     def save_checkpoint(self, path):
         """Write the run state to ``path`` atomically."""
@@ -904,7 +928,8 @@ def write_model(checkpoint_path, directory, name, export_onnx=True):
             'batch_size': config.batch_size, 'lr': config.lr, 'lr_schedule': config.lr_schedule,
             'augment': {k: list(v) if isinstance(v, tuple) else v
                         for k, v in vars(config.augment_config).items()},
-            'context': config.context, 'checkpoint': os.path.basename(checkpoint_path)},
+            'context': config.context, 'checkpoint': os.path.basename(checkpoint_path),
+            'init_from': config.init_from},
     }
     eval_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), 'eval_set.npz')
     if os.path.isfile(eval_path):
