@@ -3,6 +3,8 @@
 from dataclasses import replace
 import json
 import logging
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -99,6 +101,58 @@ def test_unusable_cache_directories_raise_clear_errors(tmp_path):
     # procfs refuses new files even for root: a real read-only directory.
     with pytest.raises(ValueError, match='is not writable'):
         prepare_cache_dir('/proc/self')
+
+
+def test_cache_paths_are_resolved_before_anything_is_written(tmp_path, monkeypatch):
+    real = tmp_path / 'real'
+    real.mkdir()
+    (tmp_path / 'link').symlink_to(real)
+    assert EngineCache(tmp_path / 'link').directory == real
+    monkeypatch.chdir(tmp_path)
+    assert EngineCache('link/../real/engines').directory == real / 'engines'
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert prepare_cache_dir('~/engines') == tmp_path / 'home' / 'engines'
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """Return a directory on a real 256 KiB tmpfs filled to the last block."""
+    mount_point = tmp_path / 'small_disk'
+    mount_point.mkdir()
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs',
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f'cannot mount a small tmpfs here: {mounted.stderr.strip()}')
+    try:
+        engines = mount_point / 'engines'
+        engines.mkdir()
+        filler = os.open(mount_point / 'filler', os.O_WRONLY | os.O_CREAT)
+        try:
+            with pytest.raises(OSError, match='No space left'):
+                while True:
+                    os.write(filler, b'x' * 4096)
+        finally:
+            os.close(filler)
+        yield engines
+    finally:
+        subprocess.run(['umount', str(mount_point)], check=True)
+
+
+def test_full_cache_directory_keeps_the_engine_in_memory(full_dir, caplog):
+    cache = EngineCache(full_dir)
+
+    def build():
+        return b'e' * 65536
+
+    with caplog.at_level(logging.WARNING):
+        data, status = cache.load_or_build('a2j', KEY, build)
+    assert data == build()
+    assert status == 'built, not cached (No space left on device)'
+    assert 'not cached: cannot write to' in caplog.text
+    assert list(full_dir.iterdir()) == []  # no partial engine or key left behind
+    (full_dir.parent / 'filler').unlink()
+    assert cache.load_or_build('a2j', KEY, build)[1] == 'built'
+    assert cache.load_or_build('a2j', KEY, build)[1] == 'hit'
 
 
 def test_tensorrt_engine_matches_onnxruntime(tmp_path):

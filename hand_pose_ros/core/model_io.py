@@ -122,11 +122,20 @@ def write_card(card_path, card):
 
 
 def write_atomic(path, data):
-    """Write bytes to a file via a temporary file and a rename (no half-written files)."""
+    """
+    Write bytes to a file via a temporary file and a rename (no half-written files).
+
+    On failure (e.g. a full disk) the temporary file is removed and the error re-raised;
+    an existing ``path`` is left as it was.
+    """
     temporary = path.with_name(path.name + '.partial')
-    with open(temporary, 'wb') as handle:
-        handle.write(data)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, 'wb') as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def register_file(card_path, file_path, key=None):

@@ -66,8 +66,11 @@ def configure_localizer(estimator, values):
 
 
 def describe(estimator):
-    """Return 'model on backend' for logs and diagnostics."""
-    return f'{estimator.name} on {getattr(estimator.backend, "name", "custom backend")}'
+    """Return 'model on backend' (plus a TensorRT engine's cache status) for diagnostics."""
+    backend = estimator.backend
+    text = f'{estimator.name} on {getattr(backend, "name", "custom backend")}'
+    cache_status = getattr(backend, 'cache_status', None)
+    return f'{text} (engine {cache_status})' if cache_status else text
 
 
 class HandPoseNode(Node):

@@ -41,7 +41,9 @@ def prepare_cache_dir(cache_dir=None):
     :return: the directory as a Path.
     :raises ValueError: the path is not a directory or cannot be written.
     """
-    path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    # Resolve (home, relative parts, symlinks) before anything is written, so the checks and
+    # every later write apply to the directory that is really used.
+    path = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()).resolve()
     if path.exists() and not path.is_dir():
         raise ValueError(f'engine cache path {path} exists and is not a directory')
     try:
@@ -154,16 +156,29 @@ class EngineCache:
         return path, None
 
     def store(self, stem, key, engine_bytes):
-        """Write an engine and its key atomically; return the engine path."""
+        """
+        Write an engine and its key atomically; return the engine path.
+
+        :raises OSError: the files cannot be written (e.g. the disk is full); no engine or
+            key file of ``stem`` is then left behind, so the next start rebuilds.
+        """
         path = self.engine_path(stem, key)
-        write_atomic(path, bytes(engine_bytes))
         record = {'digest': key.digest(), 'key': key.to_dict()}
-        write_atomic(self.key_path(path), json.dumps(record, indent=2).encode('utf-8'))
+        try:
+            write_atomic(path, bytes(engine_bytes))
+            write_atomic(self.key_path(path), json.dumps(record, indent=2).encode('utf-8'))
+        except OSError:
+            path.unlink(missing_ok=True)
+            self.key_path(path).unlink(missing_ok=True)
+            raise
         return path
 
     def load_or_build(self, stem, key, build, force_rebuild=False):
         """
         Return (engine_bytes, status) with status 'hit', 'built' or 'rebuilt'.
+
+        An engine that cannot be stored (full or failing disk) is still returned, with
+        ``, not cached (<reason>)`` appended to the status and a warning logged.
 
         :param build: callable returning serialized engine bytes; called at most once.
         :param force_rebuild: rebuild even when the cached engine matches.
@@ -180,6 +195,12 @@ class EngineCache:
         engine_bytes = build()
         if not engine_bytes:
             raise RuntimeError(f'TensorRT engine build for {path} produced no engine')
-        self.store(stem, key, engine_bytes)
+        try:
+            self.store(stem, key, engine_bytes)
+        except OSError as error:
+            LOGGER.warning('TensorRT engine %s %s but not cached: cannot write to %s (%s); '
+                           'it will be rebuilt at the next start', path, status,
+                           self.directory, error.strerror)
+            return bytes(engine_bytes), f'{status}, not cached ({error.strerror})'
         LOGGER.info('TensorRT engine %s %s (%d bytes)', path, status, len(engine_bytes))
         return bytes(engine_bytes), status
