@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hand_pose_ros.core import skeleton
-from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
+from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_millimetres, uvd_from_xyz
 from hand_pose_ros.core.synth import (
     Box, Cylinder, generate_motion, Plane, POSTURES, RoundCone, sample_hand_shape, Scene,
     SceneConfig, SceneItem, SensorConfig, Sphere, SyntheticGenerator)
@@ -14,6 +14,7 @@ from hand_pose_ros.core.synth.generator import hand_crop_intrinsics, VISIBILITY_
 from hand_pose_ros.core.synth.pose import HandPose
 from hand_pose_ros.core.synth.render import ray_grid, ZBuffer
 from hand_pose_ros.core.synth.scene import PART_OBJECT
+from hand_pose_ros.core.synth.sensor import apply_sensor
 
 SMALL = CameraIntrinsics(240.0, 240.0, 79.5, 59.5, 160, 120)
 SR300 = CameraIntrinsics.from_preset('sr300')
@@ -217,6 +218,30 @@ def test_default_sensor_drops_edges_shadows_and_holes():
     assert lost.sum() > 100
     valid = np.isfinite(clean.depth_m) & np.isfinite(noisy.depth_m)
     assert 0 < np.median(np.abs(clean.depth_m[valid] - noisy.depth_m[valid])) < 0.01
+
+
+@pytest.mark.parametrize('baseline_m', [0.04, -0.04])
+def test_shadows_fall_beside_a_near_object_on_the_baseline_side(baseline_m):
+    depth = np.full((120, 160), 1.0, dtype=np.float32)
+    depth[40:80, 60:100] = 0.5
+    depth[:10] = np.nan  # rows without any surface
+    sensor = replace(SensorConfig.clean(), shadows=True, baseline_m=baseline_m)
+    lost = np.isnan(apply_sensor(depth, sensor, SMALL, seed=0)) & np.isfinite(depth)
+    # Disparity step 240 px * 0.04 m * (1 / 0.5 m - 1 / 1 m) = 9.6 px: 9 columns hidden on
+    # the emitter's side of the near square, on each of its rows.
+    columns = np.arange(51, 60) if baseline_m > 0 else np.arange(100, 109)
+    expected = np.zeros_like(lost)
+    expected[40:80, columns] = True
+    np.testing.assert_array_equal(lost, expected)
+
+
+def test_frame_millimetres_and_metres_agree():
+    generator = SyntheticGenerator(SR300, seed=12)
+    for _ in range(3):
+        frame = generator.sample_frame()
+        np.testing.assert_array_equal(depth_to_millimetres(frame.depth_m), frame.depth_mm)
+        np.testing.assert_array_equal(np.isnan(frame.depth_m), frame.depth_mm == 0)
+        assert frame.depth_mm.any() and not frame.depth_mm.all()
 
 
 def test_motion_frames_follow_the_sequence():

@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_millimetres, uvd_from_xyz
+from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
 from hand_pose_ros.core.synth.color import shade
 from hand_pose_ros.core.synth.hand_model import joint_surface_radii
 from hand_pose_ros.core.synth.render import ZBuffer
@@ -154,13 +154,11 @@ class SyntheticGenerator:
         if not isinstance(scene, Scene):
             raise ValueError('scene must be a Scene')
         zbuffer = ZBuffer(intrinsics)
-        owners, parts, albedo, radii = [], [], [], []
+        owners, parts, albedo, radii, cones = [], [], [], [], []
         for h, pose in enumerate(scene.hands):
             capsules = pose.capsules
             radii.append(joint_surface_radii(capsules, pose.keypoints_xyz))
-            zbuffer.add_round_cones(capsules['start'], capsules['end'],
-                                    capsules['radius_start'], capsules['radius_end'],
-                                    len(owners), capsules['start_covered'])
+            cones.append(dict(capsules, index=len(owners) + np.arange(len(capsules['start']))))
             owners.extend([h] * len(capsules['start']))
             parts.extend(np.where(capsules['forearm'], PART_FOREARM, PART_HAND).tolist())
             if color:
@@ -169,7 +167,13 @@ class SyntheticGenerator:
                 albedo.extend(np.where(capsules['forearm'][:, None],
                                        sleeve[min(h, len(sleeve) - 1)],
                                        skin[min(h, len(skin) - 1)]))
-        zbuffer.add_all([item.primitive for item in scene.items], len(owners))
+        # All hands' round cones are intersected in one pass with the scene's.
+        hand_cones = None
+        if cones:
+            hand_cones = {key: np.concatenate([c[key] for c in cones]) for key in
+                          ('start', 'end', 'radius_start', 'radius_end', 'start_covered',
+                           'index')}
+        zbuffer.add_all([item.primitive for item in scene.items], len(owners), hand_cones)
         for item in scene.items:
             owners.append(-1)
             parts.append(item.part)
@@ -180,15 +184,16 @@ class SyntheticGenerator:
             _blank_outside(zbuffer, offset, full_size)
         clean = zbuffer.depth_m()
         # Index -1 (empty pixel) picks the appended sentinel entry.
-        part_map = np.array(parts + [-1], dtype=np.int8)[zbuffer.index]
-        owner_map = np.array(owners + [-2], dtype=np.int16)[zbuffer.index]
-        labels = [self._label(pose, h, radii[h], clean, owner_map, part_map, intrinsics)
+        part_map = np.take(np.array(parts + [-1], dtype=np.int8), zbuffer.index, mode='wrap')
+        # Per primitive: does it show hand h's palm or fingers (last entry: empty pixel)?
+        shows_hand = (np.array(parts + [-1]) == PART_HAND)[None, :] \
+            & (np.array(owners + [-2])[None, :] == np.arange(len(scene.hands))[:, None])
+        labels = [self._label(pose, radii[h], clean,
+                              np.take(shows_hand[h], zbuffer.index, mode='wrap'), intrinsics)
                   for h, pose in enumerate(scene.hands)]
         noisy = apply_sensor(clean, self.sensor_config, intrinsics, scene.seed, offset,
                              full_size)
-        depth_mm = depth_to_millimetres(noisy)
-        depth_m = depth_mm.astype(np.float32) * np.float32(0.001)
-        depth_m[depth_mm == 0] = np.nan
+        depth_mm, depth_m = _quantised_depth(noisy)
         image = None
         if color:
             image = shade(clean, zbuffer.index, np.array(albedo).reshape(-1, 3), zbuffer.dx,
@@ -197,7 +202,7 @@ class SyntheticGenerator:
                      part_map)
 
     @staticmethod
-    def _label(pose, h, radii, clean, owner_map, part_map, intrinsics):
+    def _label(pose, radii, clean, mask, intrinsics):
         xyz = pose.keypoints_xyz
         uvd = uvd_from_xyz(xyz, intrinsics)
         pixel = np.round(uvd[:, :2]).astype(np.int64)
@@ -208,7 +213,6 @@ class SyntheticGenerator:
         limit = xyz[:, 2] - radii - VISIBILITY_MARGIN_M
         with np.errstate(invalid='ignore'):
             visible = inside & (seen >= limit)
-        mask = (owner_map == h) & (part_map == PART_HAND)
         return HandLabel(xyz, uvd, visible, mask, pose.shape.handedness, radii)
 
     def motion_scene(self, motion):
@@ -236,6 +240,29 @@ class SyntheticGenerator:
             scene = replace(background, hands=(pose,), seed=background.seed + index,
                             stamp_s=float(motion.stamps_s[index]))
             yield self.render(scene, intrinsics=intrinsics, color=color)
+
+
+def _quantised_depth(depth_m):
+    """
+    Return the uint16 millimetres of a float depth image and the metres they stand for.
+
+    The same values as ``camera.depth_to_millimetres`` (0: invalid, saturating) and its
+    metres (float32, NaN invalid), in fewer passes.
+
+    :param depth_m: (H, W) float32 metres, NaN invalid.
+    :return: (H, W) uint16 millimetres, (H, W) float32 metres.
+    """
+    millimetres = np.multiply(depth_m, 1000.0, dtype=np.float64)
+    np.rint(millimetres, out=millimetres)
+    valid = np.isfinite(millimetres)
+    valid &= millimetres > 0
+    np.minimum(millimetres, np.iinfo(np.uint16).max, out=millimetres)
+    depth_mm = np.zeros(millimetres.shape, dtype=np.uint16)
+    np.copyto(depth_mm, millimetres, casting='unsafe', where=valid)
+    metres = np.full(millimetres.shape, np.nan, dtype=np.float32)
+    np.copyto(metres, depth_mm, where=valid)
+    metres *= np.float32(0.001)
+    return depth_mm, metres
 
 
 def _blank_outside(zbuffer, offset, full_size):

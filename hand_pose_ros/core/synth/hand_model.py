@@ -376,10 +376,16 @@ def local_keypoints(shape, articulation):
     return points
 
 
+def _cross(a, b):
+    """Return the cross product of two 3-vectors (np.cross's arithmetic, less overhead)."""
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2],
+                     a[0] * b[1] - a[1] * b[0]])
+
+
 def _as_rotation(rotation):
     rotation = np.asarray(rotation, dtype=np.float64)
     if rotation.shape != (3, 3) or not np.abs(rotation @ rotation.T - np.eye(3)).max() < 1e-6 \
-            or np.dot(np.cross(rotation[:, 0], rotation[:, 1]), rotation[:, 2]) < 0:
+            or np.dot(_cross(rotation[:, 0], rotation[:, 1]), rotation[:, 2]) < 0:
         raise ValueError('rotation must be a proper 3x3 rotation matrix')
     return rotation
 
@@ -453,63 +459,67 @@ def hand_capsules(shape, keypoints_xyz, rotation, forearm_direction, forearm_len
     y_axis = rotation[:, 1]
     z_axis = rotation[:, 2]
     wrist = kp[skeleton.WRIST]
-    starts, ends, r0, r1, forearm, attached, covered = [], [], [], [], [], [], []
+    # Phalanges of the five fingers (thumb: CMC->MCP is the first metacarpal), finger by
+    # finger from base to tip. Start spheres of the finger phalanges coincide with the end
+    # sphere of the previous phalanx or metacarpal capsule (same centre, radius at least as
+    # big).
+    chains = skeleton.FINGER_JOINTS
+    tips = chains[:, 3]
+    direction = kp[tips] - kp[chains[:, 2]]
+    direction /= np.array([np.linalg.norm(d) for d in direction])[:, None]
+    phalanx_ends = kp[chains[:, 1:]]
+    phalanx_ends[:, 2] = kp[tips] - (TIP_INSET_FRACTION * radii[tips])[:, None] * direction
+    starts, ends = [kp[chains[:, :3]].reshape(15, 3)], [phalanx_ends.reshape(15, 3)]
+    r0, r1 = [radii[chains[:, :3]].reshape(15)], [radii[chains[:, 1:]].reshape(15)]
+    attached = [np.stack([chains[:, :3], chains[:, 1:]], axis=-1).reshape(15, 2)]
+    covered = [False] + [True] * 14
+    forearm = [False] * 15
 
     def add(start, end, radius_start, radius_end, joints, is_forearm=False, cover=False):
-        covered.append(cover)
+        count = len(radius_start)
+        covered.extend([cover] * count)
         starts.append(start)
         ends.append(end)
         r0.append(radius_start)
         r1.append(radius_end)
         attached.append(joints)
-        forearm.append(is_forearm)
+        forearm.extend([is_forearm] * count)
 
-    # Phalanges of the five fingers (thumb: CMC->MCP is the first metacarpal).
-    for f in range(5):
-        joints = skeleton.FINGER_JOINTS[f]
-        for k in range(3):
-            start, end = kp[joints[k]], kp[joints[k + 1]]
-            if k == 2:
-                direction = end - start
-                direction /= np.linalg.norm(direction)
-                end = end - TIP_INSET_FRACTION * radii[joints[3]] * direction
-            # Start spheres of the finger phalanges coincide with the end sphere of the
-            # previous phalanx or metacarpal capsule (same centre, radius at least as big).
-            add(start, end, radii[joints[k]], radii[joints[k + 1]],
-                (joints[k], joints[k + 1]), cover=f > 0 or k > 0)
     # Palm: metacarpal capsules from near the wrist to each MCP.
     palm_radius = 0.5 * shape.palm_thickness_m
     base_offsets = np.array([0.017, 0.006, -0.006, -0.017]) * size
-    for f in range(1, 5):
-        base = wrist + base_offsets[f - 1] * x_axis + 0.012 * size * y_axis
-        add(base, kp[skeleton.MCPS[f]], palm_radius * 1.05,
-            max(palm_radius, radii[skeleton.MCPS[f]]), (skeleton.WRIST, skeleton.MCPS[f]))
+    mcps = skeleton.MCPS[1:5]
+    add(wrist + base_offsets[:, None] * x_axis + 0.012 * size * y_axis, kp[mcps],
+        np.repeat(palm_radius * 1.05, 4), np.maximum(palm_radius, radii[mcps]),
+        np.stack([np.repeat(skeleton.WRIST, 4), mcps], axis=1))
     # Wrist / palm base across the carpals, and the thenar eminence.
-    add(wrist + 0.015 * size * x_axis + 0.01 * size * y_axis,
-        wrist - 0.015 * size * x_axis + 0.01 * size * y_axis, radii[0], radii[0],
-        (skeleton.WRIST, -1))
     cmc, thumb_mcp = kp[1], kp[2]
-    add(wrist + 0.5 * (cmc - wrist) + 0.004 * size * z_axis, cmc + 0.5 * (thumb_mcp - cmc),
-        radii[1] * 1.15, radii[2] * 1.2, (skeleton.WRIST, 1))
+    add(np.array([wrist + 0.015 * size * x_axis + 0.01 * size * y_axis,
+                  wrist + 0.5 * (cmc - wrist) + 0.004 * size * z_axis]),
+        np.array([wrist - 0.015 * size * x_axis + 0.01 * size * y_axis,
+                  cmc + 0.5 * (thumb_mcp - cmc)]),
+        np.array([radii[0], radii[1] * 1.15]), np.array([radii[0], radii[2] * 1.2]),
+        np.array([(skeleton.WRIST, -1), (skeleton.WRIST, 1)]))
     # Forearm: two capsules side by side, slightly flattened wrist, widening to the elbow.
     direction = np.asarray(forearm_direction, dtype=np.float64)
     direction = direction / np.linalg.norm(direction)
-    side = np.cross(direction, z_axis)
+    side = _cross(direction, z_axis)
     norm = np.linalg.norm(side)
     side = x_axis if norm < 1e-6 else side / norm
     wrist_r, elbow_r = shape.forearm_radii_m
-    for sign in (1.0, -1.0):
-        offset = sign * 0.6 * wrist_r * side
-        add(wrist + offset + 0.3 * wrist_r * direction,
-            wrist + 1.2 * offset + forearm_length_m * direction, wrist_r * 0.85,
-            elbow_r * 0.85, (skeleton.WRIST, -1), is_forearm=True)
+    offsets = np.array([[1.0], [-1.0]]) * 0.6 * wrist_r * side
+    add(wrist + offsets + 0.3 * wrist_r * direction,
+        wrist + 1.2 * offsets + forearm_length_m * direction, np.repeat(wrist_r * 0.85, 2),
+        np.repeat(elbow_r * 0.85, 2), np.array([(skeleton.WRIST, -1)] * 2), is_forearm=True)
     if upper_arm is not None and np.linalg.norm(upper_arm) > 0:
         elbow = wrist + forearm_length_m * direction
-        add(elbow, elbow + np.asarray(upper_arm, dtype=np.float64), elbow_r,
-            elbow_r * UPPER_ARM_WIDENING, (-1, -1), is_forearm=True)
-    return {'start': np.array(starts), 'end': np.array(ends), 'radius_start': np.array(r0),
-            'radius_end': np.array(r1), 'forearm': np.array(forearm),
-            'joints': np.array(attached, dtype=np.int64),
+        add(elbow[None], (elbow + np.asarray(upper_arm, dtype=np.float64))[None],
+            np.array([elbow_r]), np.array([elbow_r * UPPER_ARM_WIDENING]),
+            np.array([(-1, -1)]), is_forearm=True)
+    return {'start': np.concatenate(starts), 'end': np.concatenate(ends),
+            'radius_start': np.concatenate(r0), 'radius_end': np.concatenate(r1),
+            'forearm': np.array(forearm),
+            'joints': np.concatenate(attached).astype(np.int64),
             'start_covered': np.array(covered)}
 
 
@@ -527,14 +537,18 @@ def joint_surface_radii(capsules, keypoints_xyz):
     :return: (21,) float64 metres.
     """
     points = np.asarray(keypoints_xyz, dtype=np.float64)[:, None, :]
-    start, end = capsules['start'][None], capsules['end'][None]
+    start, end = capsules['start'], capsules['end']
+    radius_start, radius_end = capsules['radius_start'], capsules['radius_end']
     axis = end - start
-    length2 = np.maximum(np.sum(axis * axis, axis=-1), 1e-18)
-    along = np.clip(np.sum((points - start) * axis, axis=-1) / length2, 0.0, 1.0)
-    distance = np.linalg.norm(points - (start + along[..., None] * axis), axis=-1)
-    radius = capsules['radius_start'][None] + along * (
-        capsules['radius_end'][None] - capsules['radius_start'][None])
-    bound = np.maximum(capsules['radius_start'], capsules['radius_end'])[None] + distance
-    own = np.any(capsules['joints'][None, :, :] == np.arange(len(points))[:, None, None],
-                 axis=-1)
+    length2 = np.maximum(np.add.reduce(axis * axis, axis=-1), 1e-18)
+    along = np.add.reduce((points - start) * axis, axis=-1)
+    along /= length2
+    np.minimum(np.maximum(along, 0.0, out=along), 1.0, out=along)
+    offset = points - (start + along[..., None] * axis)
+    distance = np.sqrt(np.add.reduce(offset * offset, axis=-1))
+    radius = radius_start + along * (radius_end - radius_start)
+    bound = np.maximum(radius_start, radius_end) + distance
+    joints = capsules['joints']
+    own = (joints[:, 0] == np.arange(len(points))[:, None]) \
+        | (joints[:, 1] == np.arange(len(points))[:, None])
     return np.max(np.where(own & (distance <= radius), bound, 0.0), axis=1)

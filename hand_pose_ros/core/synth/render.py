@@ -5,9 +5,11 @@ Rays leave the camera centre through pixel centres at integer pixel coordinates 
 direction d = ((u - cx) / fx, (v - cy) / fy, 1): a hit at ray parameter t lies at depth z = t.
 Each primitive is intersected only inside its projected screen-space bounding box; ray
 components are kept separable ((1, w) and (h, 1) arrays) so per-pixel work is a few
-broadcast numpy operations. Primitives: round cones (tapered capsules: the convex hull of two
-spheres, exact as two spheres plus the tangent frustum; spheres and capsules are special
-cases), oriented boxes, capped cylinders and planes.
+broadcast numpy operations. Round cones are intersected in batches: each cone over its own
+box, padded to the batch's window size, so a whole hand takes a few numpy passes with little
+padding. Primitives: round cones (tapered capsules: the convex hull of two spheres, exact as
+two spheres plus the tangent frustum; spheres and capsules are special cases), oriented
+boxes, capped cylinders and planes.
 """
 
 from dataclasses import dataclass
@@ -108,50 +110,88 @@ def _sphere_extents(centers, radii, intrinsics):
                                 -np.inf))
         extents.append(np.where(high < limit, focal * np.tan(np.minimum(high, limit)) + principal,
                                 np.inf))
-    return np.stack(extents, axis=1), near
+    return np.array(extents).T, near
 
 
 def _pixel_boxes(extents, near, intrinsics):
     """Return (N, 4) int pixel boxes [u0, u1, v0, v1) covering float extents."""
+    boxes = np.empty(extents.shape)
     with np.errstate(invalid='ignore'):
-        boxes = np.stack([np.floor(extents[:, 0]), np.ceil(extents[:, 1]) + 1,
-                          np.floor(extents[:, 2]), np.ceil(extents[:, 3]) + 1], axis=1)
+        np.floor(extents[:, 0::2], out=boxes[:, 0::2])
+        np.ceil(extents[:, 1::2], out=boxes[:, 1::2])
+        boxes[:, 1::2] += 1
     limits = np.array([intrinsics.width, intrinsics.width, intrinsics.height, intrinsics.height])
     boxes = np.clip(np.nan_to_num(boxes, nan=0.0), 0, limits)
     boxes[near] = [0, intrinsics.width, 0, intrinsics.height]
     return boxes.astype(np.int64)
 
 
-# Numpy call overhead of intersecting one more pixel box, in cone-pixel evaluations.
-BLOCK_COST_PX = 4000
+# Numpy call overhead of intersecting one more batch of round cones, in cone-pixel evaluations.
+BLOCK_COST_PX = 1000
 
 
-def _group_blocks(boxes, near):
+def _batches(boxes):
     """
-    Group consecutive round cones that are cheaper to intersect over one shared box.
+    Group round cones into batches evaluated together, each cone over its own window.
+
+    All windows of a batch have the batch's size (the largest member box), so padding costs
+    pixels; a cone joins the batch where that costs least, or opens a new batch when the
+    padding would cost more than ``BLOCK_COST_PX``.
 
     :param boxes: (N, 4) pixel boxes [u0, u1, v0, v1).
-    :param near: (N,) near-plane flags (near cones stay alone).
-    :return: list of (member indices (n,) int array, shared box).
+    :return: list of (member indices (n,) int array, window width, window height).
     """
-    def area(box):
-        return max(box[1] - box[0], 0) * max(box[3] - box[2], 0)
+    sizes = [(k, u1 - u0, v1 - v0) for k, (u0, u1, v0, v1) in enumerate(boxes.tolist())
+             if u1 > u0 and v1 > v0]
+    sizes.sort(key=lambda size: -size[1] * size[2])
+    batches = []  # [members, width, height, pixels]
+    for k, width, height in sizes:
+        best, best_cost = None, BLOCK_COST_PX + width * height
+        for batch in batches:
+            members, batch_width, batch_height, pixels = batch
+            extra = (len(members) + 1) * (batch_width if batch_width > width else width) \
+                * (batch_height if batch_height > height else height) - pixels
+            if extra < best_cost:
+                best, best_cost = batch, extra
+        if best is None:
+            batches.append([[k], width, height, width * height])
+        else:
+            best[0].append(k)
+            best[1], best[2] = max(best[1], width), max(best[2], height)
+            best[3] += best_cost
+    return [(np.array(members), width, height) for members, width, height, _ in batches]
 
-    groups = []
-    for k, box in enumerate(boxes):
-        if area(box) == 0:
-            continue
-        if groups and not near[k] and not near[groups[-1][0][-1]]:
-            members, shared = groups[-1]
-            union = (min(shared[0], box[0]), max(shared[1], box[1]),
-                     min(shared[2], box[2]), max(shared[3], box[3]))
-            merged = BLOCK_COST_PX + (len(members) + 1) * area(union)
-            separate = 2 * BLOCK_COST_PX + len(members) * area(shared) + area(box)
-            if merged < separate:
-                groups[-1] = (members + [k], union)
-                continue
-        groups.append(([k], tuple(box)))
-    return [(np.array(members), box) for members, box in groups]
+
+# Columns of the per-cone constant table of _cone_constants: x, z and y components of
+# (start, end, unit axis), then scalars.
+_X, _Z, _Y = slice(0, 3), slice(3, 6), slice(6, 9)
+_COS2, _HALF_B, _C_FRUSTUM, _C_START, _C_END, _S_LOW, _S_HIGH = range(9, 16)
+
+
+def _cone_constants(a, b, ra, rb, start_covered):
+    """
+    Return the (N, 16) float64 per-ray constants of N round cones and (N,) start-sphere flags.
+
+    Columns: the x, z and y components of (start, end, unit axis w), cos^2 of the half
+    angle, the frustum's half-b factor, the frustum's c, the start and end spheres' c (start
+    NaN when skipped), and the frustum's axial range [s_low, s_high] (s = t * (w . d)).
+    """
+    axis = b - a
+    length = np.linalg.norm(axis, axis=1)
+    w = axis / length[:, None]
+    sin_a = (ra - rb) / length
+    cos2 = 1.0 - sin_a * sin_a
+    s0 = -np.sum(a * w, axis=1)
+    k = ra - s0 * sin_a
+    aa = np.sum(a * a, axis=1)
+    # Degenerate cones (one sphere inside the other) have no frustum: NaN drops it.
+    c = np.where(length > np.abs(ra - rb), cos2 * (aa - s0 * s0) - k * k, np.nan)
+    use_a = ~start_covered & ((length > 0) | (ra > rb))
+    table = np.column_stack([
+        a[:, 0], b[:, 0], w[:, 0], a[:, 2], b[:, 2], w[:, 2], a[:, 1], b[:, 1], w[:, 1], cos2,
+        k * sin_a - cos2 * s0, c, np.where(use_a, aa - ra * ra, np.nan),
+        np.sum(b * b, axis=1) - rb * rb, ra * sin_a - s0, length + rb * sin_a - s0])
+    return table, use_a
 
 
 _CUBE = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=float)
@@ -196,21 +236,41 @@ class ZBuffer:
                         np.asarray(radii_end, dtype=np.float64).reshape(-1),
                         first_index + np.arange(len(starts)), start_covered)
 
-    def add_all(self, primitives, first_index):
-        """Intersect primitives; primitive k gets index ``first_index + k``."""
+    def add_all(self, primitives, first_index, round_cones=None):
+        """
+        Intersect primitives; primitive k gets index ``first_index + k``.
+
+        :param primitives: sequence of primitives.
+        :param first_index: index of the first primitive.
+        :param round_cones: optional more round cones intersected in the same pass as the
+            primitives' round cones (fewer, fuller batches): a dict of 'start' (N, 3), 'end'
+            (N, 3), 'radius_start' (N,), 'radius_end' (N,), 'start_covered' (N,) bool (see
+            :meth:`add_round_cones`) and 'index' (N,) int, each below ``first_index``.
+        """
         cones = [k for k, p in enumerate(primitives) if isinstance(p, (RoundCone, Sphere))]
-        if cones:
-            shapes = [primitives[k] for k in cones]
-            starts = np.array([p.start if isinstance(p, RoundCone) else p.center
-                               for p in shapes], dtype=np.float64)
-            ends = np.array([p.end if isinstance(p, RoundCone) else p.center
-                             for p in shapes], dtype=np.float64)
-            radii_start = np.array([p.radius_start if isinstance(p, RoundCone) else p.radius
-                                    for p in shapes], dtype=np.float64)
-            radii_end = np.array([p.radius_end if isinstance(p, RoundCone) else p.radius
-                                  for p in shapes], dtype=np.float64)
-            self._add_cones(starts, ends, radii_start, radii_end,
-                            first_index + np.array(cones), None)
+        shapes = [primitives[k] for k in cones]
+        starts = [p.start if isinstance(p, RoundCone) else p.center for p in shapes]
+        ends = [p.end if isinstance(p, RoundCone) else p.center for p in shapes]
+        radii_start = [p.radius_start if isinstance(p, RoundCone) else p.radius
+                       for p in shapes]
+        radii_end = [p.radius_end if isinstance(p, RoundCone) else p.radius for p in shapes]
+        indices = first_index + np.array(cones, dtype=np.int64)
+        covered = np.zeros(len(cones), dtype=bool)
+        if round_cones is not None:
+            starts = np.concatenate([np.reshape(round_cones['start'], (-1, 3)),
+                                     np.reshape(starts, (-1, 3))])
+            ends = np.concatenate([np.reshape(round_cones['end'], (-1, 3)),
+                                   np.reshape(ends, (-1, 3))])
+            radii_start = np.concatenate([round_cones['radius_start'], radii_start])
+            radii_end = np.concatenate([round_cones['radius_end'], radii_end])
+            indices = np.concatenate([round_cones['index'], indices])
+            covered = np.concatenate([round_cones['start_covered'], covered])
+        if len(indices):
+            self._add_cones(np.asarray(starts, dtype=np.float64).reshape(-1, 3),
+                            np.asarray(ends, dtype=np.float64).reshape(-1, 3),
+                            np.asarray(radii_start, dtype=np.float64),
+                            np.asarray(radii_end, dtype=np.float64), indices,
+                            covered.astype(bool))
         for k, primitive in enumerate(primitives):
             if not isinstance(primitive, (RoundCone, Sphere)):
                 self.add(primitive, first_index + k)
@@ -223,61 +283,90 @@ class ZBuffer:
                                         np.concatenate([radii_start, radii_end]),
                                         self.intrinsics)
         first, second = extents[:count], extents[count:]
-        extents = np.stack([np.minimum(first[:, 0], second[:, 0]),
-                            np.maximum(first[:, 1], second[:, 1]),
-                            np.minimum(first[:, 2], second[:, 2]),
-                            np.maximum(first[:, 3], second[:, 3])], axis=1)
+        extents = np.maximum(first, second)
+        np.minimum(first[:, 0::2], second[:, 0::2], out=extents[:, 0::2])
         near = near[:count] | near[count:]
         boxes = _pixel_boxes(extents, near, self.intrinsics)
+        batches = _batches(boxes)
+        if not batches:
+            return
         with np.errstate(invalid='ignore', divide='ignore'):
-            for members, box in _group_blocks(boxes, near):
-                t = self._round_cones(box, starts[members], ends[members],
-                                      radii_start[members], radii_end[members],
-                                      start_covered[members])
-                if len(members) == 1:
-                    index = indices[members[0]]
-                    t = t[0]
-                else:
-                    index = indices[members[np.argmin(np.where(np.isnan(t), np.inf, t),
-                                                      axis=0)]]
-                    t = np.fmin.reduce(t, axis=0)
-                self._commit(box, t, index, near[members].any())
+            table, use_a = _cone_constants(starts, ends, radii_start, radii_end,
+                                           start_covered)
+            table = table.astype(self.dtype)
+            hits = []
+            for members, width, height in batches:
+                # Each member's window covers its box and stays inside the image.
+                limit = (self.intrinsics.width - width, self.intrinsics.height - height)
+                origins = np.minimum(boxes[members][:, 0::2], limit)
+                t = self._round_cones(origins, width, height, table[members],
+                                      bool(np.count_nonzero(use_a[members])),
+                                      bool(np.count_nonzero(near[members])))
+                hits.extend(zip(members.tolist(), origins.tolist(), t))
+        # Committing in index order keeps the lower index on exact depth ties. Only a cone's
+        # own box can hold hits; the rest of its window is padding.
+        hits.sort(key=lambda hit: hit[0])
+        for k, (u_window, v_window), t in hits:
+            u0, u1, v0, v1 = boxes[k].tolist()
+            self._commit((u0, u1, v0, v1),
+                         t[v0 - v_window:v1 - v_window, u0 - u_window:u1 - u_window],
+                         indices[k], near[k])
 
-    def _round_cones(self, box, a, b, ra, rb, start_covered):
-        """Return (n, h, w) entry depths of n round cones over one pixel box (NaN: miss)."""
-        count = len(ra)
-        dx, dy, dd = self._block(box)
-        axis = b - a
-        length = np.linalg.norm(axis, axis=1)
-        w = axis / length[:, None]
-        sin_a = (ra - rb) / length
-        cos2 = 1.0 - sin_a * sin_a
-        s0 = -np.sum(a * w, axis=1)
-        k = ra - s0 * sin_a
-        aa = np.sum(a * a, axis=1)
-        # Degenerate cones (one sphere inside the other) have no frustum: NaN drops it.
-        c = np.where(length > np.abs(ra - rb), cos2 * (aa - s0 * s0) - k * k, np.nan)
-        use_a = ~start_covered & ((length > 0) | (ra > rb))
+    def _round_cones(self, origins, width, height, table, use_start, exits):
+        """
+        Return (n, height, width) entry depths of n round cones (NaN: miss).
 
-        def column(values):
-            return np.asarray(values, dtype=self.dtype).reshape(count, 1, 1)
+        Cone k is evaluated over the window of the given size at pixel ``origins[k]``
+        (u0, v0); ``table`` holds its constants (see :func:`_cone_constants`). ``use_start``
+        tests the start spheres, ``exits`` also the frustum's far root (only a camera inside
+        a cone sees it).
+        """
+        columns = origins[:, :1] + np.arange(width)
+        rows = origins[:, 1:] + np.arange(height)
+        dd = self.dx2[0, columns][:, None, :] + self.dy2p1[rows, 0][:, :, None]
+        const = table.T[:, :, None, None]
+        # Ray dot start, end and axis: (3, n, height, width).
+        dots = (const[_X] * self.dx[0, columns][:, None, :] + const[_Z]) \
+            + const[_Y] * self.dy[rows, 0][:, :, None]
+        cd_a, cd_b, sd = dots
 
-        cd_a = (column(a[:, 0]) * dx + column(a[:, 2])) + column(a[:, 1]) * dy
-        cd_b = (column(b[:, 0]) * dx + column(b[:, 2])) + column(b[:, 1]) * dy
-        t = _sphere_entry(cd_b, dd, column(np.sum(b * b, axis=1) - rb * rb))
-        if use_a.any():
-            t = np.fmin(t, _sphere_entry(cd_a, dd, column(np.where(use_a, aa - ra * ra,
-                                                                   np.nan))))
-        cos2_c = column(cos2)
-        sd = (column(w[:, 0]) * dx + column(w[:, 2])) + column(w[:, 1]) * dy
-        quad = cos2_c * dd - sd * sd
-        half_b = sd * column(k * sin_a - cos2 * s0) - cos2_c * cd_a
-        root = np.sqrt(half_b * half_b - quad * column(c))
-        lo_s, hi_s = column(ra * sin_a - s0), column(length + rb * sin_a - s0)
-        for sign in (-1.0, 1.0):
-            tc = (sign * root - half_b) / quad
-            s = tc * sd
-            t = np.fmin(t, np.where((s >= lo_s) & (s <= hi_s), tc, np.nan))
+        def sphere_entry(cd, c):
+            root = cd * cd
+            root -= dd * c
+            np.sqrt(root, out=root)
+            np.subtract(cd, root, out=root)
+            root /= dd
+            return root
+
+        if use_start:
+            both = sphere_entry(dots[:2], const[_C_START:_C_END + 1])
+            t = np.fmin(both[1], both[0], out=both[1])
+        else:
+            t = sphere_entry(cd_b, const[_C_END])
+        # With f(t) = q t^2 + 2 b t + c negative inside the (double) cone, the ray enters it
+        # where f falls through zero, at t = (-b - sqrt(b^2 - q c)) / q, computed as
+        # (sqrt(...) + b) / -q; the other root leaves it, which only matters when the
+        # camera may be inside the cone.
+        cos2 = const[_COS2]
+        neg_quad = np.multiply(sd, sd, out=cd_b)
+        neg_quad -= cos2 * dd
+        half_b = sd * const[_HALF_B]
+        half_b -= cos2 * cd_a
+        root = half_b * half_b
+        root += neg_quad * const[_C_FRUSTUM]
+        np.sqrt(root, out=root)
+        s_low, s_high = const[_S_LOW], const[_S_HIGH]
+        inside = np.empty(t.shape, dtype=bool)
+        below = np.empty(t.shape, dtype=bool)
+        roots = (np.add(root, half_b), np.subtract(half_b, root, out=root)) if exits \
+            else (np.add(root, half_b, out=root),)
+        for tc in roots:
+            tc /= neg_quad
+            s = np.multiply(tc, sd, out=cd_a)
+            np.greater_equal(s, s_low, out=inside)
+            np.less_equal(s, s_high, out=below)
+            inside &= below
+            np.fmin(t, tc, out=t, where=inside)
         return t
 
     def add_box(self, box_primitive, index):
@@ -323,9 +412,9 @@ class ZBuffer:
         if box[0] >= box[1] or box[2] >= box[3]:
             return
         helper = np.eye(3)[int(np.argmin(np.abs(axis)))]
-        e1 = np.cross(axis, helper)
+        e1 = _cross(axis, helper)
         e1 /= np.linalg.norm(e1)
-        e2 = np.cross(axis, e1)
+        e2 = _cross(axis, e1)
         basis = np.stack([e1, e2, axis], axis=1)
         origin = -(basis.T @ center)
         dx, dy, _ = self._block(box)
@@ -379,6 +468,7 @@ class ZBuffer:
         return depth
 
 
-def _sphere_entry(cd, dd, c):
-    """Return the entry ray parameter of a sphere (NaN where missed; call under errstate)."""
-    return (cd - np.sqrt(cd * cd - dd * c)) / dd
+def _cross(a, b):
+    """Return the cross product of two 3-vectors (np.cross's arithmetic, less overhead)."""
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2],
+                     a[0] * b[1] - a[1] * b[0]])

@@ -86,6 +86,10 @@ def _tables():
     return _TABLES
 
 
+def _salt(seed, stream):
+    return np.uint32((int(seed) * 2654435761 + int(stream) * 40503 + 12345) & 0xFFFFFFFF)
+
+
 def pixel_random(kind, seed, stream, u_abs, v_abs):
     """
     Return per-pixel random values that depend only on (seed, stream, absolute pixel).
@@ -97,11 +101,42 @@ def pixel_random(kind, seed, stream, u_abs, v_abs):
     :param v_abs: (H, 1) integer absolute rows.
     :return: (H, W) float32.
     """
-    salt = np.uint32((int(seed) * 2654435761 + int(stream) * 40503 + 12345) & 0xFFFFFFFF)
-    columns = u_abs.astype(np.uint32) * np.uint32(73856093) ^ salt
+    columns = u_abs.astype(np.uint32) * np.uint32(73856093) ^ _salt(seed, stream)
     rows = v_abs.astype(np.uint32) * np.uint32(19349663)
     index = (columns ^ rows) & np.uint32(_TABLE_MASK)
     return _tables()[kind][index]
+
+
+# Seed-independent part of the table index of each pixel of recently used windows.
+_GRID_INDEX = {}
+_GRID_INDEX_SIZE = 8
+
+
+def _grid_index(u0, v0, width, height):
+    """
+    Return the (H, W) intp table index of a window's pixels for salt 0.
+
+    The index is ((u * a) ^ salt ^ (v * b)) & mask, so XOR-ing this with the salt's low bits
+    gives :func:`pixel_random`'s index for any seed and stream.
+    """
+    key = (u0, v0, width, height)
+    index = _GRID_INDEX.get(key)
+    if index is None:
+        if len(_GRID_INDEX) >= _GRID_INDEX_SIZE:
+            _GRID_INDEX.clear()
+        columns = np.arange(u0, u0 + width, dtype=np.int64).astype(np.uint32)[None, :] \
+            * np.uint32(73856093)
+        rows = np.arange(v0, v0 + height, dtype=np.int64).astype(np.uint32)[:, None] \
+            * np.uint32(19349663)
+        index = ((columns ^ rows) & np.uint32(_TABLE_MASK)).astype(np.intp)
+        _GRID_INDEX[key] = index
+    return index
+
+
+def _window_random(kind, seed, stream, window, scratch):
+    """Return :func:`pixel_random` over a whole window (u0, v0, width, height), into scratch."""
+    index = np.bitwise_xor(_grid_index(*window), int(_salt(seed, stream)) & _TABLE_MASK)
+    return np.take(_tables()[kind], index, out=scratch, mode='clip')
 
 
 def _shadow_mask(depth, focal, baseline_m):
@@ -112,18 +147,40 @@ def _shadow_mask(depth, focal, baseline_m):
     when a nearer surface on its row lands on an emitter column at or before it.
     """
     height, width = depth.shape
-    columns = np.arange(width, dtype=np.float32)[None, :]
-    disparity = (focal * abs(baseline_m)) / depth
-    shadow = np.zeros(depth.shape, dtype=bool)
+    # Image columns become array rows, so that every step below is one contiguous pass.
+    emitter_u = np.empty((width, height), dtype=np.float32)
+    np.divide(focal * abs(baseline_m), depth.T, out=emitter_u)
+    columns = np.arange(width, dtype=np.float32)[:, None]
+    shadow = np.zeros((width, height), dtype=bool)
     if baseline_m > 0:
-        emitter_u = columns - disparity
-        ahead = np.fmin.accumulate(emitter_u[:, ::-1], axis=1)[:, ::-1]
-        shadow[:, :-1] = emitter_u[:, :-1] > ahead[:, 1:] + 0.5
+        np.subtract(columns, emitter_u, out=emitter_u)
+        # Smallest emitter column at or after each pixel (NaN: none), by doubling strides.
+        ahead = _doubling_scan(np.fmin, emitter_u[::-1])[::-1]
+        ahead += np.float32(0.5)
+        np.greater(emitter_u[:-1], ahead[1:], out=shadow[:-1])
     else:
-        emitter_u = columns + disparity
-        behind = np.fmax.accumulate(emitter_u, axis=1)
-        shadow[:, 1:] = emitter_u[:, 1:] < behind[:, :-1] - 0.5
-    return shadow
+        np.add(columns, emitter_u, out=emitter_u)
+        behind = _doubling_scan(np.fmax, emitter_u)
+        behind -= np.float32(0.5)
+        np.less(emitter_u[1:], behind[:-1], out=shadow[1:])
+    return shadow.T
+
+
+def _doubling_scan(ufunc, values):
+    """
+    Return ``ufunc.accumulate(values, axis=0)`` for an associative, NaN-ignoring ufunc.
+
+    Log2(n) whole-array passes (ping-ponging between two buffers) instead of n row steps.
+    """
+    current = np.array(values)
+    other = np.empty_like(current)
+    step = 1
+    while step < len(current):
+        ufunc(current[step:], current[:-step], out=other[step:])
+        other[:step] = current[:step]
+        current, other = other, current
+        step *= 2
+    return current
 
 
 def _edge_artefacts(depth, config, seed, u0, v0):
@@ -134,31 +191,43 @@ def _edge_artefacts(depth, config, seed, u0, v0):
     ``edge_threshold_m`` away in depth. A flying pixel takes a depth between its nearest and
     farthest neighbour (at most 0.5 m apart).
     """
-    valid = np.isfinite(depth)
-    filled = np.where(valid, depth, np.float32(1e4))
-    threshold = config.edge_threshold_m
-    jump_u = np.abs(filled[:, 1:] - filled[:, :-1]) > threshold
-    jump_v = np.abs(filled[1:] - filled[:-1]) > threshold
-    edge = np.zeros(depth.shape, dtype=bool)
-    edge[:, 1:] |= jump_u
-    edge[:, :-1] |= jump_u
-    edge[1:] |= jump_v
-    edge[:-1] |= jump_v
-    rows, cols = np.nonzero(edge & valid)
+    height, width = depth.shape
+    valid = np.isfinite(depth).reshape(-1)
+    filled = depth.copy()
+    np.copyto(filled, np.float32(1e4), where=~valid.reshape(height, width))
+    threshold = np.float32(config.edge_threshold_m)
+    # Differences of the flattened image (contiguous passes); the one that wraps from the
+    # end of a row to the next row's start is dropped.
+    flat = filled.reshape(-1)
+    step = np.empty(flat.shape, dtype=np.float32)
+    np.subtract(flat[1:], flat[:-1], out=step[:-1])
+    step[-1] = 0.0
+    jump_u = np.abs(step, out=step) > threshold
+    jump_u.reshape(height, width)[:, -1] = False
+    step = np.subtract(flat[width:], flat[:-width])
+    jump_v = np.abs(step, out=step) > threshold
+    edge = jump_u.copy()
+    edge[1:] |= jump_u[:-1]
+    edge[width:] |= jump_v
+    edge[:-width] |= jump_v
+    edge &= valid
+    index = np.flatnonzero(edge)
+    rows, cols = np.divmod(index, width)
     draw = pixel_random('uniform', seed, 1, cols + u0, rows + v0)
     flying = draw < config.flying_pixel_prob
     dropped = ~flying & (draw < config.flying_pixel_prob + config.edge_dropout_prob)
-    height, width = depth.shape
-    r, c = rows[flying], cols[flying]
-    neighbours = np.stack([
-        filled[r, c], filled[np.maximum(r - 1, 0), c], filled[np.minimum(r + 1, height - 1), c],
-        filled[r, np.maximum(c - 1, 0)], filled[r, np.minimum(c + 1, width - 1)]])
+    # Flat indices of each flying pixel and its 4-neighbours (itself where off the image).
+    i, r, c = index[flying], rows[flying], cols[flying]
+    neighbours = flat[np.stack([
+        i, np.where(r > 0, i - width, i), np.where(r < height - 1, i + width, i),
+        np.where(c > 0, i - 1, i), np.where(c < width - 1, i + 1, i)])]
     near = neighbours.min(axis=0)
     far = np.minimum(neighbours.max(axis=0), near + 0.5)
     # Given a flying pixel, draw / flying_pixel_prob is uniform in [0, 1).
     mix = draw[flying] / max(config.flying_pixel_prob, 1e-12)
-    depth[r, c] = near + mix * (far - near)
-    depth[rows[dropped], cols[dropped]] = np.nan
+    depth_flat = depth.reshape(-1)
+    depth_flat[i] = near + mix * (far - near)
+    depth_flat[index[dropped]] = np.nan
 
 
 def apply_sensor(depth_m, config, intrinsics, seed, offset_uv=(0, 0),
@@ -178,26 +247,42 @@ def apply_sensor(depth_m, config, intrinsics, seed, offset_uv=(0, 0),
     depth = np.array(depth_m, dtype=np.float32)
     height, width = depth.shape
     u0, v0 = (int(x) for x in offset_uv)
-    u_abs = np.arange(u0, u0 + width, dtype=np.int64)[None, :]
-    v_abs = np.arange(v0, v0 + height, dtype=np.int64)[:, None]
+    window = (u0, v0, width, height)
+    # Temporaries are reused (in place) to keep large images out of fresh page-faulting
+    # allocations.
+    scratch = np.empty_like(depth)
+    mask = np.empty(depth.shape, dtype=bool)
     focal = 0.5 * (intrinsics.fx + intrinsics.fy)
     if config.shadows and config.baseline_m != 0:
-        depth[_shadow_mask(depth, focal, config.baseline_m)] = np.nan
+        np.copyto(depth, np.nan, where=_shadow_mask(depth, focal, config.baseline_m))
     if config.edge_dropout_prob > 0 or config.flying_pixel_prob > 0:
         _edge_artefacts(depth, config, seed, u0, v0)
     if config.noise_sigma_m > 0 or config.noise_sigma_z2 > 0:
-        sigma = config.noise_sigma_m + config.noise_sigma_z2 * depth * depth
-        depth += sigma * pixel_random('normal', seed, 3, u_abs, v_abs)
+        # sigma = noise_sigma_m + noise_sigma_z2 * depth * depth, in this order.
+        sigma = np.multiply(depth, np.float32(config.noise_sigma_z2))
+        sigma *= depth
+        sigma += np.float32(config.noise_sigma_m)
+        sigma *= _window_random('normal', seed, 3, window, scratch)
+        depth += sigma
     if config.disparity_subpixel > 0 and config.baseline_m != 0:
         scale = focal * abs(config.baseline_m)
-        step = config.disparity_subpixel
-        steps = np.maximum(np.round(scale / (step * depth)), 1.0)
-        depth = scale / (step * steps)
+        step = np.float32(config.disparity_subpixel)
+        steps = np.multiply(depth, step, out=scratch)
+        np.divide(np.float32(scale), steps, out=steps)
+        np.round(steps, out=steps)
+        np.maximum(steps, np.float32(1.0), out=steps)
+        steps *= step
+        np.divide(np.float32(scale), steps, out=depth)
     if config.dropout_prob > 0:
-        depth[pixel_random('uniform', seed, 4, u_abs, v_abs) < config.dropout_prob] = np.nan
+        draw = _window_random('uniform', seed, 4, window, scratch)
+        np.less(draw, np.float32(config.dropout_prob), out=mask)
+        np.copyto(depth, np.nan, where=mask)
     if config.holes_per_megapixel > 0:
         _punch_holes(depth, config, seed, u0, v0, full_size or (width, height))
-    depth[~((depth >= config.min_range_m) & (depth <= config.max_range_m))] = np.nan
+    # Outside the range (NaN stays NaN either way).
+    np.less(depth, np.float32(config.min_range_m), out=mask)
+    mask |= depth > np.float32(config.max_range_m)
+    np.copyto(depth, np.nan, where=mask)
     return depth
 
 
