@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from hand_pose_ros.core import kinematics
 from hand_pose_ros.core.filters import anatomy, config_from_dict, FilterConfig, HandFilter
 from hand_pose_ros.core.filters import Observation
 from hand_pose_ros.core.kinematics import ANGLE_NAMES, hand_from_angles, joint_angles
@@ -94,6 +95,23 @@ def test_joint_angle_limit_blames_the_placed_joint_and_repair_clamps_it():
     assert joint_angles(repaired)[pip] == pytest.approx(limit)
     np.testing.assert_allclose(bone_lengths(repaired), bone_lengths(hand), atol=1e-9)
     assert not _blamed(anatomy.check_pose(cfg, repaired, 'right')).any()
+
+
+def test_precomputed_angles_give_the_same_check_and_repair():
+    cfg = FilterConfig().anatomy
+    angles = _rest_angles()
+    angles[ANGLE_NAMES.index('middle_dip_flexion')] = np.radians(130.0)
+    hand = _hand(angles) + np.random.default_rng(4).normal(0.0, 0.002, (21, 3))
+    precomputed = kinematics.finger_angles(hand, 'left')
+    blamed = anatomy.check_pose(cfg, hand, 'left')
+    shared = anatomy.check_pose(cfg, hand, 'left', angles=precomputed)
+    assert blamed.keys() == shared.keys() and _blamed(blamed).any()
+    for reason in blamed:
+        np.testing.assert_array_equal(shared[reason], blamed[reason])
+    for result, expected in zip(anatomy.repair(cfg, hand, _blamed(blamed), 'left',
+                                               angles=precomputed),
+                                anatomy.repair(cfg, hand, _blamed(blamed), 'left')):
+        np.testing.assert_array_equal(result, expected)
 
 
 def test_repair_restores_calibrated_bone_lengths_along_observed_directions():

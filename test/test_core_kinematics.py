@@ -100,6 +100,44 @@ def test_rebuild_finger_restores_lengths_and_angles():
     np.testing.assert_array_equal(rebuilt[:9], hand[:9])
 
 
+@pytest.mark.parametrize('handedness', ['right', 'left'])
+def test_finger_angles_give_the_joint_angles_and_the_hinge_twists(handedness):
+    rng = np.random.default_rng(11)
+    hand = hand_from_angles(_random_angles(rng), handedness=handedness)
+    angles, twist = kinematics.finger_angles(hand, handedness)
+    np.testing.assert_array_equal(angles, joint_angles(hand, handedness))
+    # A constructed hand has ideal hinges; bending a DIP sideways twists that hinge only.
+    np.testing.assert_allclose(twist, 0.0, atol=1e-9)
+    bent = hand.copy()
+    bent[8] += 0.004 * np.cross(hand[8] - hand[7], hand[6] - hand[7]) / np.linalg.norm(
+        np.cross(hand[8] - hand[7], hand[6] - hand[7]))
+    _, twist = kinematics.finger_angles(bent, handedness)
+    assert abs(twist[1, 1]) > 0.1
+    np.testing.assert_allclose(np.delete(twist.ravel(), 3), 0.0, atol=1e-9)
+    for finger in range(5):
+        np.testing.assert_array_equal(
+            kinematics.hinge_out_of_plane(bent, finger, handedness), twist[finger])
+
+
+def test_rebuild_fingers_equals_rebuilding_one_finger_at_a_time():
+    rng = np.random.default_rng(12)
+    hand = hand_from_angles(_random_angles(rng)) + rng.normal(0.0, 0.003, (21, 3))
+    angles = _random_angles(rng)
+    lengths = MEAN_BONE_LENGTHS_MM / 1000.0 * 0.9
+    fingers = [0, 2, 4]
+    twist = rng.normal(0.0, 0.1, (3, 2))
+    rebuilt = kinematics.rebuild_fingers(hand, fingers, angles, lengths, 'left', twist)
+    one_by_one = hand
+    for finger, finger_twist in zip(fingers, twist):
+        one_by_one = kinematics.rebuild_finger(one_by_one, finger, angles, lengths, 'left',
+                                               finger_twist)
+    np.testing.assert_allclose(rebuilt, one_by_one, atol=1e-12)
+    untouched = np.r_[0, 1, 5:9, 9, 13:17, 17]
+    np.testing.assert_array_equal(rebuilt[untouched], hand[untouched])
+    moved = np.r_[2:5, 10:13, 18:21]
+    np.testing.assert_allclose(bone_lengths(rebuilt)[moved - 1], lengths[moved - 1])
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match='shape'):
         joint_angles(np.zeros((20, 3)))

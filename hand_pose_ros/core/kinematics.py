@@ -66,16 +66,40 @@ _THUMB_CMC_DIRECTION_DEG = (40.0, 20.0)
 
 INDEX_MCP, PINKY_MCP, MIDDLE_MCP = 5, 17, 9
 
+# The five fingers' angles are measured in one (5, 3) batch of chains: the last three bones
+# of each finger (those ending at FINGER_JOINTS[:, 1:]) from a reference bone, the wrist->MCP
+# bone of a finger and the metacarpal of the thumb. The thumb's chain starts at that
+# metacarpal itself, so its first step measures zero. _FLEXION_ANGLE (5, 3) and
+# _ABDUCTION_ANGLE (5,) give the ANGLE_NAMES position of each step's flexion and of the first
+# step's out-of-plane angle; _UNUSED, one past the end, takes the steps without an angle.
+_CHAIN_JOINTS = FINGER_JOINTS[:, 1:]
+_REFERENCE_START = np.array([1, WRIST, WRIST, WRIST, WRIST])
+_REFERENCE_END = np.array([2, *FINGER_JOINTS[1:, 0].tolist()])
+_UNUSED = len(ANGLE_NAMES)
+_FLEXION_ANGLE = np.array(
+    [[_UNUSED, ANGLE_INDEX['thumb_mcp_flexion'], ANGLE_INDEX['thumb_ip_flexion']]]
+    + [[ANGLE_INDEX[f'{finger}_{joint}_flexion'] for joint in ('mcp', 'pip', 'dip')]
+       for finger in FINGERS[1:]])
+_ABDUCTION_ANGLE = np.array(
+    [_UNUSED] + [ANGLE_INDEX[f'{finger}_mcp_abduction'] for finger in FINGERS[1:]])
+_IS_THUMB_BONE = FINGER_OF_JOINT[BONES[:, 1]] == 0
+
+
+def _dot(a, b):
+    """Return the dot products of (..., 3) vectors along the last axis."""
+    return (a * b).sum(axis=-1)
+
 
 def _unit(v):
     """Return v normalised along the last axis (zero vectors stay zero)."""
-    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    # np.linalg.norm(v, axis=-1) computes exactly this, with more call overhead.
+    norm = np.sqrt((v * v).sum(axis=-1, keepdims=True))
     return v / np.maximum(norm, _EPS)
 
 
 def _orthogonal_unit(v, axis):
     """Return the unit component of v orthogonal to the unit vector axis."""
-    return _unit(v - np.sum(v * axis, axis=-1, keepdims=True) * axis)
+    return _unit(v - _dot(v, axis)[..., None] * axis)
 
 
 def _check_keypoints(keypoints_xyz):
@@ -95,6 +119,17 @@ def _handedness_sign(handedness):
     raise ValueError(f"handedness must be 'left', 'right' or 'unknown', got {handedness!r}")
 
 
+def _palm_rotation(keypoints_xyz):
+    """Return the (3, 3) palm rotation (columns x, y, z) of checked keypoints."""
+    wrist = keypoints_xyz[WRIST]
+    index_mcp, pinky_mcp = keypoints_xyz[INDEX_MCP], keypoints_xyz[PINKY_MCP]
+    x_axis = _unit(0.5 * (index_mcp + pinky_mcp) - wrist)
+    normal = cross(index_mcp - wrist, pinky_mcp - wrist)
+    z_axis = _orthogonal_unit(normal, x_axis)
+    y_axis = cross(z_axis, x_axis)
+    return np.array([x_axis, y_axis, z_axis]).T
+
+
 def palm_frame(keypoints_xyz):
     """
     Return the palm frame of a hand (see module docstring for the axis convention).
@@ -104,66 +139,88 @@ def palm_frame(keypoints_xyz):
         axes expressed in the keypoints' frame.
     """
     keypoints_xyz = _check_keypoints(keypoints_xyz)
-    wrist = keypoints_xyz[WRIST]
-    index_mcp, pinky_mcp = keypoints_xyz[INDEX_MCP], keypoints_xyz[PINKY_MCP]
-    x_axis = _unit(0.5 * (index_mcp + pinky_mcp) - wrist)
-    normal = cross(index_mcp - wrist, pinky_mcp - wrist)
-    z_axis = _orthogonal_unit(normal, x_axis)
-    y_axis = cross(z_axis, x_axis)
-    return palm_center(keypoints_xyz), np.stack([x_axis, y_axis, z_axis], axis=1)
+    return palm_center(keypoints_xyz), _palm_rotation(keypoints_xyz)
 
 
 def _palm_axes(keypoints_xyz, handedness):
     """Return (palmar unit normal, thumb-side unit vector in the palm plane)."""
-    _, rotation = palm_frame(keypoints_xyz)
-    palmar = rotation[:, 2] * _handedness_sign(handedness)
+    palmar = _palm_rotation(keypoints_xyz)[:, 2] * _handedness_sign(handedness)
     thumb_side = _orthogonal_unit(keypoints_xyz[INDEX_MCP] - keypoints_xyz[PINKY_MCP], palmar)
     return palmar, thumb_side
 
 
+def _checked_with_palm_axes(keypoints_xyz, handedness, palm_axes):
+    """Return (keypoints, palm axes), checking the keypoints unless the axes are given."""
+    if palm_axes is not None:
+        return np.asarray(keypoints_xyz, dtype=np.float64), palm_axes
+    keypoints_xyz = _check_keypoints(keypoints_xyz)
+    return keypoints_xyz, _palm_axes(keypoints_xyz, handedness)
+
+
 def chain_angles(axis, palmar, directions):
     """
-    Return flexion and out-of-plane angles along a chain of bone directions.
+    Return flexion and out-of-plane angles along chains of bone directions.
 
-    :param axis: (3,) reference (parent) direction.
-    :param palmar: (3,) direction towards which flexion is positive.
-    :param directions: (K, 3) unit directions of the K bones of the chain.
-    :return: flexion (K,) and out-of-plane angles (K,), radians.
+    :param axis: (..., 3) reference (parent) direction of each chain.
+    :param palmar: (..., 3) direction towards which flexion is positive.
+    :param directions: (..., K, 3) unit directions of the K bones of each chain.
+    :return: flexion (..., K) and out-of-plane angles (..., K), radians.
     """
     a = _unit(np.asarray(axis, dtype=np.float64))
     p = _orthogonal_unit(np.asarray(palmar, dtype=np.float64), a)
     lateral = cross(a, p)
-    flexion, out_of_plane = [], []
-    for d in directions:
-        flexion.append(np.arctan2(d @ p, d @ a))
-        out_of_plane.append(np.arcsin(np.clip(d @ lateral, -1.0, 1.0)))
-        a = d
-        lateral = _orthogonal_unit(lateral, a)
-        p = cross(lateral, a)
-    return np.array(flexion), np.array(out_of_plane)
+    directions = np.asarray(directions, dtype=np.float64)
+    steps = directions.shape[-2]
+    flexion, out_of_plane = np.empty((2, *directions.shape[:-1]))
+    for k in range(steps):
+        d = directions[..., k, :]
+        flexion[..., k] = np.arctan2(_dot(d, p), _dot(d, a))
+        out_of_plane[..., k] = _dot(d, lateral)
+        if k + 1 < steps:
+            a = d
+            lateral = _orthogonal_unit(lateral, a)
+            p = cross(lateral, a)
+    return flexion, np.arcsin(np.clip(out_of_plane, -1.0, 1.0))
 
 
 def directions_from_angles(axis, palmar, flexion, out_of_plane):
     """
-    Return (K, 3) unit bone directions rebuilt from chain angles (inverse of chain_angles).
+    Return unit bone directions rebuilt from chain angles (inverse of chain_angles).
 
-    :param axis: (3,) reference (parent) direction.
-    :param palmar: (3,) direction towards which flexion is positive.
-    :param flexion: (K,) flexion angles, radians.
-    :param out_of_plane: (K,) out-of-plane angles, radians.
-    :return: (K, 3) directions of the K bones.
+    :param axis: (..., 3) reference (parent) direction of each chain.
+    :param palmar: (..., 3) direction towards which flexion is positive.
+    :param flexion: (..., K) flexion angles, radians.
+    :param out_of_plane: (..., K) out-of-plane angles, radians.
+    :return: (..., K, 3) directions of the K bones of each chain.
     """
     a = _unit(np.asarray(axis, dtype=np.float64))
     p = _orthogonal_unit(np.asarray(palmar, dtype=np.float64), a)
     lateral = cross(a, p)
-    out = []
-    for theta, phi in zip(flexion, out_of_plane):
-        d = np.cos(phi) * (np.cos(theta) * a + np.sin(theta) * p) + np.sin(phi) * lateral
-        out.append(d)
-        a = d
-        lateral = _orthogonal_unit(lateral, a)
-        p = cross(lateral, a)
-    return np.array(out)
+    theta = np.asarray(flexion, dtype=np.float64)[..., None]
+    phi = np.asarray(out_of_plane, dtype=np.float64)[..., None]
+    cos_theta, sin_theta, cos_phi, sin_phi = np.cos(theta), np.sin(theta), np.cos(phi), np.sin(phi)
+    steps = theta.shape[-2]
+    out = np.empty((*theta.shape[:-1], 3))
+    for k in range(steps):
+        d = (cos_phi[..., k, :] * (cos_theta[..., k, :] * a + sin_theta[..., k, :] * p)
+             + sin_phi[..., k, :] * lateral)
+        out[..., k, :] = d
+        if k + 1 < steps:
+            a = d
+            lateral = _orthogonal_unit(lateral, a)
+            p = cross(lateral, a)
+    return out
+
+
+def _finger_references(keypoints_xyz, palm_axes):
+    """Return reference axes (5, 3), palmar directions (5, 3), abduction signs (5,)."""
+    palmar, thumb_side = palm_axes
+    axes = _unit(keypoints_xyz[_REFERENCE_END] - keypoints_xyz[_REFERENCE_START])
+    palmars = np.array([palmar - thumb_side, palmar, palmar, palmar, palmar])
+    lateral = cross(axes, _orthogonal_unit(palmars, axes))
+    signs = np.where(_dot(lateral, thumb_side) < 0.0, -1.0, 1.0)
+    signs[0] = 1.0
+    return axes, palmars, signs
 
 
 def finger_reference(keypoints_xyz, finger, handedness='right', palm_axes=None):
@@ -175,29 +232,49 @@ def finger_reference(keypoints_xyz, finger, handedness='right', palm_axes=None):
     :param handedness: 'left', 'right' or 'unknown' (treated as right).
     :param palm_axes: (palmar, thumb side) of the hand when already computed.
     :return: (reference axis (3,), palmar direction (3,), abduction sign) where the
-        abduction sign makes positive out-of-plane angles point towards the thumb.
+        abduction sign makes positive out-of-plane angles point towards the thumb; the thumb's
+        axis is its metacarpal and its palmar direction points towards the palm and away
+        from the thumb side.
     """
-    keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
-    palmar, thumb_side = palm_axes or _palm_axes(keypoints_xyz, handedness)
-    if finger == 0:
-        thumb_axis = _unit(keypoints_xyz[2] - keypoints_xyz[1])
-        towards_palm = palmar - thumb_side
-        return thumb_axis, towards_palm, 1.0
-    mcp = keypoints_xyz[FINGER_JOINTS[finger, 0]]
-    axis = _unit(mcp - keypoints_xyz[WRIST])
-    lateral = cross(axis, _orthogonal_unit(palmar, axis))
-    return axis, palmar, float(np.sign(lateral @ thumb_side) or 1.0)
+    keypoints_xyz, palm_axes = _checked_with_palm_axes(keypoints_xyz, handedness, palm_axes)
+    axes, palmars, signs = _finger_references(keypoints_xyz, palm_axes)
+    return axes[finger], palmars[finger], float(signs[finger])
 
 
 def thumb_cmc_frame(keypoints_xyz, handedness='right', palm_axes=None):
     """Return the (middle metacarpal, thumb side, palmar) orthonormal axes of the thumb CMC."""
-    keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
-    palmar, _ = palm_axes or _palm_axes(keypoints_xyz, handedness)
+    keypoints_xyz, (palmar, _) = _checked_with_palm_axes(keypoints_xyz, handedness, palm_axes)
     u = _unit(keypoints_xyz[MIDDLE_MCP] - keypoints_xyz[WRIST])
     p = _orthogonal_unit(palmar, u)
     r = _orthogonal_unit(keypoints_xyz[INDEX_MCP] - keypoints_xyz[PINKY_MCP], u)
     r = _orthogonal_unit(r, p)
     return u, r, p
+
+
+def finger_angles(keypoints_xyz, handedness='right'):
+    """
+    Return the joint angles of a hand and the out-of-plane angles of its hinge joints.
+
+    :param keypoints_xyz: (21, 3) keypoints, metres.
+    :param handedness: 'left', 'right' or 'unknown' (treated as right); decides which side of
+        the palm plane is palmar, hence the sign of flexion.
+    :return: angles (len(ANGLE_NAMES),) ordered like ANGLE_NAMES and hinge twists (5, 2):
+        the out-of-plane angles of each finger's PIP and DIP (thumb: MCP and IP), radians.
+    """
+    keypoints_xyz = _check_keypoints(keypoints_xyz)
+    palm_axes = _palm_axes(keypoints_xyz, handedness)
+    u, r, p = thumb_cmc_frame(keypoints_xyz, handedness, palm_axes)
+    axes, palmars, signs = _finger_references(keypoints_xyz, palm_axes)
+    bones = _unit(keypoints_xyz[_CHAIN_JOINTS] - keypoints_xyz[_CHAIN_JOINTS - 1])
+    flexion, out_of_plane = chain_angles(axes, palmars, bones)
+    angles = np.empty(_UNUSED + 1)
+    angles[_FLEXION_ANGLE] = flexion
+    angles[_ABDUCTION_ANGLE] = signs * out_of_plane[:, 0]
+    thumb = axes[0]
+    angles[ANGLE_INDEX['thumb_cmc_abduction']] = np.arcsin(np.clip(thumb @ p, -1.0, 1.0))
+    angles[ANGLE_INDEX['thumb_cmc_flexion']] = (
+        np.radians(THUMB_CMC_REST_SPLAY_DEG) - np.arctan2(thumb @ r, thumb @ u))
+    return angles[:_UNUSED], out_of_plane[:, 1:]
 
 
 def joint_angles(keypoints_xyz, handedness='right'):
@@ -209,31 +286,7 @@ def joint_angles(keypoints_xyz, handedness='right'):
         the palm plane is palmar, hence the sign of flexion.
     :return: (len(ANGLE_NAMES),) float64 angles.
     """
-    keypoints_xyz = _check_keypoints(keypoints_xyz)
-    angles = np.zeros(len(ANGLE_NAMES))
-    axes = _palm_axes(keypoints_xyz, handedness)
-    u, r, p = thumb_cmc_frame(keypoints_xyz, handedness, axes)
-    t = _unit(keypoints_xyz[2] - keypoints_xyz[1])
-    angles[ANGLE_INDEX['thumb_cmc_abduction']] = np.arcsin(np.clip(t @ p, -1.0, 1.0))
-    angles[ANGLE_INDEX['thumb_cmc_flexion']] = (
-        np.radians(THUMB_CMC_REST_SPLAY_DEG) - np.arctan2(t @ r, t @ u))
-    for finger in range(5):
-        chain = FINGER_JOINTS[finger]
-        axis, palmar, abduction_sign = finger_reference(keypoints_xyz, finger, handedness, axes)
-        if finger == 0:
-            bones = _unit(keypoints_xyz[chain[2:]] - keypoints_xyz[chain[1:3]])
-            flexion, _ = chain_angles(axis, palmar, bones)
-            angles[ANGLE_INDEX['thumb_mcp_flexion']] = flexion[0]
-            angles[ANGLE_INDEX['thumb_ip_flexion']] = flexion[1]
-            continue
-        bones = _unit(keypoints_xyz[chain[1:]] - keypoints_xyz[chain[:-1]])
-        flexion, out_of_plane = chain_angles(axis, palmar, bones)
-        name = FINGERS[finger]
-        angles[ANGLE_INDEX[f'{name}_mcp_flexion']] = flexion[0]
-        angles[ANGLE_INDEX[f'{name}_mcp_abduction']] = abduction_sign * out_of_plane[0]
-        angles[ANGLE_INDEX[f'{name}_pip_flexion']] = flexion[1]
-        angles[ANGLE_INDEX[f'{name}_dip_flexion']] = flexion[2]
-    return angles
+    return finger_angles(keypoints_xyz, handedness)[0]
 
 
 def bone_frames(keypoints_xyz):
@@ -244,17 +297,16 @@ def bone_frames(keypoints_xyz):
     :return: (21, 3, 3) rotation matrices (columns x, y, z); see the module docstring.
     """
     keypoints_xyz = _check_keypoints(keypoints_xyz)
-    _, palm_rotation = palm_frame(keypoints_xyz)
+    palm_rotation = _palm_rotation(keypoints_xyz)
     frames = np.empty((NUM_JOINTS, 3, 3))
     frames[WRIST] = palm_rotation
     x_axes = _unit(keypoints_xyz[BONES[:, 1]] - keypoints_xyz[BONES[:, 0]])
-    thumb = FINGER_OF_JOINT[BONES[:, 1]] == 0
     # Thumb bones keep the palm normal as z; finger bones keep the palm's y axis as y.
-    reference = np.where(thumb[:, None], palm_rotation[:, 2], palm_rotation[:, 1])
+    reference = np.where(_IS_THUMB_BONE[:, None], palm_rotation[:, 2], palm_rotation[:, 1])
     ortho = _orthogonal_unit(reference, x_axes)
-    other = np.where(thumb[:, None], cross(ortho, x_axes), cross(x_axes, ortho))
-    y_axes = np.where(thumb[:, None], other, ortho)
-    z_axes = np.where(thumb[:, None], ortho, other)
+    other = np.where(_IS_THUMB_BONE[:, None], cross(ortho, x_axes), cross(x_axes, ortho))
+    y_axes = np.where(_IS_THUMB_BONE[:, None], other, ortho)
+    z_axes = np.where(_IS_THUMB_BONE[:, None], ortho, other)
     frames[BONES[:, 1]] = np.stack([x_axes, y_axes, z_axes], axis=2)
     return frames
 
@@ -264,27 +316,62 @@ def hinge_out_of_plane(keypoints_xyz, finger, handedness='right'):
     Return the out-of-plane angles (2,) at a finger's hinge joints (PIP/DIP; thumb MCP/IP).
 
     Zero for an ideal hinge; :func:`rebuild_finger` can keep them to stay close to an
-    observation.
+    observation. :func:`finger_angles` returns those of all fingers at once.
     """
-    keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
-    chain = FINGER_JOINTS[finger]
-    axis, palmar, _ = finger_reference(keypoints_xyz, finger, handedness)
-    if finger == 0:
-        bones = _unit(keypoints_xyz[chain[2:]] - keypoints_xyz[chain[1:3]])
-        return chain_angles(axis, palmar, bones)[1]
-    bones = _unit(keypoints_xyz[chain[1:]] - keypoints_xyz[chain[:-1]])
-    return chain_angles(axis, palmar, bones)[1][1:]
+    return finger_angles(keypoints_xyz, handedness)[1][finger]
+
+
+def rebuild_fingers(keypoints_xyz, fingers, angles, bone_lengths_m, handedness='right',
+                    hinge_twist=None):
+    """
+    Return keypoints with finger chains rebuilt from joint angles and bone lengths.
+
+    The palm (wrist, thumb CMC, finger MCPs) is kept; the joints of each listed finger are
+    placed along the directions given by ``angles`` at the given bone lengths. PIP/DIP and
+    thumb MCP/IP are pure hinges unless ``hinge_twist`` gives their out-of-plane angles
+    (:func:`finger_angles`). This is the inverse of :func:`joint_angles`.
+
+    :param keypoints_xyz: (21, 3) keypoints, metres.
+    :param fingers: finger indices 0 (thumb) to 4 (little finger), each at most once.
+    :param angles: (len(ANGLE_NAMES),) joint angles, radians.
+    :param bone_lengths_m: (20,) bone lengths indexed like skeleton.BONES, metres.
+    :param handedness: 'left', 'right' or 'unknown' (treated as right).
+    :param hinge_twist: (len(fingers), 2) out-of-plane angles of the hinge joints, radians,
+        or None.
+    :return: (21, 3) float64 keypoints.
+    """
+    out = _check_keypoints(keypoints_xyz).copy()
+    fingers = np.asarray(fingers, dtype=np.int64).reshape(-1)
+    # The appended zero is what the _UNUSED steps read.
+    angles = np.append(np.asarray(angles, dtype=np.float64), 0.0)
+    lengths = np.asarray(bone_lengths_m, dtype=np.float64)
+    twist = (np.zeros((len(fingers), 2)) if hinge_twist is None
+             else np.asarray(hinge_twist, dtype=np.float64).reshape(len(fingers), 2))
+    palm_axes = _palm_axes(out, handedness)
+    axes, palmars, signs = _finger_references(out, palm_axes)
+    if np.any(fingers == 0):
+        # The thumb's chain starts along the metacarpal placed by the CMC angles.
+        u, r, p = thumb_cmc_frame(out, handedness, palm_axes)
+        abduction = angles[ANGLE_INDEX['thumb_cmc_abduction']]
+        swing = np.radians(THUMB_CMC_REST_SPLAY_DEG) - angles[ANGLE_INDEX['thumb_cmc_flexion']]
+        axes[0] = (np.cos(abduction) * (np.cos(swing) * u + np.sin(swing) * r)
+                   + np.sin(abduction) * p)
+    out_of_plane = np.concatenate(
+        [(signs * angles[_ABDUCTION_ANGLE])[fingers, None], twist], axis=1)
+    directions = directions_from_angles(
+        axes[fingers], palmars[fingers], angles[_FLEXION_ANGLE[fingers]], out_of_plane)
+    joints = _CHAIN_JOINTS[fingers]
+    # Bone b ends at joint b + 1, so the bone ending at joint j has index j - 1.
+    for step in range(joints.shape[1]):
+        joint = joints[:, step]
+        out[joint] = out[joint - 1] + lengths[joint - 1, None] * directions[:, step]
+    return out
 
 
 def rebuild_finger(keypoints_xyz, finger, angles, bone_lengths_m, handedness='right',
                    hinge_twist=None):
     """
-    Return keypoints with one finger chain rebuilt from joint angles and bone lengths.
-
-    The palm (wrist, thumb CMC, finger MCPs) is kept; the finger's joints are placed along the
-    directions given by ``angles`` at the given bone lengths. PIP/DIP and thumb MCP/IP are
-    pure hinges unless ``hinge_twist`` gives their out-of-plane angles
-    (:func:`hinge_out_of_plane`). This is the inverse of :func:`joint_angles`.
+    Return keypoints with one finger chain rebuilt (:func:`rebuild_fingers` for one finger).
 
     :param keypoints_xyz: (21, 3) keypoints, metres.
     :param finger: finger index 0 (thumb) to 4 (little finger).
@@ -294,34 +381,8 @@ def rebuild_finger(keypoints_xyz, finger, angles, bone_lengths_m, handedness='ri
     :param hinge_twist: (2,) out-of-plane angles of the hinge joints, radians, or None.
     :return: (21, 3) float64 keypoints.
     """
-    out = np.array(keypoints_xyz, dtype=np.float64)
-    twist = np.zeros(2) if hinge_twist is None else np.asarray(hinge_twist, dtype=np.float64)
-    chain = FINGER_JOINTS[finger]
-    # Bone b ends at joint b + 1, so the bone ending at joint j has index j - 1.
-    if finger == 0:
-        u, r, p = thumb_cmc_frame(out, handedness)
-        abduction = angles[ANGLE_INDEX['thumb_cmc_abduction']]
-        swing = np.radians(THUMB_CMC_REST_SPLAY_DEG) - angles[ANGLE_INDEX['thumb_cmc_flexion']]
-        t = np.cos(abduction) * (np.cos(swing) * u + np.sin(swing) * r) + np.sin(abduction) * p
-        out[chain[1]] = out[chain[0]] + bone_lengths_m[chain[1] - 1] * t
-        axis, palmar, _ = finger_reference(out, 0, handedness)
-        directions = directions_from_angles(
-            axis, palmar,
-            [angles[ANGLE_INDEX['thumb_mcp_flexion']], angles[ANGLE_INDEX['thumb_ip_flexion']]],
-            twist)
-        start = 2
-    else:
-        name = FINGERS[finger]
-        axis, palmar, abduction_sign = finger_reference(out, finger, handedness)
-        directions = directions_from_angles(
-            axis, palmar,
-            [angles[ANGLE_INDEX[f'{name}_{j}_flexion']] for j in ('mcp', 'pip', 'dip')],
-            [abduction_sign * angles[ANGLE_INDEX[f'{name}_mcp_abduction']], *twist])
-        start = 1
-    for k, direction in enumerate(directions):
-        joint = chain[start + k]
-        out[joint] = out[joint - 1] + bone_lengths_m[joint - 1] * direction
-    return out
+    return rebuild_fingers(keypoints_xyz, [finger], angles, bone_lengths_m, handedness,
+                           None if hinge_twist is None else [hinge_twist])
 
 
 def hand_from_angles(angles=None, bone_lengths_m=None, handedness='right'):
@@ -329,7 +390,7 @@ def hand_from_angles(angles=None, bone_lengths_m=None, handedness='right'):
     Return a constructed hand in its own palm frame (wrist at the origin).
 
     The palm is a flat template (x distal, y towards the little finger, z palmar on a right
-    hand; a left hand is its mirror image in y), fingers follow :func:`rebuild_finger`.
+    hand; a left hand is its mirror image in y), fingers follow :func:`rebuild_fingers`.
 
     :param angles: (len(ANGLE_NAMES),) radians; None uses REST_ANGLES_DEG.
     :param bone_lengths_m: (20,) metres; None uses skeleton.MEAN_BONE_LENGTHS_MM.
@@ -356,8 +417,7 @@ def hand_from_angles(angles=None, bone_lengths_m=None, handedness='right'):
     side, palmar = np.radians(_THUMB_CMC_DIRECTION_DEG)
     keypoints[1] = bone_lengths_m[0] * np.array(
         [np.cos(palmar) * np.cos(side), -np.cos(palmar) * np.sin(side), np.sin(palmar)])
-    for finger in range(5):
-        keypoints = rebuild_finger(keypoints, finger, angles, bone_lengths_m)
+    keypoints = rebuild_fingers(keypoints, range(5), angles, bone_lengths_m)
     if handedness == 'left':
         keypoints[:, 1] *= -1.0
     return keypoints

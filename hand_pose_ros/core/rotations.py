@@ -2,6 +2,9 @@
 
 import numpy as np
 
+_NEXT = np.array([1, 2, 0])
+_AFTER_NEXT = np.array([2, 0, 1])
+
 
 def quaternion_from_matrix(rotation):
     """
@@ -55,6 +58,6 @@ def cross(a, b):
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    return np.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1],
-                     a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
-                     a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], axis=-1)
+    # Component i is a[i + 1] b[i + 2] - a[i + 2] b[i + 1] (indices mod 3).
+    return (np.take(a, _NEXT, axis=-1) * np.take(b, _AFTER_NEXT, axis=-1)
+            - np.take(a, _AFTER_NEXT, axis=-1) * np.take(b, _NEXT, axis=-1))

@@ -6,11 +6,18 @@ camera optical frame, ``scores`` (21,), ``valid`` (21,) bool and ``handedness``
 ('left' | 'right' | 'unknown'). Hands are published in ascending ``hand_id`` order.
 """
 
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, TransformStamped
 import numpy as np
+from sensor_msgs.msg import JointState, PointCloud2, PointField
+from std_msgs.msg import ColorRGBA
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import Marker, MarkerArray
 
-from hand_pose_ros.core.kinematics import ANGLE_NAMES, bone_frames, joint_angles, palm_frame
+from hand_pose_ros.core.kinematics import ANGLE_NAMES, bone_frames, joint_angles
 from hand_pose_ros.core.rotations import quaternion_from_matrix
-from hand_pose_ros.core.skeleton import BONES, FINGER_OF_JOINT, JOINT_NAMES, NUM_JOINTS
+from hand_pose_ros.core.skeleton import (BONES, FINGER_OF_JOINT, JOINT_NAMES, NUM_JOINTS,
+                                         palm_center, WRIST)
 
 # One point per joint per hand: self-describing PointCloud2 layout.
 KEYPOINT_DTYPE = np.dtype({
@@ -24,11 +31,19 @@ _POINT_FIELD_TYPES = {np.dtype('<f4'): 7, np.dtype('<u2'): 4, np.dtype('u1'): 2,
                       np.dtype('<f8'): 8, np.dtype('<i4'): 5, np.dtype('<u4'): 6,
                       np.dtype('<i2'): 3, np.dtype('i1'): 1}
 _DTYPE_FROM_FIELD = {code: dtype for dtype, code in _POINT_FIELD_TYPES.items()}
+# (name, offset, PointField datatype) of each keypoint field, in order.
+_KEYPOINT_FIELDS = [(name, KEYPOINT_DTYPE.fields[name][1],
+                     _POINT_FIELD_TYPES[KEYPOINT_DTYPE.fields[name][0]])
+                    for name in KEYPOINT_DTYPE.names]
 
 # Per-finger RGBA colours (thumb, index, middle, ring, pinky) for markers and overlays.
 FINGER_COLORS = np.array([
     [0.95, 0.35, 0.20, 1.0], [0.98, 0.80, 0.15, 1.0], [0.25, 0.80, 0.30, 1.0],
     [0.20, 0.55, 0.95, 1.0], [0.70, 0.35, 0.90, 1.0]])
+# Marker colour (finger) of each joint (the wrist takes the thumb's) and of each bone.
+_JOINT_COLOR = np.maximum(FINGER_OF_JOINT, 0).tolist()
+_BONE_COLOR = FINGER_OF_JOINT[BONES[:, 1]].tolist()
+_BONE_LIST = BONES.tolist()
 
 
 def sorted_hands(hands):
@@ -38,24 +53,22 @@ def sorted_hands(hands):
 
 def keypoint_cloud(hands, header):
     """Return a ``sensor_msgs/PointCloud2`` with one point per joint per hand."""
-    from sensor_msgs.msg import PointCloud2, PointField
-
     hands = sorted_hands(hands)
     points = np.zeros(len(hands) * NUM_JOINTS, dtype=KEYPOINT_DTYPE)
-    for i, hand in enumerate(hands):
-        block = points[i * NUM_JOINTS:(i + 1) * NUM_JOINTS]
-        xyz = np.asarray(hand.keypoints_xyz, dtype=np.float32)
-        block['x'], block['y'], block['z'] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-        block['confidence'] = hand.scores
-        block['joint_id'] = np.arange(NUM_JOINTS)
-        block['hand_id'] = hand.hand_id
-        block['valid'] = np.asarray(hand.valid, dtype=bool)
+    if hands:
+        xyz = np.concatenate([np.asarray(hand.keypoints_xyz, dtype=np.float32)
+                              for hand in hands])
+        points['x'], points['y'], points['z'] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+        points['confidence'] = np.concatenate([hand.scores for hand in hands])
+        points['joint_id'] = np.tile(np.arange(NUM_JOINTS), len(hands))
+        hand_ids = np.array([hand.hand_id for hand in hands], dtype=KEYPOINT_DTYPE['hand_id'])
+        points['hand_id'] = np.repeat(hand_ids, NUM_JOINTS)
+        points['valid'] = np.concatenate([np.asarray(hand.valid, dtype=bool) for hand in hands])
     msg = PointCloud2()
     msg.header = header
     msg.height, msg.width = 1, len(points)
-    msg.fields = [PointField(name=name, offset=KEYPOINT_DTYPE.fields[name][1],
-                             datatype=_POINT_FIELD_TYPES[KEYPOINT_DTYPE.fields[name][0]],
-                             count=1) for name in KEYPOINT_DTYPE.names]
+    msg.fields = [PointField(name=name, offset=offset, datatype=datatype, count=1)
+                  for name, offset, datatype in _KEYPOINT_FIELDS]
     msg.is_bigendian = False
     msg.point_step = KEYPOINT_DTYPE.itemsize
     msg.row_step = msg.point_step * msg.width
@@ -118,12 +131,11 @@ def hands_from_cloud(msg):
 
 
 def _pose(position, quaternion):
-    from geometry_msgs.msg import Pose
-
+    """Return a ``geometry_msgs/Pose`` from Python floats (x, y, z) and (x, y, z, w)."""
     pose = Pose()
-    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in position)
-    (pose.orientation.x, pose.orientation.y, pose.orientation.z,
-     pose.orientation.w) = (float(v) for v in quaternion)
+    position_msg, orientation = pose.position, pose.orientation
+    position_msg.x, position_msg.y, position_msg.z = position
+    orientation.x, orientation.y, orientation.z, orientation.w = quaternion
     return pose
 
 
@@ -133,35 +145,32 @@ def hand_geometry(hands):
 
     Computed once per frame and shared by the pose, palm and TF messages.
     """
-    geometry = {}
-    for hand in hands:
-        origin, rotation = palm_frame(hand.keypoints_xyz)
-        geometry[hand.hand_id] = (origin, quaternion_from_matrix(rotation),
-                                  quaternion_from_matrix(bone_frames(hand.keypoints_xyz)))
-    return geometry
+    if not hands:
+        return {}
+    keypoints = [np.asarray(hand.keypoints_xyz, dtype=np.float64) for hand in hands]
+    # One conversion for every joint of every hand; the wrist's bone frame is the palm frame.
+    quaternions = quaternion_from_matrix(np.stack([bone_frames(k) for k in keypoints]))
+    return {hand.hand_id: (palm_center(k), q[WRIST], q)
+            for hand, k, q in zip(hands, keypoints, quaternions)}
 
 
 def joint_pose_array(hands, header, geometry=None):
     """Return a ``geometry_msgs/PoseArray``: 21 poses per hand, orientation = bone frame."""
-    from geometry_msgs.msg import PoseArray
-
     geometry = geometry or hand_geometry(hands)
     msg = PoseArray()
     msg.header = header
     for hand in sorted_hands(hands):
-        quaternions = geometry[hand.hand_id][2]
-        msg.poses.extend(_pose(p, q) for p, q in zip(hand.keypoints_xyz, quaternions))
+        quaternions = geometry[hand.hand_id][2].tolist()
+        msg.poses.extend(map(_pose, np.asarray(hand.keypoints_xyz).tolist(), quaternions))
     return msg
 
 
 def palm_pose(hand, header, geometry=None):
     """Return the palm frame of ``hand`` as ``geometry_msgs/PoseStamped``."""
-    from geometry_msgs.msg import PoseStamped
-
     origin, quaternion, _ = (geometry or hand_geometry([hand]))[hand.hand_id]
     msg = PoseStamped()
     msg.header = header
-    msg.pose = _pose(origin, quaternion)
+    msg.pose = _pose(origin.tolist(), quaternion.tolist())
     return msg
 
 
@@ -184,15 +193,13 @@ def joint_state_prefixes(hands):
 
 def joint_state(hands, header):
     """Return a ``sensor_msgs/JointState`` of finger articulation angles (radians)."""
-    from sensor_msgs.msg import JointState
-
     msg = JointState()
     msg.header = header
     prefixes = joint_state_prefixes(hands)
     for hand in sorted_hands(hands):
         angles = joint_angles(hand.keypoints_xyz, hand.handedness)
         msg.name.extend(prefixes[hand.hand_id] + name for name in ANGLE_NAMES)
-        msg.position.extend(float(a) for a in angles)
+        msg.position.extend(angles.tolist())
     return msg
 
 
@@ -204,38 +211,34 @@ def hand_frame_names(prefix, hand_id):
 
 def tf_message(hands, header, prefix='', geometry=None):
     """Return a ``tf2_msgs/TFMessage``: a palm frame and valid joint frames per hand."""
-    from geometry_msgs.msg import TransformStamped
-    from tf2_msgs.msg import TFMessage
-
     geometry = geometry or hand_geometry(hands)
     msg = TFMessage()
     for hand in sorted_hands(hands):
         palm_name, joint_names = hand_frame_names(prefix, hand.hand_id)
         origin, palm_quaternion, quaternions = geometry[hand.hand_id]
-        frames = [(palm_name, origin, palm_quaternion)]
-        frames += [(joint_names[j], hand.keypoints_xyz[j], quaternions[j])
-                   for j in range(NUM_JOINTS) if hand.valid[j]]
-        for child, position, quaternion in frames:
+        valid = np.flatnonzero(hand.valid)
+        children = [palm_name] + [joint_names[j] for j in valid]
+        positions = [origin.tolist()] + np.asarray(hand.keypoints_xyz)[valid].tolist()
+        rotations = [palm_quaternion.tolist()] + quaternions[valid].tolist()
+        for child, position, quaternion in zip(children, positions, rotations):
             transform = TransformStamped()
             transform.header = header
             transform.child_frame_id = child
             t, r = transform.transform.translation, transform.transform.rotation
-            t.x, t.y, t.z = (float(v) for v in position)
-            r.x, r.y, r.z, r.w = (float(v) for v in quaternion)
+            t.x, t.y, t.z = position
+            r.x, r.y, r.z, r.w = quaternion
             msg.transforms.append(transform)
     return msg
 
 
 def _color(rgba):
-    from std_msgs.msg import ColorRGBA
 
     return ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3]))
 
 
 def _point(xyz):
-    from geometry_msgs.msg import Point
-
-    return Point(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+    """Return a ``geometry_msgs/Point`` from Python floats (x, y, z)."""
+    return Point(x=xyz[0], y=xyz[1], z=xyz[2])
 
 
 def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
@@ -243,38 +246,37 @@ def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
     Return a ``visualization_msgs/MarkerArray`` of joints, bones and a label per hand.
 
     Markers of ``lost_ids`` (hands no longer tracked) are deleted (namespace ``hand_<id>``).
+    Within the message, the markers share their header, lifetime, colour objects and the
+    joint points of a hand (as the bones' end points).
     """
-    from builtin_interfaces.msg import Duration
-    from visualization_msgs.msg import Marker, MarkerArray
-
     lifetime = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1) * 1e9))
     msg = MarkerArray()
     for hand_id in sorted(lost_ids):
         msg.markers += [Marker(header=header, ns=f'hand_{hand_id}', id=marker_id,
                                action=Marker.DELETE) for marker_id in range(3)]
+    colors = [_color(rgba) for rgba in FINGER_COLORS]
     for hand in sorted_hands(hands):
         ns = f'hand_{hand.hand_id}'
-        xyz, valid = hand.keypoints_xyz, np.asarray(hand.valid, bool)
+        xyz, valid = np.asarray(hand.keypoints_xyz), np.asarray(hand.valid, bool).tolist()
+        points = [_point(p) for p in xyz.tolist()]
         joints = Marker(header=header, ns=ns, id=0, type=Marker.SPHERE_LIST,
                         action=Marker.ADD, lifetime=lifetime)
         joints.pose.orientation.w = 1.0
         joints.scale.x = joints.scale.y = joints.scale.z = 0.012
-        joints.points = [_point(xyz[j]) for j in range(NUM_JOINTS) if valid[j]]
-        joints.colors = [_color(FINGER_COLORS[max(FINGER_OF_JOINT[j], 0)])
-                         for j in range(NUM_JOINTS) if valid[j]]
+        joints.points = [points[j] for j in range(NUM_JOINTS) if valid[j]]
+        joints.colors = [colors[_JOINT_COLOR[j]] for j in range(NUM_JOINTS) if valid[j]]
         bones = Marker(header=header, ns=ns, id=1, type=Marker.LINE_LIST, action=Marker.ADD,
                        lifetime=lifetime)
         bones.pose.orientation.w = 1.0
         bones.scale.x = 0.006
-        for parent, child in BONES:
-            if valid[parent] and valid[child]:
-                color = _color(FINGER_COLORS[FINGER_OF_JOINT[child]])
-                bones.points += [_point(xyz[parent]), _point(xyz[child])]
-                bones.colors += [color, color]
+        drawn = [b for b, (parent, child) in enumerate(_BONE_LIST)
+                 if valid[parent] and valid[child]]
+        bones.points = [points[j] for b in drawn for j in _BONE_LIST[b]]
+        bones.colors = [colors[_BONE_COLOR[b]] for b in drawn for _ in range(2)]
         label = Marker(header=header, ns=ns, id=2, type=Marker.TEXT_VIEW_FACING,
                        action=Marker.ADD, lifetime=lifetime,
                        text=f'hand {hand.hand_id} ({hand.handedness})')
-        label.pose.position = _point(xyz[0] + np.array([0.0, -0.03, 0.0]))
+        label.pose.position = _point((xyz[0] + np.array([0.0, -0.03, 0.0])).tolist())
         label.pose.orientation.w = 1.0
         label.scale.z = 0.025
         label.color = _color((1.0, 1.0, 1.0, 1.0))

@@ -57,23 +57,29 @@ def _angle_limits_rad():
 
 
 ANGLE_LOWER_RAD, ANGLE_UPPER_RAD, ANGLE_BLAMED_JOINT = _angle_limits_rad()
+_BONE_PARENT, _BONE_CHILD = BONES[:, 0].copy(), BONES[:, 1].copy()
 _PHALANX_BONES = np.array([b for b in range(NUM_BONES) if BONES[b, 0] != WRIST])
+
+
+def _unit_interval(x):
+    """Return x clipped to [0, 1] (np.clip's result with less call overhead)."""
+    return np.minimum(np.maximum(x, 0.0), 1.0)
 
 
 def _segment_distances(p0, p1, q0, q1):
     """Return (K,) minimum distances between segments p0-p1 and q0-q1 (each (K, 3))."""
     d1, d2, r = p1 - p0, q1 - q0, p0 - q0
-    a, e = np.sum(d1 * d1, axis=1), np.sum(d2 * d2, axis=1)
-    b, c, f = np.sum(d1 * d2, axis=1), np.sum(d1 * r, axis=1), np.sum(d2 * r, axis=1)
+    a, e = (d1 * d1).sum(axis=1), (d2 * d2).sum(axis=1)
+    b, c, f = (d1 * d2).sum(axis=1), (d1 * r).sum(axis=1), (d2 * r).sum(axis=1)
     denom = a * e - b * b
     safe = np.maximum(denom, 1e-18)
-    s = np.where(denom > 1e-12, np.clip((b * f - c * e) / safe, 0.0, 1.0), 0.0)
+    s = np.where(denom > 1e-12, _unit_interval((b * f - c * e) / safe), 0.0)
     t = np.where(e > 1e-12, (b * s + f) / np.maximum(e, 1e-18), 0.0)
     outside = (t < 0.0) | (t > 1.0)
-    t = np.clip(t, 0.0, 1.0)
-    s = np.where(outside & (a > 1e-12), np.clip((t * b - c) / np.maximum(a, 1e-18), 0.0, 1.0),
-                 s)
-    return np.linalg.norm(p0 + s[:, None] * d1 - (q0 + t[:, None] * d2), axis=1)
+    t = _unit_interval(t)
+    s = np.where(outside & (a > 1e-12), _unit_interval((t * b - c) / np.maximum(a, 1e-18)), s)
+    gap = p0 + s[:, None] * d1 - (q0 + t[:, None] * d2)
+    return np.sqrt((gap * gap).sum(axis=1))
 
 
 def _finger_bone_pairs():
@@ -152,13 +158,32 @@ def debiased_lengths(lengths_m, noise_m):
     return np.sqrt(np.maximum(squared - 6.0 * noise_m ** 2, 0.25 * squared))
 
 
+def _median(values):
+    """Return the median of a 1-D array (np.median's result with less call overhead)."""
+    ordered = np.sort(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2.0
+
+
+def _measured_bones(keypoints_xyz, present):
+    """Return (lengths (20,), measured (20,) bool) of the bones of a hand."""
+    vectors = keypoints_xyz[_BONE_CHILD] - keypoints_xyz[_BONE_PARENT]
+    return np.sqrt((vectors * vectors).sum(axis=1)), present[_BONE_PARENT] & present[_BONE_CHILD]
+
+
+def _scale(lengths, both, noise_m):
+    """Return the robust scale of a hand's measured bones to the mean bones, or None."""
+    if np.count_nonzero(both) < 5:
+        return None
+    return float(_median(debiased_lengths(lengths[both], noise_m) / MEAN_BONE_LENGTHS_M[both]))
+
+
 def _bone_scale(keypoints_xyz, present, noise_m=0.0):
     """Return (lengths (20,), measured (20,) bool, robust scale or None) of a hand."""
-    both = present[BONES[:, 0]] & present[BONES[:, 1]]
-    lengths = np.linalg.norm(keypoints_xyz[BONES[:, 1]] - keypoints_xyz[BONES[:, 0]], axis=1)
-    ratios = debiased_lengths(lengths[both], noise_m) / MEAN_BONE_LENGTHS_M[both]
-    scale = float(np.median(ratios)) if np.count_nonzero(both) >= 5 else None
-    return lengths, both, scale
+    lengths, both = _measured_bones(keypoints_xyz, present)
+    return lengths, both, _scale(lengths, both, noise_m)
 
 
 def _ratio_violations(config, lengths, both, scale, margin):
@@ -184,8 +209,8 @@ def hand_level_problems(config, keypoints_xyz, present):
         return []
     # Debiasing assumes the configured keypoint noise; a cleaner estimator makes it shrink
     # short bones too much, so the hand passes when either estimate of its size does.
-    scales = [_bone_scale(keypoints_xyz, present, noise)[2]
-              for noise in (config.keypoint_noise_m, 0.0)]
+    lengths, both = _measured_bones(keypoints_xyz, present)
+    scales = [_scale(lengths, both, noise) for noise in (config.keypoint_noise_m, 0.0)]
     if scales[0] is None:
         return []
     margin = config.noise_margin_m
@@ -258,7 +283,7 @@ def _calibrated_violations(config, lengths, both, calibrated_lengths_m, margin):
     return both & (deviation > calibrated_lengths_m * config.calibrated_tolerance + margin)
 
 
-def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None):
+def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None, angles=None):
     """
     Check a complete filtered hand pose (after the temporal filter).
 
@@ -270,6 +295,8 @@ def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None):
     :param keypoints_xyz: (21, 3) keypoints, metres, all valid.
     :param handedness: 'left', 'right' or 'unknown' (for the sign of flexion angles).
     :param calibrated_lengths_m: (20,) user bone lengths or None.
+    :param angles: ``kinematics.finger_angles(keypoints_xyz, handedness)`` when already
+        computed (:func:`repair` takes the same).
     :return: dict reason -> (21,) bool blamed joints ('bone_calibrated' or 'bone_ratio',
         'joint_angle', 'self_intersection').
     """
@@ -285,9 +312,9 @@ def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None):
     else:
         blamed['bone_ratio'] = _blame_bones(
             _ratio_violations(config, lengths, both, scale, margin))
-    angles = kinematics.joint_angles(keypoints_xyz, handedness)
+    joint_angles, _ = angles or kinematics.finger_angles(keypoints_xyz, handedness)
     soft = np.radians(config.angle_margin_deg)
-    bad = (angles < ANGLE_LOWER_RAD - soft) | (angles > ANGLE_UPPER_RAD + soft)
+    bad = (joint_angles < ANGLE_LOWER_RAD - soft) | (joint_angles > ANGLE_UPPER_RAD + soft)
     joints = np.zeros(NUM_JOINTS, bool)
     joints[ANGLE_BLAMED_JOINT[bad]] = True
     blamed['joint_angle'] = joints
@@ -298,20 +325,17 @@ def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None):
 
 
 def _intersections(keypoints_xyz, present, min_distance_m):
-    first, second = BONES[_FINGER_BONE_PAIRS[:, 0]], BONES[_FINGER_BONE_PAIRS[:, 1]]
-    usable = np.all(present[first], axis=1) & np.all(present[second], axis=1)
+    first, second = _FINGER_BONE_PAIRS[:, 0], _FINGER_BONE_PAIRS[:, 1]
+    usable = present[BONES[first]].all(axis=1) & present[BONES[second]].all(axis=1)
     # Fingertips are skin points: pads may touch (pinch), so the last part of a distal bone
     # does not count.
-    ends = keypoints_xyz[BONES[:, 1]]
-    ends = np.where(_IS_DISTAL[:, None], keypoints_xyz[BONES[:, 0]] + _DISTAL_CORE * (
-        ends - keypoints_xyz[BONES[:, 0]]), ends)
-    distances = _segment_distances(
-        keypoints_xyz[first[:, 0]], ends[_FINGER_BONE_PAIRS[:, 0]],
-        keypoints_xyz[second[:, 0]], ends[_FINGER_BONE_PAIRS[:, 1]])
+    starts, ends = keypoints_xyz[_BONE_PARENT], keypoints_xyz[_BONE_CHILD]
+    ends = np.where(_IS_DISTAL[:, None], starts + _DISTAL_CORE * (ends - starts), ends)
+    distances = _segment_distances(starts[first], ends[first], starts[second], ends[second])
     close = usable & (distances < min_distance_m)
     blamed = np.zeros(NUM_JOINTS, bool)
-    blamed[first[close, 1]] = True
-    blamed[second[close, 1]] = True
+    blamed[_BONE_CHILD[first[close]]] = True
+    blamed[_BONE_CHILD[second[close]]] = True
     return blamed
 
 
@@ -323,7 +347,7 @@ def expected_bone_lengths(keypoints_xyz, present, calibrated_lengths_m=None):
     return MEAN_BONE_LENGTHS_M * (scale if scale is not None else 1.0)
 
 
-def repair(config, keypoints_xyz, blamed, handedness, calibrated_lengths_m=None):
+def repair(config, keypoints_xyz, blamed, handedness, calibrated_lengths_m=None, angles=None):
     """
     Repair the fingers holding blamed joints: restore bone lengths, clamp joint angles.
 
@@ -337,6 +361,8 @@ def repair(config, keypoints_xyz, blamed, handedness, calibrated_lengths_m=None)
     :param blamed: (21,) bool joints to repair.
     :param handedness: 'left', 'right' or 'unknown'.
     :param calibrated_lengths_m: (20,) user bone lengths or None.
+    :param angles: ``kinematics.finger_angles(keypoints_xyz, handedness)`` when already
+        computed.
     :return: (repaired keypoints (21, 3), repaired (21,) bool, unrepairable (21,) bool).
     """
     out = np.array(keypoints_xyz, dtype=np.float64)
@@ -344,16 +370,16 @@ def repair(config, keypoints_xyz, blamed, handedness, calibrated_lengths_m=None)
     repaired = np.zeros(NUM_JOINTS, bool)
     unrepairable = blamed.copy()
     lengths = expected_bone_lengths(out, present, calibrated_lengths_m)
-    angles = kinematics.joint_angles(out, handedness)
+    joint_angles, twist = angles or kinematics.finger_angles(out, handedness)
     soft = np.radians(config.angle_margin_deg)
     # Clamp just inside the limits so that the repaired pose passes the check exactly.
-    angles = np.clip(angles, ANGLE_LOWER_RAD - soft + 1e-9, ANGLE_UPPER_RAD + soft - 1e-9)
-    for finger in range(5):
-        movable = FINGER_JOINTS[finger, 1:]  # the MCP (thumb: CMC) belongs to the palm
-        if not np.any(blamed[movable]):
-            continue
-        twist = kinematics.hinge_out_of_plane(out, finger, handedness)
-        out = kinematics.rebuild_finger(out, finger, angles, lengths, handedness, twist)
-        repaired[movable] = True
-        unrepairable[movable] = False
+    joint_angles = np.clip(joint_angles, ANGLE_LOWER_RAD - soft + 1e-9,
+                           ANGLE_UPPER_RAD + soft - 1e-9)
+    movable = FINGER_JOINTS[:, 1:]  # the MCP (thumb: CMC) belongs to the palm
+    fingers = np.flatnonzero(np.any(blamed[movable], axis=1))
+    if len(fingers):
+        out = kinematics.rebuild_fingers(out, fingers, joint_angles, lengths, handedness,
+                                         twist[fingers])
+        repaired[movable[fingers]] = True
+        unrepairable[movable[fingers]] = False
     return out, repaired, unrepairable

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from hand_pose_ros.core import kinematics
 from hand_pose_ros.core.filters import anatomy
 from hand_pose_ros.core.filters.config import FilterConfig
 from hand_pose_ros.core.filters.gates import motion_gate, PALM_GATE_JOINTS
@@ -232,12 +233,14 @@ class _Track:
         cfg = self.config.anatomy
         output, scores = self.output.copy(), self.scores.copy()
         repaired = np.zeros(NUM_JOINTS, bool)
-        if not np.all(valid):
+        if not cfg.enabled or not np.all(valid):
             return output, scores, valid, repaired, False
         calibrated = self._calibrated()
         label = self.handedness.label
         blamed = np.zeros(NUM_JOINTS, bool)
-        for reason, mask in anatomy.check_pose(cfg, output, label, calibrated).items():
+        angles = kinematics.finger_angles(output, label)  # shared by the checks and the repair
+        for reason, mask in anatomy.check_pose(cfg, output, label, calibrated,
+                                               angles).items():
             stats[f'implausible_joints.{reason}'] += int(np.count_nonzero(mask))
             blamed |= mask
         if not np.any(blamed):
@@ -251,7 +254,7 @@ class _Track:
             valid &= ~blamed
         else:
             output, repaired, unrepairable = anatomy.repair(
-                cfg, output, blamed, label, calibrated)
+                cfg, output, blamed, label, calibrated, angles)
             scores = np.where(repaired | blamed, scores * cfg.repair_score_factor, scores)
             stats['repaired_joints'] += int(np.count_nonzero(repaired))
             stats['invalidated_joints.anatomy'] += int(np.count_nonzero(unrepairable))
