@@ -25,9 +25,12 @@ def add_hand(depth, center, arm_to=None):
     """
     Draw a fronto-parallel hand (palm disc + finger block), optionally with a forearm.
 
-    The hand surface is 10 mm in front of ``center`` (the joints lie inside the hand).
+    The hand surface is 10 mm in front of ``center`` (the joints lie inside the hand), and
+    ``center`` lies 30 mm from the palm's middle towards the fingers, like the centroid of a
+    hand's 21 joints (the ground truth the localiser is measured against).
     """
     x0, y0, z0 = center
+    y0 = y0 + 0.03
     zs = z0 - 0.01
     x, y = RAY_X * zs, RAY_Y * zs
     radius2 = ((x - x0) ** 2 + (y - y0 - 0.02) ** 2) / 0.045 ** 2
@@ -126,8 +129,10 @@ def test_bad_input_and_config():
         locate(np.zeros((240, 320), np.float32))
     with pytest.raises(ValueError, match='max_depth_m'):
         LocalizerConfig(min_depth_m=2.0, max_depth_m=1.0)
-    with pytest.raises(ValueError, match='band_m'):
-        LocalizerConfig(band_m=0.0)
+    with pytest.raises(ValueError, match='limb_radius_m'):
+        LocalizerConfig(limb_radius_m=0.0)
+    with pytest.raises(ValueError, match='min_body_area_m2'):
+        LocalizerConfig(min_body_area_m2=-1.0)
 
 
 def test_detection_rate_and_centre_error_on_synthetic_frames():
@@ -167,3 +172,39 @@ def test_synthetic_arms_leave_the_image_or_recede_like_real_arms():
         behind = np.nanmax(np.where(arm, frame.depth_m, np.nan)) \
             - frame.hands[0].joints_xyz[:, 2].mean()
         assert on_border or behind > 0.4
+
+
+def test_hand_at_the_end_of_an_arm_growing_out_of_a_body():
+    # The arm runs depth-continuously into a torso: the torso is the arm's entry, and the
+    # hand is the arm's other end, not the torso or the join.
+    center = np.array([-0.25, -0.05, 0.75])
+    depth = add_hand(empty(), center, arm_to=(1.0, 0.0))
+    z = 0.93
+    torso = ((RAY_X * z - 0.40) / 0.17) ** 2 + ((RAY_Y * z - 0.05) / 0.3) ** 2 < 1.0
+    paint(depth, torso, z)
+    hands = locate(depth, max_hands=1)
+    assert len(hands) == 1
+    assert np.linalg.norm(hands[0].center_xyz - center) < 0.035
+
+
+def test_image_whose_strided_size_is_odd():
+    # 700 x 470 pixels (stride 4: 118 x 175): the block grid of the core step drops the
+    # last column; a hand with an arm from a torso is still found, without errors.
+    intrinsics = CameraIntrinsics(INTRINSICS.fx, INTRINSICS.fy, INTRINSICS.cx + 30.0,
+                                  INTRINSICS.cy - 5.0, 700, 470)
+    v, u = np.mgrid[0:470, 0:700]
+    ray_x, ray_y = (u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy
+    depth = np.full((470, 700), np.nan, dtype=np.float32)
+    center = np.array([-0.2, -0.02, 0.7])
+    z = center[2] - 0.01
+    palm = (ray_x * z - center[0]) ** 2 + (ray_y * z - center[1] - 0.03) ** 2 < 0.045 ** 2
+    arm = (np.abs(ray_y * z - center[1] - 0.02) < 0.03) & (ray_x * z > center[0]) \
+        & (ray_x * z < 0.2)
+    torso = ((ray_x * 0.72 - 0.32) / 0.15) ** 2 + ((ray_y * 0.72) / 0.3) ** 2 < 1.0
+    paint(depth, torso, 0.72)
+    paint(depth, arm, z)
+    paint(depth, palm, z - 0.01)
+    hands = DepthHandLocalizer().locate(depth, intrinsics, max_hands=1)
+    assert len(hands) == 1
+    assert np.linalg.norm(hands[0].center_xyz[:2] - center[:2]) < 0.05
+    assert abs(hands[0].center_xyz[2] - center[2]) < 0.03

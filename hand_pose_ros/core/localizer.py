@@ -7,33 +7,32 @@ image:
 
 1. Valid pixels within ``[min_depth_m, max_depth_m]``; pixels on the far side of a depth
    jump (``depth_jump_m`` plus a depth-dependent allowance for steep surfaces) are cut, so
-   objects in front of a background separate. Objects too small to be a hand at any
-   depth (speckle, flying pixels) are dropped.
-2. Peeling: the closest remaining surface seeds the next blob: its whole object when that
-   is at most hand-and-arm sized (``max_area_m2``), else the object's near-range band
-   (``band_m`` deep). The blob is removed and the search repeats, so hands at different
-   depths are all examined. Blobs continuing an examined blob across the band boundary
-   (the rest of an arm, the torso behind it) are skipped. Where a band cuts an object, the
-   cut marks the arm's entry (the arm continues towards a body there), like the image
-   border. Once ``max_hands`` candidates exist, blobs starting more than
-   ``search_depth_m`` behind the nearest are not examined.
-3. Large blobs (torsos with arms, tables): a morphological opening with a disc wider than
-   an arm (``limb_radius_m``) keeps the core; the limbs it removes enter from the core, and
-   the hand is the part of a limb geodesically farthest from it.
-4. Hand / forearm separation of a free blob longer than a hand: its two ends along the
-   principal axis are scored (outline raggedness from fingers, width, thickness, depth,
-   image-border or band-cut contact, weights from a logistic fit on synthetic frames); an
-   arm entering at one end only decides alone. The hand is the part within
-   ``hand_keep_m`` of the chosen end.
-5. Centre: mean shift over the hand points, then a push of ``surface_to_center_m`` along
-   the viewing ray (the joints lie inside the hand, behind the visible surface).
-6. Score: a logistic score of the hand's shape features (area, length, width, thickness,
-   outline raggedness, depth, border contact) and the depth behind the nearest candidate
-   (a user's hands reach towards the camera); candidates are ranked by it and kept when
-   the shape part alone passes ``min_score``.
+   objects in front of a background separate into surfaces.
+2. Cores and limbs: a morphological opening with a disc wider than an arm
+   (``limb_radius_m``, two distance transforms on a grid of 2x2 pixel blocks) keeps the
+   cores of large surfaces (torsos, tables, walls); what it removes are limbs (arms,
+   hands, hands holding objects, small objects). Limbs too small to be a hand (speckle,
+   flying pixels) are dropped. Arms enter from a core they touch, else from the image
+   border.
+3. Limb ends: a limb longer than a hand gives two candidates, the ends of its geodesic
+   diameter (``geodesic_keep_m`` of path from each end): the end farthest from the entry
+   and the end farthest from that one (the arm of a hand leaving the image, or a hand
+   touching a body). Shorter limbs are candidates whole.
+4. Centre: mean shift over the candidate's points, plus a fitted combination of offsets
+   towards the limb's free end, the outline and the skew of the main axis (the joints'
+   centroid lies towards the fingers from the densely seen palm), then a push of
+   ``surface_to_center_m`` along the viewing ray (the joints lie behind the surface).
+5. Score: a logistic score of the candidate's shape features (area, length, width,
+   thickness, outline raggedness, arm end, depth, entry contact) and the depth behind the
+   nearest candidate (a user's hands reach towards the camera); candidates are ranked by
+   it, kept when the shape part alone passes ``min_score``, and a candidate within
+   ``min_separation_m`` of a better one is dropped.
 
-Measured figures (detection rate, centre error, time) are in the package README / the
-``hand_pose_evaluate --localizer-only`` command.
+All limbs of an image, and then all its candidates, are measured together (sums over
+runs of points, one shortest-path search per step for all arms), so the cost is a few
+hundred array operations per image whatever the scene. Measured figures (detection
+rate, centre error, time) are in the package README / the ``hand_pose_evaluate
+--localizer-only`` command.
 """
 
 from dataclasses import dataclass, replace
@@ -49,9 +48,14 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 # image-border fraction, mean depth m); see DepthHandLocalizer._end_features.
 _END_WEIGHTS = np.array([9.4, 51.0, 283.0, -2.0, -13.3])
 # Hand score weights for _hand_features plus the relative depth (see _scored): logistic fit
-# on 1,100 synthetic single-hand frames (seeds 2000 and 2001; held-out evaluation uses 1000).
-_HAND_WEIGHTS = np.array([-4.527, 15.938, -8.448, -2.464, 0.836, 1.903, 12.814, 0.262, -6.462,
-                          -4.874, -1.141])
+# on the candidates of 2,000 synthetic frames (default scenes seed 2000, single-hand scenes
+# seed 2001; held-out evaluation uses seed 1000), positive within 50 mm of a hand.
+_HAND_WEIGHTS = np.array([-2.812, 10.63, -5.574, -1.52, -0.43, 3.177, 9.858, -0.008, 0.571,
+                          -4.984, -13.49, -1.161])
+
+# Centre offset weights for _center_basis: least squares on the candidates within 80 mm of
+# a hand in the same 2,000 synthetic frames (the ray weight is net of surface_to_center_m).
+_CENTER_WEIGHTS = np.array([-0.06, 2.02, -0.15, -0.003, -0.434])
 
 
 @dataclass(frozen=True)
@@ -65,30 +69,26 @@ class LocalizerConfig:
     :param depth_jump_m: depth step between neighbours that separates two surfaces, on
         top of ``max_slope`` times the lateral pixel pitch.
     :param max_slope: steepest surface (depth change per lateral distance) kept connected.
-    :param band_m: depth of the near-range band grown from the closest surface.
     :param min_area_m2: smallest metric area (projected surface) of a visible hand.
-    :param max_area_m2: largest metric area of a blob (a hand with its forearm and upper
-        arm seen side-on); larger blobs (tables, walls, torsos) are rejected.
-    :param max_width_m: largest blob extent across its principal axis (a hand with spread
-        fingers is about 0.2 m wide; tables, walls and torsos are wider).
-    :param hand_length_m: blobs longer than 1.15 times this are a hand with a forearm.
-    :param hand_keep_m: extent kept from the hand end of an elongated blob.
-    :param end_segment_m: length of each blob end compared when choosing the hand end.
+    :param max_area_m2: largest metric area of a hand (with a held object or the wrist).
+    :param max_width_m: largest hand extent across its principal axis (a hand with spread
+        fingers is about 0.2 m wide).
+    :param hand_length_m: limbs longer than 1.15 times this are a hand with a forearm.
+    :param hand_keep_m: extent kept from the hand end of an arm whose entry is unknown.
+    :param end_segment_m: length of each arm end compared when choosing the hand end.
     :param entry_fraction: fraction of an end's points on the image border that marks it
         as the arm's entry when the other end does not touch the border.
     :param geodesic_keep_m: path length kept back from the far end of an arm whose entry
         (image border, body) is known.
-    :param limb_radius_m: blobs too large for a hand and arm are opened with a disc of this
-        radius; the limbs (arms) the opening removes are searched for hands.
+    :param limb_radius_m: surfaces are opened with a disc of this radius (wider than an
+        arm); what the opening keeps are cores (torsos, tables, walls), the rest limbs.
+    :param min_body_area_m2: smallest metric area of a core; smaller cores (a held ball,
+        a fist seen from close) stay part of their limb.
     :param refine_radius_m: mean-shift radius for the centre refinement.
     :param refine_iterations: mean-shift iterations.
     :param surface_to_center_m: distance from the visible surface to the hand centre,
         along the viewing ray.
-    :param max_iterations: most blobs examined per image.
-    :param extra_candidates: candidates gathered beyond ``max_hands`` before ranking.
-    :param search_depth_m: once ``max_hands`` candidates are found, blobs starting farther
-        than this behind the nearest are not examined (the score's relative-depth term
-        ranks them out anyway).
+    :param min_separation_m: candidates closer than this to a better one are dropped.
     :param min_score: candidates scoring lower are dropped (0 keeps all).
     """
 
@@ -97,9 +97,8 @@ class LocalizerConfig:
     target_width_px: int = 160
     depth_jump_m: float = 0.02
     max_slope: float = 3.0
-    band_m: float = 0.25
     min_area_m2: float = 0.0012
-    max_area_m2: float = 0.08
+    max_area_m2: float = 0.04
     max_width_m: float = 0.26
     hand_length_m: float = 0.15
     hand_keep_m: float = 0.10
@@ -107,34 +106,33 @@ class LocalizerConfig:
     geodesic_keep_m: float = 0.16
     entry_fraction: float = 0.05
     limb_radius_m: float = 0.06
+    min_body_area_m2: float = 0.02
     refine_radius_m: float = 0.08
     refine_iterations: int = 3
     surface_to_center_m: float = 0.02
-    max_iterations: int = 10
-    extra_candidates: int = 3
-    search_depth_m: float = 0.5
-    min_score: float = 0.05
+    min_separation_m: float = 0.05
+    min_score: float = 0.1
 
     def __post_init__(self):
         if not 0 <= self.min_depth_m < self.max_depth_m:
             raise ValueError(f'localizer depth range must satisfy 0 <= min_depth_m < '
                              f'max_depth_m, got {self.min_depth_m}, {self.max_depth_m}')
-        for name in ('depth_jump_m', 'band_m', 'min_area_m2', 'max_area_m2', 'max_width_m',
+        for name in ('depth_jump_m', 'min_area_m2', 'max_area_m2', 'max_width_m',
                      'hand_length_m', 'hand_keep_m', 'end_segment_m', 'geodesic_keep_m',
-                     'limb_radius_m', 'search_depth_m', 'refine_radius_m', 'max_slope'):
+                     'limb_radius_m', 'min_body_area_m2', 'refine_radius_m', 'max_slope'):
             if not getattr(self, name) > 0:
                 raise ValueError(f'localizer {name} must be positive, got {getattr(self, name)}')
         if not 0 <= self.min_score < 1:
             raise ValueError(f'localizer min_score must be in [0, 1), got {self.min_score}')
         if not 0 < self.entry_fraction <= 1:
             raise ValueError('localizer entry_fraction must be in (0, 1]')
-        if self.extra_candidates < 0:
-            raise ValueError('localizer extra_candidates must be >= 0')
-        for name in ('target_width_px', 'max_iterations'):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f'localizer {name} must be >= 1, got {getattr(self, name)}')
-        if self.refine_iterations < 0 or self.surface_to_center_m < 0:
-            raise ValueError('localizer refine_iterations and surface_to_center_m must be >= 0')
+        if int(self.target_width_px) < 1:
+            raise ValueError(f'localizer target_width_px must be >= 1, got '
+                             f'{self.target_width_px}')
+        if self.refine_iterations < 0 or self.surface_to_center_m < 0 \
+                or self.min_separation_m < 0:
+            raise ValueError('localizer refine_iterations, surface_to_center_m and '
+                             'min_separation_m must be >= 0')
 
 
 @dataclass(frozen=True)
@@ -161,7 +159,7 @@ class HandCandidate:
 
 
 class DepthHandLocalizer:
-    """Find hands in a depth image by near-range segmentation (see module docstring)."""
+    """Find hands in a depth image by depth-jump segmentation and limb ends (see module)."""
 
     def __init__(self, config=None):
         self.config = config if config is not None else LocalizerConfig()
@@ -182,194 +180,159 @@ class DepthHandLocalizer:
         intrinsics.check_image(depth_m)
         if int(max_hands) < 1:
             return []
+        candidates = _scored(self.candidates(depth_m, intrinsics), self.config.min_score)
+        candidates.sort(key=lambda c: (-c.score, c.center_xyz[2]))
+        kept = []
+        for candidate in candidates:
+            # Two pieces of one hand (fingers cut off by a held object) report one hand.
+            if all(np.linalg.norm(candidate.center_xyz - other.center_xyz)
+                   > self.config.min_separation_m for other in kept):
+                kept.append(candidate)
+        return kept[:max_hands]
+
+    def candidates(self, depth_m, intrinsics):
+        """
+        Return every hand-like part of the image, unscored (``score`` 0, features set).
+
+        Surfaces are split at depth jumps; parts thicker than an arm (``limb_radius_m``) of
+        large surfaces (bodies, tables, walls) form cores, and the rest are limbs, each
+        examined for a hand at its free end. All limbs, then all candidates, are measured
+        together (sums per segment of points), so the cost barely grows with their number.
+        """
         cfg = self.config
         stride = max(1, int(round(depth_m.shape[1] / cfg.target_width_px)))
         small = depth_m[::stride, ::stride].astype(np.float64)
         grid = _StridedGrid(small, intrinsics, stride)
-        with np.errstate(invalid='ignore'):
-            valid = (small >= cfg.min_depth_m) & (small <= cfg.max_depth_m)
-        usable = valid & ~_far_side_of_jumps(np.where(valid, small, np.nan), cfg.depth_jump_m,
-                                             cfg.max_slope * grid.pitch_per_m)
-        remaining = usable.copy()
-        taken = np.zeros_like(usable)
-        objects, _ = ndimage.label(usable, structure=_FOUR_CONNECTED)
-        # Objects with fewer pixels than the smallest hand at the farthest depth (speckle,
-        # flying pixels) never become blobs.
-        min_pixels = cfg.min_area_m2 / grid.pixel_area(cfg.max_depth_m)
-        too_small = np.bincount(objects.ravel()) < min_pixels
-        too_small[0] = False
-        remaining &= ~too_small[objects]
-        candidates = []
-        nearest = np.inf
-        # Look a little past max_hands: a nearer hand-sized object must not crowd out a hand
-        # that scores better.
-        for _ in range(cfg.max_iterations):
-            if len(candidates) >= max_hands + cfg.extra_candidates or not remaining.any():
-                break
-            blob, cut, near = self._next_blob(grid, remaining, objects)
-            if len(candidates) >= max_hands and near > nearest + cfg.search_depth_m:
-                break  # far behind the hands found already: scores too low to matter
-            remaining &= ~blob
-            continues_taken = _touches(blob, taken, small, cfg.depth_jump_m)
-            taken |= blob
-            if not continues_taken:
-                candidates.extend(self._candidates(grid, blob, cut))
-                nearest = min((c.center_xyz[2] for c in candidates), default=np.inf)
-        candidates = _scored(candidates, cfg.min_score)
-        candidates.sort(key=lambda c: (-c.score, c.center_xyz[2]))
-        return candidates[:max_hands]
+        # NaN (invalid) compares False.
+        valid = (small >= cfg.min_depth_m) & (small <= cfg.max_depth_m)
+        depth = np.where(valid, small, np.nan)
+        mask = valid & ~_far_side_of_jumps(depth, cfg.depth_jump_m,
+                                           cfg.max_slope * grid.pitch_per_m)
+        if not mask.any():
+            return []
+        # Surfaces smaller than a hand (speckle, flying pixels) have no core and form limbs
+        # too small to be examined.
+        core = self._cores(grid, mask)
+        labels, count = ndimage.label(mask & ~core, structure=_FOUR_CONNECTED)
+        if count == 0:
+            return []
+        flat = np.flatnonzero(labels)
+        limb_of = labels.ravel()[flat]
+        area = np.bincount(limb_of, grid.pixel_area(small.ravel()[flat]), count + 1)
+        examined = area >= cfg.min_area_m2
+        # Limb pixels (flat indices) grouped by limb in label order, row-major within one.
+        keep = examined[limb_of]
+        flat, limb_of = flat[keep], limb_of[keep]
+        if len(flat) == 0:
+            return []
+        flat = flat[np.argsort(limb_of, kind='stable')]
+        limbs = _Segments(np.bincount(limb_of)[examined[:np.max(limb_of) + 1]])
+        # Arms enter from a body where they touch one, else from the image border (a
+        # limb touching both is an arm from the body whose hand leaves the image).
+        on_body = _touches(core, flat)
+        from_body = np.logical_or.reduceat(on_body, limbs.starts)
+        entry = np.where(limbs.expand(from_body), on_body, grid.image_border.ravel()[flat])
+        return self._limb_hands(grid, flat, limbs, entry)
 
-    def _next_blob(self, grid, remaining, objects):
+    def _cores(self, grid, mask):
         """
-        Return the next blob and where it was cut from the rest of its object.
+        Return the cores of large surfaces: what an opening by a limb-wide disc keeps.
 
-        The blob is the nearest object, or its near band when the object is too big; the
-        cut (blob pixels next to the object's part beyond the band) marks where a limb
-        continues towards a body: the arm's entry, not the hand.
-
-        :param objects: (h, w) labels of the usable pixels' connected components.
-        :return: (blob, cut, depth): (h, w) bool masks and the blob's nearest depth.
+        The opening keeps the parts of a surface thicker than an arm (``limb_radius_m``);
+        cores smaller than ``min_body_area_m2`` (a hand holding a ball) stay limbs. It runs
+        on 2x2 pixel blocks, a block being in when all four of its pixels are (so surfaces
+        stay apart): the distance transforms are the dearest step, and an arm is still a
+        few blocks wide at ``max_depth_m``. A core covers whole blocks.
         """
-        masked = np.where(remaining, grid.small, np.inf)
-        seed = np.unravel_index(np.argmin(masked), masked.shape)
-        component = (objects == objects[seed]) & remaining
-        if grid.pixel_area(grid.small[component]).sum() <= self.config.max_area_m2:
-            return component, np.zeros_like(component), masked[seed]
-        band = component & (masked <= masked[seed] + self.config.band_m)
-        labels, _ = ndimage.label(band, structure=_FOUR_CONNECTED)
-        blob = labels == labels[seed]
-        return blob, blob & _dilate(component & ~band), masked[seed]
+        cfg = self.config
+        height, width = mask.shape[0] // 2 * 2, mask.shape[1] // 2 * 2
+        # A coarse pixel is in when all four of its pixels are: surfaces stay apart.
+        coarse = mask[0:height:2, 0:width:2] & mask[1:height:2, 0:width:2] \
+            & mask[0:height:2, 1:width:2] & mask[1:height:2, 1:width:2]
+        radius_px = cfg.limb_radius_m * grid.pitch_per_m / 2.0 \
+            / np.where(coarse, grid.small[0:height:2, 0:width:2], np.inf)
+        # Only blocks with their 8 neighbours in can lie farther than r >= sqrt(2) from
+        # the background; the distance transform runs in their bounding box grown by the
+        # largest radius (most of an image is background, and the transform's cost grows
+        # with it), which holds the nearest background of every block nearer than that.
+        inner = coarse.copy()
+        if np.min(radius_px, initial=np.inf) >= math.sqrt(2.0):
+            inner[1:-1, 1:-1] &= coarse[:-2, :-2] & coarse[:-2, 1:-1] & coarse[:-2, 2:] \
+                & coarse[1:-1, :-2] & coarse[1:-1, 2:] & coarse[2:, :-2] & coarse[2:, 1:-1] \
+                & coarse[2:, 2:]
+        box = _box(inner, int(np.max(radius_px[inner], initial=0.0)) + 2)
+        if box is None:
+            return np.zeros_like(mask)
+        thick = np.zeros_like(coarse)
+        thick[box] = inner[box] & (ndimage.distance_transform_edt(coarse[box]) > radius_px[box])
+        # Within the disc of a thick block, the block's own extent (half a block)
+        # included; nothing lies farther than the largest disc from every thick block.
+        box = _box(thick, int(np.max(radius_px[coarse]) + 1.5))
+        if box is None:
+            return np.zeros_like(mask)
+        core = np.zeros_like(coarse)
+        core[box] = coarse[box] & (ndimage.distance_transform_edt(~thick[box])
+                                   <= radius_px[box] + 0.5)
+        # Each block stands for four pixels of the mask, so cores can be labelled and
+        # measured on the blocks.
+        labels, count = ndimage.label(core, structure=_FOUR_CONNECTED)
+        z2 = grid.small * grid.small
+        area = grid.pixel_area(1.0) * (z2[0:height:2, 0:width:2] + z2[1:height:2, 0:width:2]
+                                       + z2[0:height:2, 1:width:2] + z2[1:height:2, 1:width:2])
+        body = np.bincount(labels.ravel(), area.ravel(), count + 1) >= cfg.min_body_area_m2
+        body[0] = False
+        full = np.zeros_like(mask)
+        full[:height, :width].reshape(height // 2, 2, width // 2, 2)[...] = \
+            body[labels][:, None, :, None]
+        return full
 
-    def _candidates(self, grid, blob, cut):
+    def _limb_hands(self, grid, flat, limbs, entry):
         """
-        Return the hand candidates of a blob: itself, or the limbs of a large blob.
+        Return the hand candidates of all limbs: each limb itself, or its two ends.
 
-        :param cut: (h, w) bool, where the blob continues into a farther part of its object.
+        A limb longer than a hand is an arm, maybe with a hand at each end (a forearm
+        reaching out of the image, an arm touching a body at the hand). Its ends are the
+        two ends of its geodesic diameter: the point farthest along the limb from where it
+        enters (``entry``; else from one end of its main axis), and the point farthest
+        from that one. Each end's part within ``geodesic_keep_m`` is a candidate; the
+        score, which sees how much of it touches the entry, decides.
+
+        :param flat: (P,) flat strided-image indices of the limb pixels, grouped by limb.
+        :param limbs: :class:`_Segments` of ``flat``, one per limb.
+        :param entry: (P,) bool, whether each pixel lies where its arm may enter (a body
+            the limb touches, else the image border).
         """
-        rows, cols = np.nonzero(blob)
+        cfg = self.config
+        rows, cols = np.divmod(flat, grid.shape[1])
         xyz = grid.xyz(rows, cols)
-        area = grid.pixel_area(xyz[:, 2])
-        if area.sum() < self.config.min_area_m2:
-            return []
-        if area.sum() <= self.config.max_area_m2:
-            candidate = self._hand(grid, rows, cols, xyz, area, grid.image_border | cut,
-                                   False)
-            if candidate is not None:
-                return [candidate]
-        return self._limb_hands(grid, blob, float(np.median(xyz[:, 2])))
-
-    def _limb_hands(self, grid, blob, depth_m):
-        """
-        Find hands at the ends of limbs sticking out of a large blob (torso, table).
-
-        A morphological opening with a disc wider than an arm keeps the blob's core; what
-        the opening removes are limbs, which enter from the core (their arm end).
-        """
-        cfg = self.config
-        radius_px = cfg.limb_radius_m * grid.pitch_per_m / depth_m
-        if radius_px < 1.5:
-            return []
-        box = ndimage.find_objects(blob.astype(np.int8))[0]
-        pad = int(np.ceil(radius_px)) + 1
-        box = tuple(slice(max(0, b.start - pad), b.stop + pad) for b in box)
-        local = blob[box]
-        inside = ndimage.distance_transform_edt(local)
-        core = ndimage.distance_transform_edt(inside <= radius_px) <= radius_px + 1.0
-        limbs = local & ~core
-        labels, count = ndimage.label(limbs, structure=_FOUR_CONNECTED)
-        entry = np.zeros(grid.shape, dtype=bool)
-        entry[box] = _dilate(_dilate(core & local))
-        entry |= grid.image_border
-        hands = []
-        offset = np.array([box[0].start, box[1].start])
-        for index in range(1, count + 1):
-            rows, cols = np.nonzero(labels == index)
-            rows, cols = rows + offset[0], cols + offset[1]
-            xyz = grid.xyz(rows, cols)
-            area = grid.pixel_area(xyz[:, 2])
-            if cfg.min_area_m2 <= area.sum() <= cfg.max_area_m2:
-                candidate = self._hand(grid, rows, cols, xyz, area, entry, True)
-                if candidate is not None:
-                    hands.append(candidate)
-        return hands
-
-    def _hand(self, grid, rows, cols, xyz, area, entry, attached):
-        """
-        Return the hand of a hand-sized blob (points given), or None when it is no hand.
-
-        :param entry: (h, w) bool mask of where an arm may enter (image border, a body).
-        :param attached: whether the blob is a limb known to enter at ``entry`` (then the
-            hand is the part farthest along the limb); else the ends are scored.
-        """
-        cfg = self.config
-        centred = xyz - xyz.mean(axis=0)
-        # Principal axes of the blob (3x3 covariance: cheap).
-        _, vectors = np.linalg.eigh(centred.T @ centred)
-        along = centred @ vectors[:, 2]
-        arm_cut = np.ptp(along) > cfg.hand_length_m * 1.15
-        entered = entry[rows, cols]
-        if arm_cut and attached and entered.sum() >= 2:
-            # The arm enters here: the hand is the part geodesically farthest from it.
-            distance = _geodesic_distance(grid.shape, rows, cols, xyz, entered)
-            keep = np.isfinite(distance)
-            keep &= distance >= np.max(distance[keep]) - cfg.geodesic_keep_m
-        elif arm_cut:
-            keep = self._hand_end(grid, rows, cols, xyz, along, entry)
-        if arm_cut:
-            rows, cols, xyz, area = rows[keep], cols[keep], xyz[keep], area[keep]
-            if area.sum() < cfg.min_area_m2:
-                return None
-            centred = xyz - xyz.mean(axis=0)
-            _, vectors = np.linalg.eigh(centred.T @ centred)
-        # Extent across the main axis; 3.5 standard deviations ~ the full width of a
-        # uniformly filled strip, without the cost of percentiles.
-        if 3.5 * np.std(centred @ vectors[:, 1]) > cfg.max_width_m:
-            return None
-        center = _mean_shift(xyz, xyz.mean(axis=0), cfg.refine_radius_m, cfg.refine_iterations)
-        center = center + cfg.surface_to_center_m * center / np.linalg.norm(center)
-        hand_area = float(area.sum())
-        features = _hand_features(grid, rows, cols, xyz, hand_area, vectors, arm_cut, entry)
-        u_min, v_min = grid.full_uv(cols.min(), rows.min())
-        u_max, v_max = grid.full_uv(cols.max(), rows.max())
-        # The score needs every candidate of the image: see _scored.
-        return HandCandidate(center_xyz=center, score=0.0,
-                             bbox=(u_min, v_min, u_max + grid.stride - 1, v_max + grid.stride - 1),
-                             area_m2=hand_area, num_points=int(len(rows)), arm_cut=bool(arm_cut),
-                             features=features)
-
-    def _hand_end(self, grid, rows, cols, xyz, along, entry):
-        """Return a mask of the blob points within ``hand_keep_m`` of the hand end."""
-        cfg = self.config
-        edge = grid.edge_pixels(rows, cols)
-        ends = []
-        for sign, extreme in ((1.0, np.min(along)), (-1.0, np.max(along))):
-            near_end = sign * (along - extreme) < cfg.end_segment_m
-            entering = float(np.mean(entry[rows[near_end], cols[near_end]]))
-            features = self._end_features(xyz[near_end], edge[near_end], entering)
-            # An arm entering at one end only (cut by the image border) decides alone.
-            ends.append((entering == 0.0, float(_END_WEIGHTS @ features), entering, sign,
-                         extreme))
-        if ends[0][0] != ends[1][0] and max(ends[0][2], ends[1][2]) >= cfg.entry_fraction:
-            _, _, _, sign, extreme = max(ends, key=lambda end: end[0])
-        else:
-            _, _, _, sign, extreme = max(ends, key=lambda end: end[1])
-        return sign * (along - extreme) <= cfg.hand_keep_m
-
-    @staticmethod
-    def _end_features(xyz, edge, entry_fraction):
-        """
-        Return the features scoring how much a blob end looks like a hand, not a forearm.
-
-        Fingers give a ragged outline (many silhouette pixels per area) and a wider, less
-        flat end; the arm enters from the image border or a body and is usually farther
-        away. The weights (``_END_WEIGHTS``) come from a logistic fit on 800 synthetic frames
-        (seeds 2000 and 2001; held-out evaluation uses seed 1000).
-        """
-        centred = xyz - xyz.mean(axis=0)
-        variances = np.linalg.eigvalsh(centred.T @ centred / max(len(xyz), 1))
-        spread = np.sqrt(np.maximum(variances, 0.0))
-        return np.array([np.mean(edge), spread[1], spread[0], entry_fraction,
-                         np.mean(xyz[:, 2])])
+        _, centred, _, vectors = _moments(xyz, limbs)
+        along = np.sum(centred * limbs.expand(vectors[:, :, 2].T), axis=0)
+        long = limbs.largest(along) - limbs.smallest(along) > cfg.hand_length_m * 1.15
+        in_long = limbs.expand(long)
+        # Candidates (points as indices into the limb pixels): whole short limbs, then the
+        # ends of the long ones; end is NaN for a whole limb, else +1 for the end away from
+        # a known entry, -1 the entry end, 0 when the entry is unknown.
+        short = np.flatnonzero(~long)
+        points = [np.flatnonzero(~in_long)]
+        from_tip = [np.full(len(points[0]), np.inf)]
+        counts, end = [limbs.counts[short]], [np.full(len(short), np.nan)]
+        if long.any():
+            arm = np.flatnonzero(in_long)
+            arms = _Segments(limbs.counts[long])
+            for keep, tip, side in _arm_ends(grid.shape, flat[arm], xyz[:, arm], along[arm],
+                                             entry[arm], arms, cfg.geodesic_keep_m):
+                points.append(arm[keep])
+                from_tip.append(tip[keep])
+                counts.append(np.add.reduceat(keep, arms.starts, dtype=np.intp))
+                end.append(side)
+        # Each candidate's outline (the cut off its arm included); the candidates of one
+        # group never touch each other.
+        edge = np.concatenate([_outline(grid.shape, flat[p]) for p in points])
+        points = np.concatenate(points)
+        return _hand_candidates(
+            grid, rows[points], cols[points], xyz[:, points], entry[points], edge,
+            np.concatenate(from_tip), np.concatenate(end), _Segments(np.concatenate(counts)),
+            cfg)
 
 
 class _StridedGrid:
@@ -387,11 +350,12 @@ class _StridedGrid:
         self.image_border[margin:-margin, margin:-margin] = False
 
     def xyz(self, rows, cols):
+        """Return the (3, N) points (x, y, z rows), metres, of strided pixels."""
         k = self.intrinsics
         z = self.small[rows, cols]
         x = (cols * self.stride - k.cx) * z / k.fx
         y = (rows * self.stride - k.cy) * z / k.fy
-        return np.stack([x, y, z], axis=-1)
+        return np.stack([x, y, z])
 
     def pixel_area(self, z):
         k = self.intrinsics
@@ -399,21 +363,6 @@ class _StridedGrid:
 
     def full_uv(self, col, row):
         return int(col * self.stride), int(row * self.stride)
-
-    def edge_pixels(self, rows, cols):
-        """Return, per blob pixel, whether it lies on the blob's outline (not the image's)."""
-        # Work in the blob's bounding box plus one pixel; outside the image counts as blob,
-        # so the image border is no outline.
-        r0, c0 = rows.min() - 1, cols.min() - 1
-        height, width = rows.max() - r0 + 2, cols.max() - c0 + 2
-        grid_rows = np.arange(r0, r0 + height)[:, None]
-        grid_cols = np.arange(c0, c0 + width)[None, :]
-        mask = (grid_rows < 0) | (grid_rows >= self.shape[0]) | (grid_cols < 0) \
-            | (grid_cols >= self.shape[1])
-        mask[rows - r0, cols - c0] = True
-        inner = (mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2]
-                 & mask[1:-1, 2:])
-        return ~inner[rows - r0 - 1, cols - c0 - 1]
 
 
 def _far_side_of_jumps(depth, jump_m, slope_per_m):
@@ -435,62 +384,241 @@ def _far_side_of_jumps(depth, jump_m, slope_per_m):
     return far
 
 
-def _geodesic_distance(shape, rows, cols, xyz, sources):
+class _Segments:
     """
-    Return each blob point's shortest 3D path length (metres) to the source points.
+    Consecutive runs of points (one run per limb or candidate), for sums per run.
 
-    Paths run between 4-connected blob pixels; unreachable points get inf.
+    Point arrays hold the points along their last axis; per-run results likewise.
+
+    :param counts: (K,) int, points per run, all > 0.
     """
-    from scipy.sparse import coo_matrix
+
+    def __init__(self, counts):
+        self.counts = np.asarray(counts, dtype=np.intp)
+        self.starts = np.zeros(len(self.counts), dtype=np.intp)
+        np.cumsum(self.counts[:-1], out=self.starts[1:])
+        self.index = np.repeat(np.arange(len(self.counts)), self.counts)
+
+    def expand(self, values):
+        """Return per-run values (..., K) repeated for each point of the run (..., N)."""
+        return np.take(values, self.index, axis=-1)
+
+    def total(self, values):
+        return np.add.reduceat(values, self.starts, axis=-1)
+
+    def mean(self, values):
+        return self.total(values) / self.counts
+
+    def largest(self, values):
+        return np.maximum.reduceat(values, self.starts, axis=-1)
+
+    def smallest(self, values):
+        return np.minimum.reduceat(values, self.starts, axis=-1)
+
+    def first_largest(self, values):
+        """Return, per run, the index (into all points) of its first largest value."""
+        best = values == self.expand(self.largest(values))
+        return np.minimum.reduceat(np.where(best, np.arange(len(values)), len(values)),
+                                   self.starts)
+
+
+# Entries of the upper triangle of a 3x3 matrix, and where each matrix entry is among them.
+_UPPER_ROWS, _UPPER_COLS = np.triu_indices(3)
+_SYMMETRIC = np.array([[0, 1, 2], [1, 3, 4], [2, 4, 5]])
+
+
+def _moments(xyz, runs):
+    """
+    Return each run's mean, the centred points, and the eigen decomposition of its scatter.
+
+    :param xyz: (3, N) points.
+    :return: means (3, K), centred points (3, N), eigenvalues (K, 3) ascending,
+        eigenvectors (K, 3, 3) in columns.
+    """
+    mean = runs.mean(xyz)
+    centred = xyz - runs.expand(mean)
+    scatter = runs.total(centred[_UPPER_ROWS] * centred[_UPPER_COLS]).T[:, _SYMMETRIC]
+    values, vectors = np.linalg.eigh(scatter)
+    return mean, centred, values, vectors
+
+
+def _arm_ends(shape, flat, xyz, along, entry, arms, keep_m):
+    """
+    Return the two ends of every arm's geodesic diameter (shortest paths along the limb).
+
+    One graph holds all arms; arms never touch, so one multi-source search per step
+    measures each arm from its own sources.
+
+    :return: two (keep (N,) bool, from_tip (N,) metres, side (K,)) tuples: the end
+        farthest from the entry (side +1, or 0 when the entry is unknown) and the other.
+    """
     from scipy.sparse.csgraph import dijkstra
 
-    index = np.full(shape, -1, dtype=np.int64)
-    index[rows, cols] = np.arange(len(rows))
-    starts, ends = [], []
-    for d_row, d_col in ((0, 1), (1, 0)):
-        r2, c2 = rows + d_row, cols + d_col
-        inside = (r2 < shape[0]) & (c2 < shape[1])
-        other = np.full(len(rows), -1, dtype=np.int64)
-        other[inside] = index[r2[inside], c2[inside]]
-        linked = other >= 0
-        starts.append(np.nonzero(linked)[0])
-        ends.append(other[linked])
-    starts, ends = np.concatenate(starts), np.concatenate(ends)
-    weights = np.linalg.norm(xyz[starts] - xyz[ends], axis=1) + 1e-6
-    graph = coo_matrix((weights, (starts, ends)), shape=(len(rows), len(rows))).tocsr()
-    return dijkstra(graph, directed=False, indices=np.nonzero(sources)[0], min_only=True)
+    graph = _grid_graph(shape, flat, xyz)
+    known = np.logical_or.reduceat(entry, arms.starts) \
+        & ~np.logical_and.reduceat(entry, arms.starts)
+    sources = np.where(arms.expand(known), entry, along == arms.expand(arms.smallest(along)))
+    # An arm is one 4-connected component with sources: every point is reached.
+    first = dijkstra(graph, directed=True, indices=np.flatnonzero(sources), min_only=True)
+    second = dijkstra(graph, directed=True, indices=arms.first_largest(first), min_only=True)
+    from_far_end = arms.expand(arms.largest(second)) - second
+    side = known.astype(np.float64)
+    return ((second <= keep_m, second, side), (from_far_end <= keep_m, from_far_end, -side))
 
 
-def _dilate(mask):
-    """Return a 4-connected dilation of a bool mask by one pixel (cheaper than ndimage)."""
-    out = mask.copy()
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    out[:, 1:] |= mask[:, :-1]
-    out[:, :-1] |= mask[:, 1:]
-    return out
+def _grid_graph(shape, flat, xyz):
+    """
+    Return the sparse graph of 4-connected pixels (flat indices), edges their 3D lengths.
+
+    Both directions of each edge are stored (CSR built directly, rows in ``flat`` order),
+    so shortest paths run on it as a directed graph without a transpose.
+    """
+    from scipy.sparse import csr_matrix
+
+    height, width = shape
+    # Indices in an image padded by one pixel, so that every pixel has four neighbours.
+    index = np.full((height + 2) * (width + 2), -1, dtype=np.intp)
+    padded = flat + 2 * (flat // width) + width + 3
+    index[padded] = np.arange(len(flat))
+    # CSR lists each pixel's neighbours together: pixel-major order.
+    neighbours = index[padded[:, None] + np.array([-width - 2, -1, 1, width + 2])]
+    linked = neighbours >= 0
+    ends = neighbours[linked]
+    starts = np.flatnonzero(linked) >> 2
+    x, y, z = xyz
+    dx, dy, dz = x[ends] - x[starts], y[ends] - y[starts], z[ends] - z[starts]
+    indptr = np.zeros(len(flat) + 1, dtype=np.intp)
+    indptr[1:] = np.cumsum(linked.ravel())[3::4]
+    return csr_matrix((np.sqrt(dx * dx + dy * dy + dz * dz) + 1e-6, ends, indptr),
+                      shape=(len(flat),) * 2)
 
 
-def _touches(blob, taken, depth, jump_m):
-    """Return whether ``blob`` continues a taken region (adjacent and depth-continuous)."""
-    if not taken.any():
-        return False
-    ring = _dilate(blob) & taken
-    if not ring.any():
-        return False
-    # Depth of the taken neighbours against the blob's depth right next to them.
-    boundary = _dilate(ring) & blob
-    return bool(abs(np.median(depth[ring]) - np.median(depth[boundary])) < 2 * jump_m)
+def _outline(shape, flat):
+    """
+    Return, per pixel of a set of blobs (flat indices), whether it lies on its blob's outline.
+
+    Outside the image counts as blob, so the image border is no outline; blobs that touch
+    count as one.
+    """
+    height, width = shape
+    padded = np.ones((height + 2, width + 2), dtype=bool)
+    padded[1:-1, 1:-1] = False
+    # The pixel's flat index in the padded image, and those of its four neighbours.
+    at = flat + 2 * (flat // width) + width + 3
+    member = padded.ravel()
+    member[at] = True
+    return ~(member[at - 1] & member[at + 1] & member[at - width - 2] & member[at + width + 2])
 
 
-def _mean_shift(points, start, radius, iterations):
-    center = start
-    for _ in range(iterations):
-        inside = np.sum((points - center) ** 2, axis=1) <= radius ** 2
-        if not inside.any():
-            break
-        center = points[inside].mean(axis=0)
-    return center
+def _box(mask, margin):
+    """Return the slices of a mask's bounding box grown by ``margin`` (None: empty mask)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+            slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
+
+
+def _touches(mask, flat):
+    """Return, per pixel (flat indices), whether it or a 4-neighbour lies in ``mask``."""
+    height, width = mask.shape
+    padded = np.zeros((height + 2, width + 2), dtype=bool)
+    padded[1:-1, 1:-1] = mask
+    padded = padded.ravel()
+    at = flat + 2 * (flat // width) + width + 3
+    return padded[at] | padded[at - 1] | padded[at + 1] | padded[at - width - 2] \
+        | padded[at + width + 2]
+
+
+def _hand_candidates(grid, rows, cols, xyz, entry, edge, from_tip, end, hands, cfg):
+    """
+    Return the candidates among point runs that can be hands, with their centres.
+
+    Runs outside the hand's area or wider than a hand are dropped. The centre is the
+    mean-shift centre plus ``_CENTER_WEIGHTS`` times the offsets of ``_center_basis``,
+    pushed ``surface_to_center_m`` along the viewing ray.
+
+    :param rows: (N,) strided rows of the points of all runs (cols likewise).
+    :param xyz: (3, N) the points, metres.
+    :param entry: (N,) bool, whether each point lies where its arm enters.
+    :param edge: (N,) bool, whether each point lies on its run's outline.
+    :param from_tip: (N,) path length from an arm's free end, metres (inf: a whole limb).
+    :param end: (K,) NaN for a whole limb, else the arm end (see ``_hand_features``).
+    :param hands: :class:`_Segments` of the points, one run per candidate.
+    :return: list of :class:`HandCandidate`, in run order.
+    """
+    area = hands.total(grid.pixel_area(xyz[2]))
+    mean, centred, spread, vectors = _moments(xyz, hands)
+    # Extent across the main axis; 3.5 standard deviations ~ the full width of a
+    # uniformly filled strip, without the cost of percentiles.
+    width = 3.5 * np.sqrt(np.maximum(spread[:, 1], 0.0) / hands.counts)
+    plausible = (area >= cfg.min_area_m2) & (area <= cfg.max_area_m2) & (width <= cfg.max_width_m)
+    kept = np.flatnonzero(plausible)
+    if len(kept) == 0:
+        return []
+    if len(kept) < len(area):
+        chosen = hands.expand(plausible)
+        rows, cols, entry, edge, from_tip = (values[chosen] for values in (
+            rows, cols, entry, edge, from_tip))
+        xyz, centred, mean = xyz[:, chosen], centred[:, chosen], mean[:, kept]
+        area, end, spread, vectors = (values[kept] for values in (area, end, spread, vectors))
+        hands = _Segments(hands.counts[kept])
+    center = mean
+    for _ in range(cfg.refine_iterations):
+        offset = xyz - hands.expand(center)
+        inside = np.sum(offset * offset, axis=0) <= cfg.refine_radius_m ** 2
+        count = np.add.reduceat(inside, hands.starts, dtype=np.intp)
+        center = np.where(count > 0, hands.total(xyz * inside) / np.maximum(count, 1), center)
+    # The centred points along the main axis and the second one (vectors in columns).
+    axes = np.take(vectors[:, :, :0:-1].transpose(1, 2, 0), hands.index, axis=-1)
+    main, across = np.einsum('in,ijn->jn', centred, axes)
+    # Per-candidate sums and extents, each in one pass.
+    nearest = hands.smallest(from_tip)
+    near_tip = from_tip <= hands.expand(nearest) + 0.05
+    main2 = main * main
+    sums = hands.total(np.concatenate([xyz * edge, xyz * near_tip, np.stack(
+        [edge, near_tip, entry, main2, main2 * main]).astype(np.float64)]))
+    extent = np.stack([main, across, cols, rows])
+    largest, smallest = hands.largest(extent), hands.smallest(extent)
+    offsets = _center_basis(sums, nearest, hands.counts, mean, center, vectors[:, :, 2].T)
+    center = center + np.tensordot(_CENTER_WEIGHTS, offsets, axes=1)
+    center = center + cfg.surface_to_center_m * center / np.linalg.norm(center, axis=0)
+    features = _hand_features(area, largest[:2] - smallest[:2], spread, hands.counts,
+                              sums[6] / hands.counts, sums[8] / hands.counts, end, mean[2])
+    centers = np.ascontiguousarray(center.T)
+    u_min, v_min = smallest[2:] * grid.stride
+    u_max, v_max = largest[2:] * grid.stride + grid.stride - 1
+    # The score needs every candidate of the image: see _scored.
+    return [HandCandidate(center_xyz=centers[k], score=0.0,
+                          bbox=(int(u_min[k]), int(v_min[k]), int(u_max[k]), int(v_max[k])),
+                          area_m2=float(area[k]), num_points=int(hands.counts[k]),
+                          arm_cut=bool(features[k, 7]), features=features[k])
+            for k in range(len(kept))]
+
+
+def _center_basis(sums, nearest, counts, mean, center, axis):
+    """
+    Return (5, 3, K) directions along which the joints' centroid lies off the surface centre.
+
+    The visible surface is densest on the palm, while the joints' centroid lies towards
+    the fingers: (towards the free end of an arm, towards the outline, along the skew of
+    the main axis, along the viewing ray, mean-shift centre from the mean);
+    ``_CENTER_WEIGHTS`` (a least-squares fit) combines them.
+
+    :param sums: (11, K) per-candidate sums of the outline points (3), the points within
+        5 cm of the nearest path length to the tip (3), and of: outline, near the tip,
+        entry, (main axis coordinate)^2, its cube.
+    :param nearest: (K,) nearest path length to an arm's tip (inf: a whole limb).
+    :param axis: (3, K) main axis of each candidate.
+    """
+    def offset_of_mean(total, count):
+        return np.where(count > 0, total / np.maximum(count, 1) - mean, 0.0)
+
+    tip = np.where(np.isfinite(nearest), offset_of_mean(sums[3:6], sums[7]), 0.0)
+    outline = offset_of_mean(sums[0:3], sums[6])
+    skew = axis * (sums[10] / counts / np.maximum(sums[9] / counts, 1e-9))
+    ray = center / np.linalg.norm(center, axis=0)
+    return np.stack([tip, outline, skew, ray, center - mean])
 
 
 def _scored(candidates, min_score):
@@ -504,29 +632,35 @@ def _scored(candidates, min_score):
     """
     if not candidates:
         return []
-    nearest = min(c.center_xyz[2] for c in candidates)
-    scored = []
-    for candidate in candidates:
-        behind = (candidate.center_xyz[2] - nearest) * 10.0
-        features = np.append(candidate.features, behind)
-        logit = float(_HAND_WEIGHTS @ features)
-        if 1.0 / (1.0 + math.exp(-(logit - _HAND_WEIGHTS[-1] * behind))) >= min_score:
-            scored.append(replace(candidate, score=1.0 / (1.0 + math.exp(-logit)),
-                                  features=features))
-    return scored
+    depth = np.array([candidate.center_xyz[2] for candidate in candidates])
+    features = np.column_stack([np.array([candidate.features for candidate in candidates]),
+                                (depth - depth.min()) * 10.0])
+    shape_score = _sigmoid(features[:, :-1] @ _HAND_WEIGHTS[:-1])
+    score = _sigmoid(features @ _HAND_WEIGHTS)
+    return [replace(candidate, score=float(score[k]), features=features[k])
+            for k, candidate in enumerate(candidates) if shape_score[k] >= min_score]
 
 
-def _hand_features(grid, rows, cols, xyz, area_m2, vectors, arm_cut, entry):
+def _sigmoid(logit):
+    return 1.0 / (1.0 + np.exp(-np.clip(logit, -500.0, 500.0)))
+
+
+def _hand_features(area_m2, extents, spread, counts, outline, entry, end, depth_m):
     """
-    Return the shape features of a hand candidate, in units near 1.
+    Return the (K, 11) shape features of the hand candidates, in units near 1.
 
     (bias, area dm^2, area^2, length dm, width dm, thickness cm, outline fraction, arm cut,
+    arm end (+1 away from the entry, -1 at it, 0 unknown),
     depth m, entry fraction); ``_HAND_WEIGHTS`` turns them into a logistic score.
+
+    :param extents: (2, K) extents along the main and the second axis, metres.
+    :param spread: (K, 3) scatter eigenvalues, counts: (K,) points; outline, entry: (K,)
+        fractions of the points on the outline and on the arm's entry; end: (K,) NaN for a
+        whole limb, else the arm end; depth_m: (K,) mean depths.
     """
-    centred = xyz - xyz.mean(axis=0)
-    spans = np.ptp(centred @ vectors, axis=0)
     area_dm2 = area_m2 * 100.0
-    return np.array([1.0, area_dm2, area_dm2 ** 2, spans[2] * 10.0, spans[1] * 10.0,
-                     np.std(centred @ vectors[:, 0]) * 100.0,
-                     float(np.mean(grid.edge_pixels(rows, cols))), float(arm_cut),
-                     float(np.mean(xyz[:, 2])), float(np.mean(entry[rows, cols]))])
+    arm_cut = ~np.isnan(end)
+    return np.stack([np.ones(len(area_m2)), area_dm2, area_dm2 ** 2, extents[0] * 10.0,
+                     extents[1] * 10.0, np.sqrt(np.maximum(spread[:, 0], 0.0) / counts) * 100.0,
+                     outline, arm_cut.astype(np.float64), np.where(arm_cut, end, 0.0), depth_m,
+                     entry], axis=1)
