@@ -208,3 +208,17 @@ def test_image_whose_strided_size_is_odd():
     assert len(hands) == 1
     assert np.linalg.norm(hands[0].center_xyz[:2] - center[:2]) < 0.05
     assert abs(hands[0].center_xyz[2] - center[2]) < 0.03
+
+
+
+def test_a_hand_cut_by_the_border_keeps_its_centre_in_the_image():
+    from hand_pose_ros.core.crop import check_center
+    from hand_pose_ros.core.evaluation import labelled_frames
+
+    # Frame 251 of the single-hand held-out set: a hand at 0.26 m leaving the top of the
+    # image, whose centre correction pointed outside the image (a crash in the estimator).
+    *_, frame = labelled_frames('synthetic', num_frames=252, scene='single_hand')
+    candidates = DepthHandLocalizer().locate(frame.depth_m, frame.intrinsics)
+    assert candidates
+    for candidate in candidates:
+        check_center(candidate.center_xyz, frame.intrinsics)

@@ -141,7 +141,10 @@ def test_init_from_a_model_starts_from_its_weights(tmp_path):
     started.train(stop_at=2)
     tuned = training.write_model(str(tmp_path / 'tuned' / 'checkpoint_last.pt'),
                                  str(tmp_path / 'models'), 'tuned', export_onnx=False)
-    assert model_io.read_card(tuned)['training']['init_from'] == str(card_path)
+    training_info = model_io.read_card(tuned)['training']
+    assert training_info['start_model']['model'] == str(card_path)
+    assert training_info['start_model']['total_steps'] == 4
+    assert (training_info['steps'], training_info['total_steps']) == (2, 6)
 
 
 def test_init_from_refuses_a_different_network_or_crop(tmp_path):

@@ -41,7 +41,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from hand_pose_ros.core.camera import CameraIntrinsics
+from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz, xyz_from_uvd
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 # Hand-end score weights for (silhouette fraction, middle spread m, smallest spread m,
@@ -583,6 +583,13 @@ def _hand_candidates(grid, rows, cols, xyz, entry, edge, from_tip, end, hands, c
     offsets = _center_basis(sums, nearest, hands.counts, mean, center, vectors[:, :, 2].T)
     center = center + np.tensordot(_CENTER_WEIGHTS, offsets, axes=1)
     center = center + cfg.surface_to_center_m * center / np.linalg.norm(center, axis=0)
+    # The correction can move the centre of a hand cut by the border out of the image; a
+    # crop needs it inside, so it goes back to the border at its depth.
+    k = grid.intrinsics
+    uvd = uvd_from_xyz(center.T, k)
+    uvd[:, 0] = np.clip(uvd[:, 0], 0.0, k.width - 1.0)
+    uvd[:, 1] = np.clip(uvd[:, 1], 0.0, k.height - 1.0)
+    center = xyz_from_uvd(uvd, k).T
     features = _hand_features(area, largest[:2] - smallest[:2], spread, hands.counts,
                               sums[6] / hands.counts, sums[8] / hands.counts, end, mean[2])
     centers = np.ascontiguousarray(center.T)

@@ -677,6 +677,7 @@ class Trainer:
                                           weight_decay=config.weight_decay)
         self.step = 0
         self.best_error_mm = math.inf
+        self.start_model = None
         self.train_rows = []
         self.eval_rows = []
         if resume:
@@ -706,6 +707,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint['optimizer'])
         self.step = int(checkpoint['step'])
         self.best_error_mm = float(checkpoint['best_error_mm'])
+        self.start_model = json.loads(checkpoint.get('start_model', 'null'))
         self.rng.bit_generator.state = json.loads(checkpoint['numpy_rng'])
         torch.set_rng_state(checkpoint['torch_rng'])
         self.train_rows = [r for r in read_csv(os.path.join(self.output_dir, 'train.csv'))
@@ -731,6 +733,10 @@ class Trainer:
         except RuntimeError as error:
             raise ValueError(f'cannot start from {card_path}: its network config differs '
                              f'from model_cfg ({error})') from None
+        training = card.get('training') or {}
+        self.start_model = {
+            'model': str(model), 'weights_sha256': card['files'][card['weights']]['sha256'],
+            'total_steps': int(training.get('total_steps', training.get('steps', 0)))}
         LOG.info('initialised the network from %s', card_path)
 
     def save_checkpoint(self, path):
@@ -739,6 +745,7 @@ class Trainer:
 
         state = {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                  'step': self.step, 'best_error_mm': self.best_error_mm,
+                 'start_model': json.dumps(self.start_model),
                  'config': json.dumps(self.config.to_dict()),
                  'numpy_rng': json.dumps(self.rng.bit_generator.state),
                  'torch_rng': torch.get_rng_state()}
@@ -921,6 +928,7 @@ def write_model(checkpoint_path, directory, name, export_onnx=True):
     from hand_pose_ros.core import export, model_io
 
     model, config, checkpoint = model_from_checkpoint(checkpoint_path)
+    start_model = json.loads(checkpoint.get('start_model', 'null'))
     extra = {
         'crop': config.crop_spec.to_dict(),
         'training': {
@@ -929,7 +937,8 @@ def write_model(checkpoint_path, directory, name, export_onnx=True):
             'augment': {k: list(v) if isinstance(v, tuple) else v
                         for k, v in vars(config.augment_config).items()},
             'context': config.context, 'checkpoint': os.path.basename(checkpoint_path),
-            'init_from': config.init_from},
+            'start_model': start_model,
+            'total_steps': int(checkpoint['step']) + (start_model or {}).get('total_steps', 0)},
     }
     eval_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), 'eval_set.npz')
     if os.path.isfile(eval_path):
