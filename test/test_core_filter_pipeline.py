@@ -6,7 +6,7 @@ import pytest
 from hand_pose_ros.core.filters import (
     config_fields, config_from_dict, FilterConfig, HandFilter, Observation)
 from hand_pose_ros.core.filters.handedness import handedness_evidence
-from hand_pose_ros.core.kinematics import hand_from_angles
+from hand_pose_ros.core.kinematics import ANGLE_NAMES, hand_from_angles, REST_ANGLES_DEG
 from hand_pose_ros.core.skeleton import FINGER_JOINTS
 
 PERIOD = 1 / 30.0
@@ -206,3 +206,30 @@ def test_set_config_resizes_calibration_window():
     np.testing.assert_allclose(hand_filter.calibrated_bone_lengths(0), lengths, atol=0.003)
     hand_filter.set_config(config_from_dict({'anatomy.calibration_min_frames': 100}))
     assert hand_filter.calibrated_bone_lengths(0) is None
+
+
+def test_a_coasting_hand_keeps_its_checked_pose_and_follows_config_changes():
+    angles = np.radians([REST_ANGLES_DEG[name] for name in ANGLE_NAMES])
+    angles[ANGLE_NAMES.index('middle_dip_flexion')] = np.radians(130.0)
+    turn = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    hand = hand_from_angles(angles) @ turn.T + np.array([0.0, 0.0, 0.5])
+    hand_filter = HandFilter()
+    first = hand_filter.update(0.0, [Observation(hand)])[0]
+    middle = FINGER_JOINTS[2, 1:]
+    assert first.repaired[middle].all() and first.valid.all()
+    repaired_per_frame = hand_filter.stats['repaired_joints']
+    previous = first
+    # Without detections the track coasts at zero velocity: same pose, same repair, and
+    # every frame still counts its repaired joints; only the scores decay.
+    for k in range(1, 4):
+        out = hand_filter.update(k * PERIOD, [])[0]
+        assert out.predicted and out.valid.all()
+        np.testing.assert_array_equal(out.keypoints_xyz, first.keypoints_xyz)
+        np.testing.assert_array_equal(out.repaired, first.repaired)
+        assert np.all(out.scores < previous.scores)
+        previous = out
+    assert hand_filter.stats['repaired_joints'] == 4 * repaired_per_frame
+    hand_filter.set_config(config_from_dict({'anatomy.action': 'invalidate_joints'}))
+    out = hand_filter.update(4 * PERIOD, [])[0]
+    assert not out.repaired.any() and not out.valid[FINGER_JOINTS[2, 3]]
+    np.testing.assert_array_equal(out.keypoints_xyz, hand)

@@ -104,14 +104,14 @@ def test_rebuild_finger_restores_lengths_and_angles():
 def test_finger_angles_give_the_joint_angles_and_the_hinge_twists(handedness):
     rng = np.random.default_rng(11)
     hand = hand_from_angles(_random_angles(rng), handedness=handedness)
-    angles, twist = kinematics.finger_angles(hand, handedness)
+    angles, twist, _ = kinematics.finger_angles(hand, handedness)
     np.testing.assert_array_equal(angles, joint_angles(hand, handedness))
     # A constructed hand has ideal hinges; bending a DIP sideways twists that hinge only.
     np.testing.assert_allclose(twist, 0.0, atol=1e-9)
     bent = hand.copy()
     bent[8] += 0.004 * np.cross(hand[8] - hand[7], hand[6] - hand[7]) / np.linalg.norm(
         np.cross(hand[8] - hand[7], hand[6] - hand[7]))
-    _, twist = kinematics.finger_angles(bent, handedness)
+    twist = kinematics.finger_angles(bent, handedness).hinge_twist
     assert abs(twist[1, 1]) > 0.1
     np.testing.assert_allclose(np.delete(twist.ravel(), 3), 0.0, atol=1e-9)
     for finger in range(5):
@@ -147,3 +147,41 @@ def test_bad_input_raises():
         palm_frame(bad)
     with pytest.raises(ValueError, match='handedness'):
         joint_angles(hand_from_angles(), 'both')
+
+
+def test_batched_angles_and_bone_frames_equal_those_of_each_hand():
+    rng = np.random.default_rng(13)
+    hands = np.stack([hand_from_angles(_random_angles(rng), handedness=side) @ _rotation(k).T
+                      for k, side in enumerate(('right', 'left', 'right'))])
+    labels = ['right', 'left', 'unknown']
+    batched = kinematics.finger_angles(hands, labels)
+    assert batched.joint_angles.shape == (3, len(ANGLE_NAMES))
+    assert batched.hinge_twist.shape == (3, 5, 2)
+    frames = bone_frames(hands)
+    for hand, label, angles, twist, hand_frames in zip(
+            hands, labels, batched.joint_angles, batched.hinge_twist, frames):
+        single = kinematics.finger_angles(hand, label)
+        np.testing.assert_array_equal(angles, single.joint_angles)
+        np.testing.assert_array_equal(twist, single.hinge_twist)
+        np.testing.assert_array_equal(hand_frames, bone_frames(hand))
+    # A left hand read as right measures other angles: the labels are applied per hand.
+    assert not np.allclose(batched.joint_angles[1], joint_angles(hands[1], 'right'))
+
+
+def test_rebuild_fingers_with_the_frames_of_finger_angles_gives_the_same_hand():
+    rng = np.random.default_rng(14)
+    hand = hand_from_angles(_random_angles(rng), handedness='left') + rng.normal(
+        0.0, 0.003, (21, 3))
+    measured = kinematics.finger_angles(hand, 'left')
+    angles = _random_angles(rng)
+    lengths = MEAN_BONE_LENGTHS_MM / 1000.0 * 1.05
+    fingers = [0, 3]
+    twist = measured.hinge_twist[fingers]
+    shared = kinematics.rebuild_fingers(hand, fingers, angles, lengths, 'left', twist,
+                                        measured.frames)
+    np.testing.assert_array_equal(
+        shared, kinematics.rebuild_fingers(hand, fingers, angles, lengths, 'left', twist))
+    # The thumb's rebuilt metacarpal axis did not overwrite the shared frames.
+    np.testing.assert_array_equal(measured.frames.axes,
+                                  kinematics.finger_angles(hand, 'left').frames.axes)
+    np.testing.assert_allclose(joint_angles(shared, 'left')[:4], angles[:4], atol=1e-9)

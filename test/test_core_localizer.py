@@ -210,7 +210,6 @@ def test_image_whose_strided_size_is_odd():
     assert abs(hands[0].center_xyz[2] - center[2]) < 0.03
 
 
-
 def test_a_hand_cut_by_the_border_keeps_its_centre_in_the_image():
     from hand_pose_ros.core.crop import check_center
     from hand_pose_ros.core.evaluation import labelled_frames

@@ -32,6 +32,8 @@ Left hands are handled by mirroring the palmar direction (``handedness='left'``)
 values of a left hand equal those of the mirrored right hand.
 """
 
+import typing
+
 import numpy as np
 
 from hand_pose_ros.core.rotations import cross
@@ -102,32 +104,43 @@ def _orthogonal_unit(v, axis):
     return _unit(v - _dot(v, axis)[..., None] * axis)
 
 
-def _check_keypoints(keypoints_xyz):
+def _check_keypoints(keypoints_xyz, batched=False):
+    """Return keypoints as float64, checking a (21, 3) shape ((..., 21, 3) when batched)."""
     keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
-    if keypoints_xyz.shape != (NUM_JOINTS, 3):
-        raise ValueError(f'keypoints_xyz must have shape (21, 3), got {keypoints_xyz.shape}')
+    shape = keypoints_xyz.shape[-2:] if batched else keypoints_xyz.shape
+    if shape != (NUM_JOINTS, 3):
+        expected = '(..., 21, 3)' if batched else '(21, 3)'
+        raise ValueError(f'keypoints_xyz must have shape {expected}, got {keypoints_xyz.shape}')
     if not np.all(np.isfinite(keypoints_xyz)):
         raise ValueError('keypoints_xyz contains non-finite values')
     return keypoints_xyz
 
 
-def _handedness_sign(handedness):
-    if handedness in ('right', 'unknown', None):
-        return 1.0
-    if handedness == 'left':
-        return -1.0
-    raise ValueError(f"handedness must be 'left', 'right' or 'unknown', got {handedness!r}")
+def _handedness_signs(handedness):
+    """Return the palmar sign of one handedness label (float) or of a sequence ((...,))."""
+    if handedness is None or isinstance(handedness, str):
+        if handedness in ('right', 'unknown', None):
+            return 1.0
+        if handedness == 'left':
+            return -1.0
+        raise ValueError(
+            f"handedness must be 'left', 'right' or 'unknown', got {handedness!r}")
+    return np.array([_handedness_signs(label) for label in handedness])
+
+
+def _palm_x_z(keypoints_xyz):
+    """Return the palm x and z axes (..., 3) of checked (..., 21, 3) keypoints."""
+    wrist = keypoints_xyz[..., WRIST, :]
+    index_mcp, pinky_mcp = keypoints_xyz[..., INDEX_MCP, :], keypoints_xyz[..., PINKY_MCP, :]
+    x_axis = _unit(0.5 * (index_mcp + pinky_mcp) - wrist)
+    normal = cross(index_mcp - wrist, pinky_mcp - wrist)
+    return x_axis, _orthogonal_unit(normal, x_axis)
 
 
 def _palm_rotation(keypoints_xyz):
-    """Return the (3, 3) palm rotation (columns x, y, z) of checked keypoints."""
-    wrist = keypoints_xyz[WRIST]
-    index_mcp, pinky_mcp = keypoints_xyz[INDEX_MCP], keypoints_xyz[PINKY_MCP]
-    x_axis = _unit(0.5 * (index_mcp + pinky_mcp) - wrist)
-    normal = cross(index_mcp - wrist, pinky_mcp - wrist)
-    z_axis = _orthogonal_unit(normal, x_axis)
-    y_axis = cross(z_axis, x_axis)
-    return np.array([x_axis, y_axis, z_axis]).T
+    """Return the (..., 3, 3) palm rotation (columns x, y, z) of checked keypoints."""
+    x_axis, z_axis = _palm_x_z(keypoints_xyz)
+    return np.stack([x_axis, cross(z_axis, x_axis), z_axis], axis=-1)
 
 
 def palm_frame(keypoints_xyz):
@@ -143,9 +156,10 @@ def palm_frame(keypoints_xyz):
 
 
 def _palm_axes(keypoints_xyz, handedness):
-    """Return (palmar unit normal, thumb-side unit vector in the palm plane)."""
-    palmar = _palm_rotation(keypoints_xyz)[:, 2] * _handedness_sign(handedness)
-    thumb_side = _orthogonal_unit(keypoints_xyz[INDEX_MCP] - keypoints_xyz[PINKY_MCP], palmar)
+    """Return (palmar unit normal, thumb-side unit vector in the palm plane), each (..., 3)."""
+    palmar = _palm_x_z(keypoints_xyz)[1] * np.asarray(_handedness_signs(handedness))[..., None]
+    thumb_side = _orthogonal_unit(
+        keypoints_xyz[..., INDEX_MCP, :] - keypoints_xyz[..., PINKY_MCP, :], palmar)
     return palmar, thumb_side
 
 
@@ -212,15 +226,50 @@ def directions_from_angles(axis, palmar, flexion, out_of_plane):
     return out
 
 
+class FingerFrames(typing.NamedTuple):
+    """
+    Frames in which the angles of a hand's fingers are measured (``finger_angles().frames``).
+
+    Shapes are those of one hand; batched keypoints (..., 21, 3) add the leading dimensions.
+    They depend on the palm only (wrist, MCPs and the thumb metacarpal), so they stay valid
+    for keypoints whose fingers :func:`rebuild_fingers` rebuilt.
+    """
+
+    axes: np.ndarray
+    """(5, 3) reference axis of each finger chain (thumb: its metacarpal)."""
+    palmars: np.ndarray
+    """(5, 3) direction towards which each finger's flexion is positive."""
+    signs: np.ndarray
+    """(5,) abduction signs that make positive out-of-plane angles point towards the thumb."""
+    thumb_cmc: tuple
+    """(middle metacarpal, thumb side, palmar) axes (3,) of the thumb CMC."""
+
+
 def _finger_references(keypoints_xyz, palm_axes):
-    """Return reference axes (5, 3), palmar directions (5, 3), abduction signs (5,)."""
+    """Return reference axes (..., 5, 3), palmar directions (..., 5, 3), signs (..., 5)."""
     palmar, thumb_side = palm_axes
-    axes = _unit(keypoints_xyz[_REFERENCE_END] - keypoints_xyz[_REFERENCE_START])
-    palmars = np.array([palmar - thumb_side, palmar, palmar, palmar, palmar])
+    axes = _unit(keypoints_xyz[..., _REFERENCE_END, :] - keypoints_xyz[..., _REFERENCE_START, :])
+    palmars = np.stack([palmar - thumb_side, palmar, palmar, palmar, palmar], axis=-2)
     lateral = cross(axes, _orthogonal_unit(palmars, axes))
-    signs = np.where(_dot(lateral, thumb_side) < 0.0, -1.0, 1.0)
-    signs[0] = 1.0
+    signs = np.where(_dot(lateral, thumb_side[..., None, :]) < 0.0, -1.0, 1.0)
+    signs[..., 0] = 1.0
     return axes, palmars, signs
+
+
+def _thumb_cmc_frame(keypoints_xyz, palmar):
+    """Return the thumb CMC axes (u, r, p), each (..., 3), of checked keypoints."""
+    u = _unit(keypoints_xyz[..., MIDDLE_MCP, :] - keypoints_xyz[..., WRIST, :])
+    p = _orthogonal_unit(palmar, u)
+    r = _orthogonal_unit(
+        keypoints_xyz[..., INDEX_MCP, :] - keypoints_xyz[..., PINKY_MCP, :], u)
+    return u, _orthogonal_unit(r, p), p
+
+
+def _finger_frames(keypoints_xyz, handedness):
+    """Return the FingerFrames of checked (..., 21, 3) keypoints."""
+    palm_axes = _palm_axes(keypoints_xyz, handedness)
+    return FingerFrames(*_finger_references(keypoints_xyz, palm_axes),
+                        _thumb_cmc_frame(keypoints_xyz, palm_axes[0]))
 
 
 def finger_reference(keypoints_xyz, finger, handedness='right', palm_axes=None):
@@ -244,70 +293,85 @@ def finger_reference(keypoints_xyz, finger, handedness='right', palm_axes=None):
 def thumb_cmc_frame(keypoints_xyz, handedness='right', palm_axes=None):
     """Return the (middle metacarpal, thumb side, palmar) orthonormal axes of the thumb CMC."""
     keypoints_xyz, (palmar, _) = _checked_with_palm_axes(keypoints_xyz, handedness, palm_axes)
-    u = _unit(keypoints_xyz[MIDDLE_MCP] - keypoints_xyz[WRIST])
-    p = _orthogonal_unit(palmar, u)
-    r = _orthogonal_unit(keypoints_xyz[INDEX_MCP] - keypoints_xyz[PINKY_MCP], u)
-    r = _orthogonal_unit(r, p)
-    return u, r, p
+    return _thumb_cmc_frame(keypoints_xyz, palmar)
+
+
+class FingerAngles(typing.NamedTuple):
+    """
+    Angles of a hand (:func:`finger_angles`) with the frames they were measured in.
+
+    Shapes are those of one hand; batched keypoints add the leading dimensions.
+    """
+
+    joint_angles: np.ndarray
+    """(len(ANGLE_NAMES),) joint angles ordered like ANGLE_NAMES, radians."""
+    hinge_twist: np.ndarray
+    """(5, 2) out-of-plane angles of each finger's PIP and DIP (thumb: MCP and IP), radians."""
+    frames: FingerFrames
+    """The finger frames of the hand (what :func:`rebuild_fingers` rebuilds in)."""
 
 
 def finger_angles(keypoints_xyz, handedness='right'):
     """
-    Return the joint angles of a hand and the out-of-plane angles of its hinge joints.
+    Return the joint angles of a hand, the out-of-plane angles of its hinge joints and frames.
 
-    :param keypoints_xyz: (21, 3) keypoints, metres.
+    :param keypoints_xyz: (21, 3) keypoints, metres, or (..., 21, 3) for several hands.
     :param handedness: 'left', 'right' or 'unknown' (treated as right); decides which side of
-        the palm plane is palmar, hence the sign of flexion.
-    :return: angles (len(ANGLE_NAMES),) ordered like ANGLE_NAMES and hinge twists (5, 2):
-        the out-of-plane angles of each finger's PIP and DIP (thumb: MCP and IP), radians.
+        the palm plane is palmar, hence the sign of flexion. Batched keypoints take one
+        label or a sequence of labels shaped like their leading dimensions.
+    :return: FingerAngles (joint angles, hinge twists, finger frames).
     """
-    keypoints_xyz = _check_keypoints(keypoints_xyz)
-    palm_axes = _palm_axes(keypoints_xyz, handedness)
-    u, r, p = thumb_cmc_frame(keypoints_xyz, handedness, palm_axes)
-    axes, palmars, signs = _finger_references(keypoints_xyz, palm_axes)
-    bones = _unit(keypoints_xyz[_CHAIN_JOINTS] - keypoints_xyz[_CHAIN_JOINTS - 1])
+    keypoints_xyz = _check_keypoints(keypoints_xyz, batched=True)
+    frames = _finger_frames(keypoints_xyz, handedness)
+    axes, palmars, signs, (u, r, p) = frames
+    bones = _unit(keypoints_xyz[..., _CHAIN_JOINTS, :] - keypoints_xyz[..., _CHAIN_JOINTS - 1, :])
     flexion, out_of_plane = chain_angles(axes, palmars, bones)
-    angles = np.empty(_UNUSED + 1)
-    angles[_FLEXION_ANGLE] = flexion
-    angles[_ABDUCTION_ANGLE] = signs * out_of_plane[:, 0]
-    thumb = axes[0]
-    angles[ANGLE_INDEX['thumb_cmc_abduction']] = np.arcsin(np.clip(thumb @ p, -1.0, 1.0))
-    angles[ANGLE_INDEX['thumb_cmc_flexion']] = (
-        np.radians(THUMB_CMC_REST_SPLAY_DEG) - np.arctan2(thumb @ r, thumb @ u))
-    return angles[:_UNUSED], out_of_plane[:, 1:]
+    angles = np.empty((*keypoints_xyz.shape[:-2], _UNUSED + 1))
+    angles[..., _FLEXION_ANGLE] = flexion
+    angles[..., _ABDUCTION_ANGLE] = signs * out_of_plane[..., 0]
+    # The thumb metacarpal on the CMC axes u, r, p: one (1, 3) x (3, 1) product per axis.
+    thumb_u, thumb_r, thumb_p = np.moveaxis(
+        (axes[..., 0, None, None, :] @ np.stack([u, r, p], axis=-2)[..., None])[..., 0, 0],
+        -1, 0)
+    angles[..., ANGLE_INDEX['thumb_cmc_abduction']] = np.arcsin(np.clip(thumb_p, -1.0, 1.0))
+    angles[..., ANGLE_INDEX['thumb_cmc_flexion']] = (
+        np.radians(THUMB_CMC_REST_SPLAY_DEG) - np.arctan2(thumb_r, thumb_u))
+    return FingerAngles(angles[..., :_UNUSED], out_of_plane[..., 1:], frames)
 
 
 def joint_angles(keypoints_xyz, handedness='right'):
     """
     Return the joint angles of a hand, ordered like ANGLE_NAMES (radians).
 
-    :param keypoints_xyz: (21, 3) keypoints, metres.
+    :param keypoints_xyz: (21, 3) keypoints, metres, or (..., 21, 3) for several hands.
     :param handedness: 'left', 'right' or 'unknown' (treated as right); decides which side of
-        the palm plane is palmar, hence the sign of flexion.
-    :return: (len(ANGLE_NAMES),) float64 angles.
+        the palm plane is palmar, hence the sign of flexion (batched: see finger_angles).
+    :return: (len(ANGLE_NAMES),) float64 angles ((..., len(ANGLE_NAMES)) batched).
     """
-    return finger_angles(keypoints_xyz, handedness)[0]
+    return finger_angles(keypoints_xyz, handedness).joint_angles
 
 
 def bone_frames(keypoints_xyz):
     """
     Return the orientation of every joint as the frame of the bone ending at it.
 
-    :param keypoints_xyz: (21, 3) keypoints, metres.
-    :return: (21, 3, 3) rotation matrices (columns x, y, z); see the module docstring.
+    :param keypoints_xyz: (21, 3) keypoints, metres, or (..., 21, 3) for several hands.
+    :return: (21, 3, 3) rotation matrices (columns x, y, z) ((..., 21, 3, 3) batched); see
+        the module docstring.
     """
-    keypoints_xyz = _check_keypoints(keypoints_xyz)
+    keypoints_xyz = _check_keypoints(keypoints_xyz, batched=True)
     palm_rotation = _palm_rotation(keypoints_xyz)
-    frames = np.empty((NUM_JOINTS, 3, 3))
-    frames[WRIST] = palm_rotation
-    x_axes = _unit(keypoints_xyz[BONES[:, 1]] - keypoints_xyz[BONES[:, 0]])
+    frames = np.empty((*keypoints_xyz.shape[:-2], NUM_JOINTS, 3, 3))
+    frames[..., WRIST, :, :] = palm_rotation
+    x_axes = _unit(keypoints_xyz[..., BONES[:, 1], :] - keypoints_xyz[..., BONES[:, 0], :])
     # Thumb bones keep the palm normal as z; finger bones keep the palm's y axis as y.
-    reference = np.where(_IS_THUMB_BONE[:, None], palm_rotation[:, 2], palm_rotation[:, 1])
+    reference = np.where(_IS_THUMB_BONE[:, None], palm_rotation[..., None, :, 2],
+                         palm_rotation[..., None, :, 1])
     ortho = _orthogonal_unit(reference, x_axes)
     other = np.where(_IS_THUMB_BONE[:, None], cross(ortho, x_axes), cross(x_axes, ortho))
     y_axes = np.where(_IS_THUMB_BONE[:, None], other, ortho)
     z_axes = np.where(_IS_THUMB_BONE[:, None], ortho, other)
-    frames[BONES[:, 1]] = np.stack([x_axes, y_axes, z_axes], axis=2)
+    frames[..., BONES[:, 1], :, :] = np.stack([x_axes, y_axes, z_axes], axis=-1)
     return frames
 
 
@@ -322,7 +386,7 @@ def hinge_out_of_plane(keypoints_xyz, finger, handedness='right'):
 
 
 def rebuild_fingers(keypoints_xyz, fingers, angles, bone_lengths_m, handedness='right',
-                    hinge_twist=None):
+                    hinge_twist=None, frames=None):
     """
     Return keypoints with finger chains rebuilt from joint angles and bone lengths.
 
@@ -338,6 +402,8 @@ def rebuild_fingers(keypoints_xyz, fingers, angles, bone_lengths_m, handedness='
     :param handedness: 'left', 'right' or 'unknown' (treated as right).
     :param hinge_twist: (len(fingers), 2) out-of-plane angles of the hinge joints, radians,
         or None.
+    :param frames: the FingerFrames of these keypoints and handedness
+        (``finger_angles(...).frames``) when already computed.
     :return: (21, 3) float64 keypoints.
     """
     out = _check_keypoints(keypoints_xyz).copy()
@@ -347,11 +413,11 @@ def rebuild_fingers(keypoints_xyz, fingers, angles, bone_lengths_m, handedness='
     lengths = np.asarray(bone_lengths_m, dtype=np.float64)
     twist = (np.zeros((len(fingers), 2)) if hinge_twist is None
              else np.asarray(hinge_twist, dtype=np.float64).reshape(len(fingers), 2))
-    palm_axes = _palm_axes(out, handedness)
-    axes, palmars, signs = _finger_references(out, palm_axes)
+    axes, palmars, signs, (u, r, p) = (frames if frames is not None
+                                       else _finger_frames(out, handedness))
     if np.any(fingers == 0):
         # The thumb's chain starts along the metacarpal placed by the CMC angles.
-        u, r, p = thumb_cmc_frame(out, handedness, palm_axes)
+        axes = axes.copy()
         abduction = angles[ANGLE_INDEX['thumb_cmc_abduction']]
         swing = np.radians(THUMB_CMC_REST_SPLAY_DEG) - angles[ANGLE_INDEX['thumb_cmc_flexion']]
         axes[0] = (np.cos(abduction) * (np.cos(swing) * u + np.sin(swing) * r)

@@ -147,11 +147,11 @@ def hand_geometry(hands):
     """
     if not hands:
         return {}
-    keypoints = [np.asarray(hand.keypoints_xyz, dtype=np.float64) for hand in hands]
-    # One conversion for every joint of every hand; the wrist's bone frame is the palm frame.
-    quaternions = quaternion_from_matrix(np.stack([bone_frames(k) for k in keypoints]))
-    return {hand.hand_id: (palm_center(k), q[WRIST], q)
-            for hand, k, q in zip(hands, keypoints, quaternions)}
+    keypoints = np.stack([np.asarray(hand.keypoints_xyz, dtype=np.float64) for hand in hands])
+    # One pass for every joint of every hand; the wrist's bone frame is the palm frame.
+    quaternions = quaternion_from_matrix(bone_frames(keypoints))
+    return {hand.hand_id: (origin, q[WRIST], q)
+            for hand, origin, q in zip(hands, palm_center(keypoints), quaternions)}
 
 
 def joint_pose_array(hands, header, geometry=None):
@@ -195,11 +195,15 @@ def joint_state(hands, header):
     """Return a ``sensor_msgs/JointState`` of finger articulation angles (radians)."""
     msg = JointState()
     msg.header = header
+    hands = sorted_hands(hands)
+    if not hands:
+        return msg
     prefixes = joint_state_prefixes(hands)
-    for hand in sorted_hands(hands):
-        angles = joint_angles(hand.keypoints_xyz, hand.handedness)
+    for hand in hands:
         msg.name.extend(prefixes[hand.hand_id] + name for name in ANGLE_NAMES)
-        msg.position.extend(angles.tolist())
+    angles = joint_angles(np.stack([np.asarray(hand.keypoints_xyz) for hand in hands]),
+                          [hand.handedness for hand in hands])
+    msg.position.extend(angles.ravel().tolist())
     return msg
 
 

@@ -312,7 +312,9 @@ def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None, ang
     else:
         blamed['bone_ratio'] = _blame_bones(
             _ratio_violations(config, lengths, both, scale, margin))
-    joint_angles, _ = angles or kinematics.finger_angles(keypoints_xyz, handedness)
+    if angles is None:
+        angles = kinematics.finger_angles(keypoints_xyz, handedness)
+    joint_angles = angles.joint_angles
     soft = np.radians(config.angle_margin_deg)
     bad = (joint_angles < ANGLE_LOWER_RAD - soft) | (joint_angles > ANGLE_UPPER_RAD + soft)
     joints = np.zeros(NUM_JOINTS, bool)
@@ -370,16 +372,17 @@ def repair(config, keypoints_xyz, blamed, handedness, calibrated_lengths_m=None,
     repaired = np.zeros(NUM_JOINTS, bool)
     unrepairable = blamed.copy()
     lengths = expected_bone_lengths(out, present, calibrated_lengths_m)
-    joint_angles, twist = angles or kinematics.finger_angles(out, handedness)
+    if angles is None:
+        angles = kinematics.finger_angles(out, handedness)
     soft = np.radians(config.angle_margin_deg)
     # Clamp just inside the limits so that the repaired pose passes the check exactly.
-    joint_angles = np.clip(joint_angles, ANGLE_LOWER_RAD - soft + 1e-9,
+    joint_angles = np.clip(angles.joint_angles, ANGLE_LOWER_RAD - soft + 1e-9,
                            ANGLE_UPPER_RAD + soft - 1e-9)
     movable = FINGER_JOINTS[:, 1:]  # the MCP (thumb: CMC) belongs to the palm
     fingers = np.flatnonzero(np.any(blamed[movable], axis=1))
     if len(fingers):
         out = kinematics.rebuild_fingers(out, fingers, joint_angles, lengths, handedness,
-                                         twist[fingers])
+                                         angles.hinge_twist[fingers], angles.frames)
         repaired[movable[fingers]] = True
         unrepairable[movable[fingers]] = False
     return out, repaired, unrepairable

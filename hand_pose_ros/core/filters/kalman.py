@@ -43,19 +43,20 @@ class ConstantVelocityKalman:
         return np.isfinite(self.stamp_s)
 
     def _propagate(self, stamp_s):
-        """Return position, velocity and covariance predicted to stamp_s (state unchanged)."""
+        """Return position and covariance predicted to stamp_s (state unchanged)."""
         dt = np.where(self.initialised, stamp_s - self.stamp_s, 0.0)
         dt = np.maximum(dt, 0.0)
+        dt2 = dt ** 2
         position = self.position + self.velocity * dt[:, None]
         q = self.config.process_noise_m_s2 ** 2
         p = self.covariance
         covariance = np.empty_like(p)
-        covariance[:, 0, 0] = (p[:, 0, 0] + dt * (p[:, 0, 1] + p[:, 1, 0]) + dt ** 2 * p[:, 1, 1]
+        covariance[:, 0, 0] = (p[:, 0, 0] + dt * (p[:, 0, 1] + p[:, 1, 0]) + dt2 * p[:, 1, 1]
                                + q * dt ** 4 / 4.0)
         covariance[:, 0, 1] = p[:, 0, 1] + dt * p[:, 1, 1] + q * dt ** 3 / 2.0
         covariance[:, 1, 0] = covariance[:, 0, 1]
-        covariance[:, 1, 1] = p[:, 1, 1] + q * dt ** 2
-        return position, self.velocity.copy(), covariance
+        covariance[:, 1, 1] = p[:, 1, 1] + q * dt2
+        return position, covariance
 
     def predict(self, stamp_s):
         """
@@ -63,7 +64,7 @@ class ConstantVelocityKalman:
 
         The state is not changed; points without a state are NaN.
         """
-        position, _, covariance = self._propagate(stamp_s)
+        position, covariance = self._propagate(stamp_s)
         return position, covariance[:, 0, 0]
 
     def update(self, stamp_s, points, mask=None, measurement_std_m=None):
@@ -84,7 +85,7 @@ class ConstantVelocityKalman:
         r = np.broadcast_to(np.asarray(measurement_std_m, dtype=np.float64) ** 2,
                             (self.num_points,))
         initialised = self.initialised
-        position, velocity, covariance = self._propagate(stamp_s)
+        position, covariance = self._propagate(stamp_s)
         advance = initialised
         self.position[advance] = position[advance]
         self.covariance[advance] = covariance[advance]

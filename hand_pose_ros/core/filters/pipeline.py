@@ -29,7 +29,7 @@ import numpy as np
 
 from hand_pose_ros.core import kinematics
 from hand_pose_ros.core.filters import anatomy
-from hand_pose_ros.core.filters.config import FilterConfig
+from hand_pose_ros.core.filters.config import AnatomyConfig, FilterConfig
 from hand_pose_ros.core.filters.gates import motion_gate, PALM_GATE_JOINTS
 from hand_pose_ros.core.filters.handedness import HandednessEstimator
 from hand_pose_ros.core.filters.kalman import ConstantVelocityKalman
@@ -103,6 +103,37 @@ def _palm_of(points, mask):
     return points[_PALM_CENTER_JOINTS[use]].mean(axis=0)
 
 
+@dataclasses.dataclass
+class _PoseVerdict:
+    """
+    Outcome of the pose checks and the configured action on one complete filtered pose.
+
+    ``pose``, ``label``, ``config`` and ``calibrated`` are what it was computed from; ``stats``
+    the counts it adds; ``keypoints`` (repaired), ``valid``, ``repaired`` and ``downgraded``
+    (joints whose score takes ``repair_score_factor``) what it publishes.
+    """
+
+    pose: np.ndarray
+    label: str
+    config: AnatomyConfig
+    calibrated: np.ndarray  # or None
+    stats: collections.Counter
+    keypoints: np.ndarray
+    valid: np.ndarray
+    repaired: np.ndarray
+    downgraded: np.ndarray
+    flagged: bool
+
+    def matches(self, pose, label, config, calibrated):
+        """Return whether this verdict was computed from these inputs."""
+        if self.calibrated is None or calibrated is None:
+            same_calibration = self.calibrated is calibrated
+        else:
+            same_calibration = np.array_equal(self.calibrated, calibrated)
+        return (same_calibration and self.label == label and self.config == config
+                and np.array_equal(self.pose, pose))
+
+
 class _Track:
     """Filters and state of one tracked hand."""
 
@@ -121,6 +152,7 @@ class _Track:
         self.accepted_scores = np.zeros(NUM_JOINTS)
         self.last_stamp_s = None
         self.last_detection_s = None
+        self._last_verdict = None
 
     def set_config(self, config):
         old = self.config
@@ -135,15 +167,15 @@ class _Track:
         if (window, min_frames) != (self.calibration.window, self.calibration.min_frames):
             self.calibration = self.calibration.resized(window, min_frames)
 
-    def palm_prediction(self, stamp_s):
+    def palm_prediction(self, stamp_s, predicted):
         """
         Return the predicted palm centre and the association gate of this track.
 
-        The gate is tracking.gate_m plus the distance the palm can travel
-        (gates.palm_max_speed_m_s) since the track's last detection; after a gap longer than
-        max_gap_s the motion model is gone and the last palm centre is used.
+        ``predicted`` is the (21, 3) Kalman prediction at stamp_s. The gate is
+        tracking.gate_m plus the distance the palm can travel (gates.palm_max_speed_m_s)
+        since the track's last detection; after a gap longer than max_gap_s the motion model
+        is gone and the last palm centre is used.
         """
-        predicted, _ = self.kalman.predict(stamp_s)
         palm = _palm_of(predicted, np.all(np.isfinite(predicted), axis=1))
         if palm is None:
             palm = _palm_of(self.output, np.all(np.isfinite(self.output), axis=1))
@@ -151,8 +183,13 @@ class _Track:
             stamp_s - self.last_detection_s)
         return (palm if palm is not None else np.full(3, np.nan)), gate
 
-    def step(self, stamp_s, detection, stats):
-        """Advance the track to stamp_s with a checked detection (or None) and return it."""
+    def step(self, stamp_s, detection, stats, prediction=None):
+        """
+        Advance the track to stamp_s with a checked detection (or None) and return it.
+
+        ``prediction`` is ``self.kalman.predict(stamp_s)`` when already computed (the state
+        is unchanged until this step updates it).
+        """
         cfg = self.config
         rejected = np.zeros(NUM_JOINTS, bool)
         if detection is None:
@@ -170,7 +207,8 @@ class _Track:
             scores, _MIN_SCORE_FOR_NOISE, 1.0)
         accepted = present.copy()
         if self.last_stamp_s is not None and np.any(present):
-            accepted = self._gate(stamp_s, keypoints, present, measurement_std, stats)
+            accepted = self._gate(stamp_s, keypoints, present, measurement_std, prediction,
+                                  stats)
             rejected |= present & ~accepted
         self.kalman.update(stamp_s, keypoints, accepted, measurement_std)
         self.last_accepted_s[accepted] = stamp_s
@@ -230,41 +268,63 @@ class _Track:
         :return: (keypoints, scores, valid, repaired, flagged) to publish; the filter state
             itself is not changed by a repair.
         """
-        cfg = self.config.anatomy
         output, scores = self.output.copy(), self.scores.copy()
-        repaired = np.zeros(NUM_JOINTS, bool)
-        if not cfg.enabled or not np.all(valid):
-            return output, scores, valid, repaired, False
+        if not self.config.anatomy.enabled or not np.all(valid):
+            return output, scores, valid, np.zeros(NUM_JOINTS, bool), False
+        verdict = self._pose_verdict(output)
+        stats.update(verdict.stats)
+        scores = np.where(verdict.downgraded,
+                          scores * self.config.anatomy.repair_score_factor, scores)
+        return (verdict.keypoints.copy(), np.where(verdict.valid, scores, 0.0),
+                verdict.valid.copy(), verdict.repaired.copy(), verdict.flagged)
+
+    def _pose_verdict(self, output):
+        """
+        Return the _PoseVerdict of a complete filtered pose.
+
+        The verdict depends only on the pose, the handedness label, the calibrated bone
+        lengths and the anatomy config, so the last one is reused while they are all
+        unchanged (a track coasting at zero velocity keeps its output from frame to frame).
+        """
+        cfg = self.config.anatomy
         calibrated = self._calibrated()
         label = self.handedness.label
+        last = self._last_verdict
+        if last is not None and last.matches(output, label, cfg, calibrated):
+            return last
+        stats = collections.Counter()
         blamed = np.zeros(NUM_JOINTS, bool)
         angles = kinematics.finger_angles(output, label)  # shared by the checks and the repair
         for reason, mask in anatomy.check_pose(cfg, output, label, calibrated,
                                                angles).items():
             stats[f'implausible_joints.{reason}'] += int(np.count_nonzero(mask))
             blamed |= mask
-        if not np.any(blamed):
-            return output, scores, valid, repaired, False
-        valid = valid.copy()
-        if cfg.action == 'reject_hand':
+        keypoints, valid = output, np.ones(NUM_JOINTS, bool)
+        repaired, downgraded = np.zeros(NUM_JOINTS, bool), np.zeros(NUM_JOINTS, bool)
+        flagged = bool(np.any(blamed))
+        if flagged and cfg.action == 'reject_hand':
             stats['invalidated_hands.anatomy'] += 1
             valid[:] = False
-        elif cfg.action == 'invalidate_joints':
+        elif flagged and cfg.action == 'invalidate_joints':
             stats['invalidated_joints.anatomy'] += int(np.count_nonzero(blamed))
             valid &= ~blamed
-        else:
-            output, repaired, unrepairable = anatomy.repair(
+        elif flagged:
+            keypoints, repaired, unrepairable = anatomy.repair(
                 cfg, output, blamed, label, calibrated, angles)
-            scores = np.where(repaired | blamed, scores * cfg.repair_score_factor, scores)
+            downgraded = repaired | blamed
             stats['repaired_joints'] += int(np.count_nonzero(repaired))
             stats['invalidated_joints.anatomy'] += int(np.count_nonzero(unrepairable))
             valid &= ~unrepairable
-        scores = np.where(valid, scores, 0.0)
-        return output, scores, valid, repaired, True
+        self._last_verdict = _PoseVerdict(
+            pose=output, label=label, config=dataclasses.replace(cfg), calibrated=calibrated,
+            stats=stats, keypoints=keypoints, valid=valid, repaired=repaired,
+            downgraded=downgraded, flagged=flagged)
+        return self._last_verdict
 
-    def _gate(self, stamp_s, keypoints, present, measurement_std, stats):
+    def _gate(self, stamp_s, keypoints, present, measurement_std, prediction, stats):
         cfg = self.config.gates
-        predicted, variance = self.kalman.predict(stamp_s)
+        predicted, variance = (prediction if prediction is not None
+                               else self.kalman.predict(stamp_s))
         dt = stamp_s - self.last_stamp_s
         accepted, reasons = motion_gate(cfg, dt, keypoints, present, predicted, variance,
                                         self.kalman.position, measurement_std)
@@ -378,15 +438,18 @@ class HandFilter:
         palms = []
         for keypoints, _, present in detections:
             palms.append(_palm_of(keypoints, present))
-        predictions = [track.palm_prediction(stamp_s) for track in self._tracks]
-        track_palms = np.array([palm for palm, _ in predictions]).reshape(-1, 3)
-        gates = np.array([gate for _, gate in predictions])
+        # One Kalman prediction per track serves association and the motion gates.
+        predictions = [track.kalman.predict(stamp_s) for track in self._tracks]
+        palm_gates = [track.palm_prediction(stamp_s, predicted)
+                      for track, (predicted, _) in zip(self._tracks, predictions)]
+        track_palms = np.array([palm for palm, _ in palm_gates]).reshape(-1, 3)
+        gates = np.array([gate for _, gate in palm_gates])
         pairs, unmatched = associate(track_palms, np.array(palms).reshape(-1, 3), gates)
         by_track = dict(pairs)
         outputs = []
         for index, track in enumerate(self._tracks):
             detection = detections[by_track[index]] if index in by_track else None
-            outputs.append(track.step(stamp_s, detection, self.stats))
+            outputs.append(track.step(stamp_s, detection, self.stats, predictions[index]))
         for d in unmatched:
             if len(self._tracks) >= cfg.tracking.max_hands:
                 if not self._free_slot(stamp_s):
