@@ -93,18 +93,6 @@ def test_static_batch_export_runs_any_batch(cards):
     assert static(batch)['joints'].shape == (5, 21, 3)
 
 
-def test_onnxruntime_threads_do_not_spin_unless_asked(cards):
-    card, model = cards['a2j']
-    quiet = OnnxRuntimeBackend(card, threads=2)
-    spinning = OnnxRuntimeBackend(card, threads=2, spin=True)
-    entry = 'session.intra_op.allow_spinning'
-    assert quiet.session.get_session_options().get_session_config_entry(entry) == '0'
-    assert spinning.session.get_session_options().get_session_config_entry(entry) == '1'
-    batch = crops(model, 3)
-    np.testing.assert_allclose(quiet(batch)['joints'], spinning(batch)['joints'],
-                               atol=TOLERANCE)
-
-
 def test_exported_graph_outputs_only_joints_and_confidence(cards):
     import onnx
 

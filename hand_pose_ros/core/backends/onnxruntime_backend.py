@@ -16,14 +16,11 @@ class OnnxRuntimeBackend:
     :param model_path: model card (``.yaml``, uses its ONNX export) or ``.onnx`` file.
     :param device: 'auto' (CUDA provider when available, else CPU), 'cpu' or 'cuda'.
     :param threads: intra-op threads (None: ONNX Runtime's default, one per core).
-    :param spin: let idle intra-op threads busy-wait for the next call (ONNX Runtime's own
-        default). Off here: between frames the localiser, filter and ROS callbacks need
-        those cores, and spinning threads take them away.
     """
 
     name = 'onnxruntime'
 
-    def __init__(self, model_path, device='auto', threads=None, spin=False):
+    def __init__(self, model_path, device='auto', threads=None):
         import onnxruntime
 
         if device not in DEVICES:
@@ -46,7 +43,6 @@ class OnnxRuntimeBackend:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        options.add_session_config_entry('session.intra_op.allow_spinning', '1' if spin else '0')
         self.session = onnxruntime.InferenceSession(
             str(self.onnx_path), sess_options=options, providers=providers)
         self.device = 'cuda' if use_cuda else 'cpu'
