@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 
+from hand_pose_ros.cli.options import parse_assignment
 from hand_pose_ros.core import evaluation
 
 
@@ -114,17 +115,8 @@ def run(args):
 
 
 def parse_options(items):
-    """Turn ['key=value', ...] into reader keyword arguments (ints and comma lists parsed)."""
-    options = {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise ValueError(f'--option must look like KEY=VALUE, got {item!r}')
-        if ',' in value:
-            options[key] = [v for v in value.split(',') if v]
-        else:
-            options[key] = int(value) if value.lstrip('-').isdigit() else value
-    return options
+    """Turn ['key=value', ...] into reader keyword arguments (see :func:`parse_assignment`)."""
+    return dict(parse_assignment(item, '--option') for item in items)
 
 
 def format_result(result):

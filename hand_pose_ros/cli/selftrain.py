@@ -21,6 +21,7 @@ from pathlib import Path
 import sys
 import time
 
+from hand_pose_ros.cli.options import parse_assignment
 from hand_pose_ros.core.selftrain import SelfTrainConfig
 
 TUNABLES = (
@@ -88,16 +89,8 @@ def build_parser():
 
 
 def _filter_overrides(items):
-    """Parse KEY=VALUE strings into a dict with numbers and booleans converted."""
-    import yaml
-
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise ValueError(f'--filter expects KEY=VALUE, got {item!r}')
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
+    """Parse ``--filter KEY=VALUE`` strings (see :func:`parse_assignment`) into a dict."""
+    return dict(parse_assignment(item, '--filter') for item in items)
 
 
 def config_from_args(args):

@@ -15,8 +15,7 @@ import logging
 import signal
 import sys
 
-import yaml
-
+from hand_pose_ros.cli.options import parse_assignment
 from hand_pose_ros.core import training
 
 # Flags that override top-level config fields: (flag, field, type).
@@ -64,10 +63,8 @@ def build_parser():
 
 def apply_assignment(values, assignment):
     """Apply one ``key.sub=value`` override (value parsed as YAML) to a config dict."""
-    if '=' not in assignment:
-        raise ValueError(f'--set expects KEY=VALUE, got {assignment!r}')
-    key, raw = assignment.split('=', 1)
-    parts = key.strip().split('.')
+    key, value = parse_assignment(assignment, '--set')
+    parts = key.split('.')
     if not all(parts):
         raise ValueError(f'--set key {key!r} is malformed')
     target = values
@@ -79,7 +76,7 @@ def apply_assignment(values, assignment):
             raise ValueError(f'--set {key}: {part!r} is not a mapping')
         target[part] = dict(current)
         target = target[part]
-    target[parts[-1]] = yaml.safe_load(raw)
+    target[parts[-1]] = value
 
 
 def config_from_args(args):

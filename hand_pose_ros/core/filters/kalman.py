@@ -10,8 +10,10 @@ gaps). The prediction also serves the motion gates and the gap filling of the ha
 
 import numpy as np
 
+from hand_pose_ros.core.filters.point_state import PointStateFilter
 
-class ConstantVelocityKalman:
+
+class ConstantVelocityKalman(PointStateFilter):
     """
     Independent constant-velocity Kalman filters for N points in 3D.
 
@@ -19,23 +21,8 @@ class ConstantVelocityKalman:
     :param num_points: number of points N.
     """
 
-    def __init__(self, config, num_points):
-        self.config = config
-        self.num_points = num_points
-        self.reset()
-
-    def reset(self, mask=None):
-        """Forget the state of all points, or of the points where mask is True."""
-        if mask is None:
-            self.position = np.full((self.num_points, 3), np.nan)
-            self.velocity = np.zeros((self.num_points, 3))
-            self.covariance = np.zeros((self.num_points, 2, 2))
-            self.stamp_s = np.full(self.num_points, np.nan)
-            return
-        self.position[mask] = np.nan
-        self.velocity[mask] = 0.0
-        self.covariance[mask] = 0.0
-        self.stamp_s[mask] = np.nan
+    STATE = {'position': ((3,), np.nan), 'velocity': ((3,), 0.0),
+             'covariance': ((2, 2), 0.0), 'stamp_s': ((), np.nan)}
 
     @property
     def initialised(self):

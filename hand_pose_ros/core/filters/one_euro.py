@@ -9,6 +9,8 @@ and dropped frames only change the per-step smoothing factor.
 
 import numpy as np
 
+from hand_pose_ros.core.filters.point_state import PointStateFilter
+
 
 def smoothing_factor(dt_s, cutoff_hz):
     """Return the exponential smoothing factor of a first-order low-pass for a time step."""
@@ -16,7 +18,7 @@ def smoothing_factor(dt_s, cutoff_hz):
     return 1.0 / (1.0 + tau / dt_s)
 
 
-class OneEuroFilter:
+class OneEuroFilter(PointStateFilter):
     """
     Independent One Euro filters for N points in 3D (speed = norm of the 3D velocity).
 
@@ -24,21 +26,7 @@ class OneEuroFilter:
     :param num_points: number of points N.
     """
 
-    def __init__(self, config, num_points):
-        self.config = config
-        self.num_points = num_points
-        self.reset()
-
-    def reset(self, mask=None):
-        """Forget the state of all points, or of the points where mask is True."""
-        if mask is None:
-            self.value = np.full((self.num_points, 3), np.nan)
-            self.velocity = np.zeros((self.num_points, 3))
-            self.stamp_s = np.full(self.num_points, np.nan)
-            return
-        self.value[mask] = np.nan
-        self.velocity[mask] = 0.0
-        self.stamp_s[mask] = np.nan
+    STATE = {'value': ((3,), np.nan), 'velocity': ((3,), 0.0), 'stamp_s': ((), np.nan)}
 
     def update(self, stamp_s, points, mask=None):
         """
