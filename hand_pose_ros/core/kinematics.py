@@ -163,14 +163,6 @@ def _palm_axes(keypoints_xyz, handedness):
     return palmar, thumb_side
 
 
-def _checked_with_palm_axes(keypoints_xyz, handedness, palm_axes):
-    """Return (keypoints, palm axes), checking the keypoints unless the axes are given."""
-    if palm_axes is not None:
-        return np.asarray(keypoints_xyz, dtype=np.float64), palm_axes
-    keypoints_xyz = _check_keypoints(keypoints_xyz)
-    return keypoints_xyz, _palm_axes(keypoints_xyz, handedness)
-
-
 def chain_angles(axis, palmar, directions):
     """
     Return flexion and out-of-plane angles along chains of bone directions.
@@ -238,7 +230,8 @@ class FingerFrames(typing.NamedTuple):
     axes: np.ndarray
     """(5, 3) reference axis of each finger chain (thumb: its metacarpal)."""
     palmars: np.ndarray
-    """(5, 3) direction towards which each finger's flexion is positive."""
+    """(5, 3) direction towards which each finger's flexion is positive (thumb: towards the
+    palm and away from the thumb side)."""
     signs: np.ndarray
     """(5,) abduction signs that make positive out-of-plane angles point towards the thumb."""
     thumb_cmc: tuple
@@ -270,30 +263,6 @@ def _finger_frames(keypoints_xyz, handedness):
     palm_axes = _palm_axes(keypoints_xyz, handedness)
     return FingerFrames(*_finger_references(keypoints_xyz, palm_axes),
                         _thumb_cmc_frame(keypoints_xyz, palm_axes[0]))
-
-
-def finger_reference(keypoints_xyz, finger, handedness='right', palm_axes=None):
-    """
-    Return the reference frame used for one finger's angles.
-
-    :param keypoints_xyz: (21, 3) keypoints.
-    :param finger: finger index 0 (thumb) to 4 (little finger).
-    :param handedness: 'left', 'right' or 'unknown' (treated as right).
-    :param palm_axes: (palmar, thumb side) of the hand when already computed.
-    :return: (reference axis (3,), palmar direction (3,), abduction sign) where the
-        abduction sign makes positive out-of-plane angles point towards the thumb; the thumb's
-        axis is its metacarpal and its palmar direction points towards the palm and away
-        from the thumb side.
-    """
-    keypoints_xyz, palm_axes = _checked_with_palm_axes(keypoints_xyz, handedness, palm_axes)
-    axes, palmars, signs = _finger_references(keypoints_xyz, palm_axes)
-    return axes[finger], palmars[finger], float(signs[finger])
-
-
-def thumb_cmc_frame(keypoints_xyz, handedness='right', palm_axes=None):
-    """Return the (middle metacarpal, thumb side, palmar) orthonormal axes of the thumb CMC."""
-    keypoints_xyz, (palmar, _) = _checked_with_palm_axes(keypoints_xyz, handedness, palm_axes)
-    return _thumb_cmc_frame(keypoints_xyz, palmar)
 
 
 class FingerAngles(typing.NamedTuple):

@@ -236,7 +236,6 @@ def tf_message(hands, header, prefix='', geometry=None):
 
 
 def _color(rgba):
-
     return ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3]))
 
 
