@@ -44,9 +44,6 @@ from scipy import ndimage
 from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz, xyz_from_uvd
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
-# Hand-end score weights for (silhouette fraction, middle spread m, smallest spread m,
-# image-border fraction, mean depth m); see DepthHandLocalizer._end_features.
-_END_WEIGHTS = np.array([9.4, 51.0, 283.0, -2.0, -13.3])
 # Hand score weights for _hand_features plus the relative depth (see _scored): logistic fit
 # on the candidates of 2,000 synthetic frames (default scenes seed 2000, single-hand scenes
 # seed 2001; held-out evaluation uses seed 1000), positive within 50 mm of a hand.
@@ -74,10 +71,6 @@ class LocalizerConfig:
     :param max_width_m: largest hand extent across its principal axis (a hand with spread
         fingers is about 0.2 m wide).
     :param hand_length_m: limbs longer than 1.15 times this are a hand with a forearm.
-    :param hand_keep_m: extent kept from the hand end of an arm whose entry is unknown.
-    :param end_segment_m: length of each arm end compared when choosing the hand end.
-    :param entry_fraction: fraction of an end's points on the image border that marks it
-        as the arm's entry when the other end does not touch the border.
     :param geodesic_keep_m: path length kept back from the far end of an arm whose entry
         (image border, body) is known.
     :param limb_radius_m: surfaces are opened with a disc of this radius (wider than an
@@ -101,10 +94,7 @@ class LocalizerConfig:
     max_area_m2: float = 0.04
     max_width_m: float = 0.26
     hand_length_m: float = 0.15
-    hand_keep_m: float = 0.10
-    end_segment_m: float = 0.08
     geodesic_keep_m: float = 0.16
-    entry_fraction: float = 0.05
     limb_radius_m: float = 0.06
     min_body_area_m2: float = 0.02
     refine_radius_m: float = 0.08
@@ -118,14 +108,12 @@ class LocalizerConfig:
             raise ValueError(f'localizer depth range must satisfy 0 <= min_depth_m < '
                              f'max_depth_m, got {self.min_depth_m}, {self.max_depth_m}')
         for name in ('depth_jump_m', 'min_area_m2', 'max_area_m2', 'max_width_m',
-                     'hand_length_m', 'hand_keep_m', 'end_segment_m', 'geodesic_keep_m',
-                     'limb_radius_m', 'min_body_area_m2', 'refine_radius_m', 'max_slope'):
+                     'hand_length_m', 'geodesic_keep_m', 'limb_radius_m', 'min_body_area_m2',
+                     'refine_radius_m', 'max_slope'):
             if not getattr(self, name) > 0:
                 raise ValueError(f'localizer {name} must be positive, got {getattr(self, name)}')
         if not 0 <= self.min_score < 1:
             raise ValueError(f'localizer min_score must be in [0, 1), got {self.min_score}')
-        if not 0 < self.entry_fraction <= 1:
-            raise ValueError('localizer entry_fraction must be in (0, 1]')
         if int(self.target_width_px) < 1:
             raise ValueError(f'localizer target_width_px must be >= 1, got '
                              f'{self.target_width_px}')
@@ -361,9 +349,6 @@ class _StridedGrid:
         k = self.intrinsics
         return (self.stride * z) ** 2 / (k.fx * k.fy)
 
-    def full_uv(self, col, row):
-        return int(col * self.stride), int(row * self.stride)
-
 
 def _far_side_of_jumps(depth, jump_m, slope_per_m):
     """
@@ -466,6 +451,15 @@ def _arm_ends(shape, flat, xyz, along, entry, arms, keep_m):
     return ((second <= keep_m, second, side), (from_far_end <= keep_m, from_far_end, -side))
 
 
+def _padded_index(flat, width):
+    """
+    Return the flat indices of pixels in the image padded by one pixel on every side.
+
+    In the padded image every pixel has four neighbours, at -1, +1 and -/+ (width + 2).
+    """
+    return flat + 2 * (flat // width) + width + 3
+
+
 def _grid_graph(shape, flat, xyz):
     """
     Return the sparse graph of 4-connected pixels (flat indices), edges their 3D lengths.
@@ -476,9 +470,8 @@ def _grid_graph(shape, flat, xyz):
     from scipy.sparse import csr_matrix
 
     height, width = shape
-    # Indices in an image padded by one pixel, so that every pixel has four neighbours.
     index = np.full((height + 2) * (width + 2), -1, dtype=np.intp)
-    padded = flat + 2 * (flat // width) + width + 3
+    padded = _padded_index(flat, width)
     index[padded] = np.arange(len(flat))
     # CSR lists each pixel's neighbours together: pixel-major order.
     neighbours = index[padded[:, None] + np.array([-width - 2, -1, 1, width + 2])]
@@ -503,8 +496,7 @@ def _outline(shape, flat):
     height, width = shape
     padded = np.ones((height + 2, width + 2), dtype=bool)
     padded[1:-1, 1:-1] = False
-    # The pixel's flat index in the padded image, and those of its four neighbours.
-    at = flat + 2 * (flat // width) + width + 3
+    at = _padded_index(flat, width)
     member = padded.ravel()
     member[at] = True
     return ~(member[at - 1] & member[at + 1] & member[at - width - 2] & member[at + width + 2])
@@ -525,7 +517,7 @@ def _touches(mask, flat):
     padded = np.zeros((height + 2, width + 2), dtype=bool)
     padded[1:-1, 1:-1] = mask
     padded = padded.ravel()
-    at = flat + 2 * (flat // width) + width + 3
+    at = _padded_index(flat, width)
     return padded[at] | padded[at - 1] | padded[at + 1] | padded[at - width - 2] \
         | padded[at + width + 2]
 
