@@ -142,19 +142,29 @@ def depth_to_metres(depth):
         raise ValueError(f'depth image must be 2-D (H, W), got shape {depth.shape}')
     if depth.size == 0:
         raise ValueError('depth image is empty')
+    # Masked copies rather than boolean-index assignment: this runs on every frame.
     if depth.dtype == np.uint16:
-        out = depth.astype(np.float32) * np.float32(0.001)
-        out[depth == 0] = np.nan
+        out = np.full(depth.shape, np.nan, dtype=np.float32)
+        np.copyto(out, depth, where=depth != 0)
+        out *= np.float32(0.001)
         return out
     if depth.dtype in (np.float32, np.float64):
         out = depth.astype(np.float32, copy=True)
-        out[~np.isfinite(out) | (out <= 0)] = np.nan
+        valid = np.isfinite(out)
+        valid &= out > 0
+        np.copyto(out, np.float32(np.nan), where=~valid)
         return out
     raise ValueError(f'depth image dtype must be uint16 (mm) or float32 (m), got {depth.dtype}')
 
 
 def depth_to_millimetres(depth_m):
     """Convert float metres (NaN invalid) to uint16 millimetres (0 invalid), saturating."""
-    depth_m = np.asarray(depth_m, dtype=np.float64)
-    mm = np.where(np.isfinite(depth_m) & (depth_m > 0), np.round(depth_m * 1000.0), 0.0)
-    return np.clip(mm, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+    # In place on one float64 buffer: the synthetic renderer converts every frame.
+    millimetres = np.multiply(depth_m, 1000.0, dtype=np.float64)
+    np.rint(millimetres, out=millimetres)
+    valid = np.isfinite(millimetres)
+    valid &= millimetres > 0
+    np.minimum(millimetres, np.iinfo(np.uint16).max, out=millimetres)
+    depth_mm = np.zeros(millimetres.shape, dtype=np.uint16)
+    np.copyto(depth_mm, millimetres, casting='unsafe', where=valid)
+    return depth_mm

@@ -4,7 +4,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
+from hand_pose_ros.core.camera import (CameraIntrinsics, depth_to_metres, depth_to_millimetres,
+                                       uvd_from_xyz)
 from hand_pose_ros.core.synth.color import shade
 from hand_pose_ros.core.synth.hand_model import joint_surface_radii
 from hand_pose_ros.core.synth.render import ZBuffer
@@ -193,7 +194,8 @@ class SyntheticGenerator:
                   for h, pose in enumerate(scene.hands)]
         noisy = apply_sensor(clean, self.sensor_config, intrinsics, scene.seed, offset,
                              full_size)
-        depth_mm, depth_m = _quantised_depth(noisy)
+        depth_mm = depth_to_millimetres(noisy)
+        depth_m = depth_to_metres(depth_mm)
         image = None
         if color:
             image = shade(clean, zbuffer.index, np.array(albedo).reshape(-1, 3), zbuffer.dx,
@@ -240,29 +242,6 @@ class SyntheticGenerator:
             scene = replace(background, hands=(pose,), seed=background.seed + index,
                             stamp_s=float(motion.stamps_s[index]))
             yield self.render(scene, intrinsics=intrinsics, color=color)
-
-
-def _quantised_depth(depth_m):
-    """
-    Return the uint16 millimetres of a float depth image and the metres they stand for.
-
-    The same values as ``camera.depth_to_millimetres`` (0: invalid, saturating) and its
-    metres (float32, NaN invalid), in fewer passes.
-
-    :param depth_m: (H, W) float32 metres, NaN invalid.
-    :return: (H, W) uint16 millimetres, (H, W) float32 metres.
-    """
-    millimetres = np.multiply(depth_m, 1000.0, dtype=np.float64)
-    np.rint(millimetres, out=millimetres)
-    valid = np.isfinite(millimetres)
-    valid &= millimetres > 0
-    np.minimum(millimetres, np.iinfo(np.uint16).max, out=millimetres)
-    depth_mm = np.zeros(millimetres.shape, dtype=np.uint16)
-    np.copyto(depth_mm, millimetres, casting='unsafe', where=valid)
-    metres = np.full(millimetres.shape, np.nan, dtype=np.float32)
-    np.copyto(metres, depth_mm, where=valid)
-    metres *= np.float32(0.001)
-    return depth_mm, metres
 
 
 def _blank_outside(zbuffer, offset, full_size):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hand_pose_ros.core import skeleton
+from hand_pose_ros.core.rotations import cross
 
 HANDEDNESS = ('left', 'right')
 
@@ -376,16 +377,10 @@ def local_keypoints(shape, articulation):
     return points
 
 
-def _cross(a, b):
-    """Return the cross product of two 3-vectors (np.cross's arithmetic, less overhead)."""
-    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2],
-                     a[0] * b[1] - a[1] * b[0]])
-
-
 def _as_rotation(rotation):
     rotation = np.asarray(rotation, dtype=np.float64)
     if rotation.shape != (3, 3) or not np.abs(rotation @ rotation.T - np.eye(3)).max() < 1e-6 \
-            or np.dot(_cross(rotation[:, 0], rotation[:, 1]), rotation[:, 2]) < 0:
+            or np.dot(cross(rotation[:, 0], rotation[:, 1]), rotation[:, 2]) < 0:
         raise ValueError('rotation must be a proper 3x3 rotation matrix')
     return rotation
 
@@ -503,7 +498,7 @@ def hand_capsules(shape, keypoints_xyz, rotation, forearm_direction, forearm_len
     # Forearm: two capsules side by side, slightly flattened wrist, widening to the elbow.
     direction = np.asarray(forearm_direction, dtype=np.float64)
     direction = direction / np.linalg.norm(direction)
-    side = _cross(direction, z_axis)
+    side = cross(direction, z_axis)
     norm = np.linalg.norm(side)
     side = x_axis if norm < 1e-6 else side / norm
     wrist_r, elbow_r = shape.forearm_radii_m

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hand_pose_ros.core.rotations import cross
+
 # Geometry nearer than this to the camera plane gets a full-image bounding box.
 NEAR_PLANE_M = 0.01
 
@@ -412,9 +414,9 @@ class ZBuffer:
         if box[0] >= box[1] or box[2] >= box[3]:
             return
         helper = np.eye(3)[int(np.argmin(np.abs(axis)))]
-        e1 = _cross(axis, helper)
+        e1 = cross(axis, helper)
         e1 /= np.linalg.norm(e1)
-        e2 = _cross(axis, e1)
+        e2 = cross(axis, e1)
         basis = np.stack([e1, e2, axis], axis=1)
         origin = -(basis.T @ center)
         dx, dy, _ = self._block(box)
@@ -466,9 +468,3 @@ class ZBuffer:
         depth = self.depth.astype(np.float32)
         depth[~np.isfinite(depth)] = np.nan
         return depth
-
-
-def _cross(a, b):
-    """Return the cross product of two 3-vectors (np.cross's arithmetic, less overhead)."""
-    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2],
-                     a[0] * b[1] - a[1] * b[0]])
