@@ -179,7 +179,8 @@ def main(argv=None):
     count = write_gif(gif_path, list(monitor.gif), CameraIntrinsics.from_preset(options.camera),
                       fps=10)
     print(f'hand_pose_demo: {final["outputs"]} filtered frames in {elapsed:.1f} s '
-          f'({final["outputs"] / elapsed:.1f} Hz) from {nodes[0].published} camera frames; '
+          f'({final["outputs"] / elapsed:.1f} Hz) from {nodes[0].published} camera frames '
+          f'({nodes[0].dropped} dropped by the camera); '
           f'latency p50 {_fmt(final["latency_p50_ms"])} ms, p99 '
           f'{_fmt(final["latency_p99_ms"])} ms; mean 3D error '
           f'{_fmt(final["mean_error_mm"])} mm over {final["frames_with_truth"]} frames')

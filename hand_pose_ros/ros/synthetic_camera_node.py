@@ -5,8 +5,14 @@ Publishes ``depth/image_raw`` (16UC1), ``depth/camera_info``, optionally ``color
 (rgb8), and the ground truth on ``hand_pose/ground_truth`` (PointCloud2 in the keypoint
 layout; confidence 1 for visible joints, 0 for occluded ones), all with the same header.
 A new motion sequence starts whenever one ends, so the camera runs forever.
+
+Frames are stamped like a hardware camera's: on a fixed grid of ``1 / rate_hz`` from the
+first frame, whatever the timer's jitter. A tick that comes late stands for the newest grid
+slot, and the frames of the slots it missed are dropped (the hand keeps moving in real
+time, as in front of a camera whose host fell behind); ``dropped`` counts them.
 """
 
+from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
@@ -39,7 +45,11 @@ class SyntheticCameraNode(Node):
         self._intrinsics = CameraIntrinsics.from_preset(self._values['camera'])
         self._generator = SyntheticGenerator(self._intrinsics, seed=self._values['seed'])
         self._sequence_index = 0
-        self._frames = iter(())
+        self._motion = None
+        self._background = None
+        self._frame_index = 0
+        self._first_stamp = None
+        self._slot = -1
         self._depth_pub = self.create_publisher(Image, 'depth/image_raw', OUTPUT_QOS)
         self._info_pub = self.create_publisher(CameraInfo, 'depth/camera_info', OUTPUT_QOS)
         self._truth_pub = self.create_publisher(PointCloud2, 'hand_pose/ground_truth',
@@ -47,27 +57,43 @@ class SyntheticCameraNode(Node):
         self._color_pub = (self.create_publisher(Image, 'color/image_raw', OUTPUT_QOS)
                            if self._values['publish_color'] else None)
         self.published = 0
+        self.dropped = 0
         self.create_timer(1.0 / self._values['rate_hz'], self._tick)
         self.get_logger().info(
             f"synthetic {self._values['camera']} camera at {self._values['rate_hz']} Hz, "
             f"frame_id {self._values['frame_id']!r}")
 
-    def _next_frame(self):
-        frame = next(self._frames, None)
-        if frame is None:
-            motion = generate_motion(
+    def _next_frame(self, skip):
+        """Render the frame after ``skip`` dropped ones, starting sequences as they end."""
+        self._frame_index += skip
+        if self._motion is not None and self._frame_index >= len(self._motion.poses):
+            self._motion = None
+        if self._motion is None:
+            self._motion = generate_motion(
                 self._values['sequence_frames'], fps=self._values['rate_hz'],
                 seed=self._values['seed'] + self._sequence_index,
                 max_speed_m_s=self._values['max_speed_m_s'], intrinsics=self._intrinsics)
             self._sequence_index += 1
-            self._frames = self._generator.render_motion(
-                motion, color=self._values['publish_color'])
-            frame = next(self._frames)
+            self._background = self._generator.motion_scene(self._motion)
+            self._frame_index = 0
+        frame = self._generator.render_motion_frame(
+            self._background, self._motion, self._frame_index,
+            color=self._values['publish_color'])
+        self._frame_index += 1
         return frame
 
     def _tick(self):
-        frame = self._next_frame()
-        header = self._depth_header()
+        now = self.get_clock().now()
+        period_ns = round(1e9 / self._values['rate_hz'])
+        if self._first_stamp is None:
+            self._first_stamp = now
+        slot = max(self._slot + 1, round((now - self._first_stamp).nanoseconds / period_ns))
+        skip = slot - self._slot - 1
+        self._slot = slot
+        self.dropped += skip
+        frame = self._next_frame(skip)
+        header = Header(stamp=(self._first_stamp + Duration(nanoseconds=slot * period_ns)
+                               ).to_msg(), frame_id=self._values['frame_id'])
         self._info_pub.publish(camera_info_from_intrinsics(self._intrinsics, header))
         self._depth_pub.publish(image_from_array(frame.depth_mm, '16UC1', header))
         if self._color_pub is not None and frame.color is not None:
@@ -75,9 +101,6 @@ class SyntheticCameraNode(Node):
         truth = [GroundTruthHand(i, label) for i, label in enumerate(frame.hands)]
         self._truth_pub.publish(keypoint_cloud(truth, header))
         self.published += 1
-
-    def _depth_header(self):
-        return Header(stamp=self.get_clock().now().to_msg(), frame_id=self._values['frame_id'])
 
 
 def main(args=None):

@@ -238,10 +238,22 @@ class SyntheticGenerator:
         :param intrinsics: image to render; defaults to the generator's.
         """
         background = self.motion_scene(motion)
-        for index, pose in enumerate(motion.poses):
-            scene = replace(background, hands=(pose,), seed=background.seed + index,
-                            stamp_s=float(motion.stamps_s[index]))
-            yield self.render(scene, intrinsics=intrinsics, color=color)
+        for index in range(len(motion.poses)):
+            yield self.render_motion_frame(background, motion, index, color, intrinsics)
+
+    def render_motion_frame(self, background, motion, index, color=False, intrinsics=None):
+        """
+        Render frame ``index`` of a :class:`MotionSequence` in front of its background.
+
+        :param background: the sequence's :meth:`motion_scene`.
+        :param motion: :class:`MotionSequence`.
+        :param index: frame index in the sequence.
+        :param color: also render a colour image.
+        :param intrinsics: image to render; defaults to the generator's.
+        """
+        scene = replace(background, hands=(motion.poses[index],), seed=background.seed + index,
+                        stamp_s=float(motion.stamps_s[index]))
+        return self.render(scene, intrinsics=intrinsics, color=color)
 
 
 def _blank_outside(zbuffer, offset, full_size):
