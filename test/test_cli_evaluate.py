@@ -99,3 +99,27 @@ def test_dataset_reader_options_are_parsed():
 
     assert parse_options(['labels=test.txt', 'kinect=2', 'subjects=P0,P1']) == {
         'labels': 'test.txt', 'kinect': 2, 'subjects': ['P0', 'P1']}
+
+
+def test_fit_hand_score_writes_the_model_card(tmp_path, capsys):
+    import shutil
+
+    from hand_pose_ros.core import model_io
+    from hand_pose_ros.core.estimator import HandScore, PACKAGE_MODELS_DIR
+
+    for name in ('default.yaml', 'default.onnx', 'default.safetensors'):
+        shutil.copy(PACKAGE_MODELS_DIR / name, tmp_path / name)
+    card_path = tmp_path / 'default.yaml'
+    card = model_io.read_card(card_path)
+    del card['hand_score']
+    model_io.write_card(card_path, card)
+    assert main(['--dataset', 'synthetic', '--model', str(card_path), '--backend',
+                 'onnxruntime', '--fit-hand-score', '--seed', '3000', '--frames', '12']) == 0
+    assert 'hand score fitted on' in capsys.readouterr().out
+    fitted = model_io.read_card(card_path)
+    section = fitted['hand_score']['fitted_on']
+    assert section['seed'] == 3000 and section['frames'] == 12
+    assert section['hands'] > 0 and section['false_hands'] > 0
+    score = HandScore.from_card(fitted)
+    assert score.joint_weight > 0   # confident joints make a hand more likely
+    assert {k: v for k, v in fitted.items() if k != 'hand_score'} == card

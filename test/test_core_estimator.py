@@ -11,6 +11,7 @@ import pytest
 
 from hand_pose_ros.core import CameraIntrinsics, HandPose, HandPoseEstimator, load_estimator
 from hand_pose_ros.core.crop import CropSpec, make_transform
+from hand_pose_ros.core.estimator import HandScore
 from hand_pose_ros.core.localizer import DepthHandLocalizer
 from hand_pose_ros.core.model_io import ModelFileError
 
@@ -24,14 +25,15 @@ class OracleBackend:
 
     def __init__(self, joints_norm, confidence=0.8):
         self.joints_norm = np.asarray(joints_norm, dtype=np.float32)
-        self.confidence = confidence
+        self.confidence = np.asarray(confidence, dtype=np.float32)
         self.batches = []
 
     def __call__(self, batch):
         self.batches.append(batch)
         count = len(batch)
+        confidence = np.broadcast_to(self.confidence, (len(self.joints_norm),))[:count]
         return {'joints': self.joints_norm[:count],
-                'confidence': np.full((count, 21), self.confidence, np.float32)}
+                'confidence': np.repeat(confidence[:, None], 21, axis=1)}
 
 
 def hand_scene(center=CENTER):
@@ -229,12 +231,13 @@ class FixedLocalizer:
         return self.candidates[:max_hands]
 
 
-def test_candidates_on_one_hand_are_reported_once():
+def candidate(center, score):
     from hand_pose_ros.core.localizer import HandCandidate
 
-    def candidate(center, score):
-        return HandCandidate(np.asarray(center), score, (0, 0, 1, 1), 0.01, 10, False)
+    return HandCandidate(np.asarray(center), score, (0, 0, 1, 1), 0.01, 10, False)
 
+
+def test_candidates_on_one_hand_are_reported_once():
     backend = OracleBackend(np.zeros((3, 21, 3)))
     near = [candidate(CENTER, 0.6), candidate(CENTER + [0.03, 0, 0], 0.9),
             candidate(CENTER + [-0.2, 0, 0], 0.5)]
@@ -242,3 +245,54 @@ def test_candidates_on_one_hand_are_reported_once():
     hands = est.estimate(hand_scene(), INTRINSICS)
     assert [h.detection_score for h in hands] == [0.9, 0.5]
     np.testing.assert_allclose(hands[0].center_xyz, CENTER + [0.03, 0, 0])
+
+
+def test_hand_score_drops_false_hands_and_lets_the_spare_candidate_in():
+    # Three candidates far apart; the network is unsure of the localiser's favourite.
+    found = [candidate(CENTER + [dx, 0, 0], score)
+             for dx, score in ((0.0, 0.9), (0.15, 0.6), (-0.15, 0.3))]
+    backend = OracleBackend(np.zeros((3, 21, 3)), confidence=[0.1, 0.7, 0.6])
+    score = HandScore(bias=-8.0, localizer_weight=0.5, joint_weight=15.0)
+    est = HandPoseEstimator(FixedLocalizer(found), SPEC, backend, max_hands=2,
+                            hand_score=score)
+    hands = est.estimate(hand_scene(), INTRINSICS)
+    assert len(hands) == 2 and len(backend.batches[0]) == 3   # max_hands + 1 scored
+    np.testing.assert_allclose([h.center_xyz[0] for h in hands],
+                               [CENTER[0] + 0.15, CENTER[0] - 0.15], atol=1e-9)
+    assert [h.localizer_score for h in hands] == [0.6, 0.3]
+    for hand in hands:
+        assert hand.detection_score == pytest.approx(
+            score(hand.localizer_score, hand.scores))
+    assert hands[0].detection_score > hands[1].detection_score > est.min_hand_score
+    assert score(0.9, np.full(21, 0.1)) < est.min_hand_score
+    # A stricter threshold keeps only the best; without a hand score the localiser decides.
+    est.min_hand_score = 0.9
+    assert len(est.estimate(hand_scene(), INTRINSICS)) == 1
+    plain = HandPoseEstimator(FixedLocalizer(found), SPEC, backend, max_hands=2)
+    assert [h.detection_score for h in plain.estimate(hand_scene(), INTRINSICS)] == [0.9, 0.6]
+    # Given centres are the caller's hands: never scored away.
+    assert len(est.estimate(hand_scene(), INTRINSICS, centers=[CENTER])) == 1
+
+
+def test_hand_score_section_of_a_model_card(tiny_model_card, tmp_path):
+    import shutil
+
+    from hand_pose_ros.core import model_io
+
+    assert HandScore.from_card({}) is None
+    assert HandScore.from_card({'hand_score': {
+        'bias': -1, 'localizer_weight': 2, 'joint_weight': 3.5, 'fitted_on': {}}}) == \
+        HandScore(-1.0, 2.0, 3.5)
+    with pytest.raises(ValueError, match='hand_score'):
+        HandScore.from_card({'hand_score': {'bias': 1.0}})
+    folder = shutil.copytree(tiny_model_card.parent, tmp_path / 'model')
+    card_path = folder / tiny_model_card.name
+    card = model_io.read_card(card_path)
+    card['hand_score'] = {'bias': 'high', 'localizer_weight': 1.0, 'joint_weight': 1.0}
+    model_io.write_card(card_path, card)
+    with pytest.raises(ModelFileError, match='hand_score'):
+        load_estimator(str(card_path), backend='onnxruntime')
+    card['hand_score']['bias'] = -2.0
+    model_io.write_card(card_path, card)
+    est = load_estimator(str(card_path), backend='onnxruntime', min_hand_score=0.4)
+    assert est.hand_score == HandScore(-2.0, 1.0, 1.0) and est.min_hand_score == 0.4

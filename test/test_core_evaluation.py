@@ -43,7 +43,8 @@ class ShiftedEstimator:
 
     def _pose(self, joints, center):
         return HandPose(keypoints_xyz=joints + self.offset_m, scores=np.ones(21),
-                        center_xyz=np.asarray(center), detection_score=1.0)
+                        center_xyz=np.asarray(center), detection_score=1.0,
+                        localizer_score=1.0)
 
     def estimate(self, depth, intrinsics, centers=None):
         self.calls.append(centers)
@@ -180,3 +181,35 @@ def test_success_curve_png(tmp_path):
     # Both curves are drawn in their colours.
     assert np.any(np.all(pixels == (31, 119, 180), axis=-1))
     assert np.any(np.all(pixels == (214, 39, 40), axis=-1))
+
+
+class ScoredHandsEstimator:
+    """Find the given hands (confident joints) and a false hand (unsure joints)."""
+
+    def __init__(self, hands, false_confidence=0.2):
+        self.hands = hands
+        self.false_confidence = false_confidence
+
+    def estimate(self, depth, intrinsics):
+        def pose(joints, confidence):
+            return HandPose(keypoints_xyz=joints, scores=np.full(21, confidence),
+                            center_xyz=joints.mean(axis=0), detection_score=0.5,
+                            localizer_score=0.5)
+
+        false = np.zeros((21, 3)) + self.hands[0].mean(axis=0) + [0.0, 0.2, 0.1]
+        return [pose(j, 0.8) for j in self.hands] + [pose(false, self.false_confidence)]
+
+
+def test_fit_hand_score_separates_hands_from_false_hands():
+    from hand_pose_ros.core.evaluation import fit_hand_score
+
+    a = ground_truth([-0.1, 0, 0.5], 1)
+    b = ground_truth([0.1, 0, 0.5], 2)
+    frames = [frame([a, b])] * 4
+    score, counts = fit_hand_score(ScoredHandsEstimator([a, b]), frames)
+    assert counts == {'hands': 8, 'false_hands': 4}
+    assert score.joint_weight > 0
+    assert score(0.5, np.full(21, 0.8)) > 0.95 and score(0.5, np.full(21, 0.2)) < 0.05
+    # Only hands, nothing false to learn from: a clear error.
+    with pytest.raises(ValueError, match='false hands'):
+        fit_hand_score(ScoredHandsEstimator([a, b]), [frame([a, b, a + [0.0, 0.2, 0.1]])])

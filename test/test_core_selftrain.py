@@ -81,9 +81,10 @@ class ReplayEstimator:
             keypoints = keypoints + np.array([0.15, 0.0, 0.0])
         if kind == 'low_confidence':
             scores[:] = 0.05
-        hands = [HandPose(keypoints, scores, keypoints.mean(axis=0), 0.9)]
+        hands = [HandPose(keypoints, scores, keypoints.mean(axis=0), 0.9, 0.9)]
         if kind == 'two_hands':
-            hands.append(HandPose(keypoints + 0.2, scores, keypoints.mean(axis=0) + 0.2, 0.9))
+            hands.append(HandPose(keypoints + 0.2, scores, keypoints.mean(axis=0) + 0.2, 0.9,
+                                  0.9))
         return hands
 
 

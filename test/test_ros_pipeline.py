@@ -30,9 +30,14 @@ MODEL = os.environ.get('HAND_POSE_TEST_MODEL', 'default')
 CAMERA_FRAME = 'camera_depth_optical_frame'
 # Mean 3D error bound of the shipped model against the synthetic ground truth, through the
 # whole pipeline (localiser, network, filter) on a 10 Hz synthetic sequence. The shipped
-# model measures about 44 mm here (21.9 mm on the held-out set with oracle centres): the
-# bound catches a broken pipeline or model, it is not the accuracy target.
+# model measures about 38 mm on these first frames (18.9 mm on the held-out set with
+# oracle centres): the bound catches a broken pipeline or model, it is not the accuracy
+# target. The camera stamps frames on a fixed grid, so the filter sees the same time steps
+# however loaded the machine is.
 MAX_MEAN_ERROR_MM = 60.0
+# The sequence shows one hand; the hand score keeps false hands (arms, bodies, clutter) out
+# of most frames (7 of the first 40 have one).
+MAX_FALSE_HAND_FRAME_FRACTION = 0.3
 OVERRIDES = ['-p', 'rate_hz:=10.0', '-p', 'sequence_frames:=200', '-p', 'seed:=5',
              '-p', f'model.name:={MODEL}', '-p', 'model.backend:=onnxruntime']
 
@@ -124,6 +129,17 @@ def test_accuracy_against_ground_truth(pipeline_run):
     mean_mm = float(np.mean(errors) * 1000)
     print(f'pipeline mean 3D error over {len(errors)} frames: {mean_mm:.1f} mm')
     assert mean_mm < MAX_MEAN_ERROR_MM
+
+
+def test_false_hands_are_rare(pipeline_run):
+    messages, _ = pipeline_run
+    truth = {stamp_ns(m.header): len(hands_from_cloud(m))
+             for m in messages['hand_pose/ground_truth']}
+    extra = [len(hands_from_cloud(cloud)) > truth[stamp_ns(cloud.header)]
+             for cloud in messages['hand_pose/raw_keypoints']
+             if stamp_ns(cloud.header) in truth]
+    assert len(extra) >= 20
+    assert np.mean(extra) <= MAX_FALSE_HAND_FRAME_FRACTION
 
 
 def test_diagnostics_report_running_nodes(pipeline_run):

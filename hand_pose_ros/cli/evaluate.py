@@ -7,17 +7,20 @@ Examples::
     hand_pose_evaluate --dataset synthetic --model default --center detect --plot curve.png
     hand_pose_evaluate --dataset synthetic --localizer-only --frames 500
     hand_pose_evaluate --dataset nyu --root ~/data/nyu --model default --center detect
+    hand_pose_evaluate --dataset synthetic --model my_model --fit-hand-score --seed 3000
 
 Metric definitions: :mod:`hand_pose_ros.core.evaluation`.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 
 from hand_pose_ros.cli.options import parse_assignment
 from hand_pose_ros.core import evaluation
+from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE
 
 
 def build_parser():
@@ -57,6 +60,11 @@ def build_parser():
                              'ground-truth centroid')
     parser.add_argument('--localizer-only', action='store_true',
                         help='evaluate only the hand localiser (no model needed)')
+    parser.add_argument('--min-hand-score', type=float, default=DEFAULT_MIN_HAND_SCORE,
+                        help='detect: drop localised hands whose hand score is lower')
+    parser.add_argument('--fit-hand-score', action='store_true',
+                        help="fit the model's hand score on these frames (use a seed other "
+                             "than the evaluation's) and write it into the model card")
     parser.add_argument('--json', dest='json_path', help='write the results as JSON here')
     parser.add_argument('--plot', help='write the success-frame curve PNG here')
     parser.add_argument('--verbose', action='store_true', help='log at INFO level')
@@ -107,11 +115,33 @@ def run(args):
         return {**source, 'evaluated': 'localizer', **result}
     from hand_pose_ros.core.estimator import load_estimator
 
-    estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands)
+    if args.fit_hand_score:
+        return {**source, **fit_hand_score(args, frames, radius_m)}
+    estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands,
+                               min_hand_score=args.min_hand_score)
     result = evaluation.evaluate_estimator(estimator, frames, args.center,
                                            match_radius_m=radius_m)
     return {**source, 'evaluated': 'estimator', 'model': args.model, 'backend': args.backend,
             **result}
+
+
+def fit_hand_score(args, frames, radius_m):
+    """Fit the model's hand score, write it into its card and return what was fitted."""
+    from hand_pose_ros.core import model_io
+    from hand_pose_ros.core.estimator import load_estimator, resolve_card, SPARE_CANDIDATES
+
+    card_path = resolve_card(args.model)
+    # Learn from the localiser's own scores, on every candidate a scored estimator sees.
+    estimator = load_estimator(card_path, backend=args.backend,
+                               max_hands=args.max_hands + SPARE_CANDIDATES, min_hand_score=0.0)
+    estimator.hand_score = None
+    score, counts = evaluation.fit_hand_score(estimator, frames, radius_m)
+    card = model_io.read_card(card_path)
+    card['hand_score'] = {**dataclasses.asdict(score), 'fitted_on': {
+        'dataset': args.dataset, 'root': args.root, 'seed': args.seed, 'scene': args.scene,
+        'frames': args.frames, 'match_radius_mm': args.match_radius_mm, **counts}}
+    model_io.write_card(card_path, card)
+    return {'evaluated': 'hand score', 'card': str(card_path), 'hand_score': card['hand_score']}
 
 
 def parse_options(items):
@@ -124,6 +154,12 @@ def format_result(result):
     def mm(value):
         return 'n/a' if value is None else f'{value:.2f} mm'
 
+    if result['evaluated'] == 'hand score':
+        fitted = result['hand_score']
+        return (f'hand score fitted on {fitted["fitted_on"]["hands"]} hands and '
+                f'{fitted["fitted_on"]["false_hands"]} false hands: bias {fitted["bias"]:.3f}, '
+                f'localizer_weight {fitted["localizer_weight"]:.3f}, joint_weight '
+                f'{fitted["joint_weight"]:.3f}; wrote {result["card"]}')
     lines = [f'{result["evaluated"]} on {result["dataset"]}: {result["frames"]} frames']
     rate = result.get('detection_rate')
     lines.append('detection rate: ' + ('n/a' if rate is None else f'{rate * 100:.2f} %')

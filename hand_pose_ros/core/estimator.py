@@ -4,7 +4,8 @@ The public hand pose estimator: depth image in, 3D hand keypoints out.
 ``HandPoseEstimator`` is assembled from parts passed in (localiser, crop spec, backend),
 so tests and users can swap any of them; :func:`load_estimator` builds one from a model
 card. One call runs: localise (or take given centres) -> crop (:mod:`crop`) -> one batched
-backend call -> decode (crop transform back to the camera frame).
+backend call -> decode (crop transform back to the camera frame) -> hand score (localised
+hands only, see :class:`HandScore`).
 
 Usage::
 
@@ -13,8 +14,9 @@ Usage::
     hands = est.estimate(depth, CameraIntrinsics(fx, fy, cx, cy, width, height))
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 import logging
+import math
 from pathlib import Path
 import time
 
@@ -30,6 +32,11 @@ LOGGER = logging.getLogger(__name__)
 STAGES = ('localize', 'crop', 'infer', 'decode')
 # Two localised hands whose crop centres end up closer than this are one hand.
 DUPLICATE_DISTANCE_M = 0.05
+# Localised hands whose fitted hand score (HandScore) is lower are dropped.
+DEFAULT_MIN_HAND_SCORE = 0.2
+# With a hand score, the localiser's next-best candidate is scored too, so a true hand the
+# localiser ranked just below max_hands can take the place of a rejected false one.
+SPARE_CANDIDATES = 1
 # Package model directory (source tree and editable installs) and the ament share directory.
 PACKAGE_MODELS_DIR = Path(__file__).resolve().parents[2] / 'models'
 
@@ -43,13 +50,58 @@ class HandPose:
         MediaPipe order.
     :param scores: (21,) float64 per-joint confidence in [0, 1].
     :param center_xyz: (3,) crop centre used, metres.
-    :param detection_score: localiser score in [0, 1] (1.0 for centres given by the caller).
+    :param detection_score: confidence in [0, 1] that this is a hand: the model's
+        :class:`HandScore` when its card has one, else the localiser score (1.0 for centres
+        given by the caller).
+    :param localizer_score: the localiser's own score (1.0 for given centres).
     """
 
     keypoints_xyz: np.ndarray
     scores: np.ndarray
     center_xyz: np.ndarray
     detection_score: float
+    localizer_score: float
+
+
+@dataclass(frozen=True)
+class HandScore:
+    """
+    Probability that a localised crop holds a hand, from the localiser and the network.
+
+    ``P = sigmoid(bias + localizer_weight * logit(localiser score) + joint_weight * mean
+    joint confidence)``. The localiser judges shape; the network's confidence drops on
+    crops of arms, bodies and clutter, so the two together reject far more false hands
+    than either alone. The weights depend on the network's confidence scale, so they are
+    fitted per model (:func:`hand_pose_ros.core.evaluation.fit_hand_score`,
+    ``hand_pose_evaluate --fit-hand-score``) and kept in the card's ``hand_score`` section.
+    """
+
+    bias: float
+    localizer_weight: float
+    joint_weight: float
+
+    @classmethod
+    def from_card(cls, card):
+        """Return the card's HandScore, or None when it has no ``hand_score`` section."""
+        section = card.get('hand_score')
+        if section is None:
+            return None
+        try:
+            return cls(**{f.name: float(section[f.name]) for f in fields(cls)})
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f'bad hand_score section {section!r} ({error!r})') from None
+
+    @staticmethod
+    def features(localizer_score, joint_scores):
+        """Return a hand's (3,) features: 1, localiser logit, mean joint confidence."""
+        p = min(max(float(localizer_score), 1e-3), 1.0 - 1e-3)
+        return np.array([1.0, math.log(p / (1.0 - p)), float(np.mean(joint_scores))])
+
+    def __call__(self, localizer_score, joint_scores):
+        """Return the hand probability of one hand."""
+        z = float(np.dot([self.bias, self.localizer_weight, self.joint_weight],
+                         self.features(localizer_score, joint_scores)))
+        return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
 
 
 class HandPoseEstimator:
@@ -66,13 +118,17 @@ class HandPoseEstimator:
         centroid of the previous pass (the localiser's centre is a rough palm estimate;
         networks are trained on crops at the joint centroid). Given centres are used as is.
     :param name: model name, for logs.
+    :param hand_score: :class:`HandScore` of the model, or None (localiser score only).
+    :param min_hand_score: localised hands whose hand score is lower are dropped (only
+        with a ``hand_score``; the localiser applies its own ``min_score``).
 
     After each :meth:`estimate`, ``last_timings`` holds the milliseconds spent per stage:
     localize (input checks, conversion and the localiser), crop, infer, decode (summed over
     the passes). Localised hands that converge onto one hand are reported once.
     """
 
-    def __init__(self, localizer, spec, backend, max_hands=2, refine_passes=1, name='model'):
+    def __init__(self, localizer, spec, backend, max_hands=2, refine_passes=1, name='model',
+                 hand_score=None, min_hand_score=DEFAULT_MIN_HAND_SCORE):
         if not isinstance(spec, CropSpec):
             raise ValueError(f'spec must be a CropSpec, got {type(spec).__name__}')
         if int(max_hands) < 1:
@@ -85,6 +141,8 @@ class HandPoseEstimator:
         self.max_hands = int(max_hands)
         self.refine_passes = int(refine_passes)
         self.name = name
+        self.hand_score = hand_score
+        self.min_hand_score = float(min_hand_score)
         self.last_timings = dict.fromkeys(STAGES, 0.0)
 
     def estimate(self, depth, intrinsics, centers=None):
@@ -110,7 +168,9 @@ class HandPoseEstimator:
         if centers is None:
             if not np.isfinite(depth_m).any():
                 return []
-            candidates = self.localizer.locate(depth_m, intrinsics, max_hands=self.max_hands)
+            spare = SPARE_CANDIDATES if self.hand_score is not None else 0
+            candidates = self.localizer.locate(depth_m, intrinsics,
+                                               max_hands=self.max_hands + spare)
             centers_xyz = np.array([c.center_xyz for c in candidates], dtype=np.float64)
             detection_scores = [float(c.score) for c in candidates]
         else:
@@ -138,14 +198,23 @@ class HandPoseEstimator:
                     _refined_center(hand.keypoints_xyz, old, intrinsics,
                                     min(self.spec.cube_size_m[:2]) / 2.0)
                     for hand, old in zip(hands, centers_xyz)])
-                detection_scores = [hand.detection_score for hand in hands]
+                detection_scores = [hand.localizer_score for hand in hands]
             hands, centers_xyz = self._infer(depth_m, intrinsics, centers_xyz,
                                              detection_scores, timings)
             if not hands:
                 break
         if centers is None:
-            hands = _without_duplicates(hands)
+            hands = _without_duplicates(self._scored(hands))[:self.max_hands]
         return hands
+
+    def _scored(self, hands):
+        """Apply the model's hand score (if any) to localised hands; drop unlikely ones."""
+        if self.hand_score is None:
+            return hands
+        scored = [replace(hand, detection_score=self.hand_score(hand.localizer_score,
+                                                                hand.scores))
+                  for hand in hands]
+        return [hand for hand in scored if hand.detection_score >= self.min_hand_score]
 
     def _infer(self, depth_m, intrinsics, centers_xyz, detection_scores, timings):
         """Crop, infer and decode; return the hands and the centres of the kept hands."""
@@ -169,7 +238,8 @@ class HandPoseEstimator:
             hands.append(HandPose(keypoints_xyz=keypoints,
                                   scores=np.clip(confidence[i], 0.0, 1.0),
                                   center_xyz=transform.center_xyz.copy(),
-                                  detection_score=detection_scores[i]))
+                                  detection_score=detection_scores[i],
+                                  localizer_score=detection_scores[i]))
             kept.append(i)
         timings['decode'] += (time.perf_counter() - now) * 1e3
         return hands, centers_xyz[kept]
@@ -245,7 +315,8 @@ def resolve_card(model):
 
 
 def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1,
-                   localizer_config=None, **backend_options):
+                   localizer_config=None, min_hand_score=DEFAULT_MIN_HAND_SCORE,
+                   **backend_options):
     """
     Build a :class:`HandPoseEstimator` from a model card.
 
@@ -258,6 +329,7 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
         :class:`HandPoseEstimator`).
     :param localizer_config: :class:`LocalizerConfig`; default: the card's ``localizer``
         section, else the defaults.
+    :param min_hand_score: see :class:`HandPoseEstimator` (0 keeps every localised hand).
     :param backend_options: passed on to the backend factory.
     :raises ModelFileError: missing or corrupted model file (names the file and why).
     """
@@ -277,6 +349,10 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
                              f'network, this one takes {sorted(card["inputs"])}')
     if localizer_config is None:
         localizer_config = LocalizerConfig(**card.get('localizer', {}))
+    try:
+        hand_score = HandScore.from_card(card)
+    except ValueError as error:
+        raise ModelFileError(f'model card {card_path}: {error}') from None
     from hand_pose_ros.core.backends import create_backend
 
     runtime = create_backend(backend, card_path, **backend_options)
@@ -284,4 +360,5 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
                 getattr(runtime, 'name', backend))
     return HandPoseEstimator(DepthHandLocalizer(localizer_config), spec, runtime,
                              max_hands=max_hands, refine_passes=refine_passes,
-                             name=str(card.get('name', model)))
+                             name=str(card.get('name', model)), hand_score=hand_score,
+                             min_hand_score=min_hand_score)

@@ -297,11 +297,57 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
         'detection_rate': _number(detected / hands_total) if hands_total else None,
         'match_radius_mm': match_radius_m * 1000.0,
         'false_positives': false_positives,
+        'false_positives_per_frame': _number(false_positives / num_frames)
+        if num_frames else None,
         'center_error_mm': _stats(center_errors) if center_mode == 'detect' else None,
         'timings_ms': {stage: _number(np.mean([t[stage] for t in timings]))
                        for stage in (timings[0] if timings else {})},
     })
     return result
+
+
+def fit_hand_score(estimator, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=1e-3):
+    """
+    Fit the :class:`~hand_pose_ros.core.estimator.HandScore` of an estimator's model.
+
+    Every hand the estimator localises is a sample, labelled a hand when its centre matches
+    a ground-truth hand within ``match_radius_m`` (as :func:`evaluate_estimator` counts
+    detections), else a false hand; the weights maximise the L2-regularised logistic
+    likelihood of the labels. Build the estimator with ``min_hand_score=0`` and without a
+    hand score of its own so that it keeps every hand its localiser finds.
+
+    :return: (HandScore, {'hands': samples labelled hands, 'false_hands': the others}).
+    :raises ValueError: the frames gave no hand or no false hand to learn from.
+    """
+    from scipy.optimize import minimize
+
+    from hand_pose_ros.core.estimator import HandScore
+
+    features, labels = [], []
+    for frame in frames:
+        keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
+        hands = estimator.estimate(frame.depth_m, frame.intrinsics)
+        assignment = match_centers([h.center_xyz for h in hands], frame.centers_xyz[keep],
+                                   match_radius_m)
+        matched = {int(n) for n in assignment if n >= 0}
+        for n, hand in enumerate(hands):
+            features.append(HandScore.features(hand.localizer_score, hand.scores))
+            labels.append(n in matched)
+    x, y = np.array(features).reshape(-1, 3), np.array(labels, dtype=np.float64)
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        raise ValueError(f'fitting a hand score needs localised hands and false hands, got '
+                         f'{positives} hands and {len(y) - positives} false hands')
+
+    def loss(w):
+        z = x @ w
+        p = 1.0 / (1.0 + np.exp(-z))
+        value = np.sum(np.logaddexp(0.0, z) - y * z) + l2 * w @ w
+        return value, x.T @ (p - y) + 2.0 * l2 * w
+
+    weights = minimize(loss, np.zeros(3), jac=True, method='L-BFGS-B').x
+    counts = {'hands': positives, 'false_hands': len(y) - positives}
+    return HandScore(*(float(w) for w in weights)), counts
 
 
 def evaluate_localizer(localizer, frames, max_hands=2, match_radius_m=DEFAULT_MATCH_RADIUS_M):

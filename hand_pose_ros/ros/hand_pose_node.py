@@ -63,6 +63,7 @@ def configure_localizer(estimator, values):
                                  max_depth_m=values['localizer.max_depth_m'])
     estimator.localizer = DepthHandLocalizer(config)
     estimator.max_hands = values['localizer.max_hands']
+    estimator.min_hand_score = values['localizer.min_hand_score']
 
 
 def describe(estimator):

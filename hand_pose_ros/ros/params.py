@@ -10,6 +10,7 @@ tested without ROS.
 from dataclasses import dataclass
 import math
 
+from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE
 from hand_pose_ros.core.filters.config import config_fields as filter_config_fields
 
 
@@ -94,6 +95,9 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
     ParamSpec('model.force_engine_rebuild', False, 'Rebuild the TensorRT engine at start-up.'),
     ParamSpec('localizer.max_hands', 2, 'Largest number of hands reported per frame.', (1, 8),
               None, True),
+    ParamSpec('localizer.min_hand_score', DEFAULT_MIN_HAND_SCORE,
+              "Drop found hands whose hand score (model card's hand_score) is lower.",
+              (0.0, 1.0), None, True),
     ParamSpec('localizer.min_depth_m', 0.15, 'Nearest depth searched for hands (m).',
               (0.05, 5.0), None, True),
     ParamSpec('localizer.max_depth_m', 1.6, 'Farthest depth searched for hands (m).',
