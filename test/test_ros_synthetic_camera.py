@@ -52,12 +52,14 @@ def test_stamps_stay_on_the_frame_grid_when_the_host_falls_behind(ros_context):
         camera.destroy_node()
         probe.destroy_node()
 
-    assert len(depth) >= 20 and camera.dropped >= 4
+    assert len(depth) >= 20
     stamps = np.array([stamp_ns(m.header) for m in depth])
     steps = np.diff(stamps)
     assert np.all(steps > 0) and np.all(steps % PERIOD_NS == 0)
     slots = (stamps - stamps[0]) // PERIOD_NS
-    assert slots[-1] + 1 == len(depth) + camera.dropped >= len(depth) + 4
+    # The stall skipped slots (a frame still in flight may have skipped more).
+    skipped = slots[-1] + 1 - len(depth)
+    assert 4 <= skipped <= camera.dropped
     # The ground truth of each published frame is the motion at its slot: the hand moved on
     # in real time through the dropped frames.
     motion = generate_motion(FRAMES, fps=RATE_HZ, seed=3, max_speed_m_s=1.5,
