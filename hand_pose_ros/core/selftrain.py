@@ -72,7 +72,8 @@ class SelfTrainConfig:
     :param max_frames: frames read from the recording (0: all).
     :param max_hands: hands expected per frame; frames with more confident hands are
         dropped (the poses of crowded frames are ambiguous).
-    :param min_detection_score: localiser score for a hand to count.
+    :param min_detection_score: ``HandPose.detection_score`` (the model's hand score, else
+        the localiser's) for a hand to count.
     :param min_mean_score: mean joint confidence for a pose to pass.
     :param score_quantile: also drop the least confident detections of each part of the
         recording: the pass threshold is at least this quantile of their mean joint
