@@ -1,12 +1,15 @@
 """
 Evaluate the hand filters on corrupted synthetic motion or on a model's own predictions.
 
-Synthetic mode (default): clean 30 Hz sequences from ``hand_pose_ros.core.synth`` are
-corrupted like an estimator's output (noise, outliers, finger swaps, dropped frames and
-hands) and each filter configuration is scored against the clean sequence. Predictions mode
-(``--predictions file.npz`` with ``stamps_s``, ``pred`` (T, 21, 3) and ``gt`` (T, 21, 3),
-metres, NaN rows for missing hands): the same metrics on the model's output, with the
-model's gross errors (>= 50 mm) standing in for injected outliers.
+Synthetic mode (default): clean sequences (``--rate``, 30 Hz) from
+``hand_pose_ros.core.synth`` are corrupted like an estimator's output (noise, outliers,
+finger swaps, dropped frames and hands) and each filter configuration is scored against the
+clean sequence. Predictions mode (``--predictions file.npz`` with ``stamps_s``, ``pred``
+(T, 21, 3) and ``gt`` (T, 21, 3), metres, NaN rows for missing hands): the same metrics on
+a model's output, with the model's gross errors (>= 50 mm) standing in for injected
+outliers. Model mode (``--model NAME``): the same on the model's own estimates of rendered
+synthetic sequences (hands found by its localiser; a frame whose nearest hand lies over
+50 mm from the true centre counts as missed).
 """
 
 import argparse
@@ -60,7 +63,12 @@ def _load_predictions(path):
     missing = [k for k in ('stamps_s', 'pred', 'gt') if k not in data]
     if missing:
         raise ValueError(f'{path} lacks arrays {missing} (needs stamps_s, pred, gt)')
-    stamps, pred, gt = (np.asarray(data[k], dtype=np.float64) for k in ('stamps_s', 'pred', 'gt'))
+    return _prediction_sequence(
+        *(np.asarray(data[k], dtype=np.float64) for k in ('stamps_s', 'pred', 'gt')))
+
+
+def _prediction_sequence(stamps, pred, gt):
+    """Return the CorruptedSequence of a model's predictions (gross errors as outliers)."""
     if pred.shape != gt.shape or pred.shape != (len(stamps), 21, 3):
         raise ValueError(f'expected pred and gt of shape ({len(stamps)}, 21, 3), got '
                          f'{pred.shape} and {gt.shape}')
@@ -75,13 +83,39 @@ def _load_predictions(path):
         full_stamps_s=stamps, full_gt=gt)
 
 
-def _synthetic_sequences(frames, seed, count):
+def _motions(frames, seed, count, rate_hz):
     from hand_pose_ros.core.synth import generate_motion
+    return [generate_motion(frames, fps=rate_hz, seed=seed + k,
+                            handedness=('right', 'left')[k % 2]) for k in range(count)]
+
+
+def _synthetic_sequences(frames, seed, count, rate_hz):
     rng = np.random.default_rng(seed)
+    return [evaluation.corrupt_sequence(motion.stamps_s, motion.joints_xyz, rng)
+            for motion in _motions(frames, seed, count, rate_hz)]
+
+
+def _model_sequences(model, frames, seed, count, rate_hz):
+    """Return the prediction sequences of a model on rendered synthetic motion."""
+    from hand_pose_ros.core import load_estimator
+    from hand_pose_ros.core.camera import CameraIntrinsics
+    from hand_pose_ros.core.evaluation import DEFAULT_MATCH_RADIUS_M
+    from hand_pose_ros.core.synth import SyntheticGenerator
+
+    estimator = load_estimator(model)
+    intrinsics = CameraIntrinsics.from_preset('sr300')
     sequences = []
-    for k in range(count):
-        motion = generate_motion(frames, seed=seed + k, handedness=('right', 'left')[k % 2])
-        sequences.append(evaluation.corrupt_sequence(motion.stamps_s, motion.joints_xyz, rng))
+    for k, motion in enumerate(_motions(frames, seed, count, rate_hz)):
+        pred = np.full(motion.joints_xyz.shape, np.nan)
+        rendered = SyntheticGenerator(intrinsics, seed=seed + k).render_motion(motion)
+        for t, frame in enumerate(rendered):
+            center = motion.joints_xyz[t].mean(axis=0)
+            hands = estimator.estimate(frame.depth_m, intrinsics)
+            if hands:
+                best = min(hands, key=lambda h: np.linalg.norm(h.center_xyz - center))
+                if np.linalg.norm(best.center_xyz - center) <= DEFAULT_MATCH_RADIUS_M:
+                    pred[t] = best.keypoints_xyz
+        sequences.append(_prediction_sequence(motion.stamps_s, pred, motion.joints_xyz))
     return sequences
 
 
@@ -127,6 +161,11 @@ def build_parser():
     parser.add_argument('--sequences', type=int, default=4,
                         help='number of synthetic sequences (alternating right/left hands)')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
+    parser.add_argument('--rate', type=float, default=30.0,
+                        help='frame rate of the synthetic sequences (Hz)')
+    parser.add_argument('--model',
+                        help="score the filters on this model's estimates of rendered "
+                             'synthetic sequences')
     parser.add_argument('--json', help='write the figures to this JSON file')
     parser.add_argument('--predictions',
                         help='npz with stamps_s (T,), pred (T,21,3), gt (T,21,3) in metres')
@@ -135,20 +174,26 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.frames < 10 or args.sequences < 1:
-        print('error: --frames must be >= 10 and --sequences >= 1', file=sys.stderr)
+    if args.frames < 10 or args.sequences < 1 or not args.rate > 0:
+        print('error: --frames must be >= 10, --sequences >= 1 and --rate > 0',
+              file=sys.stderr)
         return 2
-    if args.predictions:
-        try:
+    frames = f'{args.sequences} x {args.frames} frames at {args.rate:g} Hz, seed {args.seed}'
+    try:
+        if args.predictions:
             sequences = [_load_predictions(args.predictions)]
-        except (OSError, ValueError) as error:
-            print(f'error: {error}', file=sys.stderr)
-            return 2
-        source = f'predictions {args.predictions}'
-    else:
-        sequences = _synthetic_sequences(args.frames, args.seed, args.sequences)
-        source = (f'synthetic: {args.sequences} x {args.frames} frames at 30 Hz, seed '
-                  f'{args.seed}, corruption {evaluation.CorruptionConfig()}')
+            source = f'predictions {args.predictions}'
+        elif args.model:
+            sequences = _model_sequences(args.model, args.frames, args.seed, args.sequences,
+                                         args.rate)
+            source = f'model {args.model} on rendered synthetic motion: {frames}'
+        else:
+            sequences = _synthetic_sequences(args.frames, args.seed, args.sequences,
+                                             args.rate)
+            source = f'synthetic: {frames}, corruption {evaluation.CorruptionConfig()}'
+    except (OSError, ValueError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
     results = evaluate(sequences)
     print(source)
     print(format_table(results))
