@@ -272,6 +272,8 @@ def test_hand_score_drops_false_hands_and_lets_the_spare_candidate_in():
     assert [h.detection_score for h in plain.estimate(hand_scene(), INTRINSICS)] == [0.9, 0.6]
     # Given centres are the caller's hands: never scored away.
     assert len(est.estimate(hand_scene(), INTRINSICS, centers=[CENTER])) == 1
+    with pytest.raises(ValueError, match='min_hand_score'):
+        HandPoseEstimator(FixedLocalizer(found), SPEC, backend, min_hand_score=1.5)
 
 
 def test_hand_score_section_of_a_model_card(tiny_model_card, tmp_path):

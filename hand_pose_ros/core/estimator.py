@@ -141,6 +141,8 @@ class HandPoseEstimator:
         self.max_hands = int(max_hands)
         self.refine_passes = int(refine_passes)
         self.name = name
+        if not 0.0 <= min_hand_score <= 1.0:
+            raise ValueError(f'min_hand_score must be in [0, 1], got {min_hand_score}')
         self.hand_score = hand_score
         self.min_hand_score = float(min_hand_score)
         self.last_timings = dict.fromkeys(STAGES, 0.0)
@@ -172,7 +174,7 @@ class HandPoseEstimator:
             candidates = self.localizer.locate(depth_m, intrinsics,
                                                max_hands=self.max_hands + spare)
             centers_xyz = np.array([c.center_xyz for c in candidates], dtype=np.float64)
-            detection_scores = [float(c.score) for c in candidates]
+            localizer_scores = [float(c.score) for c in candidates]
         else:
             centers_xyz = np.asarray(centers, dtype=np.float64)
             if centers_xyz.ndim == 1 and centers_xyz.shape == (3,):
@@ -181,7 +183,7 @@ class HandPoseEstimator:
                 raise ValueError(f'centers must have shape (N, 3), got {centers_xyz.shape}')
             for center in centers_xyz:
                 check_center(center, intrinsics)
-            detection_scores = [1.0] * len(centers_xyz)
+            localizer_scores = [1.0] * len(centers_xyz)
         now = time.perf_counter()
         timings['localize'] = (now - start) * 1e3
         if len(centers_xyz) == 0:
@@ -198,9 +200,9 @@ class HandPoseEstimator:
                     _refined_center(hand.keypoints_xyz, old, intrinsics,
                                     min(self.spec.cube_size_m[:2]) / 2.0)
                     for hand, old in zip(hands, centers_xyz)])
-                detection_scores = [hand.localizer_score for hand in hands]
+                localizer_scores = [hand.localizer_score for hand in hands]
             hands, centers_xyz = self._infer(depth_m, intrinsics, centers_xyz,
-                                             detection_scores, timings)
+                                             localizer_scores, timings)
             if not hands:
                 break
         if centers is None:
@@ -216,7 +218,7 @@ class HandPoseEstimator:
                   for hand in hands]
         return [hand for hand in scored if hand.detection_score >= self.min_hand_score]
 
-    def _infer(self, depth_m, intrinsics, centers_xyz, detection_scores, timings):
+    def _infer(self, depth_m, intrinsics, centers_xyz, localizer_scores, timings):
         """Crop, infer and decode; return the hands and the centres of the kept hands."""
         start = time.perf_counter()
         batch, transforms = crop_batch(depth_m, intrinsics, centers_xyz.reshape(-1, 3),
@@ -238,8 +240,8 @@ class HandPoseEstimator:
             hands.append(HandPose(keypoints_xyz=keypoints,
                                   scores=np.clip(confidence[i], 0.0, 1.0),
                                   center_xyz=transform.center_xyz.copy(),
-                                  detection_score=detection_scores[i],
-                                  localizer_score=detection_scores[i]))
+                                  detection_score=localizer_scores[i],
+                                  localizer_score=localizer_scores[i]))
             kept.append(i)
         timings['decode'] += (time.perf_counter() - now) * 1e3
         return hands, centers_xyz[kept]
