@@ -233,3 +233,32 @@ def test_a_coasting_hand_keeps_its_checked_pose_and_follows_config_changes():
     out = hand_filter.update(4 * PERIOD, [])[0]
     assert not out.repaired.any() and not out.valid[FINGER_JOINTS[2, 3]]
     np.testing.assert_array_equal(out.keypoints_xyz, hand)
+
+
+def test_association_gives_each_detection_the_nearest_free_track():
+    from hand_pose_ros.core.filters.tracking import associate
+
+    # Track 0 follows the hand; track 1 drifted far off. Minimum total distance would hand
+    # the hand's detection (1) to track 1 and a false detection (0) to track 0.
+    tracks = np.array([[0.0, 0.0, 0.5], [0.9, 0.0, 0.5]])
+    detections = np.array([[0.35, 0.0, 0.5], [0.07, 0.0, 0.5]])
+    pairs, unmatched = associate(tracks, detections, [0.75, 1.05])
+    assert sorted(pairs) == [(0, 1), (1, 0)] and unmatched == []
+    # Gates still apply per track.
+    pairs, unmatched = associate(tracks, detections, [0.05, 0.6])
+    assert pairs == [(1, 0)] and unmatched == [1]
+
+
+def test_a_hand_that_stops_is_not_gated_as_a_jump():
+    from hand_pose_ros.core.filters.config import GateConfig
+    from hand_pose_ros.core.filters.gates import motion_gate
+
+    previous = _pose() + [0.0, 0.0, 0.5]
+    predicted = previous + [0.12, 0.0, 0.0]     # the filter expected 1.2 m/s at 10 Hz
+    stopped = previous + [0.01, 0.0, 0.0]       # the hand braked
+    jumped = previous + [0.30, 0.0, 0.0]        # far from both: an outlier
+    variance, std, present = np.full(21, 1e-5), np.full(21, 0.007), np.ones(21, bool)
+    for observed, expected in ((stopped, True), (jumped, False)):
+        accepted, reasons = motion_gate(GateConfig(), 0.1, observed, present, predicted,
+                                        variance, previous, std)
+        assert accepted.all() == expected and reasons['acceleration'].any() != expected

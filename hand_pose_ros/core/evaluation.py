@@ -24,6 +24,7 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.crop import check_center
+from hand_pose_ros.core.filters.tracking import nearest_pairs
 from hand_pose_ros.core.skeleton import JOINT_NAMES, NUM_JOINTS
 from hand_pose_ros.core.training import oracle_center
 
@@ -220,8 +221,10 @@ def match_centers(found_xyz, truth_xyz, radius_m=DEFAULT_MATCH_RADIUS_M):
     found_xyz = np.asarray(found_xyz, dtype=np.float64).reshape(-1, 3)
     truth_xyz = np.asarray(truth_xyz, dtype=np.float64).reshape(-1, 3)
     assignment = np.full(len(truth_xyz), -1, dtype=np.int64)
-    if len(found_xyz) == 0 or len(truth_xyz) == 0:
-        return assignment
+    distance = np.linalg.norm(truth_xyz[:, None] - found_xyz[None], axis=-1)
+    for k, n in nearest_pairs(distance, radius_m):
+        assignment[k] = n
+    return assignment
     distance = np.linalg.norm(truth_xyz[:, None] - found_xyz[None], axis=-1)
     order = np.argsort(distance, axis=None)
     used = set()

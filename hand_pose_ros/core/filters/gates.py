@@ -1,14 +1,17 @@
 """
 Motion gates: reject keypoints that move implausibly before they reach the smoother.
 
-Three tests per joint, all against the track's constant-velocity prediction:
+Three tests per joint, against the track's constant-velocity prediction and last estimate:
 
 * velocity: the speed implied by the jump from the last estimate, for the palm joints
   (wrist, thumb CMC, finger MCPs) absolutely and for finger joints relative to the palm,
   must stay below the configured maxima (plus the noise allowance);
-* acceleration: the distance between observation and prediction must stay below
-  ``0.5 * max_acceleration * dt^2`` plus ``noise_sigmas`` standard deviations of the
-  prediction and measurement noise;
+* acceleration: the distance between observation and prediction, or between observation
+  and the last estimate, must stay below ``0.5 * max_acceleration * dt^2`` plus
+  ``noise_sigmas`` standard deviations of the prediction and measurement noise. The second
+  reference is a hand that stopped: a velocity estimated from noisy detections can carry
+  the prediction past a hand that braked, and the good detection must not be rejected
+  for that;
 * swaps: when the distal joints of two neighbouring fingers fit each other's predictions much
   better than their own, both fingers are rejected for this frame.
 """
@@ -57,10 +60,10 @@ def motion_gate(config, dt_s, observed, present, predicted, predicted_var, previ
     sigma = np.sqrt(predicted_var + measurement_std_m ** 2)
     noise = config.noise_sigmas * sigma
     residual = np.linalg.norm(observed - predicted, axis=1)
-    accel_limit = 0.5 * config.max_acceleration_m_s2 * dt_s ** 2 + noise
-    reasons['acceleration'] = known & (residual > accel_limit)
-
     jump = np.linalg.norm(observed - previous, axis=1)
+    accel_limit = 0.5 * config.max_acceleration_m_s2 * dt_s ** 2 + noise
+    reasons['acceleration'] = known & (residual > accel_limit) & (jump > accel_limit)
+
     palm_limit = config.palm_max_speed_m_s * dt_s + noise
     velocity = known & _IS_PALM & (jump > palm_limit)
     palm_now = _palm_reference(observed, known)

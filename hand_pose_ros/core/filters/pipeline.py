@@ -7,7 +7,7 @@ Per frame (``HandFilter.update(stamp_s, observations)``):
    ``stale_timeout_s`` resets every track; a repeated stamp returns the last output;
 2. hand-level anatomy (hand length, knuckle breadth) rejects whole detections, then the
    ``tracking.max_hands`` most confident detections are kept;
-3. detections are associated with tracks by optimal assignment on palm distance
+3. detections are associated with tracks on palm distance, nearest pairs first
    (``tracking.gate_m``); unmatched detections start tracks with new ids;
 4. per track: joint-level anatomy (bones against absolute, relative and calibrated bounds,
    joint angles, self-intersection) with the configured action, then the motion gates
