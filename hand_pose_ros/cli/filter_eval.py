@@ -99,7 +99,7 @@ def _model_sequences(model, frames, seed, count, rate_hz):
     """Return the prediction sequences of a model on rendered synthetic motion."""
     from hand_pose_ros.core import load_estimator
     from hand_pose_ros.core.camera import CameraIntrinsics
-    from hand_pose_ros.core.evaluation import DEFAULT_MATCH_RADIUS_M
+    from hand_pose_ros.core.evaluation import match_centers
     from hand_pose_ros.core.synth import SyntheticGenerator
 
     estimator = load_estimator(model)
@@ -109,12 +109,11 @@ def _model_sequences(model, frames, seed, count, rate_hz):
         pred = np.full(motion.joints_xyz.shape, np.nan)
         rendered = SyntheticGenerator(intrinsics, seed=seed + k).render_motion(motion)
         for t, frame in enumerate(rendered):
-            center = motion.joints_xyz[t].mean(axis=0)
             hands = estimator.estimate(frame.depth_m, intrinsics)
-            if hands:
-                best = min(hands, key=lambda h: np.linalg.norm(h.center_xyz - center))
-                if np.linalg.norm(best.center_xyz - center) <= DEFAULT_MATCH_RADIUS_M:
-                    pred[t] = best.keypoints_xyz
+            found, = match_centers([h.center_xyz for h in hands],
+                                   motion.joints_xyz[t].mean(axis=0))
+            if found >= 0:
+                pred[t] = hands[found].keypoints_xyz
         sequences.append(_prediction_sequence(motion.stamps_s, pred, motion.joints_xyz))
     return sequences
 

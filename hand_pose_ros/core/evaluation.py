@@ -225,17 +225,6 @@ def match_centers(found_xyz, truth_xyz, radius_m=DEFAULT_MATCH_RADIUS_M):
     for k, n in nearest_pairs(distance, radius_m):
         assignment[k] = n
     return assignment
-    distance = np.linalg.norm(truth_xyz[:, None] - found_xyz[None], axis=-1)
-    order = np.argsort(distance, axis=None)
-    used = set()
-    for flat in order:
-        k, n = np.unravel_index(flat, distance.shape)
-        if distance[k, n] > radius_m:
-            break
-        if assignment[k] < 0 and n not in used:
-            assignment[k] = n
-            used.add(n)
-    return assignment
 
 
 def _croppable(frame, k):
