@@ -13,6 +13,7 @@ CONSOLE_SCRIPTS = {
     'hand_pose_pipeline': 'hand_pose_ros.ros.pipeline:main',
     'hand_pose_synth': 'hand_pose_ros.cli.synth:main',
     'hand_pose_train': 'hand_pose_ros.cli.train:main',
+    'hand_pose_train_finder': 'hand_pose_ros.cli.train_finder:main',
     'hand_pose_evaluate': 'hand_pose_ros.cli.evaluate:main',
     'hand_pose_export': 'hand_pose_ros.cli.export:main',
     'hand_pose_bench': 'hand_pose_ros.cli.bench:main',

@@ -59,12 +59,17 @@ def build_parser():
                         help='a hand is detected when a found centre lies this close to the '
                              'ground-truth centroid')
     parser.add_argument('--localizer-only', action='store_true',
-                        help='evaluate only the hand localiser (no model needed)')
+                        help="evaluate only the model's hand localiser (its card's localiser "
+                             'settings and finder; no network runs)')
+    parser.add_argument('--no-finder', action='store_true',
+                        help="use the geometric localiser alone, not fused with the model's "
+                             'learned hand finder')
     parser.add_argument('--min-hand-score', type=float, default=DEFAULT_MIN_HAND_SCORE,
                         help='detect: drop localised hands whose hand score is lower')
     parser.add_argument('--fit-hand-score', action='store_true',
-                        help="fit the model's hand score on these frames (use a seed other "
-                             "than the evaluation's) and write it into the model card")
+                        help="fit the model's localiser fusion (when it has a finder) and "
+                             'then its hand score on these frames (use a seed other than the '
+                             "evaluation's) and write them into the model card")
     parser.add_argument('--json', dest='json_path', help='write the results as JSON here')
     parser.add_argument('--plot', help='write the success-frame curve PNG here')
     parser.add_argument('--verbose', action='store_true', help='log at INFO level')
@@ -98,50 +103,83 @@ def run(args):
     """Evaluate as the parsed arguments ask and return the result dict."""
     if args.frames is not None and args.frames < 1:
         raise ValueError(f'--frames must be >= 1, got {args.frames}')
-    frames = evaluation.labelled_frames(args.dataset, args.root, args.frames, seed=args.seed,
-                                        camera=args.camera, scene=args.scene,
-                                        reader_options=parse_options(args.option))
     radius_m = args.match_radius_mm / 1000.0
     synthetic = args.dataset == 'synthetic' and args.root is None
     source = {'dataset': args.dataset, 'root': args.root,
               'seed': args.seed if synthetic else None,
               'scene': args.scene if synthetic else None}
+    if args.fit_hand_score:
+        return {**source, **fit_hand_score(args, radius_m)}
     if args.localizer_only:
-        from hand_pose_ros.core.localizer import DepthHandLocalizer
-
-        result = evaluation.evaluate_localizer(DepthHandLocalizer(), frames,
+        result = evaluation.evaluate_localizer(model_localizer(args), frames_of(args),
                                                max_hands=args.max_hands,
                                                match_radius_m=radius_m)
-        return {**source, 'evaluated': 'localizer', **result}
+        return {**source, 'evaluated': 'localizer', 'model': args.model,
+                'finder': not args.no_finder, **result}
     from hand_pose_ros.core.estimator import load_estimator
 
-    if args.fit_hand_score:
-        return {**source, **fit_hand_score(args, frames, radius_m)}
     estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands,
-                               min_hand_score=args.min_hand_score)
-    result = evaluation.evaluate_estimator(estimator, frames, args.center,
+                               min_hand_score=args.min_hand_score,
+                               use_finder=not args.no_finder)
+    result = evaluation.evaluate_estimator(estimator, frames_of(args), args.center,
                                            match_radius_m=radius_m)
     return {**source, 'evaluated': 'estimator', 'model': args.model, 'backend': args.backend,
-            **result}
+            'finder': not args.no_finder, **result}
 
 
-def fit_hand_score(args, frames, radius_m):
-    """Fit the model's hand score, write it into its card and return what was fitted."""
+def frames_of(args):
+    """Return the labelled frames the arguments name (a new iterable on each call)."""
+    return evaluation.labelled_frames(args.dataset, args.root, args.frames, seed=args.seed,
+                                      camera=args.camera, scene=args.scene,
+                                      reader_options=parse_options(args.option))
+
+
+def model_localizer(args):
+    """Return the localiser of the --model card (fused with its finder unless --no-finder)."""
     from hand_pose_ros.core import model_io
-    from hand_pose_ros.core.estimator import load_estimator, resolve_card, SPARE_CANDIDATES
+    from hand_pose_ros.core.estimator import card_localizer, resolve_card
+    from hand_pose_ros.core.localizer import LocalizerConfig
 
     card_path = resolve_card(args.model)
+    card = model_io.read_card(card_path)
+    return card_localizer(card_path, card, LocalizerConfig(**card.get('localizer', {})),
+                          use_finder=not args.no_finder)
+
+
+def fit_hand_score(args, radius_m):
+    """
+    Fit the model's localiser fusion (when it has a finder) and hand score; write both.
+
+    The fusion is fitted first, so the hand score learns from the candidates the fitted
+    localiser ranks first.
+    """
+    from hand_pose_ros.core import model_io
+    from hand_pose_ros.core.estimator import load_estimator, resolve_card, SPARE_CANDIDATES
+    from hand_pose_ros.core.hand_finder import FUSION_FEATURES
+
+    card_path = resolve_card(args.model)
+    card = model_io.read_card(card_path)
+    fitted_on = {'dataset': args.dataset, 'root': args.root, 'seed': args.seed,
+                 'scene': args.scene, 'frames': args.frames,
+                 'match_radius_mm': args.match_radius_mm}
+    result = {'evaluated': 'hand score', 'card': str(card_path)}
+    if 'finder' in card and not args.no_finder:
+        weights, counts = evaluation.fit_fusion(model_localizer(args), frames_of(args),
+                                                radius_m)
+        card['finder']['fusion_weights'] = [float(w) for w in weights]
+        card['finder']['fusion_fitted_on'] = {**fitted_on, **counts}
+        model_io.write_card(card_path, card)
+        result['fusion'] = dict(zip(FUSION_FEATURES, card['finder']['fusion_weights']))
     # Learn from the localiser's own scores, on every candidate a scored estimator sees.
     estimator = load_estimator(card_path, backend=args.backend,
-                               max_hands=args.max_hands + SPARE_CANDIDATES, min_hand_score=0.0)
+                               max_hands=args.max_hands + SPARE_CANDIDATES, min_hand_score=0.0,
+                               use_finder=not args.no_finder)
     estimator.hand_score = None
-    score, counts = evaluation.fit_hand_score(estimator, frames, radius_m)
+    score, counts = evaluation.fit_hand_score(estimator, frames_of(args), radius_m)
     card = model_io.read_card(card_path)
-    card['hand_score'] = {**dataclasses.asdict(score), 'fitted_on': {
-        'dataset': args.dataset, 'root': args.root, 'seed': args.seed, 'scene': args.scene,
-        'frames': args.frames, 'match_radius_mm': args.match_radius_mm, **counts}}
+    card['hand_score'] = {**dataclasses.asdict(score), 'fitted_on': {**fitted_on, **counts}}
     model_io.write_card(card_path, card)
-    return {'evaluated': 'hand score', 'card': str(card_path), 'hand_score': card['hand_score']}
+    return {**result, 'hand_score': card['hand_score']}
 
 
 def parse_options(items):
@@ -156,7 +194,9 @@ def format_result(result):
 
     if result['evaluated'] == 'hand score':
         fitted = result['hand_score']
-        return (f'hand score fitted on {fitted["fitted_on"]["hands"]} hands and '
+        fusion = ', '.join(f'{k} {v:.3f}' for k, v in result.get('fusion', {}).items())
+        return ((f'localiser fusion fitted: {fusion}\n' if fusion else '')
+                + f'hand score fitted on {fitted["fitted_on"]["hands"]} hands and '
                 f'{fitted["fitted_on"]["false_hands"]} false hands: bias {fitted["bias"]:.3f}, '
                 f'localizer_weight {fitted["localizer_weight"]:.3f}, joint_weight '
                 f'{fitted["joint_weight"]:.3f}; wrote {result["card"]}')

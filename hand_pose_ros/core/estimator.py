@@ -16,7 +16,6 @@ Usage::
 
 from dataclasses import dataclass, fields, replace
 import logging
-import math
 from pathlib import Path
 import time
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
 from hand_pose_ros.core.crop import check_center, crop_batch, CropSpec
-from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig
+from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig, logit, sigmoid
 from hand_pose_ros.core.skeleton import NUM_JOINTS
 
 LOGGER = logging.getLogger(__name__)
@@ -94,14 +93,12 @@ class HandScore:
     @staticmethod
     def features(localizer_score, joint_scores):
         """Return a hand's (3,) features: 1, localiser logit, mean joint confidence."""
-        p = min(max(float(localizer_score), 1e-3), 1.0 - 1e-3)
-        return np.array([1.0, math.log(p / (1.0 - p)), float(np.mean(joint_scores))])
+        return np.array([1.0, logit(localizer_score), float(np.mean(joint_scores))])
 
     def __call__(self, localizer_score, joint_scores):
         """Return the hand probability of one hand."""
-        z = float(np.dot([self.bias, self.localizer_weight, self.joint_weight],
-                         self.features(localizer_score, joint_scores)))
-        return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
+        return float(sigmoid(np.dot([self.bias, self.localizer_weight, self.joint_weight],
+                                    self.features(localizer_score, joint_scores))))
 
 
 class HandPoseEstimator:
@@ -318,7 +315,7 @@ def resolve_card(model):
 
 def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1,
                    localizer_config=None, min_hand_score=DEFAULT_MIN_HAND_SCORE,
-                   **backend_options):
+                   use_finder=True, **backend_options):
     """
     Build a :class:`HandPoseEstimator` from a model card.
 
@@ -332,6 +329,9 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
     :param localizer_config: :class:`LocalizerConfig`; default: the card's ``localizer``
         section, else the defaults.
     :param min_hand_score: see :class:`HandPoseEstimator` (0 keeps every localised hand).
+    :param use_finder: when the card has a learned hand finder (``finder`` section), fuse
+        it with the geometric localiser (:class:`~hand_pose_ros.core.hand_finder.
+        FusedLocalizer`); False uses the geometric localiser alone.
     :param backend_options: passed on to the backend factory.
     :raises ModelFileError: missing or corrupted model file (names the file and why).
     """
@@ -351,6 +351,8 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
                              f'network, this one takes {sorted(card["inputs"])}')
     if localizer_config is None:
         localizer_config = LocalizerConfig(**card.get('localizer', {}))
+    localizer = card_localizer(card_path, card, localizer_config, use_finder,
+                               backend_options.get('threads'))
     try:
         hand_score = HandScore.from_card(card)
     except ValueError as error:
@@ -360,7 +362,43 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
     runtime = create_backend(backend, card_path, **backend_options)
     LOGGER.info('estimator: model %s, backend %s', card.get('name', card_path),
                 getattr(runtime, 'name', backend))
-    return HandPoseEstimator(DepthHandLocalizer(localizer_config), spec, runtime,
+    return HandPoseEstimator(localizer, spec, runtime,
                              max_hands=max_hands, refine_passes=refine_passes,
                              name=str(card.get('name', model)), hand_score=hand_score,
                              min_hand_score=min_hand_score)
+
+
+def card_localizer(card_path, card, config, use_finder=True, threads=None):
+    """
+    Return the localiser a model card asks for: geometric, or fused with its finder.
+
+    :param card: the card, read (and its files verified) by ``model_io.read_card``.
+    :param config: :class:`LocalizerConfig` of the geometric part.
+    :param threads: ONNX Runtime threads of the finder (None: its default).
+    :raises ModelFileError: a ``finder`` section without a usable file or weights.
+    """
+    from hand_pose_ros.core.model_io import card_file, ModelFileError
+
+    geometric = DepthHandLocalizer(config)
+    section = card.get('finder')
+    if not use_finder or section is None:
+        return geometric
+    from hand_pose_ros.core.hand_finder import FUSION_FEATURES, FusedLocalizer, \
+        LearnedHandFinder
+
+    weights = np.asarray(section.get('fusion_weights', ()), dtype=np.float64)
+    if weights.shape != (len(FUSION_FEATURES),) or not np.all(np.isfinite(weights)):
+        raise ModelFileError(
+            f'model card {card_path}: finder fusion_weights must be {len(FUSION_FEATURES)} '
+            f'finite numbers ({", ".join(FUSION_FEATURES)}), got '
+            f'{section.get("fusion_weights")!r}')
+    path = card_file(card_path, section, 'onnx')
+    if path.name not in card['files']:
+        raise ModelFileError(f'model card {card_path}: finder file {path.name} is not listed '
+                             f'(with its checksum) under files')
+    try:
+        finder = LearnedHandFinder(path, threads=threads)
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ModelFileError(f'model file {path}: cannot be loaded as a finder ({error})'
+                             ) from None
+    return FusedLocalizer(geometric, finder, weights)

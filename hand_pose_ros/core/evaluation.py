@@ -227,6 +227,14 @@ def match_centers(found_xyz, truth_xyz, radius_m=DEFAULT_MATCH_RADIUS_M):
     return assignment
 
 
+def _mostly_visible_hits(frame, keep, assignment):
+    """Return whether each kept hand with >= MOSTLY_VISIBLE of its joints seen was found."""
+    if frame.visible is None:
+        return []
+    return [bool(n >= 0) for k, n in zip(keep, assignment)
+            if frame.visible[k].mean() >= MOSTLY_VISIBLE]
+
+
 def _croppable(frame, k):
     """Return whether ground-truth hand k has labels and a centre inside the image."""
     if not frame.joint_mask[k].any():
@@ -253,7 +261,7 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
     """
     if center_mode not in CENTER_MODES:
         raise ValueError(f'center_mode must be one of {CENTER_MODES}, got {center_mode!r}')
-    rows, center_errors, timings = [], [], []
+    rows, center_errors, timings, mostly_visible = [], [], [], []
     num_frames = skipped = false_positives = 0
     for frame in frames:
         num_frames += 1
@@ -270,6 +278,7 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
             hands = estimator.estimate(frame.depth_m, frame.intrinsics)
             assignment = match_centers([h.center_xyz for h in hands], truth, match_radius_m)
             false_positives += len(hands) - int((assignment >= 0).sum())
+            mostly_visible.extend(_mostly_visible_hits(frame, keep, assignment))
         timings.append(dict(estimator.last_timings))
         for index, k in enumerate(keep):
             if assignment[index] < 0:
@@ -287,6 +296,9 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
         'frames': num_frames,
         'hands_skipped_outside_image': skipped,
         'detection_rate': _number(detected / hands_total) if hands_total else None,
+        'detection_rate_mostly_visible': _number(np.mean(mostly_visible))
+        if mostly_visible else None,
+        'hands_mostly_visible': len(mostly_visible),
         'match_radius_mm': match_radius_m * 1000.0,
         'false_positives': false_positives,
         'false_positives_per_frame': _number(false_positives / num_frames)
@@ -311,8 +323,6 @@ def fit_hand_score(estimator, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=
     :return: (HandScore, {'hands': samples labelled hands, 'false_hands': the others}).
     :raises ValueError: the frames gave no hand or no false hand to learn from.
     """
-    from scipy.optimize import minimize
-
     from hand_pose_ros.core.estimator import HandScore
 
     features, labels = [], []
@@ -325,11 +335,29 @@ def fit_hand_score(estimator, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=
         for n, hand in enumerate(hands):
             features.append(HandScore.features(hand.localizer_score, hand.scores))
             labels.append(n in matched)
-    x, y = np.array(features).reshape(-1, 3), np.array(labels, dtype=np.float64)
+    weights, counts = fit_logistic(np.array(features).reshape(-1, 3), labels, l2,
+                                   'a hand score', ('hands', 'false_hands'))
+    return HandScore(*(float(w) for w in weights)), counts
+
+
+def fit_logistic(x, labels, l2, what, names):
+    """
+    Return the L2-regularised logistic regression weights of labels on features.
+
+    :param x: (N, F) features (a bias column included by the caller).
+    :param labels: (N,) bool.
+    :param what: what is fitted, for the error message.
+    :param names: (name of the positive count, name of the negative count).
+    :return: (weights (F,), {names[0]: positives, names[1]: negatives}).
+    :raises ValueError: without both positives and negatives.
+    """
+    from scipy.optimize import minimize
+
+    y = np.asarray(labels, dtype=np.float64)
     positives = int(y.sum())
     if positives == 0 or positives == len(y):
-        raise ValueError(f'fitting a hand score needs localised hands and false hands, got '
-                         f'{positives} hands and {len(y) - positives} false hands')
+        raise ValueError(f'fitting {what} needs samples of both kinds, got {positives} '
+                         f'{names[0]} and {len(y) - positives} {names[1]}'.replace('_', ' '))
 
     def loss(w):
         z = x @ w
@@ -337,9 +365,30 @@ def fit_hand_score(estimator, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=
         value = np.sum(np.logaddexp(0.0, z) - y * z) + l2 * w @ w
         return value, x.T @ (p - y) + 2.0 * l2 * w
 
-    weights = minimize(loss, np.zeros(3), jac=True, method='L-BFGS-B').x
-    counts = {'hands': positives, 'false_hands': len(y) - positives}
-    return HandScore(*(float(w) for w in weights)), counts
+    weights = minimize(loss, np.zeros(x.shape[1]), jac=True, method='L-BFGS-B').x
+    return weights, {names[0]: positives, names[1]: len(y) - positives}
+
+
+def fit_fusion(localizer, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=1e-3):
+    """
+    Fit the fusion weights of a :class:`~hand_pose_ros.core.hand_finder.FusedLocalizer`.
+
+    Every proposal (geometric candidate or finder peak) of every frame is a sample,
+    labelled a hand when its centre lies within ``match_radius_m`` of a ground-truth hand
+    centre; the weights maximise the L2-regularised logistic likelihood.
+
+    :return: (weights (4,), {'hands': ..., 'false_hands': ...}).
+    """
+    features, labels = [], []
+    for frame in frames:
+        keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
+        truth = frame.centers_xyz[keep]
+        for center, row in localizer.proposals(frame.depth_m, frame.intrinsics):
+            features.append(row)
+            labels.append(bool(len(truth)) and
+                          bool(np.min(np.linalg.norm(truth - center, axis=1)) <= match_radius_m))
+    return fit_logistic(np.array(features).reshape(len(features), -1), labels, l2,
+                        'the localiser fusion', ('hands', 'false_hands'))
 
 
 def evaluate_localizer(localizer, frames, max_hands=2, match_radius_m=DEFAULT_MATCH_RADIUS_M):
@@ -370,9 +419,7 @@ def evaluate_localizer(localizer, frames, max_hands=2, match_radius_m=DEFAULT_MA
         false_positives += len(candidates) - int((assignment >= 0).sum())
         errors.extend(np.linalg.norm(found[n] - truth[i]) * 1000.0
                       for i, n in enumerate(assignment) if n >= 0)
-        if frame.visible is not None:
-            mostly_visible.extend(bool(n >= 0) for k, n in zip(keep, assignment)
-                                  if frame.visible[k].mean() >= MOSTLY_VISIBLE)
+        mostly_visible.extend(_mostly_visible_hits(frame, keep, assignment))
     return {
         'frames': num_frames,
         'hands': hands,

@@ -152,6 +152,10 @@ class DepthHandLocalizer:
     def __init__(self, config=None):
         self.config = config if config is not None else LocalizerConfig()
 
+    def with_config(self, config):
+        """Return a localiser like this one with another :class:`LocalizerConfig`."""
+        return DepthHandLocalizer(config)
+
     def locate(self, depth_m, intrinsics, max_hands=2):
         """
         Return up to ``max_hands`` hand candidates, the most plausible first.
@@ -634,14 +638,21 @@ def _scored(candidates, min_score):
     depth = np.array([candidate.center_xyz[2] for candidate in candidates])
     features = np.column_stack([np.array([candidate.features for candidate in candidates]),
                                 (depth - depth.min()) * 10.0])
-    shape_score = _sigmoid(features[:, :-1] @ _HAND_WEIGHTS[:-1])
-    score = _sigmoid(features @ _HAND_WEIGHTS)
+    shape_score = sigmoid(features[:, :-1] @ _HAND_WEIGHTS[:-1])
+    score = sigmoid(features @ _HAND_WEIGHTS)
     return [replace(candidate, score=float(score[k]), features=features[k])
             for k, candidate in enumerate(candidates) if shape_score[k] >= min_score]
 
 
-def _sigmoid(logit):
-    return 1.0 / (1.0 + np.exp(-np.clip(logit, -500.0, 500.0)))
+def sigmoid(z):
+    """Return the logistic function of a number or array (clipped, never overflows)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
+
+
+def logit(p):
+    """Return the log-odds of a probability, clamped to [1e-3, 1 - 1e-3] first."""
+    p = min(max(float(p), 1e-3), 1.0 - 1e-3)
+    return math.log(p / (1.0 - p))
 
 
 def _hand_features(area_m2, extents, spread, counts, outline, entry, end, depth_m):

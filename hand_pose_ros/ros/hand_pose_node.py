@@ -47,21 +47,19 @@ def load_node_estimator(values):
     model = group(values, 'model')
     estimator = load_estimator(
         model['name'], backend=model['backend'], max_hands=values['localizer.max_hands'],
-        threads=model['threads'] or None, precision=model['precision'],
-        fp16=model['precision'] == 'fp16', cache_dir=model['cache_dir'] or None,
-        force_rebuild=model['force_engine_rebuild'])
+        use_finder=values['localizer.use_finder'], threads=model['threads'] or None,
+        precision=model['precision'], fp16=model['precision'] == 'fp16',
+        cache_dir=model['cache_dir'] or None, force_rebuild=model['force_engine_rebuild'])
     configure_localizer(estimator, values)
     return estimator
 
 
 def configure_localizer(estimator, values):
     """Apply the ``localizer.*`` parameters to an estimator (start-up and dynamic updates)."""
-    from hand_pose_ros.core.localizer import DepthHandLocalizer
-
     config = dataclasses.replace(estimator.localizer.config,
                                  min_depth_m=values['localizer.min_depth_m'],
                                  max_depth_m=values['localizer.max_depth_m'])
-    estimator.localizer = DepthHandLocalizer(config)
+    estimator.localizer = estimator.localizer.with_config(config)
     estimator.max_hands = values['localizer.max_hands']
     estimator.min_hand_score = values['localizer.min_hand_score']
 

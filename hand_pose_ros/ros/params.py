@@ -98,6 +98,9 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
     ParamSpec('localizer.min_hand_score', DEFAULT_MIN_HAND_SCORE,
               "Drop found hands whose hand score (model card's hand_score) is lower.",
               (0.0, 1.0), None, True),
+    ParamSpec('localizer.use_finder', True,
+              "Fuse the model's learned hand finder (card section finder) with the geometric "
+              'localiser; false: geometric localiser alone.'),
     ParamSpec('localizer.min_depth_m', 0.15, 'Nearest depth searched for hands (m).',
               (0.05, 5.0), None, True),
     ParamSpec('localizer.max_depth_m', 1.6, 'Farthest depth searched for hands (m).',

@@ -1,0 +1,65 @@
+r"""
+hand_pose_train_finder: train the learned hand finder, or attach one to a model card.
+
+Examples::
+
+    hand_pose_train_finder --output-dir runs/hand_finder --steps 6000     # (or --resume)
+    # export it beside the default model and list it in its card, then fit the fusion
+    hand_pose_train_finder --attach runs/hand_finder/checkpoint.pt --model default
+    hand_pose_evaluate --dataset synthetic --model default --fit-hand-score --seed 3000 \\
+        --frames 1500
+"""
+
+import argparse
+from dataclasses import fields
+import logging
+import sys
+
+from hand_pose_ros.core.finder_training import FinderTrainConfig
+
+
+def build_parser():
+    """Return the argument parser."""
+    parser = argparse.ArgumentParser(
+        prog='hand_pose_train_finder', description=__doc__.strip().split('\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in fields(FinderTrainConfig):
+        parser.add_argument('--' + field.name.replace('_', '-'), dest=field.name,
+                            type=type(field.default), default=field.default,
+                            help=f'(default {field.default})')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from <output-dir>/checkpoint.pt')
+    parser.add_argument('--attach', metavar='CHECKPOINT',
+                        help='instead of training, export CHECKPOINT beside the --model card '
+                             'and record it there')
+    parser.add_argument('--model', default='default', help='model (name or card) of --attach')
+    return parser
+
+
+def main(argv=None):
+    """Entry point."""
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    args = build_parser().parse_args(argv)
+    from hand_pose_ros.core import finder_training
+    from hand_pose_ros.core.model_io import ModelFileError
+
+    try:
+        if args.attach:
+            from hand_pose_ros.core.estimator import resolve_card
+
+            path = finder_training.attach_finder(args.attach, resolve_card(args.model))
+            print(f'wrote {path}; fit the fusion and hand score next: hand_pose_evaluate '
+                  f'--dataset synthetic --model {args.model} --fit-hand-score')
+            return 0
+        config = FinderTrainConfig(**{f.name: getattr(args, f.name)
+                                      for f in fields(FinderTrainConfig)})
+        path = finder_training.train_finder(config, resume=args.resume)
+    except (ValueError, OSError, ModelFileError) as error:
+        print(f'hand_pose_train_finder: error: {error}', file=sys.stderr)
+        return 2
+    print(f'wrote {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
