@@ -75,7 +75,8 @@ def test_given_centres_decode_to_the_known_joints():
     np.testing.assert_allclose(hands[0].scores, 0.8, atol=1e-6)
     # One batched backend call for both hands.
     assert len(backend.batches) == 1 and backend.batches[0].shape == (2, 1, 64, 64)
-    assert set(est.last_timings) == {'localize', 'crop', 'infer', 'decode'}
+    assert set(est.last_timings) == {'localize', 'find', 'crop', 'infer', 'decode'}
+    assert est.last_timings['find'] == 0.0     # no learned finder in this estimator
     assert all(value >= 0 for value in est.last_timings.values())
 
 

@@ -1,11 +1,13 @@
 """
 ``hand_pose_bench``: per-stage latency of the whole per-frame path, per backend and model.
 
-Stages: decode image (message to numpy), localise, crop, infer, decode (joints back to the
-camera frame), filter (anatomy, gates, smoothing, tracking), publish (building and
-serialising every output message). Frames are synthetic 640x480 depth images with one hand.
-``--networks`` adds network-only latency of every architecture on ONNX Runtime vs eager
-PyTorch. Prints p50/p99 and frames per second, names the hardware, writes JSON.
+Stages: decode image (message to numpy), localise, find (the learned hand finder's network,
+when the model has one), crop, infer, decode (joints back to the camera frame), filter
+(anatomy, gates, smoothing, tracking), publish (building and serialising every output
+message); "all but network" leaves out find and infer. Frames are synthetic 640x480 depth
+images with one hand. ``--networks`` adds network-only latency of every architecture on
+ONNX Runtime vs eager PyTorch. Prints p50/p99 and frames per second, names the hardware,
+writes JSON.
 """
 
 import argparse
@@ -17,7 +19,9 @@ import time
 
 import numpy as np
 
-STAGES = ('decode_image', 'localize', 'crop', 'infer', 'decode', 'filter', 'publish')
+STAGES = ('decode_image', 'localize', 'find', 'crop', 'infer', 'decode', 'filter', 'publish')
+# Stages that run a network: the pose network and the learned hand finder.
+NETWORK_STAGES = ('find', 'infer')
 
 
 def hardware():
@@ -72,6 +76,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads):
     from std_msgs.msg import Header
 
     from hand_pose_ros.core import load_estimator
+    from hand_pose_ros.core.estimator import STAGES as ESTIMATOR_STAGES
     from hand_pose_ros.core.filters import FilterConfig, HandFilter, Observation
     from hand_pose_ros.ros.conversions import depth_from_image
 
@@ -98,7 +103,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads):
         hands_found += bool(poses)
         timings = estimator.last_timings
         samples['decode_image'].append((t1 - t0) * 1e3)
-        for stage in ('localize', 'crop', 'infer', 'decode'):
+        for stage in ESTIMATOR_STAGES:
             samples[stage].append(timings[stage])
         samples['filter'].append((t3 - t2) * 1e3)
         samples['publish'].append((t4 - t3) * 1e3)
@@ -109,7 +114,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads):
 def summarise(samples):
     """Return per-stage p50/p99 plus totals and frames per second."""
     total = sum(samples.values())
-    outside = total - samples['infer']
+    outside = total - sum(samples[stage] for stage in NETWORK_STAGES)
     rows = {stage: {'p50_ms': float(np.percentile(v, 50)), 'p99_ms': float(np.percentile(v, 99))}
             for stage, v in samples.items()}
     rows['total'] = {'p50_ms': float(np.percentile(total, 50)),

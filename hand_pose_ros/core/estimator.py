@@ -28,7 +28,7 @@ from hand_pose_ros.core.skeleton import NUM_JOINTS
 
 LOGGER = logging.getLogger(__name__)
 
-STAGES = ('localize', 'crop', 'infer', 'decode')
+STAGES = ('localize', 'find', 'crop', 'infer', 'decode')
 # Two localised hands whose crop centres end up closer than this are one hand.
 DUPLICATE_DISTANCE_M = 0.05
 # Localised hands whose fitted hand score (HandScore) is lower are dropped.
@@ -120,8 +120,9 @@ class HandPoseEstimator:
         with a ``hand_score``; the localiser applies its own ``min_score``).
 
     After each :meth:`estimate`, ``last_timings`` holds the milliseconds spent per stage:
-    localize (input checks, conversion and the localiser), crop, infer, decode (summed over
-    the passes). Localised hands that converge onto one hand are reported once.
+    localize (input checks, conversion and the localiser), find (the learned hand finder's
+    network, 0 without one), crop, infer, decode (summed over the passes). Localised hands
+    that converge onto one hand are reported once.
     """
 
     def __init__(self, localizer, spec, backend, max_hands=2, refine_passes=1, name='model',
@@ -170,6 +171,8 @@ class HandPoseEstimator:
             spare = SPARE_CANDIDATES if self.hand_score is not None else 0
             candidates = self.localizer.locate(depth_m, intrinsics,
                                                max_hands=self.max_hands + spare)
+            # A fused localiser reports the time its finder network took.
+            timings['find'] = getattr(self.localizer, 'last_find_ms', 0.0)
             centers_xyz = np.array([c.center_xyz for c in candidates], dtype=np.float64)
             localizer_scores = [float(c.score) for c in candidates]
         else:
@@ -182,7 +185,7 @@ class HandPoseEstimator:
                 check_center(center, intrinsics)
             localizer_scores = [1.0] * len(centers_xyz)
         now = time.perf_counter()
-        timings['localize'] = (now - start) * 1e3
+        timings['localize'] = (now - start) * 1e3 - timings['find']
         if len(centers_xyz) == 0:
             return []
 

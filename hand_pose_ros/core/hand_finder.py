@@ -23,6 +23,7 @@ fitted per model (``hand_pose_evaluate --fit-hand-score``) and kept in the model
 import logging
 import math
 from pathlib import Path
+import time
 
 import numpy as np
 
@@ -172,6 +173,8 @@ class FusedLocalizer:
         self.geometric = geometric
         self.finder = finder
         self.weights = np.asarray(weights, dtype=np.float64).reshape(len(FUSION_FEATURES))
+        # Milliseconds the finder network took in the latest call (the estimator's 'find').
+        self.last_find_ms = 0.0
 
     @property
     def config(self):
@@ -191,7 +194,9 @@ class FusedLocalizer:
         """
         cfg = self.geometric.config
         geometric = self.geometric.locate(depth_m, intrinsics, max_hands=MAX_PROPOSALS)
+        start = time.perf_counter()
         heat, offset, depth, stride = self.finder.maps(depth_m, intrinsics)
+        self.last_find_ms = (time.perf_counter() - start) * 1e3
         found = [(c.center_xyz, np.array([1.0, 1.0, logit(c.score), logit(
             heat_at(heat, c.center_xyz, stride, intrinsics))])) for c in geometric]
         for score, center in decode_peaks(heat, offset, depth, stride, intrinsics,
