@@ -65,9 +65,15 @@ def configure_localizer(estimator, values):
 
 
 def describe(estimator):
-    """Return 'model on backend' (plus a TensorRT engine's cache status) for diagnostics."""
+    """
+    Return 'model on backend' for diagnostics.
+
+    Adds a TensorRT engine's cache status and whether a learned finder helps the localiser.
+    """
     backend = estimator.backend
     text = f'{estimator.name} on {getattr(backend, "name", "custom backend")}'
+    if hasattr(estimator.localizer, 'finder'):
+        text += ' with hand finder'
     cache_status = getattr(backend, 'cache_status', None)
     return f'{text} (engine {cache_status})' if cache_status else text
 
