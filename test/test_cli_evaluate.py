@@ -50,7 +50,7 @@ def test_model_evaluation_writes_json_and_curve(tmp_path):
     # An untrained network still predicts inside the +-100 mm crop box around the centroid.
     assert 0.0 < result['mean_mm'] < 250.0
     assert result['mean_mm'] == pytest.approx(np.mean(per_joint), rel=0.2)
-    assert set(result['timings_ms']) == {'localize', 'crop', 'infer', 'decode'}
+    assert set(result['timings_ms']) == {'localize', 'find', 'crop', 'infer', 'decode'}
     fractions = result['success_curve']['fraction']
     assert fractions == sorted(fractions) and len(fractions) == 81
     with Image.open(plot) as image:
