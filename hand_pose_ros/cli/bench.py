@@ -70,7 +70,7 @@ def publish_outputs(tracks, header, serialize):
             if msg is not None]
 
 
-def bench_pipeline(model, backend, frames, intrinsics, warmup, threads):
+def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_finder=True):
     """Return per-stage timings (ms arrays) of the full per-frame path for one backend."""
     from rclpy.serialization import serialize_message
     from std_msgs.msg import Header
@@ -80,7 +80,8 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads):
     from hand_pose_ros.core.filters import FilterConfig, HandFilter, Observation
     from hand_pose_ros.ros.conversions import depth_from_image
 
-    estimator = load_estimator(model, backend=backend, max_hands=1, threads=threads)
+    estimator = load_estimator(model, backend=backend, max_hands=1, threads=threads,
+                               use_finder=use_finder)
     hand_filter = HandFilter(FilterConfig())
     samples = {stage: [] for stage in STAGES}
     hands_found = 0
@@ -144,6 +145,9 @@ def parse_args(argv):
     parser.add_argument('--warmup', type=int, default=20, help='untimed frames first')
     parser.add_argument('--threads', type=int, default=None, help='runtime CPU threads')
     parser.add_argument('--seed', type=int, default=3)
+    parser.add_argument('--no-finder', action='store_true',
+                        help="localise with the geometric localiser alone (not the model's "
+                             'learned finder)')
     parser.add_argument('--networks', action='store_true',
                         help='also time every architecture, ONNX Runtime vs eager PyTorch')
     parser.add_argument('--json', default=None, help='write the figures to this file')
@@ -153,13 +157,15 @@ def parse_args(argv):
 def main(argv=None):
     """Run the benchmark and print its tables."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
-    report = {'hardware': hardware(), 'model': options.model, 'pipeline': {}}
+    report = {'hardware': hardware(), 'model': options.model, 'finder': not options.no_finder,
+              'pipeline': {}}
     print('hardware: ' + ', '.join(f'{k} {v}' for k, v in report['hardware'].items()))
     frames, intrinsics = synthetic_frames(min(options.frames, 40), options.seed)
     frames = (frames * (options.frames // len(frames) + 1))[:options.frames]
     for backend in options.backends or available_backends():
         samples, detected, name = bench_pipeline(options.model, backend, frames, intrinsics,
-                                                 options.warmup, options.threads)
+                                                 options.warmup, options.threads,
+                                                 not options.no_finder)
         summary = summarise(samples)
         summary['hand_detected_fraction'] = detected
         report['pipeline'][name] = summary
