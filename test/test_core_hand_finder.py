@@ -217,3 +217,15 @@ def test_fusion_fit_learns_from_both_sources(card_with_finder):
     weights, counts = fit_fusion(fused, synthetic_frames(8, 3000))
     assert weights.shape == (len(FUSION_FEATURES),) and np.all(np.isfinite(weights))
     assert counts['hands'] > 0 and counts['false_hands'] > 0
+
+
+def test_fused_localizer_survives_odd_images(card_with_finder):
+    from hand_pose_ros.core import load_estimator
+
+    estimator = load_estimator(card_with_finder, backend='onnxruntime', threads=1)
+    tiny = CameraIntrinsics(20.0, 20.0, 6.0, 5.0, 13, 9)   # not a multiple of the stride
+    depth = np.full((9, 13), 0.5, np.float32)
+    assert isinstance(estimator.localizer.locate(depth, tiny, 2), list)
+    assert estimator.estimate(np.full((480, 640), np.nan, np.float32), SR300) == []
+    far = np.full((480, 640), 3.0, np.float32)             # beyond every depth range
+    assert estimator.localizer.locate(far, SR300, 2) == []

@@ -26,6 +26,7 @@ from pathlib import Path
 import time
 
 import numpy as np
+from scipy import ndimage
 
 from hand_pose_ros.core.camera import uvd_from_xyz, xyz_from_uvd
 from hand_pose_ros.core.localizer import logit, sigmoid
@@ -135,18 +136,19 @@ class LearnedHandFinder:
                                                     providers=['CPUExecutionProvider'])
 
     def maps(self, depth_m, intrinsics):
-        """Return (heat probabilities (rows, cols), offset (2, rows, cols), depth, stride)."""
+        """
+        Return (heat probabilities (rows, cols), offset (2, rows, cols), depth, stride).
+
+        Heat is zeroed where no valid depth lies within one cell: a hand is seen there or
+        nowhere, whatever the network makes of an empty region.
+        """
         planes, stride = finder_input(depth_m, intrinsics)
         heat, offset, depth = self.session.run(list(OUTPUT_NAMES), {'depth': planes[None]})
         heat = sigmoid(heat[0, 0].astype(np.float64))
+        rows, cols = heat.shape
+        seen = planes[1].reshape(rows, CELL_PX, cols, CELL_PX).any(axis=(1, 3))
+        heat[~ndimage.binary_dilation(seen, np.ones((3, 3), bool))] = 0.0
         return heat, offset[0], depth[0, 0], stride
-
-    def locate(self, depth_m, intrinsics, max_hands=2):
-        """Return up to ``max_hands`` :class:`FoundHand` of the finder alone, best first."""
-        heat, offset, depth, stride = self.maps(depth_m, intrinsics)
-        return [FoundHand(center, score) for score, center in
-                decode_peaks(heat, offset, depth, stride, intrinsics, PEAK_MIN_SCORE,
-                             max_hands)]
 
 
 def heat_at(heat, center_xyz, stride, intrinsics):
