@@ -148,9 +148,9 @@ def focal_loss(logits, heat, weight):
     return (pos.sum() + neg.sum()) / positive.sum().clamp(min=1.0)
 
 
-def render_frames(count, seed, scene=None):
+def render_frames(count, seed):
     """
-    Render ``count`` synthetic frames as finder inputs and hand rows.
+    Render ``count`` synthetic frames (the engine's default scenes) as finder inputs and rows.
 
     Cameras cycle through ``CAMERAS`` (all 640x480, so every input is 2x120x160).
 
@@ -159,8 +159,7 @@ def render_frames(count, seed, scene=None):
     """
     from hand_pose_ros.core import synth
 
-    generators = [synth.SyntheticGenerator(CameraIntrinsics.from_preset(name), seed=seed + i,
-                                           **({'scene': scene} if scene else {}))
+    generators = [synth.SyntheticGenerator(CameraIntrinsics.from_preset(name), seed=seed + i)
                   for i, name in enumerate(CAMERAS)]
     inputs, centers = [], []
     for index in range(count):
