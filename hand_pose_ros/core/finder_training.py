@@ -289,7 +289,7 @@ def train_finder(config, resume=False, progress_stream=None):
     written every ``checkpoint_every`` steps and at the end; ``resume`` continues from it.
     ``train.csv`` logs the losses and ``curves.png`` plots them.
     """
-    from hand_pose_ros.core.training import plot_curves, ProgressBar, write_csv
+    from hand_pose_ros.core.training import cosine_decay, plot_curves, ProgressBar, write_csv
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -309,7 +309,7 @@ def train_finder(config, resume=False, progress_stream=None):
     net.train()
     bar = ProgressBar(config.steps, progress_stream)
     while step < config.steps:
-        lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+        lr = cosine_decay(config.lr, step / config.steps)
         for group in optimizer.param_groups:
             group['lr'] = lr
         batch = _batch(inputs, rows, offsets, rng.integers(0, len(inputs), config.batch_size),

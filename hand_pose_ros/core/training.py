@@ -170,14 +170,18 @@ class TrainConfig:
         return dict(self.data, seed=self.eval_seed)
 
 
+def cosine_decay(lr, progress):
+    """Return ``lr`` decayed on a half cosine to 0 at ``progress`` 1 (clamped to [0, 1])."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
 def learning_rate(step, config):
     """Return the learning rate of (0-based) ``step`` under the config's schedule."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_schedule == 'cosine':
         span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine_decay(config.lr, (step - config.warmup_steps) / span)
     if config.lr_schedule == 'step':
         return config.lr * config.lr_gamma ** (step // config.lr_step_size)
     return config.lr
