@@ -126,6 +126,8 @@ def test_bad_inputs_are_rejected(cards):
         OnnxRuntimeBackend(card, threads=0)
     with pytest.raises(ValueError, match='fp16 needs a CUDA device'):
         TorchBackend(card, device='cpu', fp16=True)
+    with pytest.raises(ValueError, match='cuda_graphs needs a CUDA device'):
+        TorchBackend(card, device='cpu', cuda_graphs=True)
 
 
 def test_backend_selection_and_auto_fallback(cards, tmp_path):
@@ -174,3 +176,35 @@ def test_torch_cuda_fp16_channels_last_matches_cpu(cards):
     gpu = create_backend('torch', card, device='cuda')
     assert gpu.dtype == torch.float16
     np.testing.assert_allclose(gpu(batch)['joints'], reference['joints'], atol=2e-2)
+
+
+def test_torch_cuda_graphs_match_eager(cards):
+    """GPU only: replayed CUDA graphs give eager results, for each batch size, every call."""
+    if not torch.cuda.is_available():
+        pytest.skip('needs a CUDA device')
+    card, model = cards['a2j']
+    eager = create_backend('torch', card, device='cuda', fp16=False, cuda_graphs=False)
+    graphs = create_backend('torch', card, device='cuda', fp16=False)
+    assert graphs.cuda_graphs
+    for batch_size, seed in ((1, 1), (3, 2), (1, 3), (3, 4)):
+        batch = export.example_inputs(model, batch_size, seed)['depth']
+        np.testing.assert_allclose(graphs(batch)['joints'], eager(batch)['joints'], atol=1e-5)
+    assert len(graphs._graphs) == 2  # one capture per batch size, replayed after
+
+
+def test_fp16_keeps_the_default_models_accuracy():
+    """GPU only: FP16 CUDA inference of the shipped model is as accurate as FP32 (100 frames)."""
+    if not torch.cuda.is_available():
+        pytest.skip('needs a CUDA device')
+    from hand_pose_ros.core import load_estimator
+    from hand_pose_ros.core.evaluation import evaluate_estimator, labelled_frames
+
+    frames = list(labelled_frames('synthetic', num_frames=100, seed=1000))
+    errors = {}
+    for precision in ('fp32', 'fp16'):
+        estimator = load_estimator('default', backend='torch', device='cuda',
+                                   fp16=precision == 'fp16', use_finder=False)
+        errors[precision] = evaluate_estimator(estimator, frames)['mean_mm']
+    print(f'default model, oracle centres, 100 frames: {errors}')
+    assert errors['fp32'] < 25.0
+    assert abs(errors['fp16'] - errors['fp32']) < 0.2

@@ -189,6 +189,12 @@ def test_joint_grouping_schedule_assignment_and_fusion_init():
     selectors = grouping.selectors()
     assert torch.equal(selectors.sum(dim=1), torch.ones(21))
     assert grouping.grouping() == [list(range(k, 21, 3)) for k in range(3)]
+    with torch.inference_mode():
+        assert grouping.selectors() is selectors  # kept while the logits stay the same
+    state = {k: v.clone() for k, v in grouping.state_dict().items()}
+    state['logits'] = state['logits'].roll(1, dims=1)  # every joint moves one group on
+    grouping.load_state_dict(state)
+    assert torch.equal(grouping.selectors(), selectors.roll(1, dims=1))
     grouping.train()
     relaxed = grouping.selectors()
     assert torch.allclose(relaxed.sum(dim=1), torch.ones(21))

@@ -6,8 +6,10 @@ when the model has one), crop, infer, decode (joints back to the camera frame), 
 (anatomy, gates, smoothing, tracking), publish (building and serialising every output
 message); "all but network" leaves out find and infer. Frames are synthetic 640x480 depth
 images with one hand. ``--networks`` adds network-only latency of every architecture on
-ONNX Runtime vs eager PyTorch. Prints p50/p99 and frames per second, names the hardware,
-writes JSON.
+ONNX Runtime vs eager PyTorch; with ``--device cuda``, on every GPU runtime this machine has
+(PyTorch FP32, FP16, FP16 with CUDA graphs; ONNX Runtime's CUDA provider and TensorRT when
+installed). ``--no-pipeline`` skips the per-frame path (which needs rclpy for the message
+stages). Prints p50/p99 and frames per second, names the hardware, writes JSON.
 """
 
 import argparse
@@ -70,7 +72,8 @@ def publish_outputs(tracks, header, serialize):
             if msg is not None]
 
 
-def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_finder=True):
+def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_finder=True,
+                   device='cpu'):
     """Return per-stage timings (ms arrays) of the full per-frame path for one backend."""
     from rclpy.serialization import serialize_message
     from std_msgs.msg import Header
@@ -81,7 +84,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
     from hand_pose_ros.ros.conversions import depth_from_image
 
     estimator = load_estimator(model, backend=backend, max_hands=1, threads=threads,
-                               use_finder=use_finder)
+                               use_finder=use_finder, device=device)
     hand_filter = HandFilter(FilterConfig())
     samples = {stage: [] for stage in STAGES}
     hands_found = 0
@@ -126,14 +129,41 @@ def summarise(samples):
     return rows
 
 
-def available_backends():
-    """Return the backends that can run on this machine."""
-    from hand_pose_ros.core.backends.tensorrt_backend import tensorrt_available
+def available_backends(device='cpu'):
+    """Return the backends that can run on this machine's CPU or GPU."""
+    from hand_pose_ros.core.backends.profiling import gpu_variants
 
-    names = ['onnxruntime', 'torch']
-    if tensorrt_available()[0]:
-        names.append('tensorrt')
-    return names
+    if device == 'cpu':
+        return ['onnxruntime', 'torch']
+    return list(dict.fromkeys(backend for backend, _ in gpu_variants().values()))
+
+
+def bench_networks(device, threads):
+    """Time every architecture on every runtime of ``device``; print the table, return rows."""
+    from hand_pose_ros.core.backends.profiling import CPU_VARIANTS, format_rows, \
+        gpu_variants, profile_model, PROFILE_CONFIGS
+
+    variants = CPU_VARIANTS if device == 'cpu' else gpu_variants()
+    rows = [profile_model(label, variants, threads=threads,
+                          iterations=20 if device == 'cpu' else 200)
+            for label in PROFILE_CONFIGS]
+    print(f'\nnetworks on {device}, batch 1, random weights (latency does not depend on them):')
+    print(format_rows(rows, variants))
+    for row in rows:
+        for name in variants:
+            if f'{name}_error' in row:
+                print(f'{row["label"]} on {name} failed: {row[f"{name}_error"]}')
+    if device == 'cpu':
+        for row in rows:
+            row['onnxruntime_speedup'] = row['torch_ms'] / row['onnxruntime_ms']
+        print('ONNX Runtime speed-up over eager PyTorch: ' + ', '.join(
+            f'{r["label"]} {r["onnxruntime_speedup"]:.2f}x' for r in rows))
+    else:
+        fastest = [max(((r[f'{v}_fps'], v) for v in variants if f'{v}_error' not in r),
+                       default=(0.0, 'none')) for r in rows]
+        print('fastest runtime, crops/s at batch 1: ' + ', '.join(
+            f'{r["label"]} {fps:.0f} ({name})' for r, (fps, name) in zip(rows, fastest)))
+    return rows
 
 
 def parse_args(argv):
@@ -148,8 +178,12 @@ def parse_args(argv):
     parser.add_argument('--no-finder', action='store_true',
                         help="localise with the geometric localiser alone (not the model's "
                              'learned finder)')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
+                        help='run the networks on the CPU or on the CUDA GPU')
     parser.add_argument('--networks', action='store_true',
-                        help='also time every architecture, ONNX Runtime vs eager PyTorch')
+                        help='also time every architecture on every runtime of the device')
+    parser.add_argument('--no-pipeline', action='store_true',
+                        help='skip the per-frame path (network figures only)')
     parser.add_argument('--json', default=None, help='write the figures to this file')
     return parser.parse_args(argv)
 
@@ -158,39 +192,38 @@ def main(argv=None):
     """Run the benchmark and print its tables."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
     report = {'hardware': hardware(), 'model': options.model, 'finder': not options.no_finder,
-              'pipeline': {}}
+              'device': options.device, 'pipeline': {}}
     print('hardware: ' + ', '.join(f'{k} {v}' for k, v in report['hardware'].items()))
-    frames, intrinsics = synthetic_frames(min(options.frames, 40), options.seed)
-    frames = (frames * (options.frames // len(frames) + 1))[:options.frames]
-    for backend in options.backends or available_backends():
+    if options.device == 'cuda' and not report['hardware'].get('gpu'):
+        print('--device cuda: torch sees no CUDA device', file=sys.stderr)
+        return 2
+    backends = [] if options.no_pipeline else \
+        options.backends or available_backends(options.device)
+    if backends:
+        frames, intrinsics = synthetic_frames(min(options.frames, 40), options.seed)
+        frames = (frames * (options.frames // len(frames) + 1))[:options.frames]
+    for backend in backends:
         samples, detected, name = bench_pipeline(options.model, backend, frames, intrinsics,
                                                  options.warmup, options.threads,
-                                                 not options.no_finder)
+                                                 not options.no_finder, options.device)
         summary = summarise(samples)
         summary['hand_detected_fraction'] = detected
         report['pipeline'][name] = summary
-        print(f'\nmodel {options.model}, backend {name}, one hand, 640x480, '
-              f'{options.frames} frames (hand found in {detected:.0%})')
+        print(f'\nmodel {options.model}, backend {name} on {options.device}, one hand, '
+              f'640x480, {options.frames} frames (hand found in {detected:.0%})')
         print('| stage | p50 ms | p99 ms |\n| --- | --- | --- |')
         for stage in (*STAGES, 'all_but_network', 'total'):
             row = summary[stage]
             print(f'| {stage} | {row["p50_ms"]:.2f} | {row["p99_ms"]:.2f} |')
         print(f'| frames/s (mean) | {summary["fps"]:.1f} | |')
     if options.networks:
-        from hand_pose_ros.core.backends.profiling import format_rows, profile_model, \
-            PROFILE_CONFIGS
-
-        rows = [profile_model(label, ('onnxruntime', 'torch'), threads=options.threads)
-                for label in PROFILE_CONFIGS]
-        for row in rows:
-            row['onnxruntime_speedup'] = row['torch_ms'] / row['onnxruntime_ms']
-        report['networks'] = rows
-        print('\nnetworks, batch 1, random weights (latency does not depend on them):')
-        print(format_rows(rows, ('onnxruntime', 'torch')))
-        print('ONNX Runtime speed-up over eager PyTorch: ' + ', '.join(
-            f'{r["label"]} {r["onnxruntime_speedup"]:.2f}x' for r in rows))
+        report['networks'] = bench_networks(options.device, options.threads)
     if options.json:
         with open(options.json, 'w') as handle:
             json.dump(report, handle, indent=2)
         print(f'\nwrote {options.json}')
     return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

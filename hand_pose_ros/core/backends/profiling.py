@@ -3,9 +3,11 @@ Parameter counts and per-crop latency of the networks on each available backend.
 
 Figures for model selection, independent of trained weights (latency does not depend on
 weight values): each configuration is built, saved, exported to ONNX and timed on the
-chosen backends with a seeded random batch. The command is ``hand_pose_bench --networks``.
+chosen runtime variants with a seeded random batch; a call's time includes copying the batch
+to the device and the joints back. The command is ``hand_pose_bench --networks [--device cuda]``.
 """
 
+import math
 import tempfile
 import time
 
@@ -26,6 +28,37 @@ PROFILE_CONFIGS = {
                                                  'input_size': 128, 'head_channels': 64}),
 }
 
+# variant -> (backend name, backend options): CPU runtimes, compared for the same model.
+CPU_VARIANTS = {
+    'onnxruntime': ('onnxruntime', {'device': 'cpu'}),
+    'torch': ('torch', {'device': 'cpu'}),
+}
+# GPU runtimes; :func:`gpu_variants` keeps the ones this machine has.
+GPU_VARIANTS = {
+    'torch_fp32': ('torch', {'device': 'cuda', 'fp16': False, 'cuda_graphs': False}),
+    'torch_fp16': ('torch', {'device': 'cuda', 'fp16': True, 'cuda_graphs': False}),
+    'torch_fp16_graphs': ('torch', {'device': 'cuda', 'fp16': True, 'cuda_graphs': True}),
+    'onnxruntime_cuda': ('onnxruntime', {'device': 'cuda'}),
+    'tensorrt_fp16': ('tensorrt', {'precision': 'fp16'}),
+}
+
+
+def gpu_variants():
+    """Return the :data:`GPU_VARIANTS` that can run here (empty without a CUDA device)."""
+    import onnxruntime
+    import torch
+
+    from hand_pose_ros.core.backends.tensorrt_backend import tensorrt_available
+
+    if not torch.cuda.is_available():
+        return {}
+    missing = set()
+    if 'CUDAExecutionProvider' not in onnxruntime.get_available_providers():
+        missing.add('onnxruntime_cuda')
+    if not tensorrt_available()[0]:
+        missing.add('tensorrt_fp16')
+    return {name: v for name, v in GPU_VARIANTS.items() if name not in missing}
+
 
 def time_call(function, inputs, warmup, iterations):
     """Return (median, p99, best) milliseconds of ``function(inputs)``."""
@@ -39,14 +72,16 @@ def time_call(function, inputs, warmup, iterations):
     return float(np.median(samples)), float(np.percentile(samples, 99)), float(min(samples))
 
 
-def profile_model(label, backends=('onnxruntime', 'torch'), batch=1, threads=None,
-                  warmup=3, iterations=20, workdir=None):
+def profile_model(label, variants=None, batch=1, threads=None, warmup=3, iterations=20,
+                  workdir=None):
     """
     Measure one configuration of :data:`PROFILE_CONFIGS`.
 
-    :return: dict with label, network, params, input_size, batch and, per backend,
-        ``<backend>_ms`` (median per call), ``<backend>_p99_ms``, ``<backend>_best_ms`` and
-        ``<backend>_ms_per_crop`` (median / batch).
+    :param variants: {name: (backend, options)} (default :data:`CPU_VARIANTS`).
+    :return: dict with label, network, params, input_size, batch and, per variant,
+        ``<name>_ms`` (median per call), ``<name>_p99_ms``, ``<name>_best_ms``,
+        ``<name>_ms_per_crop`` (median / batch) and ``<name>_fps`` (crops per second);
+        NaN and ``<name>_error`` (the message) where that runtime failed.
     """
     import torch
 
@@ -66,26 +101,32 @@ def profile_model(label, backends=('onnxruntime', 'torch'), batch=1, threads=Non
         inputs = export.example_inputs(model, batch)
         if len(inputs) == 1:
             inputs = next(iter(inputs.values()))
-        options = {'threads': threads, 'device': 'cpu'}
-        for name in backends:
-            backend = create_backend(name, card, **options)
-            median, p99, best = time_call(backend, inputs, warmup, iterations)
+        for name, (backend_name, options) in (variants or CPU_VARIANTS).items():
+            try:
+                backend = create_backend(backend_name, card, threads=threads,
+                                         cache_dir=directory, **options)
+                median, p99, best = time_call(backend, inputs, warmup, iterations)
+            except (RuntimeError, ValueError) as error:  # one broken runtime spoils no row
+                row[f'{name}_error'] = f'{type(error).__name__}: {error}'
+                median = p99 = best = math.nan
             row[f'{name}_ms'] = median
             row[f'{name}_p99_ms'] = p99
             row[f'{name}_best_ms'] = best
             row[f'{name}_ms_per_crop'] = median / batch
+            row[f'{name}_fps'] = 1000.0 * batch / median
     return row
 
 
-def format_rows(rows, backends):
-    """Return a Markdown table of profile rows."""
+def format_rows(rows, variants):
+    """Return a Markdown table of profile rows (ms per crop, p50 and best, per variant)."""
     header = '| model | input | params (M) | batch | ' + ' | '.join(
-        f'{b} ms/crop p50 (best)' for b in backends) + ' |'
-    lines = [header, '|' + ' --- |' * (4 + len(backends))]
+        f'{b} ms/crop p50 (best)' for b in variants) + ' |'
+    lines = [header, '|' + ' --- |' * (4 + len(variants))]
     for row in rows:
         cells = [row['label'], str(row['input_size']), f'{row["params_m"]:.2f}',
                  str(row['batch'])]
-        cells += [f'{row[f"{b}_ms_per_crop"]:.1f} ({row[f"{b}_best_ms"] / row["batch"]:.1f})'
-                  for b in backends]
+        cells += ['failed' if f'{b}_error' in row else
+                  f'{row[f"{b}_ms_per_crop"]:.2f} ({row[f"{b}_best_ms"] / row["batch"]:.2f})'
+                  for b in variants]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

@@ -61,6 +61,7 @@ class JointGrouping(nn.Module):
         self.logits = nn.Parameter(torch.full((num_joints, num_groups), 1.0 / num_groups))
         # Stored in the state dict so a resumed run continues the schedule.
         self.register_buffer('step', torch.zeros((), dtype=torch.int64))
+        self._fixed = None  # (logits version, device, dtype) and the eval selectors
 
     def set_step(self, step):
         """Set the training step that drives the temperature schedule."""
@@ -78,11 +79,17 @@ class JointGrouping(nn.Module):
         if self.training:
             return F.gumbel_softmax(self.logits, tau=self.temperature(), hard=False, dim=-1)
         # Built from Python values so an exported graph holds the fixed assignment as a
-        # constant (no ArgMax / OneHot on the logits).
-        assignment = self.logits.detach().argmax(dim=-1).tolist()
-        one_hot = [[1.0 if group == k else 0.0 for k in range(self.num_groups)]
-                   for group in assignment]
-        return torch.tensor(one_hot, dtype=self.logits.dtype, device=self.logits.device)
+        # constant (no ArgMax / OneHot on the logits), and kept until the logits change, so
+        # a call needs no host round trip (CUDA graphs capture no host-to-device copy).
+        key = (self.logits._version, self.logits.device, self.logits.dtype)
+        if self._fixed is None or self._fixed[0] != key:
+            assignment = self.logits.detach().argmax(dim=-1).tolist()
+            one_hot = [[1.0 if group == k else 0.0 for k in range(self.num_groups)]
+                       for group in assignment]
+            with torch.inference_mode(False):
+                self._fixed = (key, torch.tensor(one_hot, dtype=self.logits.dtype,
+                                                 device=self.logits.device))
+        return self._fixed[1]
 
     def grouping(self):
         """Return the most likely assignment: a list of K lists of joint indices."""

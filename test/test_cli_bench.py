@@ -1,0 +1,49 @@
+"""hand_pose_bench: per-stage figures of the per-frame path and network timings."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from hand_pose_ros.cli import bench
+from hand_pose_ros.core.backends.profiling import CPU_VARIANTS, format_rows, profile_model
+
+
+def test_pipeline_figures_cover_every_stage(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--frames', '4', '--warmup', '1', '--backends', 'onnxruntime',
+                       '--threads', '1', '--json', str(out)]) == 0
+    report = json.loads(out.read_text())
+    figures = report['pipeline']['onnxruntime']
+    assert set(bench.STAGES) <= set(figures)
+    # Per frame, all-but-network <= total, so the same holds for their medians.
+    assert 0 < figures['all_but_network']['p50_ms'] <= figures['total']['p50_ms']
+    assert figures['infer']['p50_ms'] > 0 and figures['fps'] > 0
+    assert figures['hand_detected_fraction'] == 1.0  # one visible hand in every frame
+    assert report['device'] == 'cpu' and report['hardware']['cores'] >= 1
+    printed = capsys.readouterr().out
+    assert '| all_but_network |' in printed and 'frames/s' in printed
+
+
+def test_network_rows_time_every_variant():
+    row = profile_model('a2j_r18_w0.5_96', threads=1, warmup=1, iterations=2)
+    for name in CPU_VARIANTS:
+        assert 0 < row[f'{name}_best_ms'] <= row[f'{name}_ms'] <= row[f'{name}_p99_ms']
+        assert row[f'{name}_fps'] == pytest.approx(1000.0 / row[f'{name}_ms'])
+    assert 0.5 < row['params_m'] < 5
+    table = format_rows([row], CPU_VARIANTS)
+    assert table.count('\n') == 2 and 'a2j_r18_w0.5_96' in table
+    with pytest.raises(ValueError, match='unknown profile config'):
+        profile_model('a2j_r200')
+
+
+def test_cuda_without_a_gpu_is_refused(capsys):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a CUDA device')
+    row = profile_model('a2j_r18_w0.5_96', {'gpu': ('torch', {'device': 'cuda'})},
+                        iterations=1)
+    assert 'no CUDA device' in row['gpu_error'] and math.isnan(row['gpu_fps'])
+    assert 'failed' in format_rows([row], ['gpu'])
+    assert bench.main(['--device', 'cuda', '--networks']) == 2
+    assert 'no CUDA device' in capsys.readouterr().err
