@@ -5,7 +5,8 @@ import pytest
 
 from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz, xyz_from_uvd
 from hand_pose_ros.core.crop import (
-    BACKGROUND_VALUE, crop_batch, crop_depth, CropSpec, make_transform)
+    BACKGROUND_VALUE, batch_views, crop_batch, crop_depth, CropSpec, make_transform,
+    merge_views, VIEW_SETS)
 
 INTRINSICS = CameraIntrinsics.from_preset('sr300')
 SPEC = CropSpec(input_size=96, cube_size_m=(0.2, 0.2, 0.3))
@@ -148,3 +149,34 @@ def test_rotated_crop_samples_rotated_window():
     assert straight[48, 90] == pytest.approx(0.1 / 0.15, abs=1e-5)
     assert turned[90, 48] == pytest.approx(0.0, abs=1e-5)
     assert turned[5, 48] == pytest.approx(0.1 / 0.15, abs=1e-5)
+
+
+def nearest_point_network(batch):
+    """Put every joint at the crop's nearest pixel (an exactly equivariant 'network')."""
+    size = batch.shape[-1]
+    flat = batch[:, 0].reshape(len(batch), -1).argmin(axis=1)
+    rows, cols = np.divmod(flat, size)
+    uv = np.stack([(2 * cols + 1) / size - 1, (2 * rows + 1) / size - 1], axis=-1)
+    joints = np.concatenate([uv, batch[:, 0].min(axis=(1, 2))[:, None]], axis=-1)
+    return np.repeat(joints[:, None], 21, axis=1), np.tile(np.arange(21.0), (len(batch), 1))
+
+
+@pytest.mark.parametrize('views', sorted(VIEW_SETS))
+def test_views_map_back_to_the_original_crop(views):
+    batch = np.ones((2, 1, 8, 8), np.float32)
+    batch[0, 0, 1, 5], batch[1, 0, 5, 3] = -0.5, -0.2  # off every symmetry axis
+    expected, confidence = nearest_point_network(batch)
+    seen = batch_views(batch, views)
+    assert seen.shape == (2 * views, 1, 8, 8) and seen.flags.c_contiguous
+    assert len({seen[i].tobytes() for i in range(0, 2 * views, 2)}) == views  # all differ
+    joints, merged_confidence = merge_views(*nearest_point_network(seen), views)
+    np.testing.assert_allclose(joints, expected)
+    np.testing.assert_allclose(merged_confidence, confidence)
+
+
+def test_unknown_view_counts_raise():
+    batch = np.zeros((1, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r'views must be one of \[1, 2, 4, 8\]'):
+        batch_views(batch, 3)
+    with pytest.raises(ValueError, match='views must be one of'):
+        merge_views(np.zeros((3, 21, 3)), np.zeros((3, 21)), 3)

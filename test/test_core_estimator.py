@@ -8,6 +8,7 @@ The backends here are built in the test: an oracle that returns known normalised
 
 import numpy as np
 import pytest
+from test_core_crop import nearest_point_network
 
 from hand_pose_ros.core import CameraIntrinsics, HandPose, HandPoseEstimator, load_estimator
 from hand_pose_ros.core.crop import CropSpec, make_transform
@@ -182,16 +183,24 @@ def test_missing_model_names_the_file(tmp_path):
 
 def test_load_estimator_from_a_saved_card(tmp_path):
     torch = pytest.importorskip('torch')
-    from hand_pose_ros.core.model_io import save_model
+    from hand_pose_ros.core.model_io import read_card, save_model, write_card
     from hand_pose_ros.core.models import build_model
 
     torch.set_num_threads(1)
     model = build_model('a2j', backbone='resnet18', width=0.25, input_size=64, head_channels=16)
     card = save_model(model, tmp_path, 'tiny', extra={'crop': SPEC.to_dict()})
     est = load_estimator(str(card), backend='torch', max_hands=1, device='cpu')
-    assert est.spec == SPEC and est.max_hands == 1
+    assert est.spec == SPEC and est.max_hands == 1 and est.views == 1
     hands = est.estimate(hand_scene(), INTRINSICS)
     assert len(hands) == 1 and np.all(np.isfinite(hands[0].keypoints_xyz))
+    # Test-time views: the card's inference.views unless the caller names a number.
+    values = read_card(card)
+    write_card(card, {**values, 'inference': {'views': 4}})
+    assert load_estimator(str(card), backend='torch', device='cpu').views == 4
+    assert load_estimator(str(card), backend='torch', device='cpu', views=2).views == 2
+    write_card(card, {**values, 'inference': {'views': 3}})
+    with pytest.raises(ModelFileError, match=r'tiny.yaml: inference.views must be one of'):
+        load_estimator(str(card), backend='torch', device='cpu')
     # A corrupted weights file is refused, naming the file.
     weights = tmp_path / 'tiny.safetensors'
     data = bytearray(weights.read_bytes())
@@ -299,3 +308,27 @@ def test_hand_score_section_of_a_model_card(tiny_model_card, tmp_path):
     model_io.write_card(card_path, card)
     est = load_estimator(str(card_path), backend='onnxruntime', min_hand_score=0.4)
     assert est.hand_score == HandScore(-2.0, 1.0, 1.0) and est.min_hand_score == 0.4
+
+
+def test_views_run_in_one_batch_and_agree_for_an_equivariant_network():
+    calls = []
+
+    def nearest_point(batch):
+        calls.append(len(batch))
+        joints, confidence = nearest_point_network(batch)
+        return {'joints': joints.astype(np.float32), 'confidence': confidence / 21.0}
+
+    depth = hand_scene()
+    rows, cols = np.mgrid[0:20, 0:20]
+    # A bump whose sampled pixels all differ in depth: one nearest point in every view.
+    depth[230:250, 320:340] = 0.45 + 1e-4 * cols + 3.7e-5 * rows
+    single = estimator(nearest_point).estimate(depth, INTRINSICS, centers=[CENTER])
+    for views in (2, 4, 8):
+        calls.clear()
+        est = HandPoseEstimator(DepthHandLocalizer(), SPEC, nearest_point, views=views)
+        hands = est.estimate(depth, INTRINSICS, centers=[CENTER])
+        assert calls == [views]  # every view of the crop in one backend call
+        np.testing.assert_allclose(hands[0].keypoints_xyz, single[0].keypoints_xyz, atol=1e-9)
+        np.testing.assert_allclose(hands[0].scores, single[0].scores)
+    with pytest.raises(ValueError, match='views must be one of'):
+        HandPoseEstimator(DepthHandLocalizer(), SPEC, nearest_point, views=3)

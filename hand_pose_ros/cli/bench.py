@@ -73,8 +73,8 @@ def publish_outputs(tracks, header, serialize):
 
 
 def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_finder=True,
-                   device='cpu'):
-    """Return per-stage timings (ms arrays) of the full per-frame path for one backend."""
+                   device='cpu', views=None):
+    """Return (per-stage ms arrays, hand-found fraction, backend name, views) of one backend."""
     from rclpy.serialization import serialize_message
     from std_msgs.msg import Header
 
@@ -84,7 +84,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
     from hand_pose_ros.ros.conversions import depth_from_image
 
     estimator = load_estimator(model, backend=backend, max_hands=1, threads=threads,
-                               use_finder=use_finder, device=device)
+                               use_finder=use_finder, device=device, views=views)
     hand_filter = HandFilter(FilterConfig())
     samples = {stage: [] for stage in STAGES}
     hands_found = 0
@@ -112,7 +112,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
         samples['filter'].append((t3 - t2) * 1e3)
         samples['publish'].append((t4 - t3) * 1e3)
     return {stage: np.array(values) for stage, values in samples.items()}, \
-        hands_found / len(frames), getattr(estimator.backend, 'name', backend)
+        hands_found / len(frames), getattr(estimator.backend, 'name', backend), estimator.views
 
 
 def summarise(samples):
@@ -178,6 +178,9 @@ def parse_args(argv):
     parser.add_argument('--no-finder', action='store_true',
                         help="localise with the geometric localiser alone (not the model's "
                              'learned finder)')
+    parser.add_argument('--views', type=int, default=None, choices=(1, 2, 4, 8),
+                        help='test-time views per crop in the last pass (default: the model '
+                             "card's)")
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
                         help='run the networks on the CPU or on the CUDA GPU')
     parser.add_argument('--networks', action='store_true',
@@ -203,14 +206,16 @@ def main(argv=None):
         frames, intrinsics = synthetic_frames(min(options.frames, 40), options.seed)
         frames = (frames * (options.frames // len(frames) + 1))[:options.frames]
     for backend in backends:
-        samples, detected, name = bench_pipeline(options.model, backend, frames, intrinsics,
-                                                 options.warmup, options.threads,
-                                                 not options.no_finder, options.device)
+        samples, detected, name, views = bench_pipeline(
+            options.model, backend, frames, intrinsics, options.warmup, options.threads,
+            not options.no_finder, options.device, options.views)
         summary = summarise(samples)
         summary['hand_detected_fraction'] = detected
+        summary['views'] = views
         report['pipeline'][name] = summary
-        print(f'\nmodel {options.model}, backend {name} on {options.device}, one hand, '
-              f'640x480, {options.frames} frames (hand found in {detected:.0%})')
+        print(f'\nmodel {options.model}, backend {name} on {options.device}, '
+              f'{views} view(s), one hand, 640x480, {options.frames} frames '
+              f'(hand found in {detected:.0%})')
         print('| stage | p50 ms | p99 ms |\n| --- | --- | --- |')
         for stage in (*STAGES, 'all_but_network', 'total'):
             row = summary[stage]

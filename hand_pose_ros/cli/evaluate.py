@@ -20,6 +20,7 @@ import sys
 
 from hand_pose_ros.cli.options import parse_assignment
 from hand_pose_ros.core import evaluation
+from hand_pose_ros.core.crop import VIEW_SETS
 from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE
 
 
@@ -64,6 +65,8 @@ def build_parser():
     parser.add_argument('--no-finder', action='store_true',
                         help="use the geometric localiser alone, not fused with the model's "
                              'learned hand finder')
+    parser.add_argument('--views', type=int, default=None, choices=sorted(VIEW_SETS),
+                        help="test-time views per crop, averaged (default: the model card's)")
     parser.add_argument('--min-hand-score', type=float, default=DEFAULT_MIN_HAND_SCORE,
                         help='detect: drop localised hands whose hand score is lower')
     parser.add_argument('--fit-hand-score', action='store_true',
@@ -120,11 +123,11 @@ def run(args):
 
     estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands,
                                min_hand_score=args.min_hand_score,
-                               use_finder=not args.no_finder)
+                               use_finder=not args.no_finder, views=args.views)
     result = evaluation.evaluate_estimator(estimator, frames_of(args), args.center,
                                            match_radius_m=radius_m)
     return {**source, 'evaluated': 'estimator', 'model': args.model, 'backend': args.backend,
-            'finder': not args.no_finder, **result}
+            'finder': not args.no_finder, 'views': estimator.views, **result}
 
 
 def frames_of(args):
@@ -160,7 +163,7 @@ def fit_hand_score(args, radius_m):
     card_path = resolve_card(args.model)
     card = model_io.read_card(card_path)
     fitted_on = {'dataset': args.dataset, 'root': args.root, 'seed': args.seed,
-                 'scene': args.scene, 'frames': args.frames,
+                 'scene': args.scene, 'frames': args.frames, 'views': args.views,
                  'match_radius_mm': args.match_radius_mm}
     result = {'evaluated': 'hand score', 'card': str(card_path)}
     if 'finder' in card and not args.no_finder:
@@ -173,7 +176,7 @@ def fit_hand_score(args, radius_m):
     # Learn from the localiser's own scores, on every candidate a scored estimator sees.
     estimator = load_estimator(card_path, backend=args.backend,
                                max_hands=args.max_hands + SPARE_CANDIDATES, min_hand_score=0.0,
-                               use_finder=not args.no_finder)
+                               use_finder=not args.no_finder, views=args.views)
     estimator.hand_score = None
     score, counts = evaluation.fit_hand_score(estimator, frames_of(args), radius_m)
     card = model_io.read_card(card_path)
@@ -215,7 +218,8 @@ def format_result(result):
                      f' p90 {mm(center["p90"])}')
     if result['evaluated'] == 'estimator':
         lines.append(f'mean 3D error: {mm(result["mean_mm"])} (median '
-                     f'{mm(result["median_mm"])}), center {result["center_mode"]}')
+                     f'{mm(result["median_mm"])}), center {result["center_mode"]}, '
+                     f'{result["views"]} view(s)')
         curve = result['success_curve']
         at = dict(zip(curve['thresholds_mm'], curve['fraction']))
         lines.append('success frames: ' + ', '.join(

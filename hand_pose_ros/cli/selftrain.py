@@ -44,6 +44,7 @@ TUNABLES = (
      'fewer pseudo-labelled frames end the loop'),
     ('--min-improvement', 'min_improvement', float,
      'pass-rate gain a round needs to continue'),
+    ('--label-views', 'label_views', int, 'test-time views per crop for the pseudo-labels'),
     ('--backend', 'backend', str, "estimator backend during the rounds ('torch', "
      "'onnxruntime', 'auto')"),
     ('--device', 'device', str, "'auto', 'cpu' or 'cuda'"),

@@ -299,3 +299,55 @@ def crop_batch(depth_m, intrinsics, centers_xyz, spec):
         batch[i, 0] = result.patch
         transforms.append(result.transform)
     return batch, transforms
+
+
+# Test-time views of a crop, (mirrored, quarter turns): networks trained on crops turned
+# through 360 degrees and on left and right hands see each view as a training crop, so the
+# mean of the views' joints is a better estimate than any one view (``views`` of the
+# estimator).
+VIEW_SETS = {
+    1: ((False, 0),),
+    2: ((False, 0), (False, 2)),
+    4: tuple((False, turns) for turns in range(4)),
+    8: tuple((mirrored, turns) for mirrored in (False, True) for turns in range(4)),
+}
+
+
+def _check_views(views):
+    if views not in VIEW_SETS:
+        raise ValueError(f'views must be one of {sorted(VIEW_SETS)}, got {views!r}')
+    return VIEW_SETS[views]
+
+
+def batch_views(batch, views):
+    """
+    Return every view of a crop batch, view after view.
+
+    :param batch: (N, C, S, S) crops.
+    :param views: number of views, a key of :data:`VIEW_SETS`.
+    :return: (views * N, C, S, S) contiguous float32 batch.
+    """
+    return np.ascontiguousarray(np.concatenate([
+        np.rot90(batch[..., ::-1] if mirrored else batch, turns, axes=(2, 3))
+        for mirrored, turns in _check_views(views)]), dtype=np.float32)
+
+
+def merge_views(joints_norm, confidence, views):
+    """
+    Map the joints of :func:`batch_views` crops back to the original crops and average.
+
+    :param joints_norm: (views * N, J, 3) normalised joints of the views.
+    :param confidence: (views * N, J) per-joint confidence.
+    :return: ((N, J, 3) mean joints, (N, J) mean confidence).
+    """
+    view_set = _check_views(views)
+    joints = np.array(joints_norm, dtype=np.float64).reshape(views, -1, *joints_norm.shape[1:])
+    for index, (mirrored, turns) in enumerate(view_set):
+        u, v = joints[index, ..., 0].copy(), joints[index, ..., 1].copy()
+        for _ in range(turns):  # undo one quarter turn of np.rot90 over (rows, columns)
+            u, v = -v, u
+        joints[index, ..., 0] = -u if mirrored else u
+        joints[index, ..., 1] = v
+    confidence = np.asarray(confidence, dtype=np.float64).reshape(views, -1,
+                                                                  *confidence.shape[1:])
+    return joints.mean(axis=0), confidence.mean(axis=0)

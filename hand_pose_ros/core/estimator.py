@@ -5,7 +5,8 @@ The public hand pose estimator: depth image in, 3D hand keypoints out.
 so tests and users can swap any of them; :func:`load_estimator` builds one from a model
 card. One call runs: localise (or take given centres) -> crop (:mod:`crop`) -> one batched
 backend call -> decode (crop transform back to the camera frame) -> hand score (localised
-hands only, see :class:`HandScore`).
+hands only, see :class:`HandScore`). With ``views`` > 1, the last pass also runs the
+crops' turned and mirrored views in the same batch and averages them.
 
 Usage::
 
@@ -22,7 +23,8 @@ import time
 import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
-from hand_pose_ros.core.crop import check_center, crop_batch, CropSpec
+from hand_pose_ros.core.crop import (
+    batch_views, check_center, crop_batch, CropSpec, merge_views, VIEW_SETS)
 from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig, logit, sigmoid
 from hand_pose_ros.core.skeleton import NUM_JOINTS
 
@@ -118,6 +120,10 @@ class HandPoseEstimator:
     :param hand_score: :class:`HandScore` of the model, or None (localiser score only).
     :param min_hand_score: localised hands whose hand score is lower are dropped (only
         with a ``hand_score``; the localiser applies its own ``min_score``).
+    :param views: test-time views of each crop in the last pass (1, 2, 4 or 8; see
+        :data:`~hand_pose_ros.core.crop.VIEW_SETS`): the network sees each hand turned
+        (and mirrored) and the joints are averaged; more accurate, ``views`` times the
+        network work of that pass.
 
     After each :meth:`estimate`, ``last_timings`` holds the milliseconds spent per stage:
     localize (input checks, conversion and the localiser), find (the learned hand finder's
@@ -126,7 +132,7 @@ class HandPoseEstimator:
     """
 
     def __init__(self, localizer, spec, backend, max_hands=2, refine_passes=1, name='model',
-                 hand_score=None, min_hand_score=DEFAULT_MIN_HAND_SCORE):
+                 hand_score=None, min_hand_score=DEFAULT_MIN_HAND_SCORE, views=1):
         if not isinstance(spec, CropSpec):
             raise ValueError(f'spec must be a CropSpec, got {type(spec).__name__}')
         if int(max_hands) < 1:
@@ -143,6 +149,9 @@ class HandPoseEstimator:
             raise ValueError(f'min_hand_score must be in [0, 1], got {min_hand_score}')
         self.hand_score = hand_score
         self.min_hand_score = float(min_hand_score)
+        if views not in VIEW_SETS:
+            raise ValueError(f'views must be one of {sorted(VIEW_SETS)}, got {views!r}')
+        self.views = views
         self.last_timings = dict.fromkeys(STAGES, 0.0)
 
     def estimate(self, depth, intrinsics, centers=None):
@@ -202,7 +211,8 @@ class HandPoseEstimator:
                     for hand, old in zip(hands, centers_xyz)])
                 localizer_scores = [hand.localizer_score for hand in hands]
             hands, centers_xyz = self._infer(depth_m, intrinsics, centers_xyz,
-                                             localizer_scores, timings)
+                                             localizer_scores, timings,
+                                             self.views if index == passes - 1 else 1)
             if not hands:
                 break
         if centers is None:
@@ -218,11 +228,13 @@ class HandPoseEstimator:
                   for hand in hands]
         return [hand for hand in scored if hand.detection_score >= self.min_hand_score]
 
-    def _infer(self, depth_m, intrinsics, centers_xyz, localizer_scores, timings):
+    def _infer(self, depth_m, intrinsics, centers_xyz, localizer_scores, timings, views):
         """Crop, infer and decode; return the hands and the centres of the kept hands."""
         start = time.perf_counter()
         batch, transforms = crop_batch(depth_m, intrinsics, centers_xyz.reshape(-1, 3),
                                        self.spec)
+        if views > 1:
+            batch = batch_views(batch, views)
         then = time.perf_counter()
         timings['crop'] += (then - start) * 1e3
 
@@ -231,6 +243,8 @@ class HandPoseEstimator:
         timings['infer'] += (now - then) * 1e3
 
         joints, confidence = self._check_outputs(outputs, len(batch))
+        if views > 1:
+            joints, confidence = merge_views(joints, confidence, views)
         hands, kept = [], []
         for i, transform in enumerate(transforms):
             keypoints = transform.xyz_from_normalized(joints[i])
@@ -318,7 +332,7 @@ def resolve_card(model):
 
 def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1,
                    localizer_config=None, min_hand_score=DEFAULT_MIN_HAND_SCORE,
-                   use_finder=True, **backend_options):
+                   use_finder=True, views=None, **backend_options):
     """
     Build a :class:`HandPoseEstimator` from a model card.
 
@@ -335,6 +349,8 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
     :param use_finder: when the card has a learned hand finder (``finder`` section), fuse
         it with the geometric localiser (:class:`~hand_pose_ros.core.hand_finder.
         FusedLocalizer`); False uses the geometric localiser alone.
+    :param views: test-time views per crop (see :class:`HandPoseEstimator`); None: the
+        card's ``inference.views`` (1 when the card has none).
     :param backend_options: passed on to the backend factory.
     :raises ModelFileError: missing or corrupted model file (names the file and why).
     """
@@ -360,6 +376,11 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
         hand_score = HandScore.from_card(card)
     except ValueError as error:
         raise ModelFileError(f'model card {card_path}: {error}') from None
+    if views is None:
+        views = card.get('inference', {}).get('views', 1)
+        if views not in VIEW_SETS:
+            raise ModelFileError(f'model card {card_path}: inference.views must be one of '
+                                 f'{sorted(VIEW_SETS)}, got {views!r}')
     from hand_pose_ros.core.backends import create_backend
 
     runtime = create_backend(backend, card_path, **backend_options)
@@ -368,7 +389,7 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
     return HandPoseEstimator(localizer, spec, runtime,
                              max_hands=max_hands, refine_passes=refine_passes,
                              name=str(card.get('name', model)), hand_score=hand_score,
-                             min_hand_score=min_hand_score)
+                             min_hand_score=min_hand_score, views=views)
 
 
 def card_localizer(card_path, card, config, use_finder=True, threads=None):

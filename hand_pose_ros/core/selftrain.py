@@ -44,6 +44,7 @@ import time
 import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
+from hand_pose_ros.core.crop import VIEW_SETS
 from hand_pose_ros.core.filters import anatomy
 from hand_pose_ros.core.filters.config import config_from_dict, FilterConfig
 from hand_pose_ros.core.filters.offline import offline_filter
@@ -98,6 +99,8 @@ class SelfTrainConfig:
     :param chunk_size: crops per pool file.
     :param checkpoint_every: steps between trainer checkpoints (resume points).
     :param seed: seed of fine-tuning and synthetic crops.
+    :param label_views: test-time views per crop when estimating the recording (1, 2, 4
+        or 8; the mean over the views is a better pseudo-label than one view).
     :param backend: estimator backend for the rounds ('torch' needs no ONNX export).
     :param device: 'auto', 'cpu' or 'cuda' (estimation and fine-tuning).
     :param num_threads: torch CPU threads (0: default).
@@ -125,6 +128,7 @@ class SelfTrainConfig:
     chunk_size: int = 64
     checkpoint_every: int = 100
     seed: int = 0
+    label_views: int = 8
     backend: str = 'torch'
     device: str = 'cpu'
     num_threads: int = 0
@@ -151,6 +155,9 @@ class SelfTrainConfig:
             raise ValueError(f'min_improvement must be in [-1, 1], got {self.min_improvement}')
         if not self.max_residual_m > 0 or not self.lr > 0:
             raise ValueError('max_residual_m and lr must be positive')
+        if self.label_views not in VIEW_SETS:
+            raise ValueError(f'label_views must be one of {sorted(VIEW_SETS)}, '
+                             f'got {self.label_views!r}')
         if not 0.0 <= self.score_quantile < 1.0:
             raise ValueError(f'score_quantile must be in [0, 1), got {self.score_quantile}')
         self.filter_config = config_from_dict({**FILTER_DEFAULTS, **self.filter_overrides},
@@ -497,7 +504,7 @@ def _json_default(value):
 
 
 def default_estimator_factory(config):
-    """Return ``card_path -> HandPoseEstimator`` with the config's backend and hand count."""
+    """Return ``card_path -> HandPoseEstimator`` with the config's backend, hands and views."""
     from hand_pose_ros.core.estimator import load_estimator
 
     def factory(card_path):
@@ -505,7 +512,8 @@ def default_estimator_factory(config):
         if config.num_threads:
             options['threads'] = config.num_threads
         return load_estimator(str(card_path), backend=config.backend,
-                              max_hands=config.max_hands + 1, **options)
+                              max_hands=config.max_hands + 1, views=config.label_views,
+                              **options)
     return factory
 
 
@@ -757,7 +765,7 @@ class SelfTrainer:
     def _card_extra(self, selftrain_info):
         card = self.start_card_values
         extra = {'crop': card['crop']}
-        for key in ('localizer', 'training'):
+        for key in ('localizer', 'inference', 'training'):
             if key in card:
                 extra[key] = card[key]
         extra['selftrain'] = selftrain_info

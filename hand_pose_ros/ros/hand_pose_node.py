@@ -48,6 +48,7 @@ def load_node_estimator(values):
     estimator = load_estimator(
         model['name'], backend=model['backend'], max_hands=values['localizer.max_hands'],
         use_finder=values['localizer.use_finder'], threads=model['threads'] or None,
+        views=model['views'] or None,
         precision=model['precision'], fp16=model['precision'] == 'fp16',
         cache_dir=model['cache_dir'] or None, force_rebuild=model['force_engine_rebuild'])
     configure_localizer(estimator, values)

@@ -23,7 +23,7 @@ class ParamSpec:
     :param default: default value; its Python type fixes the parameter type.
     :param description: one line for the descriptor and the README.
     :param value_range: (min, max) for numbers, or None.
-    :param choices: allowed values for strings, or None.
+    :param choices: allowed values (strings, or numbers without a range), or None.
     :param dynamic: True when the parameter may change at run time.
     """
 
@@ -51,6 +51,8 @@ class ParamSpec:
             low, high = self.value_range or (-math.inf, math.inf)
             if not low <= value <= high:
                 raise ValueError(f'{self.name}={value} is outside [{low}, {high}]')
+            if self.choices is not None and value not in self.choices:
+                raise ValueError(f'{self.name}={value} is not one of {list(self.choices)}')
             return
         if not isinstance(value, str):
             raise ValueError(f'{self.name} must be a string, got {value!r}')
@@ -91,6 +93,9 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
               (0, 64)),
     ParamSpec('model.precision', 'fp32', 'Precision on GPU backends.', None,
               ('fp32', 'fp16', 'int8')),
+    ParamSpec('model.views', 0,
+              'Test-time views per hand crop, averaged (turned and mirrored): 0 = the model '
+              "card's choice (default model: 4), 1 = fastest.", None, (0, 1, 2, 4, 8)),
     ParamSpec('model.cache_dir', '', 'TensorRT engine cache (empty = ~/.cache/hand_pose_ros).'),
     ParamSpec('model.force_engine_rebuild', False, 'Rebuild the TensorRT engine at start-up.'),
     ParamSpec('localizer.max_hands', 2, 'Largest number of hands reported per frame.', (1, 8),
