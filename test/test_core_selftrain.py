@@ -8,13 +8,16 @@ which must not; the fine-tuning runs the real trainer on a tiny untrained A2J ca
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from hand_pose_ros.core import model_io
 from hand_pose_ros.core.camera import CameraIntrinsics
-from hand_pose_ros.core.estimator import HandPose, load_estimator
+from hand_pose_ros.core.estimator import (
+    HandPose, load_estimator, PACKAGE_MODELS_DIR, resolve_card)
+from hand_pose_ros.core.hand_finder import FusedLocalizer
 from hand_pose_ros.core.recordings import DepthFrame, FolderRecording, write_folder_recording
 from hand_pose_ros.core.selftrain import (
     ANATOMY, HAND_COUNT, KEPT, LOW_CONFIDENCE, NO_DETECTION, select_pseudo_labels,
@@ -198,3 +201,33 @@ def test_bad_settings_raise_clear_errors():
         SelfTrainConfig.from_dict({'iteration': 3})
     with pytest.raises(ValueError, match='gates'):
         SelfTrainConfig(filter_overrides={'gates.palm_max_speed_m_s': -1.0})
+
+
+def test_adapted_cards_keep_the_finder_hand_score_and_views(world, tmp_path):
+    recording, truth, card = world
+    start = tmp_path / 'start'
+    start.mkdir()
+    for name in [card.name, *model_io.read_card(card)['files']]:
+        shutil.copy(card.parent / name, start / name)
+    start_card = start / card.name
+    shipped = model_io.read_card(resolve_card('default'))
+    finder = start / 'tiny_finder.onnx'
+    shutil.copy(PACKAGE_MODELS_DIR / shipped['finder']['onnx'], finder)
+    model_io.register_file(start_card, finder)
+    values = model_io.read_card(start_card)
+    values.update(finder={**shipped['finder'], 'onnx': finder.name},
+                  hand_score=shipped['hand_score'], inference={'views': 2})
+    model_io.write_card(start_card, values)
+    out = tmp_path / 'run'
+    trainer = SelfTrainer(recording, start_card, out, small_config(min_improvement=-1.0),
+                          estimator_factory=lambda path: ReplayEstimator(recording, truth))
+    final = trainer.run()
+    round_card = out / trainer.state['rounds'][1]['card']
+    for path in (round_card, final):
+        adapted = model_io.read_card(path, verify=True)  # the copied finder is listed
+        assert adapted['finder']['onnx'] == f'{path.stem}_finder.onnx'
+        assert adapted['finder']['fusion_weights'] == shipped['finder']['fusion_weights']
+        assert adapted['hand_score'] == shipped['hand_score']
+        estimator = load_estimator(str(path), backend='torch', device='cpu')
+        assert isinstance(estimator.localizer, FusedLocalizer) and estimator.views == 2
+        assert estimator.hand_score is not None

@@ -708,7 +708,6 @@ class SelfTrainer:
 
     def _train(self, directory, start_card, pool, seed, name, info):
         """Fine-tune ``start_card`` on the pool in ``directory``; return the new card."""
-        from hand_pose_ros.core import model_io
         from hand_pose_ros.core.training import CHECKPOINT_LAST, Trainer
 
         run_dir = directory / 'train'
@@ -721,8 +720,7 @@ class SelfTrainer:
         training = {'start_model': os.path.basename(str(start_card)), **info, **pool,
                     'steps': self.config.steps, 'lr': self.config.lr,
                     'batch_size': self.config.batch_size, 'seed': seed}
-        card_path = model_io.save_model(trainer.model.cpu().eval(), directory, name,
-                                        extra=self._card_extra(training))
+        card_path = self._save_card(trainer.model.cpu().eval(), directory, name, training)
         if self.config.backend != 'torch':
             from hand_pose_ros.core import export
 
@@ -762,14 +760,32 @@ class SelfTrainer:
             card = done
         return card
 
-    def _card_extra(self, selftrain_info):
-        card = self.start_card_values
-        extra = {'crop': card['crop']}
-        for key in ('localizer', 'inference', 'training'):
-            if key in card:
-                extra[key] = card[key]
-        extra['selftrain'] = selftrain_info
-        return extra
+    def _save_card(self, model, directory, name, selftrain_info):
+        """
+        Write a fine-tuned network as a model card that keeps the start model's settings.
+
+        The crop, localiser, test-time views and hand score carry over, and so does the
+        learned hand finder (its ONNX file is copied beside the new card): fine-tuning
+        changes the pose network only, and without the finder the adapted model would
+        find fewer hands than the one it started from. The hand score was fitted on the
+        start network's confidences; refit it where labelled frames exist
+        (``hand_pose_evaluate --fit-hand-score``).
+        """
+        from hand_pose_ros.core import model_io
+
+        start = self.start_card_values
+        extra = {key: start[key] for key in ('crop', 'localizer', 'inference', 'hand_score',
+                                             'training') if key in start}
+        card_path = model_io.save_model(model, directory, name,
+                                        extra={**extra, 'selftrain': selftrain_info})
+        if 'finder' in start:
+            finder = Path(directory) / f'{name}_finder.onnx'
+            shutil.copyfile(self.start_card.parent / start['finder']['onnx'], finder)
+            model_io.register_file(card_path, finder)
+            card = model_io.read_card(card_path)
+            card['finder'] = {**start['finder'], 'onnx': finder.name}
+            model_io.write_card(card_path, card)
+        return card_path
 
     # ----- public
 
@@ -824,8 +840,7 @@ class SelfTrainer:
                             'holdout_residual_mm': r['holdout']['residual_mm'],
                             'criterion': r['criterion']} for r in rounds],
                 'config': self.config.to_dict()}
-        card_path = model_io.save_model(model, self.output_dir, self.config.name,
-                                        extra=self._card_extra(info))
+        card_path = self._save_card(model, self.output_dir, self.config.name, info)
         if self.config.export_onnx:
             export.export_card(card_path)
         self.state['final_card'] = os.path.relpath(card_path, self.output_dir)
