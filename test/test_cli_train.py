@@ -46,9 +46,11 @@ def test_cli_trains_resumes_and_ships(tiny_yaml, tmp_path, capsys):
     assert [r['step'] for r in training.read_csv(str(tmp_path / 'run' / 'train.csv'))] == \
         [1, 2, 3, 4, 5]
     assert train_cli.main(['--write-model', str(tmp_path / 'run' / 'checkpoint_best.pt'),
-                           '--model-dir', str(tmp_path / 'models'), '--name', 'tiny']) == 0
+                           '--model-dir', str(tmp_path / 'models'), '--name', 'tiny',
+                           '--views', '4']) == 0
     card = model_io.read_card(tmp_path / 'models' / 'tiny.yaml')
     assert card['onnx'] == 'tiny.onnx' and card['training']['augment']['noise_mm'] == 1.0
+    assert card['inference'] == {'views': 4}
 
 
 def test_cli_reports_bad_input(tiny_yaml, tmp_path, capsys):

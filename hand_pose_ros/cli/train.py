@@ -54,6 +54,9 @@ def build_parser():
                              '(safetensors + model card + ONNX)')
     parser.add_argument('--model-dir', default='models', help='output folder of --write-model')
     parser.add_argument('--name', default='default', help='model name of --write-model')
+    parser.add_argument('--views', type=int, default=1, choices=(1, 2, 4, 8),
+                        help='test-time views the written model uses by default '
+                             '(card inference.views)')
     parser.add_argument('--no-onnx', action='store_true', help='skip the ONNX export')
     parser.add_argument('--benchmark', action='store_true',
                         help='instead of training, print render, augmentation and training '
@@ -101,7 +104,7 @@ def main(argv=None):
     try:
         if args.write_model:
             card = training.write_model(args.write_model, args.model_dir, args.name,
-                                        export_onnx=not args.no_onnx)
+                                        export_onnx=not args.no_onnx, views=args.views)
             print(f'wrote model card {card}')
             return 0
         config = config_from_args(args)

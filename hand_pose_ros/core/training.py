@@ -915,7 +915,7 @@ def train(config, resume=False, progress_stream=None):
     return Trainer(config, resume=resume, progress_stream=progress_stream).train()
 
 
-def write_model(checkpoint_path, directory, name, export_onnx=True):
+def write_model(checkpoint_path, directory, name, export_onnx=True, views=1):
     """
     Ship a checkpoint as a model: safetensors + model card (+ ONNX export).
 
@@ -927,10 +927,15 @@ def write_model(checkpoint_path, directory, name, export_onnx=True):
     :param directory: output folder (e.g. ``models``).
     :param name: model name (file stem).
     :param export_onnx: also export ``name.onnx`` and record it in the card.
+    :param views: test-time views the estimator uses by default (card ``inference.views``;
+        see :class:`~hand_pose_ros.core.estimator.HandPoseEstimator`).
     :return: path of the model card.
     """
     from hand_pose_ros.core import export, model_io
+    from hand_pose_ros.core.crop import VIEW_SETS
 
+    if views not in VIEW_SETS:
+        raise ValueError(f'views must be one of {sorted(VIEW_SETS)}, got {views!r}')
     model, config, checkpoint = model_from_checkpoint(checkpoint_path)
     start_model = json.loads(checkpoint.get('start_model', 'null'))
     extra = {
@@ -943,6 +948,7 @@ def write_model(checkpoint_path, directory, name, export_onnx=True):
             'context': config.context, 'checkpoint': os.path.basename(checkpoint_path),
             'start_model': start_model,
             'total_steps': int(checkpoint['step']) + (start_model or {}).get('total_steps', 0)},
+        'inference': {'views': views},
     }
     eval_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), 'eval_set.npz')
     if os.path.isfile(eval_path):
