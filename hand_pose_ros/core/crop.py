@@ -340,14 +340,21 @@ def merge_views(joints_norm, confidence, views):
     :param confidence: (views * N, J) per-joint confidence.
     :return: ((N, J, 3) mean joints, (N, J) mean confidence).
     """
-    view_set = _check_views(views)
+    _check_views(views)
     joints = np.array(joints_norm, dtype=np.float64).reshape(views, -1, *joints_norm.shape[1:])
-    for index, (mirrored, turns) in enumerate(view_set):
-        u, v = joints[index, ..., 0].copy(), joints[index, ..., 1].copy()
-        for _ in range(turns):  # undo one quarter turn of np.rot90 over (rows, columns)
-            u, v = -v, u
-        joints[index, ..., 0] = -u if mirrored else u
-        joints[index, ..., 1] = v
+    # (u, v) of a view -> (u, v) of the crop: undo the quarter turns, then the mirror.
+    joints[..., :2] = np.einsum('vnjk,vlk->vnjl', joints[..., :2], _UNDO_VIEW[views])
     confidence = np.asarray(confidence, dtype=np.float64).reshape(views, -1,
                                                                   *confidence.shape[1:])
     return joints.mean(axis=0), confidence.mean(axis=0)
+
+
+def _undo_matrix(mirrored, turns):
+    """Return the 2x2 map of a view's (u, v) back to the crop's."""
+    # One quarter turn of np.rot90 over (rows, columns) moves crop (u, v) to (v, -u).
+    undo = np.linalg.matrix_power(np.array([[0.0, -1.0], [1.0, 0.0]]), turns)
+    return np.diag([-1.0, 1.0]) @ undo if mirrored else undo
+
+
+_UNDO_VIEW = {views: np.stack([_undo_matrix(*view) for view in view_set])
+              for views, view_set in VIEW_SETS.items()}
