@@ -26,6 +26,17 @@ def test_pipeline_figures_cover_every_stage(tmp_path, capsys):
     assert '| all_but_network |' in printed and 'frames/s' in printed
 
 
+def test_without_ros_the_message_stages_are_left_out(tmp_path):
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--frames', '3', '--warmup', '1', '--backends', 'torch', '--no-ros',
+                       '--views', '2', '--threads', '1', '--json', str(out)]) == 0
+    report = json.loads(out.read_text())
+    figures = report['pipeline']['torch']
+    assert not report['ros_stages'] and figures['views'] == 2
+    assert set(bench.STAGES) - set(figures) == set(bench.ROS_STAGES)
+    assert figures['hand_detected_fraction'] == 1.0
+
+
 def test_network_rows_time_every_variant():
     row = profile_model('a2j_r18_w0.5_96', threads=1, warmup=1, iterations=2)
     for name in CPU_VARIANTS:

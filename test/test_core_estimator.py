@@ -310,7 +310,7 @@ def test_hand_score_section_of_a_model_card(tiny_model_card, tmp_path):
     assert est.hand_score == HandScore(-2.0, 1.0, 1.0) and est.min_hand_score == 0.4
 
 
-def test_views_run_in_one_batch_and_agree_for_an_equivariant_network():
+def test_views_of_the_reported_hands_agree_for_an_equivariant_network():
     calls = []
 
     def nearest_point(batch):
@@ -327,8 +327,12 @@ def test_views_run_in_one_batch_and_agree_for_an_equivariant_network():
         calls.clear()
         est = HandPoseEstimator(DepthHandLocalizer(), SPEC, nearest_point, views=views)
         hands = est.estimate(depth, INTRINSICS, centers=[CENTER])
-        assert calls == [views]  # every view of the crop in one backend call
+        assert calls == [1, views - 1]  # the hand, then its other views in one call
         np.testing.assert_allclose(hands[0].keypoints_xyz, single[0].keypoints_xyz, atol=1e-9)
         np.testing.assert_allclose(hands[0].scores, single[0].scores)
+    # Localised: two passes over the candidates, then the views of the hand reported.
+    calls.clear()
+    est = HandPoseEstimator(DepthHandLocalizer(), SPEC, nearest_point, max_hands=1, views=4)
+    assert len(est.estimate(depth, INTRINSICS)) == 1 and calls == [1, 1, 3]
     with pytest.raises(ValueError, match='views must be one of'):
         HandPoseEstimator(DepthHandLocalizer(), SPEC, nearest_point, views=3)

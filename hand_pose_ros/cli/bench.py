@@ -8,8 +8,9 @@ message); "all but network" leaves out find and infer. Frames are synthetic 640x
 images with one hand. ``--networks`` adds network-only latency of every architecture on
 ONNX Runtime vs eager PyTorch; with ``--device cuda``, on every GPU runtime this machine has
 (PyTorch FP32, FP16, FP16 with CUDA graphs; ONNX Runtime's CUDA provider and TensorRT when
-installed). ``--no-pipeline`` skips the per-frame path (which needs rclpy for the message
-stages). Prints p50/p99 and frames per second, names the hardware, writes JSON.
+installed). ``--no-pipeline`` skips the per-frame path; ``--no-ros`` times it without the
+stages that need ROS messages (decode image, publish), e.g. on a machine without rclpy.
+Prints p50/p99 and frames per second, names the hardware, writes JSON.
 """
 
 import argparse
@@ -24,6 +25,8 @@ import numpy as np
 STAGES = ('decode_image', 'localize', 'find', 'crop', 'infer', 'decode', 'filter', 'publish')
 # Stages that run a network: the pose network and the learned hand finder.
 NETWORK_STAGES = ('find', 'infer')
+# Stages that need ROS messages (rclpy and the message packages).
+ROS_STAGES = ('decode_image', 'publish')
 
 
 def hardware():
@@ -51,17 +54,20 @@ def hardware():
     return info
 
 
-def synthetic_frames(count, seed, camera='sr300'):
-    """Return (depth Image messages, intrinsics) of synthetic frames with one hand."""
+def synthetic_frames(count, seed, camera='sr300', ros=True):
+    """Return (depth Image messages, or uint16 arrays without ROS; intrinsics) of frames."""
     from hand_pose_ros.core.camera import CameraIntrinsics
     from hand_pose_ros.core.synth import SceneConfig, SyntheticGenerator
-    from hand_pose_ros.ros.conversions import image_from_array
 
     intrinsics = CameraIntrinsics.from_preset(camera)
     generator = SyntheticGenerator(intrinsics, scene=SceneConfig(second_hand_prob=0.0),
                                    seed=seed)
-    return [image_from_array(generator.sample_frame().depth_mm, '16UC1')
-            for _ in range(count)], intrinsics
+    depths = [generator.sample_frame().depth_mm for _ in range(count)]
+    if not ros:
+        return depths, intrinsics
+    from hand_pose_ros.ros.conversions import image_from_array
+
+    return [image_from_array(depth, '16UC1') for depth in depths], intrinsics
 
 
 def publish_outputs(tracks, header, serialize):
@@ -73,44 +79,53 @@ def publish_outputs(tracks, header, serialize):
 
 
 def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_finder=True,
-                   device='cpu', views=None):
-    """Return (per-stage ms arrays, hand-found fraction, backend name, views) of one backend."""
-    from rclpy.serialization import serialize_message
-    from std_msgs.msg import Header
+                   device='cpu', views=None, ros=True):
+    """
+    Return (per-stage ms arrays, hand-found fraction, backend name, views) of one backend.
 
+    :param frames: depth Image messages, or uint16 arrays with ``ros`` False (then the
+        :data:`ROS_STAGES` are left out).
+    """
     from hand_pose_ros.core import load_estimator
     from hand_pose_ros.core.estimator import STAGES as ESTIMATOR_STAGES
     from hand_pose_ros.core.filters import FilterConfig, HandFilter, Observation
-    from hand_pose_ros.ros.conversions import depth_from_image
 
+    if ros:
+        from rclpy.serialization import serialize_message
+        from std_msgs.msg import Header
+
+        from hand_pose_ros.ros.conversions import depth_from_image
     estimator = load_estimator(model, backend=backend, max_hands=1, threads=threads,
                                use_finder=use_finder, device=device, views=views)
     hand_filter = HandFilter(FilterConfig())
-    samples = {stage: [] for stage in STAGES}
+    samples = {stage: [] for stage in STAGES if ros or stage not in ROS_STAGES}
     hands_found = 0
-    for index, msg in enumerate(frames[:warmup] + frames):
-        header = Header(frame_id='camera')
+    for index, frame in enumerate(frames[:warmup] + frames):
         stamp_s = index / 30.0
-        header.stamp.sec, header.stamp.nanosec = int(stamp_s), int((stamp_s % 1) * 1e9)
+        if ros:
+            header = Header(frame_id='camera')
+            header.stamp.sec, header.stamp.nanosec = int(stamp_s), int((stamp_s % 1) * 1e9)
         t0 = time.perf_counter()
-        depth = depth_from_image(msg)
+        depth = depth_from_image(frame) if ros else frame
         t1 = time.perf_counter()
         poses = estimator.estimate(depth, intrinsics)
         t2 = time.perf_counter()
         tracks = hand_filter.update(stamp_s, [Observation(p.keypoints_xyz, p.scores)
                                               for p in poses])
         t3 = time.perf_counter()
-        publish_outputs(tracks, header, serialize_message)
+        if ros:
+            publish_outputs(tracks, header, serialize_message)
         t4 = time.perf_counter()
         if index < warmup:
             continue
         hands_found += bool(poses)
         timings = estimator.last_timings
-        samples['decode_image'].append((t1 - t0) * 1e3)
         for stage in ESTIMATOR_STAGES:
             samples[stage].append(timings[stage])
         samples['filter'].append((t3 - t2) * 1e3)
-        samples['publish'].append((t4 - t3) * 1e3)
+        if ros:
+            samples['decode_image'].append((t1 - t0) * 1e3)
+            samples['publish'].append((t4 - t3) * 1e3)
     return {stage: np.array(values) for stage, values in samples.items()}, \
         hands_found / len(frames), getattr(estimator.backend, 'name', backend), estimator.views
 
@@ -187,6 +202,9 @@ def parse_args(argv):
                         help='also time every architecture on every runtime of the device')
     parser.add_argument('--no-pipeline', action='store_true',
                         help='skip the per-frame path (network figures only)')
+    parser.add_argument('--no-ros', action='store_true',
+                        help='time the per-frame path without the stages that need ROS '
+                             'messages (decode image, publish)')
     parser.add_argument('--json', default=None, help='write the figures to this file')
     return parser.parse_args(argv)
 
@@ -195,7 +213,7 @@ def main(argv=None):
     """Run the benchmark and print its tables."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
     report = {'hardware': hardware(), 'model': options.model, 'finder': not options.no_finder,
-              'device': options.device, 'pipeline': {}}
+              'device': options.device, 'ros_stages': not options.no_ros, 'pipeline': {}}
     print('hardware: ' + ', '.join(f'{k} {v}' for k, v in report['hardware'].items()))
     if options.device == 'cuda' and not report['hardware'].get('gpu'):
         print('--device cuda: torch sees no CUDA device', file=sys.stderr)
@@ -203,12 +221,13 @@ def main(argv=None):
     backends = [] if options.no_pipeline else \
         options.backends or available_backends(options.device)
     if backends:
-        frames, intrinsics = synthetic_frames(min(options.frames, 40), options.seed)
+        frames, intrinsics = synthetic_frames(min(options.frames, 40), options.seed,
+                                              ros=not options.no_ros)
         frames = (frames * (options.frames // len(frames) + 1))[:options.frames]
     for backend in backends:
         samples, detected, name, views = bench_pipeline(
             options.model, backend, frames, intrinsics, options.warmup, options.threads,
-            not options.no_finder, options.device, options.views)
+            not options.no_finder, options.device, options.views, not options.no_ros)
         summary = summarise(samples)
         summary['hand_detected_fraction'] = detected
         summary['views'] = views
@@ -217,7 +236,7 @@ def main(argv=None):
               f'{views} view(s), one hand, 640x480, {options.frames} frames '
               f'(hand found in {detected:.0%})')
         print('| stage | p50 ms | p99 ms |\n| --- | --- | --- |')
-        for stage in (*STAGES, 'all_but_network', 'total'):
+        for stage in (*samples, 'all_but_network', 'total'):
             row = summary[stage]
             print(f'| {stage} | {row["p50_ms"]:.2f} | {row["p99_ms"]:.2f} |')
         print(f'| frames/s (mean) | {summary["fps"]:.1f} | |')

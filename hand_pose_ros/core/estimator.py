@@ -5,8 +5,8 @@ The public hand pose estimator: depth image in, 3D hand keypoints out.
 so tests and users can swap any of them; :func:`load_estimator` builds one from a model
 card. One call runs: localise (or take given centres) -> crop (:mod:`crop`) -> one batched
 backend call -> decode (crop transform back to the camera frame) -> hand score (localised
-hands only, see :class:`HandScore`). With ``views`` > 1, the last pass also runs the
-crops' turned and mirrored views in the same batch and averages them.
+hands only, see :class:`HandScore`). With ``views`` > 1, the hands that are reported are
+then seen again turned and mirrored (one more batched call) and the views are averaged.
 
 Usage::
 
@@ -120,10 +120,12 @@ class HandPoseEstimator:
     :param hand_score: :class:`HandScore` of the model, or None (localiser score only).
     :param min_hand_score: localised hands whose hand score is lower are dropped (only
         with a ``hand_score``; the localiser applies its own ``min_score``).
-    :param views: test-time views of each crop in the last pass (1, 2, 4 or 8; see
-        :data:`~hand_pose_ros.core.crop.VIEW_SETS`): the network sees each hand turned
-        (and mirrored) and the joints are averaged; more accurate, ``views`` times the
-        network work of that pass.
+    :param views: test-time views of each reported hand (1, 2, 4 or 8; see
+        :data:`~hand_pose_ros.core.crop.VIEW_SETS`): after the last pass and the hand score,
+        the network sees each kept hand's crop turned (and mirrored) too and the joints and
+        confidences are averaged over the views; more accurate, ``views - 1`` more crops per
+        reported hand. The hand score is computed before, on the single view it was fitted
+        on.
 
     After each :meth:`estimate`, ``last_timings`` holds the milliseconds spent per stage:
     localize (input checks, conversion and the localiser), find (the learned hand finder's
@@ -211,12 +213,13 @@ class HandPoseEstimator:
                     for hand, old in zip(hands, centers_xyz)])
                 localizer_scores = [hand.localizer_score for hand in hands]
             hands, centers_xyz = self._infer(depth_m, intrinsics, centers_xyz,
-                                             localizer_scores, timings,
-                                             self.views if index == passes - 1 else 1)
+                                             localizer_scores, timings)
             if not hands:
                 break
         if centers is None:
             hands = _without_duplicates(self._scored(hands))[:self.max_hands]
+        if self.views > 1 and hands:
+            hands = self._with_views(depth_m, intrinsics, hands, timings)
         return hands
 
     def _scored(self, hands):
@@ -228,13 +231,39 @@ class HandPoseEstimator:
                   for hand in hands]
         return [hand for hand in scored if hand.detection_score >= self.min_hand_score]
 
-    def _infer(self, depth_m, intrinsics, centers_xyz, localizer_scores, timings, views):
+    def _with_views(self, depth_m, intrinsics, hands, timings):
+        """Average each hand's joints over its crop's views (the first view is the hand)."""
+        start = time.perf_counter()
+        batch, transforms = crop_batch(depth_m, intrinsics,
+                                       np.array([hand.center_xyz for hand in hands]), self.spec)
+        others = batch_views(batch, self.views)[len(batch):]
+        then = time.perf_counter()
+        timings['crop'] += (then - start) * 1e3
+
+        outputs = self.backend(others)
+        now = time.perf_counter()
+        timings['infer'] += (now - then) * 1e3
+
+        joints, confidence = self._check_outputs(outputs, len(others))
+        seen = np.stack([transform.normalized_from_xyz(hand.keypoints_xyz)
+                         for transform, hand in zip(transforms, hands)])
+        joints, confidence = merge_views(
+            np.concatenate([seen, joints]),
+            np.concatenate([[hand.scores for hand in hands], confidence]), self.views)
+        merged = []
+        for hand, transform, hand_joints, scores in zip(hands, transforms, joints, confidence):
+            keypoints = transform.xyz_from_normalized(hand_joints)
+            if np.all(np.isfinite(keypoints)):  # else keep the single view
+                hand = replace(hand, keypoints_xyz=keypoints, scores=np.clip(scores, 0.0, 1.0))
+            merged.append(hand)
+        timings['decode'] += (time.perf_counter() - now) * 1e3
+        return merged
+
+    def _infer(self, depth_m, intrinsics, centers_xyz, localizer_scores, timings):
         """Crop, infer and decode; return the hands and the centres of the kept hands."""
         start = time.perf_counter()
         batch, transforms = crop_batch(depth_m, intrinsics, centers_xyz.reshape(-1, 3),
                                        self.spec)
-        if views > 1:
-            batch = batch_views(batch, views)
         then = time.perf_counter()
         timings['crop'] += (then - start) * 1e3
 
@@ -243,8 +272,6 @@ class HandPoseEstimator:
         timings['infer'] += (now - then) * 1e3
 
         joints, confidence = self._check_outputs(outputs, len(batch))
-        if views > 1:
-            joints, confidence = merge_views(joints, confidence, views)
         hands, kept = [], []
         for i, transform in enumerate(transforms):
             keypoints = transform.xyz_from_normalized(joints[i])
