@@ -334,5 +334,9 @@ def test_views_of_the_reported_hands_agree_for_an_equivariant_network():
     calls.clear()
     est = HandPoseEstimator(DepthHandLocalizer(), SPEC, nearest_point, max_hands=1, views=4)
     assert len(est.estimate(depth, INTRINSICS)) == 1 and calls == [1, 1, 3]
+    # No view is run when the hand score rejects every candidate.
+    calls.clear()
+    est.hand_score = HandScore(bias=-50.0, localizer_weight=0.0, joint_weight=0.0)
+    assert est.estimate(depth, INTRINSICS) == [] and calls == [1, 1]
     with pytest.raises(ValueError, match='views must be one of'):
         HandPoseEstimator(DepthHandLocalizer(), SPEC, nearest_point, views=3)

@@ -212,31 +212,49 @@ class HandPoseEstimator:
                                     min(self.spec.cube_size_m[:2]) / 2.0)
                     for hand, old in zip(hands, centers_xyz)])
                 localizer_scores = [hand.localizer_score for hand in hands]
-            hands, centers_xyz = self._infer(depth_m, intrinsics, centers_xyz,
-                                             localizer_scores, timings)
+            hands, centers_xyz, crops = self._infer(depth_m, intrinsics, centers_xyz,
+                                                    localizer_scores, timings)
             if not hands:
-                break
-        if centers is None:
-            hands = _without_duplicates(self._scored(hands))[:self.max_hands]
-        if self.views > 1 and hands:
-            hands = self._with_views(depth_m, intrinsics, hands, timings)
-        return hands
+                return []
+        rows = self._reported(hands) if centers is None else list(enumerate(hands))
+        if self.views > 1 and rows:
+            return self._with_views(rows, crops, timings)
+        return [hand for _, hand in rows]
 
-    def _scored(self, hands):
-        """Apply the model's hand score (if any) to localised hands; drop unlikely ones."""
-        if self.hand_score is None:
-            return hands
-        scored = [replace(hand, detection_score=self.hand_score(hand.localizer_score,
-                                                                hand.scores))
-                  for hand in hands]
-        return [hand for hand in scored if hand.detection_score >= self.min_hand_score]
+    def _reported(self, hands):
+        """
+        Return the localised hands to report, best first, as (index, hand) pairs.
 
-    def _with_views(self, depth_m, intrinsics, hands, timings):
-        """Average each hand's joints over its crop's views (the first view is the hand)."""
+        The model's hand score (if any) replaces each hand's detection score and drops
+        unlikely hands; hands whose centres converged within ``DUPLICATE_DISTANCE_M`` of a
+        better one are dropped; at most ``max_hands`` are kept.
+        """
+        if self.hand_score is not None:
+            hands = [replace(hand, detection_score=self.hand_score(hand.localizer_score,
+                                                                   hand.scores))
+                     for hand in hands]
+            hands = [hand if hand.detection_score >= self.min_hand_score else None
+                     for hand in hands]
+        kept = []
+        for index, hand in sorted(((i, h) for i, h in enumerate(hands) if h is not None),
+                                  key=lambda pair: -pair[1].detection_score):
+            if all(np.linalg.norm(hand.center_xyz - other.center_xyz) >= DUPLICATE_DISTANCE_M
+                   for _, other in kept):
+                kept.append((index, hand))
+        return kept[:self.max_hands]
+
+    def _with_views(self, rows, crops, timings):
+        """
+        Average each reported hand's joints over its crop's views.
+
+        :param rows: (index, hand) pairs; index into ``crops``, the last pass's
+            (patches, transforms, normalised joints, confidences) of its hands. The first
+            view is the crop itself, already through the network.
+        """
+        patches, transforms, joints, confidence = crops
+        index = [i for i, _ in rows]
         start = time.perf_counter()
-        batch, transforms = crop_batch(depth_m, intrinsics,
-                                       np.array([hand.center_xyz for hand in hands]), self.spec)
-        others = batch_views(batch, self.views)[len(batch):]
+        others = batch_views(patches[index], self.views)[len(index):]
         then = time.perf_counter()
         timings['crop'] += (then - start) * 1e3
 
@@ -244,23 +262,26 @@ class HandPoseEstimator:
         now = time.perf_counter()
         timings['infer'] += (now - then) * 1e3
 
-        joints, confidence = self._check_outputs(outputs, len(others))
-        seen = np.stack([transform.normalized_from_xyz(hand.keypoints_xyz)
-                         for transform, hand in zip(transforms, hands)])
-        joints, confidence = merge_views(
-            np.concatenate([seen, joints]),
-            np.concatenate([[hand.scores for hand in hands], confidence]), self.views)
-        merged = []
-        for hand, transform, hand_joints, scores in zip(hands, transforms, joints, confidence):
-            keypoints = transform.xyz_from_normalized(hand_joints)
+        seen_joints, seen_confidence = self._check_outputs(outputs, len(others))
+        mean_joints, mean_confidence = merge_views(
+            np.concatenate([joints[index], seen_joints]),
+            np.concatenate([confidence[index], seen_confidence]), self.views)
+        hands = []
+        for (i, hand), hand_joints, scores in zip(rows, mean_joints, mean_confidence):
+            keypoints = transforms[i].xyz_from_normalized(hand_joints)
             if np.all(np.isfinite(keypoints)):  # else keep the single view
                 hand = replace(hand, keypoints_xyz=keypoints, scores=np.clip(scores, 0.0, 1.0))
-            merged.append(hand)
+            hands.append(hand)
         timings['decode'] += (time.perf_counter() - now) * 1e3
-        return merged
+        return hands
 
     def _infer(self, depth_m, intrinsics, centers_xyz, localizer_scores, timings):
-        """Crop, infer and decode; return the hands and the centres of the kept hands."""
+        """
+        Crop, infer and decode.
+
+        :return: (hands, their centres, (patches, transforms, normalised joints,
+            confidences) of their crops), dropping hands with non-finite joints.
+        """
         start = time.perf_counter()
         batch, transforms = crop_batch(depth_m, intrinsics, centers_xyz.reshape(-1, 3),
                                        self.spec)
@@ -285,7 +306,8 @@ class HandPoseEstimator:
                                   localizer_score=localizer_scores[i]))
             kept.append(i)
         timings['decode'] += (time.perf_counter() - now) * 1e3
-        return hands, centers_xyz[kept]
+        return hands, centers_xyz[kept], (batch[kept], [transforms[i] for i in kept],
+                                          joints[kept], confidence[kept])
 
     def _check_outputs(self, outputs, count):
         try:
@@ -311,16 +333,6 @@ def _refined_center(keypoints_xyz, previous_xyz, intrinsics, max_shift_m):
         return check_center(center, intrinsics)
     except ValueError:
         return previous_xyz
-
-
-def _without_duplicates(hands, min_distance_m=DUPLICATE_DISTANCE_M):
-    """Drop hands whose centre lies within ``min_distance_m`` of a better-scored hand."""
-    kept = []
-    for hand in sorted(hands, key=lambda h: -h.detection_score):
-        if all(np.linalg.norm(hand.center_xyz - other.center_xyz) >= min_distance_m
-               for other in kept):
-            kept.append(hand)
-    return kept
 
 
 def model_search_dirs():
