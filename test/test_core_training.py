@@ -147,6 +147,24 @@ def test_init_from_a_model_starts_from_its_weights(tmp_path):
     assert (training_info['steps'], training_info['total_steps']) == (2, 6)
 
 
+def test_frozen_batchnorm_keeps_the_running_statistics(tmp_path):
+    def statistics(model):
+        return {name: value.clone() for name, value in model.state_dict().items()
+                if name.endswith(('running_mean', 'running_var'))}
+
+    for freeze in (True, False):
+        trainer = training.Trainer(tiny_config(tmp_path, f'freeze_{freeze}', steps=6,
+                                               checkpoint_every=3, freeze_batchnorm=freeze),
+                                   progress_stream=io.StringIO())
+        before = statistics(trainer.model)
+        weights = trainer.model.weight_head.out.weight.detach().clone()
+        trainer.train()  # evaluates at step 3, which must not unfreeze them
+        after = statistics(trainer.model)
+        same = all(torch.equal(before[name], after[name]) for name in before)
+        assert same == freeze and before
+        assert not torch.equal(weights, trainer.model.weight_head.out.weight)
+
+
 def test_init_from_refuses_a_different_network_or_crop(tmp_path):
     training.train(tiny_config(tmp_path, steps=2, checkpoint_every=2, eval_frames=0),
                    progress_stream=io.StringIO())

@@ -101,6 +101,10 @@ class SelfTrainConfig:
     :param seed: seed of fine-tuning and synthetic crops.
     :param label_views: test-time views per crop when estimating the recording (1, 2, 4
         or 8; the mean over the views is a better pseudo-label than one view).
+    :param freeze_batchnorm: fine-tune with the start model's BatchNorm statistics (see
+        :class:`~hand_pose_ros.core.training.TrainConfig`): a few hundred crops of one
+        recording would otherwise replace them, and with them the whole network's
+        calibration.
     :param backend: estimator backend for the rounds ('torch' needs no ONNX export).
     :param device: 'auto', 'cpu' or 'cuda' (estimation and fine-tuning).
     :param num_threads: torch CPU threads (0: default).
@@ -129,6 +133,7 @@ class SelfTrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     label_views: int = 8
+    freeze_batchnorm: bool = True
     backend: str = 'torch'
     device: str = 'cpu'
     num_threads: int = 0
@@ -665,7 +670,8 @@ class SelfTrainer:
             warmup_steps=min(config.warmup_steps, config.steps - 1),
             seed=seed, checkpoint_every=min(config.checkpoint_every, config.steps),
             log_every=max(1, min(10, config.steps)), device=config.device,
-            num_threads=config.num_threads, init_from=str(start_card))
+            num_threads=config.num_threads, init_from=str(start_card),
+            freeze_batchnorm=config.freeze_batchnorm)
 
     def _context_spec(self):
         from hand_pose_ros.core import augment

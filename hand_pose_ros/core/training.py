@@ -82,6 +82,10 @@ class TrainConfig:
     :param num_threads: torch CPU threads (0: torch default).
     :param init_from: model name or card path whose weights start a new run (fine-tuning;
         the network, its config and the crop must match); ignored when resuming.
+    :param freeze_batchnorm: keep the BatchNorm layers in inference mode while training
+        (their running statistics stay those of the start model; their scale and shift
+        still learn): for fine-tuning on a small pool, whose statistics would otherwise
+        replace those learnt on the full training data.
     """
 
     output_dir: str = 'runs/default'
@@ -115,6 +119,7 @@ class TrainConfig:
     device: str = 'auto'
     num_threads: int = 0
     init_from: str = None
+    freeze_batchnorm: bool = False
 
     def __post_init__(self):
         self.crop_spec = CropSpec.from_dict(
@@ -835,7 +840,7 @@ class Trainer:
         first_step = self.step
         metrics = {}
         try:
-            self.model.train()
+            self._train_mode()
             window_start, window_samples, loss_ema = time.monotonic(), 0, None
             run_start = time.monotonic() - (self.train_rows[-1]['elapsed_s']
                                             if self.train_rows else 0.0)
@@ -886,11 +891,22 @@ class Trainer:
             self._stop_rendering()
         return metrics
 
+    def _train_mode(self):
+        """Put the network in training mode (BatchNorm in inference mode when frozen)."""
+        import torch
+
+        self.model.train()
+        if self.config.freeze_batchnorm:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     def checkpoint(self):
         """Evaluate, write checkpoints, CSV logs and curves; return the held-out metrics."""
         metrics = {}
         if self.eval_set is not None:
             metrics = evaluate(self.model, self.eval_set, self.device)
+            self._train_mode()
             self.eval_rows.append({'step': self.step, 'mean_mm': metrics['mean_mm'],
                                    'median_mm': metrics['median_mm']})
             LOG.info('step %d: held-out mean error %.2f mm', self.step, metrics['mean_mm'])
