@@ -163,7 +163,7 @@ def fit_hand_score(args, radius_m):
     card_path = resolve_card(args.model)
     card = model_io.read_card(card_path)
     fitted_on = {'dataset': args.dataset, 'root': args.root, 'seed': args.seed,
-                 'scene': args.scene, 'frames': args.frames, 'views': args.views,
+                 'scene': args.scene, 'frames': args.frames,
                  'match_radius_mm': args.match_radius_mm}
     result = {'evaluated': 'hand score', 'card': str(card_path)}
     if 'finder' in card and not args.no_finder:
@@ -173,10 +173,11 @@ def fit_hand_score(args, radius_m):
         card['finder']['fusion_fitted_on'] = {**fitted_on, **counts}
         model_io.write_card(card_path, card)
         result['fusion'] = dict(zip(FUSION_FEATURES, card['finder']['fusion_weights']))
-    # Learn from the localiser's own scores, on every candidate a scored estimator sees.
+    # Learn from the localiser's own scores, on every candidate a scored estimator sees, and
+    # from one view: the estimator scores hands before it runs their other views.
     estimator = load_estimator(card_path, backend=args.backend,
                                max_hands=args.max_hands + SPARE_CANDIDATES, min_hand_score=0.0,
-                               use_finder=not args.no_finder, views=args.views)
+                               use_finder=not args.no_finder, views=1)
     estimator.hand_score = None
     score, counts = evaluation.fit_hand_score(estimator, frames_of(args), radius_m)
     card = model_io.read_card(card_path)
