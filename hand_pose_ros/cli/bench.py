@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from hand_pose_ros.core.crop import VIEW_SETS
+
 STAGES = ('decode_image', 'localize', 'find', 'crop', 'infer', 'decode', 'filter', 'publish')
 # Stages that run a network: the pose network and the learned hand finder.
 NETWORK_STAGES = ('find', 'infer')
@@ -193,7 +195,7 @@ def parse_args(argv):
     parser.add_argument('--no-finder', action='store_true',
                         help="localise with the geometric localiser alone (not the model's "
                              'learned finder)')
-    parser.add_argument('--views', type=int, default=None, choices=(1, 2, 4, 8),
+    parser.add_argument('--views', type=int, default=None, choices=sorted(VIEW_SETS),
                         help='test-time views per crop in the last pass (default: the model '
                              "card's)")
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',

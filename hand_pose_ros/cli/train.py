@@ -17,6 +17,7 @@ import sys
 
 from hand_pose_ros.cli.options import parse_assignment
 from hand_pose_ros.core import training
+from hand_pose_ros.core.crop import VIEW_SETS
 
 # Flags that override top-level config fields: (flag, field, type).
 OVERRIDES = (
@@ -54,7 +55,7 @@ def build_parser():
                              '(safetensors + model card + ONNX)')
     parser.add_argument('--model-dir', default='models', help='output folder of --write-model')
     parser.add_argument('--name', default='default', help='model name of --write-model')
-    parser.add_argument('--views', type=int, default=1, choices=(1, 2, 4, 8),
+    parser.add_argument('--views', type=int, default=1, choices=sorted(VIEW_SETS),
                         help='test-time views the written model uses by default '
                              '(card inference.views)')
     parser.add_argument('--no-onnx', action='store_true', help='skip the ONNX export')

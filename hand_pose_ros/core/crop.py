@@ -313,7 +313,8 @@ VIEW_SETS = {
 }
 
 
-def _check_views(views):
+def check_views(views):
+    """Return the view set of a view count; raise ValueError for a count without one."""
     if views not in VIEW_SETS:
         raise ValueError(f'views must be one of {sorted(VIEW_SETS)}, got {views!r}')
     return VIEW_SETS[views]
@@ -329,7 +330,7 @@ def batch_views(batch, views):
     """
     return np.ascontiguousarray(np.concatenate([
         np.rot90(batch[..., ::-1] if mirrored else batch, turns, axes=(2, 3))
-        for mirrored, turns in _check_views(views)]), dtype=np.float32)
+        for mirrored, turns in check_views(views)]), dtype=np.float32)
 
 
 def merge_views(joints_norm, confidence, views):
@@ -340,7 +341,7 @@ def merge_views(joints_norm, confidence, views):
     :param confidence: (views * N, J) per-joint confidence.
     :return: ((N, J, 3) mean joints, (N, J) mean confidence).
     """
-    _check_views(views)
+    check_views(views)
     joints = np.array(joints_norm, dtype=np.float64).reshape(views, -1, *joints_norm.shape[1:])
     # (u, v) of a view -> (u, v) of the crop: undo the quarter turns, then the mirror.
     joints[..., :2] = np.einsum('vnjk,vlk->vnjl', joints[..., :2], _UNDO_VIEW[views])

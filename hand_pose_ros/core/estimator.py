@@ -24,7 +24,7 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
 from hand_pose_ros.core.crop import (
-    batch_views, check_center, crop_batch, CropSpec, merge_views, VIEW_SETS)
+    batch_views, check_center, check_views, crop_batch, CropSpec, merge_views)
 from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig, logit, sigmoid
 from hand_pose_ros.core.skeleton import NUM_JOINTS
 
@@ -151,8 +151,7 @@ class HandPoseEstimator:
             raise ValueError(f'min_hand_score must be in [0, 1], got {min_hand_score}')
         self.hand_score = hand_score
         self.min_hand_score = float(min_hand_score)
-        if views not in VIEW_SETS:
-            raise ValueError(f'views must be one of {sorted(VIEW_SETS)}, got {views!r}')
+        check_views(views)
         self.views = views
         self.last_timings = dict.fromkeys(STAGES, 0.0)
 
@@ -417,9 +416,10 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
         raise ModelFileError(f'model card {card_path}: {error}') from None
     if views is None:
         views = card.get('inference', {}).get('views', 1)
-        if views not in VIEW_SETS:
-            raise ModelFileError(f'model card {card_path}: inference.views must be one of '
-                                 f'{sorted(VIEW_SETS)}, got {views!r}')
+        try:
+            check_views(views)
+        except ValueError as error:
+            raise ModelFileError(f'model card {card_path}: inference.{error}') from None
     from hand_pose_ros.core.backends import create_backend
 
     runtime = create_backend(backend, card_path, **backend_options)

@@ -948,10 +948,9 @@ def write_model(checkpoint_path, directory, name, export_onnx=True, views=1):
     :return: path of the model card.
     """
     from hand_pose_ros.core import export, model_io
-    from hand_pose_ros.core.crop import VIEW_SETS
+    from hand_pose_ros.core.crop import check_views
 
-    if views not in VIEW_SETS:
-        raise ValueError(f'views must be one of {sorted(VIEW_SETS)}, got {views!r}')
+    check_views(views)
     model, config, checkpoint = model_from_checkpoint(checkpoint_path)
     start_model = json.loads(checkpoint.get('start_model', 'null'))
     extra = {
