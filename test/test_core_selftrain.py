@@ -201,6 +201,8 @@ def test_bad_settings_raise_clear_errors():
         SelfTrainConfig.from_dict({'iteration': 3})
     with pytest.raises(ValueError, match='gates'):
         SelfTrainConfig(filter_overrides={'gates.palm_max_speed_m_s': -1.0})
+    with pytest.raises(ValueError, match=r'label_views must be one of \[1, 2, 4, 8\], got 3'):
+        SelfTrainConfig(label_views=3)
 
 
 def test_adapted_cards_keep_the_finder_hand_score_and_views(world, tmp_path):

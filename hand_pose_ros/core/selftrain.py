@@ -44,7 +44,7 @@ import time
 import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
-from hand_pose_ros.core.crop import VIEW_SETS
+from hand_pose_ros.core.crop import check_views
 from hand_pose_ros.core.filters import anatomy
 from hand_pose_ros.core.filters.config import config_from_dict, FilterConfig
 from hand_pose_ros.core.filters.offline import offline_filter
@@ -160,9 +160,10 @@ class SelfTrainConfig:
             raise ValueError(f'min_improvement must be in [-1, 1], got {self.min_improvement}')
         if not self.max_residual_m > 0 or not self.lr > 0:
             raise ValueError('max_residual_m and lr must be positive')
-        if self.label_views not in VIEW_SETS:
-            raise ValueError(f'label_views must be one of {sorted(VIEW_SETS)}, '
-                             f'got {self.label_views!r}')
+        try:
+            check_views(self.label_views)
+        except ValueError as error:
+            raise ValueError(f'label_{error}') from None
         if not 0.0 <= self.score_quantile < 1.0:
             raise ValueError(f'score_quantile must be in [0, 1), got {self.score_quantile}')
         self.filter_config = config_from_dict({**FILTER_DEFAULTS, **self.filter_overrides},
