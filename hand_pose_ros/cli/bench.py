@@ -196,7 +196,7 @@ def parse_args(argv):
                         help="localise with the geometric localiser alone (not the model's "
                              'learned finder)')
     parser.add_argument('--views', type=int, default=None, choices=sorted(VIEW_SETS),
-                        help='test-time views per crop in the last pass (default: the model '
+                        help='test-time views per reported hand (default: the model '
                              "card's)")
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
                         help='run the networks on the CPU or on the CUDA GPU')

@@ -254,14 +254,10 @@ class HandPoseEstimator:
         index = [i for i, _ in rows]
         start = time.perf_counter()
         others = batch_views(patches[index], self.views)[len(index):]
-        then = time.perf_counter()
-        timings['crop'] += (then - start) * 1e3
+        timings['crop'] += (time.perf_counter() - start) * 1e3
 
-        outputs = self.backend(others)
+        seen_joints, seen_confidence = self._network(others, timings)
         now = time.perf_counter()
-        timings['infer'] += (now - then) * 1e3
-
-        seen_joints, seen_confidence = self._check_outputs(outputs, len(others))
         mean_joints, mean_confidence = merge_views(
             np.concatenate([joints[index], seen_joints]),
             np.concatenate([confidence[index], seen_confidence]), self.views)
@@ -284,14 +280,10 @@ class HandPoseEstimator:
         start = time.perf_counter()
         batch, transforms = crop_batch(depth_m, intrinsics, centers_xyz.reshape(-1, 3),
                                        self.spec)
-        then = time.perf_counter()
-        timings['crop'] += (then - start) * 1e3
+        timings['crop'] += (time.perf_counter() - start) * 1e3
 
-        outputs = self.backend(batch)
+        joints, confidence = self._network(batch, timings)
         now = time.perf_counter()
-        timings['infer'] += (now - then) * 1e3
-
-        joints, confidence = self._check_outputs(outputs, len(batch))
         hands, kept = [], []
         for i, transform in enumerate(transforms):
             keypoints = transform.xyz_from_normalized(joints[i])
@@ -307,6 +299,13 @@ class HandPoseEstimator:
         timings['decode'] += (time.perf_counter() - now) * 1e3
         return hands, centers_xyz[kept], (batch[kept], [transforms[i] for i in kept],
                                           joints[kept], confidence[kept])
+
+    def _network(self, batch, timings):
+        """Run the backend on a batch (timed as ``infer``); return checked joints, confidence."""
+        start = time.perf_counter()
+        outputs = self.backend(batch)
+        timings['infer'] += (time.perf_counter() - start) * 1e3
+        return self._check_outputs(outputs, len(batch))
 
     def _check_outputs(self, outputs, count):
         try:
