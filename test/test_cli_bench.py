@@ -21,6 +21,9 @@ def test_pipeline_figures_cover_every_stage(tmp_path, capsys):
     assert 0 < figures['all_but_network']['p50_ms'] <= figures['total']['p50_ms']
     assert figures['infer']['p50_ms'] > 0 and figures['fps'] > 0
     assert figures['hand_detected_fraction'] == 1.0  # one visible hand in every frame
+    # The hand is followed as in the node: searched for on frames 0 and 3 of 5 (the first
+    # is warm-up), so on 1 of the 4 timed frames.
+    assert figures['localized_fraction'] == 0.25
     assert report['device'] == 'cpu' and report['hardware']['cores'] >= 1
     printed = capsys.readouterr().out
     assert '| all_but_network |' in printed and 'frames/s' in printed
@@ -35,6 +38,15 @@ def test_without_ros_the_message_stages_are_left_out(tmp_path):
     assert not report['ros_stages'] and figures['views'] == 2
     assert set(bench.STAGES) - set(figures) == set(bench.ROS_STAGES)
     assert figures['hand_detected_fraction'] == 1.0
+
+
+def test_searching_every_frame(tmp_path):
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--frames', '3', '--warmup', '1', '--backends', 'onnxruntime',
+                       '--no-ros', '--views', '1', '--redetect-interval', '1',
+                       '--json', str(out)]) == 0
+    figures = json.loads(out.read_text())['pipeline']['onnxruntime']
+    assert figures['localized_fraction'] == 1.0 and figures['find']['p50_ms'] > 0
 
 
 def test_network_rows_time_every_variant():

@@ -129,3 +129,26 @@ def test_fit_hand_score_writes_the_model_card(tmp_path, capsys):
         assert fitted['finder']['fusion_fitted_on']['seed'] == 3000
         assert fitted['finder']['fusion_fitted_on']['false_hands'] > 0
         assert fitted['finder']['onnx'] == card['finder']['onnx']
+
+
+def test_motion_sequences_with_the_hand_tracker(tmp_path, capsys):
+    from hand_pose_ros.core.evaluation import motion_frames, MOTION_SEQUENCE_FRAMES
+
+    frames = list(motion_frames(MOTION_SEQUENCE_FRAMES + 2, seed=1000))
+    # Two sequences: the second starts with a new hand, so its first hand jumps.
+    names = [frame.name for frame in frames]
+    assert names[0] == 'motion-1000-0' and names[-1] == 'motion-1001-1'
+    steps = [np.linalg.norm(b.joints_xyz[0, 0] - a.joints_xyz[0, 0])
+             for a, b in zip(frames, frames[1:])]
+    assert max(steps[:MOTION_SEQUENCE_FRAMES - 1]) < 0.1   # continuous motion at 30 Hz
+    out = tmp_path / 'motion.json'
+    assert main(['--dataset', 'synthetic', '--scene', 'motion', '--center', 'detect',
+                 '--frames', '6', '--redetect-interval', '3', '--views', '1',
+                 '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result['redetect_interval'] == 3 and result['frames'] == 6
+    # The default model finds the hand on the first frame and follows it.
+    assert result['localized_fraction'] == pytest.approx(2 / 6)
+    assert 'searched for every 3 frames' in capsys.readouterr().out
+    assert main(['--dataset', 'synthetic', '--frames', '2', '--redetect-interval', '3']) == 2
+    assert '--center detect' in capsys.readouterr().err

@@ -340,3 +340,100 @@ def test_views_of_the_reported_hands_agree_for_an_equivariant_network():
     assert est.estimate(depth, INTRINSICS) == [] and calls == [1, 1]
     with pytest.raises(ValueError, match='views must be one of'):
         HandPoseEstimator(DepthHandLocalizer(), SPEC, nearest_point, views=3)
+
+
+class CountingLocalizer(FixedLocalizer):
+    """A FixedLocalizer that counts its calls."""
+
+    calls = 0
+
+    def locate(self, depth_m, intrinsics, max_hands=2):
+        self.calls += 1
+        return super().locate(depth_m, intrinsics, max_hands)
+
+
+def test_tracker_follows_a_hand_and_searches_every_interval_or_when_it_is_lost():
+    from hand_pose_ros.core import HandTracker
+
+    localizer = CountingLocalizer([candidate(CENTER, 0.8)])
+    backend = OracleBackend(np.zeros((2, 21, 3)), confidence=0.9)
+    est = HandPoseEstimator(localizer, SPEC, backend, max_hands=1,
+                            hand_score=HandScore(bias=-8.0, localizer_weight=0.5,
+                                                 joint_weight=15.0))
+    tracker = HandTracker(est, redetect_interval=3)
+    depth = hand_scene()
+    searched = []
+    for _ in range(7):
+        hands = tracker.estimate(depth, INTRINSICS)
+        searched.append(tracker.last_localized)
+        assert len(hands) == 1 and hands[0].localizer_score == 0.8
+        np.testing.assert_allclose(hands[0].center_xyz, CENTER, atol=1e-9)
+    assert searched == [True, False, False, True, False, False, True]
+    assert localizer.calls == 3
+    # A followed frame runs the two passes on the followed hand only: no spare candidate.
+    backend.batches.clear()
+    tracker.estimate(depth, INTRINSICS)
+    assert not tracker.last_localized and [len(b) for b in backend.batches] == [1, 1]
+    assert tracker.last_timings['localize'] > 0.0 and tracker.last_timings['infer'] > 0.0
+    # The network loses confidence: the followed hand fails its hand score, the localiser
+    # runs on the same frame, and its candidate fails too.
+    backend.confidence = np.float32(0.05)
+    assert tracker.estimate(depth, INTRINSICS) == [] and tracker.last_localized
+    assert localizer.calls == 4
+    # Nothing followed: the next frame is searched as well.
+    backend.confidence = np.float32(0.9)
+    assert len(tracker.estimate(depth, INTRINSICS)) == 1 and tracker.last_localized
+    tracker.reset()
+    tracker.estimate(depth, INTRINSICS)
+    assert tracker.last_localized and localizer.calls == 6
+
+
+def test_tracker_searches_every_frame_without_a_hand_score_or_when_the_hand_leaves():
+    from hand_pose_ros.core import HandTracker
+
+    localizer = CountingLocalizer([candidate(CENTER, 0.8)])
+    est = HandPoseEstimator(localizer, SPEC, OracleBackend(np.zeros((2, 21, 3))), max_hands=1)
+    tracker = HandTracker(est, redetect_interval=10)
+    for _ in range(3):
+        assert len(tracker.estimate(hand_scene(), INTRINSICS)) == 1 and tracker.last_localized
+    # With a hand score, a hand moving out of the image is searched for, not followed out.
+    edge = np.array([0.0, 0.0, 0.5])
+    edge[0] = (INTRINSICS.width - 2.0 - INTRINSICS.cx) * edge[2] / INTRINSICS.fx
+    joints = make_transform(INTRINSICS, edge, SPEC).normalized_from_xyz(
+        np.repeat(edge[None] + [0.05, 0.0, 0.0], 21, axis=0))
+    backend = OracleBackend(joints[None].repeat(2, axis=0), confidence=0.9)
+    est = HandPoseEstimator(CountingLocalizer([candidate(edge, 0.8)]), SPEC, backend,
+                            max_hands=1, hand_score=HandScore(-8.0, 0.5, 15.0))
+    tracker = HandTracker(est, redetect_interval=10)
+    tracker.estimate(hand_scene(), INTRINSICS)
+    assert tracker.last_localized
+    tracker.estimate(hand_scene(), INTRINSICS)
+    assert tracker.last_localized   # the joints' centroid lies outside the image
+    for bad in (0, 2.5, -1):
+        with pytest.raises(ValueError, match='redetect_interval'):
+            HandTracker(est, redetect_interval=bad)
+    with pytest.raises(ValueError, match='localizer scores'):
+        est.estimate_near(hand_scene(), INTRINSICS, [CENTER], [0.5, 0.5])
+    with pytest.raises(ValueError, match='outside'):
+        est.estimate_near(hand_scene(), INTRINSICS, [[5.0, 0.0, 0.5]], [0.5])
+
+
+def test_tracker_is_as_accurate_as_searching_every_frame_on_a_moving_hand():
+    from hand_pose_ros.core import HandTracker
+    from hand_pose_ros.core.selftrain import render_sequence
+
+    frames = render_sequence(40, seed=1200)
+    est = load_estimator('default', backend='onnxruntime', max_hands=1, views=1)
+    tracker = HandTracker(est, redetect_interval=5)
+    errors = {'tracked': [], 'searched': []}
+    searched = 0
+    for frame in frames:
+        truth = frame.hands[0].joints_xyz
+        for name, hands in (('tracked', tracker.estimate(frame.depth_mm, frame.intrinsics)),
+                            ('searched', est.estimate(frame.depth_mm, frame.intrinsics))):
+            if hands:
+                errors[name].append(np.linalg.norm(hands[0].keypoints_xyz - truth, axis=1).mean())
+        searched += tracker.last_localized
+    assert searched <= 0.4 * len(frames)
+    assert len(errors['tracked']) >= len(errors['searched']) >= 0.8 * len(frames)
+    assert np.mean(errors['tracked']) <= np.mean(errors['searched']) + 0.002

@@ -13,11 +13,12 @@ from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
+from hand_pose_ros.core.filters import HandFilter, Observation
 from hand_pose_ros.core.kinematics import ANGLE_NAMES
 from hand_pose_ros.core.skeleton import JOINT_NAMES
 from hand_pose_ros.core.synth import generate_motion
 from hand_pose_ros.ros.hand_filter_node import HandFilterNode
-from hand_pose_ros.ros.messages import hands_from_cloud, keypoint_cloud
+from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, keypoint_cloud
 from hand_pose_ros.ros.node_utils import OUTPUT_QOS
 
 FRAME = 'test_camera_optical_frame'
@@ -59,6 +60,8 @@ def test_outputs_carry_the_input_header_and_hand_structure(spinner):
     node = spinner.add(HandFilterNode(context=spinner.context))
     probe, recorder, publisher = make_probe(spinner)
     assert spinner.wait_for(lambda: publisher.get_subscription_count() > 0, 10)
+    # Markers are built only while someone subscribes: wait until the node sees the probe.
+    assert spinner.wait_for(lambda: node._pubs['markers'].get_subscription_count() > 0, 10)
     motion = generate_motion(40, fps=30.0, seed=3, handedness='right')
     stamps = 100.0 + motion.stamps_s
     for i in range(30):
@@ -131,3 +134,15 @@ def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):
     publish_and_wait(spinner, publisher, recorder, raw_cloud(5.2, [motion.joints_xyz[0]]), 1)
     status = node.status()
     assert status.level == DiagnosticStatus.WARN and 'raw keypoints rejected' in status.message
+
+
+def test_markers_are_built_only_when_asked():
+    motion = generate_motion(3, fps=30.0, seed=3)
+    hand_filter = HandFilter()
+    for stamp, joints in zip(motion.stamps_s, motion.joints_xyz):
+        tracks = hand_filter.update(stamp, [Observation(joints, np.full(21, 0.9))])
+    header = Header(frame_id=FRAME)
+    shown = frame_outputs(tracks, header)
+    hidden = frame_outputs(tracks, header, markers=False)
+    assert len(shown['markers'].markers) == 3 and hidden['markers'] is None
+    assert all(hidden[name] is not None for name in hidden if name != 'markers')

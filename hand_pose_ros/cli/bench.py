@@ -4,9 +4,11 @@
 Stages: decode image (message to numpy), localise, find (the learned hand finder's network,
 when the model has one), crop, infer, decode (joints back to the camera frame), filter
 (anatomy, gates, smoothing, tracking), publish (building and serialising every output
-message); "all but network" leaves out find and infer. Frames are synthetic 640x480 depth
-images with one hand. ``--networks`` adds network-only latency of every architecture on
-ONNX Runtime vs eager PyTorch; with ``--device cuda``, on every GPU runtime this machine has
+message); "all but network" leaves out find and infer. Frames are a synthetic 640x480
+depth stream of one hand moving (30 Hz), run through a hand tracker like the node's (the
+localiser runs every ``--redetect-interval`` frames, and whenever the hand is lost).
+``--networks`` adds network-only latency of every architecture on ONNX Runtime vs eager
+PyTorch; with ``--device cuda``, on every GPU runtime this machine has
 (PyTorch FP32, FP16, FP16 with CUDA graphs; ONNX Runtime's CUDA provider and TensorRT when
 installed). ``--no-pipeline`` skips the per-frame path; ``--no-ros`` times it without the
 stages that need ROS messages (decode image, publish), e.g. on a machine without rclpy.
@@ -23,6 +25,7 @@ import time
 import numpy as np
 
 from hand_pose_ros.core.crop import VIEW_SETS
+from hand_pose_ros.core.estimator import DEFAULT_REDETECT_INTERVAL
 
 STAGES = ('decode_image', 'localize', 'find', 'crop', 'infer', 'decode', 'filter', 'publish')
 # Stages that run a network: the pose network and the learned hand finder.
@@ -57,14 +60,20 @@ def hardware():
 
 
 def synthetic_frames(count, seed, camera='sr300', ros=True):
-    """Return (depth Image messages, or uint16 arrays without ROS; intrinsics) of frames."""
+    """
+    Return (depth Image messages, or uint16 arrays without ROS; intrinsics) of frames.
+
+    The frames are one continuous 30 Hz motion of one hand in front of a background, as a
+    camera streams them, so the filter tracks one hand from frame to frame as it does in
+    use (frames of unrelated scenes would start a new track at every frame).
+    """
     from hand_pose_ros.core.camera import CameraIntrinsics
-    from hand_pose_ros.core.synth import SceneConfig, SyntheticGenerator
+    from hand_pose_ros.core.synth import generate_motion, SyntheticGenerator
 
     intrinsics = CameraIntrinsics.from_preset(camera)
-    generator = SyntheticGenerator(intrinsics, scene=SceneConfig(second_hand_prob=0.0),
-                                   seed=seed)
-    depths = [generator.sample_frame().depth_mm for _ in range(count)]
+    generator = SyntheticGenerator(intrinsics, seed=seed)
+    motion = generate_motion(count, fps=30.0, seed=seed, intrinsics=intrinsics)
+    depths = [frame.depth_mm for frame in generator.render_motion(motion)]
     if not ros:
         return depths, intrinsics
     from hand_pose_ros.ros.conversions import image_from_array
@@ -81,14 +90,18 @@ def publish_outputs(tracks, header, serialize):
 
 
 def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_finder=True,
-                   device='cpu', views=None, ros=True):
+                   device='cpu', views=None, ros=True, redetect_interval=1):
     """
-    Return (per-stage ms arrays, hand-found fraction, backend name, views) of one backend.
+    Return (per-stage ms arrays, facts) of one backend's per-frame path.
 
     :param frames: depth Image messages, or uint16 arrays with ``ros`` False (then the
-        :data:`ROS_STAGES` are left out).
+        :data:`ROS_STAGES` are left out), of one sequence; the first ``warmup`` are not timed.
+    :param redetect_interval: of the :class:`~hand_pose_ros.core.estimator.HandTracker`
+        that runs the estimator, as in ``hand_pose_node`` (1: localise every frame).
+    :return: ({stage: (frames,) ms}, {'hand_detected_fraction', 'localized_fraction'
+        (frames on which the localiser ran), 'backend', 'views'}).
     """
-    from hand_pose_ros.core import load_estimator
+    from hand_pose_ros.core import HandTracker, load_estimator
     from hand_pose_ros.core.estimator import STAGES as ESTIMATOR_STAGES
     from hand_pose_ros.core.filters import FilterConfig, HandFilter, Observation
 
@@ -99,10 +112,11 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
         from hand_pose_ros.ros.conversions import depth_from_image
     estimator = load_estimator(model, backend=backend, max_hands=1, threads=threads,
                                use_finder=use_finder, device=device, views=views)
+    tracker = HandTracker(estimator, redetect_interval)
     hand_filter = HandFilter(FilterConfig())
     samples = {stage: [] for stage in STAGES if ros or stage not in ROS_STAGES}
-    hands_found = 0
-    for index, frame in enumerate(frames[:warmup] + frames):
+    hands_found = localized = 0
+    for index, frame in enumerate(frames):
         stamp_s = index / 30.0
         if ros:
             header = Header(frame_id='camera')
@@ -110,7 +124,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
         t0 = time.perf_counter()
         depth = depth_from_image(frame) if ros else frame
         t1 = time.perf_counter()
-        poses = estimator.estimate(depth, intrinsics)
+        poses = tracker.estimate(depth, intrinsics)
         t2 = time.perf_counter()
         tracks = hand_filter.update(stamp_s, [Observation(p.keypoints_xyz, p.scores)
                                               for p in poses])
@@ -121,15 +135,18 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
         if index < warmup:
             continue
         hands_found += bool(poses)
-        timings = estimator.last_timings
+        localized += tracker.last_localized
+        timings = tracker.last_timings
         for stage in ESTIMATOR_STAGES:
             samples[stage].append(timings[stage])
         samples['filter'].append((t3 - t2) * 1e3)
         if ros:
             samples['decode_image'].append((t1 - t0) * 1e3)
             samples['publish'].append((t4 - t3) * 1e3)
-    return {stage: np.array(values) for stage, values in samples.items()}, \
-        hands_found / len(frames), getattr(estimator.backend, 'name', backend), estimator.views
+    timed = len(frames) - warmup
+    return {stage: np.array(values) for stage, values in samples.items()}, {
+        'hand_detected_fraction': hands_found / timed, 'localized_fraction': localized / timed,
+        'backend': getattr(estimator.backend, 'name', backend), 'views': estimator.views}
 
 
 def summarise(samples):
@@ -198,6 +215,10 @@ def parse_args(argv):
     parser.add_argument('--views', type=int, default=None, choices=sorted(VIEW_SETS),
                         help='test-time views per reported hand (default: the model '
                              "card's)")
+    parser.add_argument('--redetect-interval', type=int, default=DEFAULT_REDETECT_INTERVAL,
+                        help='frames from one hand search to the next while the hand is '
+                             'followed, as the node parameter localizer.redetect_interval '
+                             '(1: search every frame)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
                         help='run the networks on the CPU or on the CUDA GPU')
     parser.add_argument('--networks', action='store_true',
@@ -223,20 +244,21 @@ def main(argv=None):
     backends = [] if options.no_pipeline else \
         options.backends or available_backends(options.device)
     if backends:
-        frames, intrinsics = synthetic_frames(min(options.frames, 40), options.seed,
+        frames, intrinsics = synthetic_frames(options.warmup + options.frames, options.seed,
                                               ros=not options.no_ros)
-        frames = (frames * (options.frames // len(frames) + 1))[:options.frames]
     for backend in backends:
-        samples, detected, name, views = bench_pipeline(
+        samples, facts = bench_pipeline(
             options.model, backend, frames, intrinsics, options.warmup, options.threads,
-            not options.no_finder, options.device, options.views, not options.no_ros)
+            not options.no_finder, options.device, options.views, not options.no_ros,
+            options.redetect_interval)
         summary = summarise(samples)
-        summary['hand_detected_fraction'] = detected
-        summary['views'] = views
-        report['pipeline'][name] = summary
-        print(f'\nmodel {options.model}, backend {name} on {options.device}, '
-              f'{views} view(s), one hand, 640x480, {options.frames} frames '
-              f'(hand found in {detected:.0%})')
+        summary.update(facts)
+        report['pipeline'][facts['backend']] = summary
+        print(f'\nmodel {options.model}, backend {facts["backend"]} on {options.device}, '
+              f'{facts["views"]} view(s), one hand, 640x480, {options.frames} frames '
+              f'(hand found in {facts["hand_detected_fraction"]:.0%}; localiser run on '
+              f'{facts["localized_fraction"]:.0%}, redetect interval '
+              f'{options.redetect_interval})')
         print('| stage | p50 ms | p99 ms |\n| --- | --- | --- |')
         for stage in (*samples, 'all_but_network', 'total'):
             row = summary[stage]

@@ -8,6 +8,7 @@ Examples::
     hand_pose_evaluate --dataset synthetic --localizer-only --frames 500
     hand_pose_evaluate --dataset nyu --root ~/data/nyu --model default --center detect
     hand_pose_evaluate --dataset synthetic --model my_model --fit-hand-score --seed 3000
+    hand_pose_evaluate --dataset synthetic --scene motion --center detect --redetect-interval 3
 
 Metric definitions: :mod:`hand_pose_ros.core.evaluation`.
 """
@@ -54,7 +55,8 @@ def build_parser():
                         help='simulated camera of the synthetic test set')
     parser.add_argument('--scene', default='default', choices=evaluation.SYNTHETIC_SCENES,
                         help='synthetic test scenes: default (clutter, bodies, tables, '
-                             'objects, sometimes two hands), single_hand, hand_only')
+                             'objects, sometimes two hands), single_hand, hand_only, motion '
+                             '(one hand moving, 150-frame sequences in order)')
     parser.add_argument('--max-hands', type=int, default=2, help='hands per image (detect)')
     parser.add_argument('--match-radius-mm', type=float, default=50.0,
                         help='a hand is detected when a found centre lies this close to the '
@@ -67,6 +69,11 @@ def build_parser():
                              'learned hand finder')
     parser.add_argument('--views', type=int, default=None, choices=sorted(VIEW_SETS),
                         help="test-time views per crop, averaged (default: the model card's)")
+    parser.add_argument('--redetect-interval', type=int, default=1,
+                        help='detect, frames in order (--scene motion, recorded sequences): '
+                             'follow the hands with a HandTracker that searches for them '
+                             'every N frames, as hand_pose_node does (default 1: search every '
+                             'frame)')
     parser.add_argument('--min-hand-score', type=float, default=DEFAULT_MIN_HAND_SCORE,
                         help='detect: drop localised hands whose hand score is lower')
     parser.add_argument('--fit-hand-score', action='store_true',
@@ -119,15 +126,21 @@ def run(args):
                                                match_radius_m=radius_m)
         return {**source, 'evaluated': 'localizer', 'model': args.model,
                 'finder': not args.no_finder, **result}
-    from hand_pose_ros.core.estimator import load_estimator
+    from hand_pose_ros.core.estimator import HandTracker, load_estimator
 
+    if args.redetect_interval != 1 and args.center != 'detect':
+        raise ValueError('--redetect-interval needs --center detect (it follows found hands)')
     estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands,
                                min_hand_score=args.min_hand_score,
                                use_finder=not args.no_finder, views=args.views)
+    views = estimator.views
+    if args.redetect_interval != 1:
+        estimator = HandTracker(estimator, args.redetect_interval)
     result = evaluation.evaluate_estimator(estimator, frames_of(args), args.center,
                                            match_radius_m=radius_m)
     return {**source, 'evaluated': 'estimator', 'model': args.model, 'backend': args.backend,
-            'finder': not args.no_finder, 'views': estimator.views, **result}
+            'finder': not args.no_finder, 'views': views,
+            'redetect_interval': args.redetect_interval, **result}
 
 
 def frames_of(args):
@@ -217,6 +230,10 @@ def format_result(result):
     if center:
         lines.append(f'centre error: mean {mm(center["mean"])}, median {mm(center["median"])},'
                      f' p90 {mm(center["p90"])}')
+    if result.get('redetect_interval', 1) != 1:
+        lines.append(f'hands followed, searched for every {result["redetect_interval"]} '
+                     f'frames: localiser run on {result["localized_fraction"] * 100:.1f} % of '
+                     f'the frames')
     if result['evaluated'] == 'estimator':
         lines.append(f'mean 3D error: {mm(result["mean_mm"])} (median '
                      f'{mm(result["median_mm"])}), center {result["center_mode"]}, '

@@ -3,7 +3,7 @@ ROS-free core of hand_pose_ros: geometry, data, models, filters.
 
 The numpy parts import eagerly; anything needing torch or onnxruntime loads lazily
 inside the function that needs it. The estimator API (``load_estimator``,
-``HandPoseEstimator``, ``HandPose``) is imported on first access.
+``HandPoseEstimator``, ``HandPose``, ``HandTracker``) is imported on first access.
 """
 
 import importlib
@@ -13,11 +13,12 @@ from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz, xyz_from_u
 _LAZY = {
     'HandPose': 'hand_pose_ros.core.estimator',
     'HandPoseEstimator': 'hand_pose_ros.core.estimator',
+    'HandTracker': 'hand_pose_ros.core.estimator',
     'load_estimator': 'hand_pose_ros.core.estimator',
 }
 
-__all__ = ['CameraIntrinsics', 'HandPose', 'HandPoseEstimator', 'load_estimator',
-           'uvd_from_xyz', 'xyz_from_uvd']
+__all__ = ['CameraIntrinsics', 'HandPose', 'HandPoseEstimator', 'HandTracker',
+           'load_estimator', 'uvd_from_xyz', 'xyz_from_uvd']
 
 
 def __getattr__(name):

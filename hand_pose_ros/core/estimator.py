@@ -35,6 +35,8 @@ STAGES = ('localize', 'find', 'crop', 'infer', 'decode')
 DUPLICATE_DISTANCE_M = 0.05
 # Localised hands whose fitted hand score (HandScore) is lower are dropped.
 DEFAULT_MIN_HAND_SCORE = 0.2
+# Frames from one localisation to the next while HandTracker follows hands (node default).
+DEFAULT_REDETECT_INTERVAL = 3
 # With a hand score, the localiser's next-best candidate is scored too, so a true hand the
 # localiser ranked just below max_hands can take the place of a rejected false one.
 SPARE_CANDIDATES = 1
@@ -167,14 +169,8 @@ class HandPoseEstimator:
         :raises ValueError: bad image, intrinsics that do not match it, or given centres that
             are not finite, behind the camera or outside the image.
         """
-        timings = dict.fromkeys(STAGES, 0.0)
-        self.last_timings = timings
-        start = time.perf_counter()
-        if not isinstance(intrinsics, CameraIntrinsics):
-            raise ValueError(f'intrinsics must be a CameraIntrinsics, '
-                             f'got {type(intrinsics).__name__}')
-        depth_m = depth_to_metres(depth)
-        intrinsics.check_image(depth_m)
+        start, timings = time.perf_counter(), self._new_timings()
+        depth_m = self._checked_depth(depth, intrinsics)
         if centers is None:
             if not np.isfinite(depth_m).any():
                 return []
@@ -186,20 +182,71 @@ class HandPoseEstimator:
             centers_xyz = np.array([c.center_xyz for c in candidates], dtype=np.float64)
             localizer_scores = [float(c.score) for c in candidates]
         else:
-            centers_xyz = np.asarray(centers, dtype=np.float64)
-            if centers_xyz.ndim == 1 and centers_xyz.shape == (3,):
-                centers_xyz = centers_xyz[None]
-            if centers_xyz.ndim != 2 or centers_xyz.shape[1] != 3:
-                raise ValueError(f'centers must have shape (N, 3), got {centers_xyz.shape}')
-            for center in centers_xyz:
-                check_center(center, intrinsics)
+            centers_xyz = self._checked_centers(centers, intrinsics)
             localizer_scores = [1.0] * len(centers_xyz)
-        now = time.perf_counter()
-        timings['localize'] = (now - start) * 1e3 - timings['find']
+        timings['localize'] = (time.perf_counter() - start) * 1e3 - timings['find']
+        return self._estimate_at(depth_m, intrinsics, centers_xyz, localizer_scores, timings,
+                                 localised=centers is None)
+
+    def estimate_near(self, depth, intrinsics, centers, localizer_scores):
+        """
+        Estimate hands expected near given centres as if the localiser had found them there.
+
+        Unlike ``estimate(..., centers=...)``, the crops are re-centred (``refine_passes``)
+        and the hand score judges each hand, so a centre where no hand is any more returns
+        nothing: :class:`HandTracker` follows hands from frame to frame with it.
+
+        :param centers: (N, 3) expected hand centres, metres, inside the image.
+        :param localizer_scores: (N,) the localiser's scores of these hands when last found.
+        :return: list of :class:`HandPose` (hand score, duplicates and ``max_hands`` applied).
+        """
+        start, timings = time.perf_counter(), self._new_timings()
+        depth_m = self._checked_depth(depth, intrinsics)
+        centers_xyz = self._checked_centers(centers, intrinsics)
+        if len(localizer_scores) != len(centers_xyz):
+            raise ValueError(f'{len(localizer_scores)} localizer scores for '
+                             f'{len(centers_xyz)} centres')
+        timings['localize'] = (time.perf_counter() - start) * 1e3
+        return self._estimate_at(depth_m, intrinsics, centers_xyz,
+                                 [float(score) for score in localizer_scores], timings,
+                                 localised=True)
+
+    def _new_timings(self):
+        self.last_timings = dict.fromkeys(STAGES, 0.0)
+        return self.last_timings
+
+    @staticmethod
+    def _checked_depth(depth, intrinsics):
+        if not isinstance(intrinsics, CameraIntrinsics):
+            raise ValueError(f'intrinsics must be a CameraIntrinsics, '
+                             f'got {type(intrinsics).__name__}')
+        depth_m = depth_to_metres(depth)
+        intrinsics.check_image(depth_m)
+        return depth_m
+
+    @staticmethod
+    def _checked_centers(centers, intrinsics):
+        centers_xyz = np.asarray(centers, dtype=np.float64)
+        if centers_xyz.ndim == 1 and centers_xyz.shape == (3,):
+            centers_xyz = centers_xyz[None]
+        if centers_xyz.ndim != 2 or centers_xyz.shape[1] != 3:
+            raise ValueError(f'centers must have shape (N, 3), got {centers_xyz.shape}')
+        for center in centers_xyz:
+            check_center(center, intrinsics)
+        return centers_xyz
+
+    def _estimate_at(self, depth_m, intrinsics, centers_xyz, localizer_scores, timings,
+                     localised):
+        """
+        Run the passes, the hand score and the views on hands at given centres.
+
+        :param localised: the centres are rough (the localiser's or a tracker's): re-centre
+            them (``refine_passes``) and judge each hand with the hand score; else they
+            are the caller's centres, used as given.
+        """
         if len(centers_xyz) == 0:
             return []
-
-        passes = 1 + (self.refine_passes if centers is None else 0)
+        passes = 1 + (self.refine_passes if localised else 0)
         hands = []
         for index in range(passes):
             if index > 0:
@@ -215,7 +262,7 @@ class HandPoseEstimator:
                                                     localizer_scores, timings)
             if not hands:
                 return []
-        rows = self._reported(hands) if centers is None else list(enumerate(hands))
+        rows = self._reported(hands) if localised else list(enumerate(hands))
         if self.views > 1 and rows:
             return self._with_views(rows, crops, timings)
         return [hand for _, hand in rows]
@@ -320,6 +367,96 @@ class HandPoseEstimator:
                              f'3) and ({count}, {NUM_JOINTS})')
         confidence = np.where(np.isfinite(confidence), confidence, 0.0)
         return joints, confidence
+
+
+class HandTracker:
+    """
+    Follow hands through a depth stream, running the localiser only when needed.
+
+    Finding hands (the geometric localiser and the learned finder) costs more than the
+    rest of a frame's work outside the network. Once hands are found, the next frame
+    crops each one at its last joint centroid moved on by its last frame-to-frame motion,
+    then runs the estimator's usual re-centring passes and hand score on those crops
+    (:meth:`HandPoseEstimator.estimate_near`). The localiser runs again, on the same frame,
+    when a followed hand fails its hand score or its centre leaves the image; and every
+    ``redetect_interval`` frames, so that a hand entering the view is found within that
+    many frames and a crop that drifted onto something else is dropped. Without a hand
+    score (a card without ``hand_score``, or an estimator without one) nothing tells a lost
+    hand from a found one, so every frame is localised.
+
+    :param estimator: :class:`HandPoseEstimator` (or any object with its ``estimate``).
+    :param redetect_interval: frames from one localisation to the next while hands are
+        followed; 1 localises every frame (no following).
+
+    ``estimate`` has the estimator's signature (without ``centers``); after each call
+    ``last_localized`` says whether the localiser ran, and ``last_timings`` holds the
+    stage times of the frame (the following attempt and the localisation together).
+    """
+
+    def __init__(self, estimator, redetect_interval=DEFAULT_REDETECT_INTERVAL):
+        self.estimator = estimator
+        self.redetect_interval = redetect_interval
+        self.last_localized = False
+        self.last_timings = dict.fromkeys(STAGES, 0.0)
+        self.reset()
+
+    @property
+    def redetect_interval(self):
+        return self._redetect_interval
+
+    @redetect_interval.setter
+    def redetect_interval(self, frames):
+        if int(frames) != frames or frames < 1:
+            raise ValueError(f'redetect_interval must be an integer >= 1, got {frames!r}')
+        self._redetect_interval = int(frames)
+
+    def reset(self):
+        """Forget the followed hands: the next frame is localised."""
+        self._hands = []
+        self._motion = []
+        self._since_localized = 0
+
+    def estimate(self, depth, intrinsics):
+        """Return the :class:`HandPose` list of the next frame of the stream."""
+        estimator = self.estimator
+        timings = dict.fromkeys(STAGES, 0.0)
+        hands = None
+        if (self._hands and getattr(estimator, 'hand_score', None) is not None
+                and self._since_localized + 1 < self.redetect_interval):
+            centers = [hand.keypoints_xyz.mean(axis=0) + motion
+                       for hand, motion in zip(self._hands, self._motion)]
+            if all(_inside(center, intrinsics) for center in centers):
+                found = estimator.estimate_near(depth, intrinsics, centers,
+                                                [h.localizer_score for h in self._hands])
+                _add_timings(timings, estimator.last_timings)
+                hands = found if len(found) == len(self._hands) else None
+        self.last_localized = hands is None
+        if hands is None:
+            hands = estimator.estimate(depth, intrinsics)
+            _add_timings(timings, estimator.last_timings)
+            self._since_localized = 0
+            self._motion = [np.zeros(3)] * len(hands)
+        else:
+            self._since_localized += 1
+            self._motion = [now.keypoints_xyz.mean(axis=0) - before.keypoints_xyz.mean(axis=0)
+                            for now, before in zip(hands, self._hands)]
+        self._hands = hands
+        self.last_timings = timings
+        return hands
+
+
+def _inside(center_xyz, intrinsics):
+    """Return whether a centre lies in front of the camera and inside the image."""
+    try:
+        check_center(center_xyz, intrinsics)
+    except ValueError:
+        return False
+    return True
+
+
+def _add_timings(total, timings):
+    for stage, value in timings.items():
+        total[stage] += value
 
 
 def _refined_center(keypoints_xyz, previous_xyz, intrinsics, max_shift_m):

@@ -33,7 +33,9 @@ LOGGER = logging.getLogger(__name__)
 CENTER_MODES = ('oracle', 'detect')
 DEFAULT_THRESHOLDS_MM = np.arange(0.0, 81.0, 1.0)
 DEFAULT_MATCH_RADIUS_M = 0.05
-SYNTHETIC_SCENES = ('default', 'single_hand', 'hand_only')
+SYNTHETIC_SCENES = ('default', 'single_hand', 'hand_only', 'motion')
+# Frames per sequence of the 'motion' scenes (5 s at 30 Hz).
+MOTION_SEQUENCE_FRAMES = 150
 # A hand counts as mostly visible when at least this fraction of its joints is not occluded.
 MOSTLY_VISIBLE = 0.5
 
@@ -77,7 +79,8 @@ def synthetic_scene_config(name):
 
     'default': the engine's default scenes (arms, objects, tables, bodies, walls, clutter,
     sometimes a second hand); 'single_hand': the same with exactly one hand; 'hand_only': one
-    hand with its forearm and nothing else.
+    hand with its forearm and nothing else; 'motion': the default scene configuration,
+    whose backgrounds the motion sequences of :func:`motion_frames` are set in.
     """
     from hand_pose_ros.core import synth
 
@@ -101,9 +104,12 @@ def labelled_frames(dataset, root=None, num_frames=None, seed=1000, camera='sr30
     :param num_frames: frames to use (evenly spaced over a dataset); synthetic default 2000.
     :param seed: synthetic seed (held-out sets use >= 1000; training uses smaller seeds).
     :param camera: camera preset of the synthetic set.
-    :param scene: synthetic scene type (see :func:`synthetic_scene_config`).
+    :param scene: synthetic scene type (see :func:`synthetic_scene_config`); 'motion'
+        renders continuous sequences (:func:`motion_frames`).
     :param reader_options: keyword arguments of the dataset reader (e.g. ``labels``).
     """
+    if dataset == 'synthetic' and root is None and scene == 'motion':
+        return motion_frames(2000 if num_frames is None else num_frames, seed, camera)
     if dataset == 'synthetic' and root is None:
         return synthetic_frames(2000 if num_frames is None else num_frames, seed, camera,
                                 scene=synthetic_scene_config(scene))
@@ -144,6 +150,28 @@ def synthetic_frames(num_frames, seed, camera='sr300', scene=None, sensor=None):
         yield LabelledFrame(frame.depth_m, intrinsics, joints,
                             np.ones(joints.shape[:2], dtype=bool), f'synthetic-{seed}-{index}',
                             visible.astype(bool))
+
+
+def motion_frames(num_frames, seed, camera='sr300'):
+    """
+    Yield labelled frames of one hand moving, as a camera streams them (30 Hz, in order).
+
+    Each run of :data:`MOTION_SEQUENCE_FRAMES` frames is one motion sequence (seeds
+    ``seed``, ``seed + 1``, ...): a new hand, motion and background, with the hand sometimes
+    leaving the image. What a hand tracker (``--redetect-interval``) is measured on.
+    """
+    from hand_pose_ros.core import synth
+
+    intrinsics = CameraIntrinsics.from_preset(camera)
+    for sequence, start in enumerate(range(0, num_frames, MOTION_SEQUENCE_FRAMES)):
+        count = min(MOTION_SEQUENCE_FRAMES, num_frames - start)
+        motion = synth.generate_motion(count, seed=seed + sequence, intrinsics=intrinsics)
+        generator = synth.SyntheticGenerator(intrinsics, seed=seed + sequence)
+        for index, frame in enumerate(generator.render_motion(motion)):
+            hand = frame.hands[0]
+            yield LabelledFrame(frame.depth_m, intrinsics, hand.joints_xyz[None],
+                                np.ones((1, NUM_JOINTS), dtype=bool),
+                                f'motion-{seed + sequence}-{index}', hand.visible[None])
 
 
 def joint_errors_mm(pred_xyz, gt_xyz, mask):
@@ -257,11 +285,12 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
     :param center_mode: 'oracle' (crop at the ground-truth centroid) or 'detect' (the
         estimator's own localiser).
     :return: dict: error summary (see :func:`summarize_errors`), detection figures and mean
-        per-stage timings in ms.
+        per-stage timings in ms; with a :class:`~hand_pose_ros.core.estimator.HandTracker`
+        (detect only), also the fraction of frames the localiser ran on.
     """
     if center_mode not in CENTER_MODES:
         raise ValueError(f'center_mode must be one of {CENTER_MODES}, got {center_mode!r}')
-    rows, center_errors, timings, mostly_visible = [], [], [], []
+    rows, center_errors, timings, mostly_visible, localized = [], [], [], [], []
     num_frames = skipped = false_positives = 0
     for frame in frames:
         num_frames += 1
@@ -279,6 +308,7 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
             assignment = match_centers([h.center_xyz for h in hands], truth, match_radius_m)
             false_positives += len(hands) - int((assignment >= 0).sum())
             mostly_visible.extend(_mostly_visible_hits(frame, keep, assignment))
+            localized.append(getattr(estimator, 'last_localized', True))
         timings.append(dict(estimator.last_timings))
         for index, k in enumerate(keep):
             if assignment[index] < 0:
@@ -304,6 +334,7 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
         'false_positives_per_frame': _number(false_positives / num_frames)
         if num_frames else None,
         'center_error_mm': _stats(center_errors) if center_mode == 'detect' else None,
+        'localized_fraction': _number(np.mean(localized)) if localized else None,
         'timings_ms': {stage: _number(np.mean([t[stage] for t in timings]))
                        for stage in (timings[0] if timings else {})},
     })

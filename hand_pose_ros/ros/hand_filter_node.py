@@ -42,7 +42,7 @@ class HandFilterNode(Node):
         self._values = declare_parameters(self, HAND_FILTER_NODE_PARAMS,
                                           self._apply_parameters)
         self._filter = HandFilter(config_from_dict(group(self._values, 'filter')))
-        self._published_ids = set()
+        self._marker_ids = set()
         self._counts = {'received': 0, 'bad_input': 0}
         self._last_error = ''
         self._last_hands = 0
@@ -89,16 +89,21 @@ class HandFilterNode(Node):
         self._latency_ms.add((time.monotonic() - start) * 1000.0)
 
     def publish_hands(self, header, tracks):
-        """Publish every output for the tracked hands of one frame (see ``frame_outputs``)."""
+        """
+        Publish every output for the tracked hands of one frame (see ``frame_outputs``).
+
+        Markers, which only a display reads, are built only while someone subscribes.
+        """
         ids = {t.hand_id for t in visible_hands(tracks)}
+        markers = self._pubs['markers'].get_subscription_count() > 0
         outputs = frame_outputs(tracks, header, self._values['output.tf_prefix'],
-                                self._published_ids - ids,
+                                self._marker_ids - ids,
                                 self._values['output.marker_lifetime_s'],
-                                self._values['output.publish_tf'])
+                                self._values['output.publish_tf'], markers)
         for name, msg in outputs.items():
             if msg is not None:
                 self._pubs[name].publish(msg)
-        self._published_ids = ids
+        self._marker_ids = ids if markers else set()
 
     def status(self):
         """Return the node's ``DiagnosticStatus``; the pipeline and tests read it too."""

@@ -17,6 +17,7 @@ import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
+from hand_pose_ros.core.estimator import HandTracker
 from hand_pose_ros.core.frame_slot import LatestFrameSlot
 from hand_pose_ros.core.overlay import depth_to_gray, draw_skeletons
 from hand_pose_ros.core.pairing import StampPairer
@@ -88,11 +89,13 @@ class HandPoseNode(Node):
         self._estimator = estimator if estimator is not None else load_node_estimator(
             self._values)
         self.get_logger().info(f'model {describe(self._estimator)}')
+        self._tracker = HandTracker(self._estimator, self._values['localizer.redetect_interval'])
         self._pairer = StampPairer(self._max_stamp_diff_ns(self._values))
         self._slot = LatestFrameSlot()
         self._lock = threading.Lock()
-        self._counts = {'received': 0, 'processed': 0, 'bad_input': 0, 'no_camera_info': 0,
-                        'unsynchronised_info': 0, 'time_jumps': 0, 'internal_errors': 0}
+        self._counts = {'received': 0, 'processed': 0, 'localised': 0, 'bad_input': 0,
+                        'no_camera_info': 0, 'unsynchronised_info': 0, 'time_jumps': 0,
+                        'internal_errors': 0}
         self._last_error = ''
         self._last_hands = 0
         self._last_stamp_ns = None
@@ -116,6 +119,7 @@ class HandPoseNode(Node):
 
     def _apply_parameters(self, values):
         configure_localizer(self._estimator, values)
+        self._tracker.redetect_interval = values['localizer.redetect_interval']
         self._pairer.max_stamp_diff_ns = self._max_stamp_diff_ns(values)
         self._values = values
 
@@ -153,6 +157,7 @@ class HandPoseNode(Node):
             self._warn('time_jumps', 'depth image stamp went backwards (bag loop?): '
                        'newer camera_info discarded')
             self._pairer.discard_after(stamp)
+            self._tracker.reset()
         self._last_stamp_ns = stamp
         info, exact = self._pairer.match(stamp)
         if info is None:
@@ -166,7 +171,7 @@ class HandPoseNode(Node):
             depth = depth_from_image(msg, self._values['input.max_pixels'])
             intrinsics = intrinsics_from_camera_info(info)
             intrinsics.check_image(depth)
-            poses = self._estimator.estimate(depth, intrinsics)
+            poses = self._tracker.estimate(depth, intrinsics)
         except ValueError as error:
             self._warn('bad_input', f'depth frame rejected: {error}')
             return
@@ -176,6 +181,7 @@ class HandPoseNode(Node):
             self._publish_debug(msg.header, depth, intrinsics, hands)
         with self._lock:
             self._counts['processed'] += 1
+            self._counts['localised'] += self._tracker.last_localized
             self._last_hands = len(hands)
         self._output_rate.tick(time.monotonic())
         self._latency_ms.add((time.monotonic() - start) * 1000.0)

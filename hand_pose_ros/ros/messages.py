@@ -294,7 +294,7 @@ def visible_hands(tracks):
 
 
 def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0.5,
-                  publish_tf=True):
+                  publish_tf=True, markers=True):
     """
     Build every output message of one frame.
 
@@ -302,6 +302,7 @@ def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0
     the other outputs only :func:`visible_hands`: a hand whose joints are all invalid counts
     as lost, so its TF frames stop and its markers are deleted.
 
+    :param markers: build the markers (False: None, e.g. while nobody displays them).
     :return: {output name: message or None}: keypoints, joints, joint_states, palm, tf,
         markers.
     """
@@ -313,5 +314,5 @@ def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0
         'joint_states': joint_state(hands, header),
         'palm': palm_pose(hands[0], header, geometry) if hands else None,
         'tf': tf_message(hands, header, tf_prefix, geometry) if hands and publish_tf else None,
-        'markers': marker_array(hands, header, lost_ids, marker_lifetime_s),
+        'markers': marker_array(hands, header, lost_ids, marker_lifetime_s) if markers else None,
     }

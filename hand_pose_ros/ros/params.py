@@ -10,7 +10,7 @@ tested without ROS.
 from dataclasses import dataclass
 import math
 
-from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE
+from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE, DEFAULT_REDETECT_INTERVAL
 from hand_pose_ros.core.filters.config import config_fields as filter_config_fields
 
 
@@ -103,6 +103,10 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
     ParamSpec('localizer.min_hand_score', DEFAULT_MIN_HAND_SCORE,
               "Drop found hands whose hand score (model card's hand_score) is lower.",
               (0.0, 1.0), None, True),
+    ParamSpec('localizer.redetect_interval', DEFAULT_REDETECT_INTERVAL,
+              'Frames from one hand search to the next while hands are followed (each '
+              'followed hand is cropped where it was, and searched for at once when its hand '
+              'score fails); 1 = search every frame.', (1, 1000), None, True),
     ParamSpec('localizer.use_finder', True,
               "Fuse the model's learned hand finder (card section finder) with the geometric "
               'localiser; false: geometric localiser alone.'),
