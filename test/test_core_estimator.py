@@ -386,6 +386,11 @@ def test_tracker_follows_a_hand_and_searches_every_interval_or_when_it_is_lost()
     tracker.reset()
     tracker.estimate(depth, INTRINSICS)
     assert tracker.last_localized and localizer.calls == 6
+    tracker.estimate(depth, INTRINSICS)
+    assert not tracker.last_localized
+    # The view changes (most pixels move): searched again, though the hand score passes.
+    tracker.estimate(depth + 0.2, INTRINSICS)
+    assert tracker.last_localized and localizer.calls == 7
 
 
 def test_tracker_searches_every_frame_without_a_hand_score_or_when_the_hand_leaves():

@@ -37,6 +37,17 @@ DUPLICATE_DISTANCE_M = 0.05
 DEFAULT_MIN_HAND_SCORE = 0.2
 # Frames from one localisation to the next while HandTracker follows hands (node default).
 DEFAULT_REDETECT_INTERVAL = 3
+# A followed hand must keep at least this hand score, else the frame is searched again: a
+# crop left where a hand was (a scene cut, a hand that moved away fast) can still look
+# hand-like enough for the estimator's own, lower threshold.
+FOLLOW_MIN_SCORE = 0.5
+# HandTracker compares each frame with the last on a coarse grid (every SCENE_GRID_STRIDE-th
+# pixel): when more than SCENE_CHANGE_FRACTION of the pixels valid in both moved by more
+# than SCENE_CHANGE_M, the view changed (camera moved, a cut in a recording) and the frame
+# is searched again.
+SCENE_GRID_STRIDE = 8
+SCENE_CHANGE_M = 0.05
+SCENE_CHANGE_FRACTION = 0.3
 # With a hand score, the localiser's next-best candidate is scored too, so a true hand the
 # localiser ranked just below max_hands can take the place of a rejected false one.
 SPARE_CANDIDATES = 1
@@ -378,7 +389,9 @@ class HandTracker:
     crops each one at its last joint centroid moved on by its last frame-to-frame motion,
     then runs the estimator's usual re-centring passes and hand score on those crops
     (:meth:`HandPoseEstimator.estimate_near`). The localiser runs again, on the same frame,
-    when a followed hand fails its hand score or its centre leaves the image; and every
+    when a followed hand's hand score falls below ``FOLLOW_MIN_SCORE``, when its centre
+    leaves the image, when most of the view changed since the last frame (a moved camera, a
+    cut in a recording; see ``SCENE_CHANGE_FRACTION``); and every
     ``redetect_interval`` frames, so that a hand entering the view is found within that
     many frames and a crop that drifted onto something else is dropped. Without a hand
     score (a card without ``hand_score``, or an estimator without one) nothing tells a lost
@@ -415,13 +428,18 @@ class HandTracker:
         self._hands = []
         self._motion = []
         self._since_localized = 0
+        self._grid = None
 
     def estimate(self, depth, intrinsics):
         """Return the :class:`HandPose` list of the next frame of the stream."""
         estimator = self.estimator
         timings = dict.fromkeys(STAGES, 0.0)
         hands = None
-        if (self._hands and getattr(estimator, 'hand_score', None) is not None
+        grid = _coarse_depth_m(depth)
+        changed = self._grid is None or grid.shape != self._grid.shape or _scene_changed(
+            self._grid, grid)
+        self._grid = grid
+        if (self._hands and not changed and getattr(estimator, 'hand_score', None) is not None
                 and self._since_localized + 1 < self.redetect_interval):
             centers = [hand.keypoints_xyz.mean(axis=0) + motion
                        for hand, motion in zip(self._hands, self._motion)]
@@ -429,7 +447,9 @@ class HandTracker:
                 found = estimator.estimate_near(depth, intrinsics, centers,
                                                 [h.localizer_score for h in self._hands])
                 _add_timings(timings, estimator.last_timings)
-                hands = found if len(found) == len(self._hands) else None
+                kept = len(found) == len(self._hands) and all(
+                    hand.detection_score >= FOLLOW_MIN_SCORE for hand in found)
+                hands = found if kept else None
         self.last_localized = hands is None
         if hands is None:
             hands = estimator.estimate(depth, intrinsics)
@@ -443,6 +463,21 @@ class HandTracker:
         self._hands = hands
         self.last_timings = timings
         return hands
+
+
+def _coarse_depth_m(depth):
+    """Return every SCENE_GRID_STRIDE-th pixel of a depth image in metres (NaN invalid)."""
+    coarse = np.asarray(depth)[::SCENE_GRID_STRIDE, ::SCENE_GRID_STRIDE]
+    return depth_to_metres(coarse) if coarse.ndim == 2 and coarse.size else coarse
+
+
+def _scene_changed(before, after):
+    """Return whether more than SCENE_CHANGE_FRACTION of two coarse grids' pixels moved."""
+    with np.errstate(invalid='ignore'):
+        moved = np.abs(after - before) > SCENE_CHANGE_M
+        both = np.isfinite(before) & np.isfinite(after)
+    return bool(np.count_nonzero(moved & both) > SCENE_CHANGE_FRACTION * max(
+        np.count_nonzero(both), 1))
 
 
 def _inside(center_xyz, intrinsics):
