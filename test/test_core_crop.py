@@ -111,8 +111,8 @@ def test_bad_images_and_specs_raise():
     center = np.array([0.0, 0.0, 0.5])
     with pytest.raises(ValueError, match='2-D'):
         crop_depth(np.zeros((480, 640, 3), np.float32), INTRINSICS, center, SPEC)
-    with pytest.raises(ValueError, match='depth_to_metres'):
-        crop_depth(np.zeros((480, 640), np.uint16), INTRINSICS, center, SPEC)
+    with pytest.raises(ValueError, match='dtype'):
+        crop_depth(np.zeros((480, 640), np.int32), INTRINSICS, center, SPEC)
     with pytest.raises(ValueError, match='intrinsics'):
         crop_depth(np.zeros((240, 320), np.float32), INTRINSICS, center, SPEC)
     with pytest.raises(ValueError, match='cube_size_m'):
@@ -120,6 +120,24 @@ def test_bad_images_and_specs_raise():
     with pytest.raises(ValueError, match='interpolation'):
         CropSpec(96, (0.2, 0.2, 0.3), 'cubic')
     assert CropSpec.from_dict(SPEC.to_dict()) == SPEC
+
+
+@pytest.mark.parametrize('interpolation', ['nearest', 'bilinear'])
+def test_camera_images_crop_like_their_metre_conversion(interpolation):
+    from hand_pose_ros.core.camera import depth_to_metres
+
+    rng = np.random.default_rng(4)
+    millimetres = rng.integers(420, 580, size=(480, 640)).astype(np.uint16)
+    millimetres[rng.random((480, 640)) < 0.2] = 0   # holes
+    # The same image in float metres, its holes any of the invalid values.
+    raw = millimetres * np.float32(0.001)
+    raw[millimetres == 0] = rng.choice([np.nan, np.inf, -1.0, 0.0], size=(millimetres == 0).sum())
+    spec = CropSpec(96, (0.25, 0.25, 0.3), interpolation)
+    center = np.array([0.01, -0.02, 0.5])
+    expected = crop_depth(depth_to_metres(millimetres), INTRINSICS, center, spec).patch
+    for image in (millimetres, raw):
+        np.testing.assert_allclose(crop_depth(image, INTRINSICS, center, spec).patch,
+                                   expected, atol=1e-6)
 
 
 def test_crop_batch_matches_single_crops():

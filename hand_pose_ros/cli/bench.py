@@ -2,11 +2,13 @@
 ``hand_pose_bench``: per-stage latency of the whole per-frame path, per backend and model.
 
 Stages: decode image (message to numpy), localise, find (the learned hand finder's network,
-when the model has one), crop, infer, decode (joints back to the camera frame), filter
-(anatomy, gates, smoothing, tracking), publish (building and serialising every output
-message); "all but network" leaves out find and infer. Frames are a synthetic 640x480
-depth stream of one hand moving (30 Hz), run through a hand tracker like the node's (the
-localiser runs every ``--redetect-interval`` frames, and whenever the hand is lost).
+when the model has one), crop, infer, decode (joints back to the camera frame), other (the
+estimator's and the hand tracker's work between those: hand score, re-centring, the
+tracker's checks), filter (anatomy, gates, smoothing, tracking), publish (building and
+serialising every output message); "all but network" leaves out find and infer. Frames
+are a synthetic 640x480 depth stream of one hand moving (30 Hz), run through a hand tracker
+like the node's (the localiser runs every ``--redetect-interval`` frames, and whenever the
+hand is lost).
 ``--networks`` adds network-only latency of every architecture on ONNX Runtime vs eager
 PyTorch; with ``--device cuda``, on every GPU runtime this machine has
 (PyTorch FP32, FP16, FP16 with CUDA graphs; ONNX Runtime's CUDA provider and TensorRT when
@@ -27,7 +29,8 @@ import numpy as np
 from hand_pose_ros.core.crop import VIEW_SETS
 from hand_pose_ros.core.estimator import DEFAULT_REDETECT_INTERVAL
 
-STAGES = ('decode_image', 'localize', 'find', 'crop', 'infer', 'decode', 'filter', 'publish')
+STAGES = ('decode_image', 'localize', 'find', 'crop', 'infer', 'decode', 'other', 'filter',
+          'publish')
 # Stages that run a network: the pose network and the learned hand finder.
 NETWORK_STAGES = ('find', 'infer')
 # Stages that need ROS messages (rclpy and the message packages).
@@ -139,6 +142,8 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
         timings = tracker.last_timings
         for stage in ESTIMATOR_STAGES:
             samples[stage].append(timings[stage])
+        # The estimator's and the tracker's work between the stages they time.
+        samples['other'].append((t2 - t1) * 1e3 - sum(timings.values()))
         samples['filter'].append((t3 - t2) * 1e3)
         if ros:
             samples['decode_image'].append((t1 - t0) * 1e3)

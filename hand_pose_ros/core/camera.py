@@ -129,6 +129,24 @@ def uvd_from_xyz(xyz, intrinsics):
     return np.stack([u, v, z], axis=-1)
 
 
+def check_depth(depth):
+    """
+    Return a depth image as an array after checking its shape and type (values untouched).
+
+    :param depth: (H, W) uint16 millimetres or float32/float64 metres.
+    :raises ValueError: not 2-D, empty, or another dtype.
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f'depth image must be 2-D (H, W), got shape {depth.shape}')
+    if depth.size == 0:
+        raise ValueError('depth image is empty')
+    if depth.dtype not in (np.uint16, np.float32, np.float64):
+        raise ValueError(f'depth image dtype must be uint16 (mm) or float32 (m), '
+                         f'got {depth.dtype}')
+    return depth
+
+
 def depth_to_metres(depth):
     """
     Return a float32 metre view of a depth image; invalid pixels become NaN.
@@ -137,24 +155,18 @@ def depth_to_metres(depth):
         (NaN, inf, 0 or negative invalid).
     :return: (H, W) float32 metres, a new array.
     """
-    depth = np.asarray(depth)
-    if depth.ndim != 2:
-        raise ValueError(f'depth image must be 2-D (H, W), got shape {depth.shape}')
-    if depth.size == 0:
-        raise ValueError('depth image is empty')
+    depth = check_depth(depth)
     # Masked copies rather than boolean-index assignment: this runs on every frame.
     if depth.dtype == np.uint16:
         out = np.full(depth.shape, np.nan, dtype=np.float32)
         np.copyto(out, depth, where=depth != 0)
         out *= np.float32(0.001)
         return out
-    if depth.dtype in (np.float32, np.float64):
-        out = depth.astype(np.float32, copy=True)
-        valid = np.isfinite(out)
-        valid &= out > 0
-        np.copyto(out, np.float32(np.nan), where=~valid)
-        return out
-    raise ValueError(f'depth image dtype must be uint16 (mm) or float32 (m), got {depth.dtype}')
+    out = depth.astype(np.float32, copy=True)
+    valid = np.isfinite(out)
+    valid &= out > 0
+    np.copyto(out, np.float32(np.nan), where=~valid)
+    return out
 
 
 def depth_to_millimetres(depth_m):

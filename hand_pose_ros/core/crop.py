@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz, xyz_from_uvd
+from hand_pose_ros.core.camera import CameraIntrinsics, check_depth, uvd_from_xyz, xyz_from_uvd
 
 BACKGROUND_VALUE = 1.0
 INTERPOLATIONS = ('nearest', 'bilinear')
@@ -200,15 +200,10 @@ def make_transform(intrinsics, center_xyz, spec, rotation_rad=0.0):
                          input_size=spec.input_size)
 
 
-def _check_depth(depth_m, intrinsics):
-    depth_m = np.asarray(depth_m)
-    if depth_m.ndim != 2:
-        raise ValueError(f'depth image must be 2-D (H, W), got shape {depth_m.shape}')
-    if depth_m.dtype not in (np.float32, np.float64):
-        raise ValueError(f'crop_depth expects float metres (NaN invalid), got {depth_m.dtype}; '
-                         f'convert with camera.depth_to_metres')
-    intrinsics.check_image(depth_m)
-    return depth_m
+def _check_depth(depth, intrinsics):
+    depth = check_depth(depth)
+    intrinsics.check_image(depth)
+    return depth
 
 
 def _sample_nearest(depth_m, u, v):
@@ -249,7 +244,8 @@ def crop_depth(depth_m, intrinsics, center_xyz, spec, rotation_rad=0.0):
     """
     Crop and normalise the metric box around a hand centre.
 
-    :param depth_m: (H, W) float32 metres, NaN (or <= 0) invalid.
+    :param depth_m: (H, W) float metres (NaN, inf or <= 0 invalid), or the camera's uint16
+        millimetres (0 invalid): only the crop's samples are converted.
     :param intrinsics: :class:`CameraIntrinsics` matching the image size.
     :param center_xyz: (3,) hand centre, metres, camera optical frame.
     :param spec: :class:`CropSpec`.
@@ -271,6 +267,8 @@ def crop_depth(depth_m, intrinsics, center_xyz, spec, rotation_rad=0.0):
         uv = transform.uv_from_normalized(uv_norm)
         u, v = uv[..., 0], uv[..., 1]
     depth = _SAMPLERS[spec.interpolation](depth_m, u, v)
+    if depth_m.dtype == np.uint16:
+        depth = np.where(depth > 0, depth * 0.001, np.nan)
     with np.errstate(invalid='ignore'):
         normalized = (depth - transform.center_xyz[2]) / transform.half_depth_m
         inside = np.abs(normalized) <= 1.0
@@ -282,7 +280,7 @@ def crop_batch(depth_m, intrinsics, centers_xyz, spec):
     """
     Crop several hands of one image into a network batch.
 
-    :param depth_m: (H, W) float32 metres, NaN invalid.
+    :param depth_m: (H, W) depth image (see :func:`crop_depth`).
     :param intrinsics: :class:`CameraIntrinsics`.
     :param centers_xyz: (N, 3) hand centres, metres.
     :param spec: :class:`CropSpec`.

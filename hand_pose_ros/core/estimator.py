@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
+from hand_pose_ros.core.camera import CameraIntrinsics, check_depth, depth_to_metres
 from hand_pose_ros.core.crop import (
     batch_views, check_center, check_views, crop_batch, CropSpec, merge_views)
 from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig, logit, sigmoid
@@ -212,13 +212,14 @@ class HandPoseEstimator:
         :return: list of :class:`HandPose` (hand score, duplicates and ``max_hands`` applied).
         """
         start, timings = time.perf_counter(), self._new_timings()
-        depth_m = self._checked_depth(depth, intrinsics)
+        # The crops convert their own samples: no localiser needs the image in metres.
+        depth = self._checked_depth(depth, intrinsics, metres=False)
         centers_xyz = self._checked_centers(centers, intrinsics)
         if len(localizer_scores) != len(centers_xyz):
             raise ValueError(f'{len(localizer_scores)} localizer scores for '
                              f'{len(centers_xyz)} centres')
         timings['localize'] = (time.perf_counter() - start) * 1e3
-        return self._estimate_at(depth_m, intrinsics, centers_xyz,
+        return self._estimate_at(depth, intrinsics, centers_xyz,
                                  [float(score) for score in localizer_scores], timings,
                                  localised=True)
 
@@ -227,13 +228,14 @@ class HandPoseEstimator:
         return self.last_timings
 
     @staticmethod
-    def _checked_depth(depth, intrinsics):
+    def _checked_depth(depth, intrinsics, metres=True):
+        """Return the checked image, in float32 metres (NaN invalid) or as given."""
         if not isinstance(intrinsics, CameraIntrinsics):
             raise ValueError(f'intrinsics must be a CameraIntrinsics, '
                              f'got {type(intrinsics).__name__}')
-        depth_m = depth_to_metres(depth)
-        intrinsics.check_image(depth_m)
-        return depth_m
+        depth = depth_to_metres(depth) if metres else check_depth(depth)
+        intrinsics.check_image(depth)
+        return depth
 
     @staticmethod
     def _checked_centers(centers, intrinsics):
@@ -246,11 +248,13 @@ class HandPoseEstimator:
             check_center(center, intrinsics)
         return centers_xyz
 
-    def _estimate_at(self, depth_m, intrinsics, centers_xyz, localizer_scores, timings,
+    def _estimate_at(self, depth, intrinsics, centers_xyz, localizer_scores, timings,
                      localised):
         """
         Run the passes, the hand score and the views on hands at given centres.
 
+        :param depth: the checked image, in metres or as the camera gave it (the crops
+            take either).
         :param localised: the centres are rough (the localiser's or a tracker's): re-centre
             them (``refine_passes``) and judge each hand with the hand score; else they
             are the caller's centres, used as given.
@@ -269,7 +273,7 @@ class HandPoseEstimator:
                                     min(self.spec.cube_size_m[:2]) / 2.0)
                     for hand, old in zip(hands, centers_xyz)])
                 localizer_scores = [hand.localizer_score for hand in hands]
-            hands, centers_xyz, crops = self._infer(depth_m, intrinsics, centers_xyz,
+            hands, centers_xyz, crops = self._infer(depth, intrinsics, centers_xyz,
                                                     localizer_scores, timings)
             if not hands:
                 return []
@@ -328,7 +332,7 @@ class HandPoseEstimator:
         timings['decode'] += (time.perf_counter() - now) * 1e3
         return hands
 
-    def _infer(self, depth_m, intrinsics, centers_xyz, localizer_scores, timings):
+    def _infer(self, depth, intrinsics, centers_xyz, localizer_scores, timings):
         """
         Crop, infer and decode.
 
@@ -336,7 +340,7 @@ class HandPoseEstimator:
             confidences) of their crops), dropping hands with non-finite joints.
         """
         start = time.perf_counter()
-        batch, transforms = crop_batch(depth_m, intrinsics, centers_xyz.reshape(-1, 3),
+        batch, transforms = crop_batch(depth, intrinsics, centers_xyz.reshape(-1, 3),
                                        self.spec)
         timings['crop'] += (time.perf_counter() - start) * 1e3
 
