@@ -62,10 +62,11 @@ class Spinner:
     def close(self):
         self._running = False
         self._thread.join(timeout=5.0)
-        for node in self.nodes:
-            self.executor.remove_node(node)
-            node.destroy_node()
+        # spin_once hands callbacks to the executor's threads and returns: let those still
+        # running finish before their nodes are destroyed under them.
         self.executor.shutdown()
+        for node in self.nodes:
+            node.destroy_node()
 
 
 @pytest.fixture

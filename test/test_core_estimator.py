@@ -134,12 +134,18 @@ def test_empty_and_invalid_images_give_no_hands():
 @pytest.mark.parametrize('depth, message', [
     (np.zeros((480, 640), np.uint8), 'dtype'),
     (np.zeros((480, 640, 3), np.float32), '2-D'),
+    (np.zeros(640, np.float32), '2-D'),
     (np.zeros((0, 640), np.float32), 'empty'),
     (np.zeros((240, 320), np.float32), 'intrinsics'),
 ])
 def test_bad_images_raise(depth, message):
+    from hand_pose_ros.core import HandTracker
+
+    est = estimator(OracleBackend(np.zeros((2, 21, 3))))
     with pytest.raises(ValueError, match=message):
-        estimator(OracleBackend(np.zeros((2, 21, 3)))).estimate(depth, INTRINSICS)
+        est.estimate(depth, INTRINSICS)
+    with pytest.raises(ValueError, match=message):
+        HandTracker(est).estimate(depth, INTRINSICS)
 
 
 @pytest.mark.parametrize('centers, message', [

@@ -471,8 +471,7 @@ class HandTracker:
 
 def _coarse_depth_m(depth):
     """Return every SCENE_GRID_STRIDE-th pixel of a depth image in metres (NaN invalid)."""
-    coarse = np.asarray(depth)[::SCENE_GRID_STRIDE, ::SCENE_GRID_STRIDE]
-    return depth_to_metres(coarse) if coarse.ndim == 2 and coarse.size else coarse
+    return depth_to_metres(check_depth(depth)[::SCENE_GRID_STRIDE, ::SCENE_GRID_STRIDE])
 
 
 def _scene_changed(before, after):

@@ -84,11 +84,11 @@ def main(args=None):
     options = parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
     nodes = []
     code = 0
+    executor = MultiThreadedExecutor(num_threads=options.threads)
     try:
         # Command-line parameters come after the YAML so that they win, as with ros2 run.
         nodes = create_nodes(options.params_file or default_params_file(), options.synthetic,
                              options.namespace, extra_ros_args=ros_arguments(argv))
-        executor = MultiThreadedExecutor(num_threads=options.threads)
         for node in nodes:
             executor.add_node(node)
         executor.spin()
@@ -98,6 +98,8 @@ def main(args=None):
         print(f'hand_pose_pipeline: error: {error}', file=sys.stderr)
         code = 1
     finally:
+        # Callbacks still running in the executor's threads finish before their nodes go.
+        executor.shutdown()
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
