@@ -6,7 +6,8 @@ import pytest
 from hand_pose_ros.core.filters import (
     config_fields, config_from_dict, FilterConfig, HandFilter, Observation)
 from hand_pose_ros.core.filters.handedness import handedness_evidence
-from hand_pose_ros.core.kinematics import ANGLE_NAMES, hand_from_angles, REST_ANGLES_DEG
+from hand_pose_ros.core.kinematics import (
+    ANGLE_NAMES, hand_from_angles, joint_angles, REST_ANGLES_DEG)
 from hand_pose_ros.core.skeleton import FINGER_JOINTS
 
 PERIOD = 1 / 30.0
@@ -233,6 +234,23 @@ def test_a_coasting_hand_keeps_its_checked_pose_and_follows_config_changes():
     out = hand_filter.update(4 * PERIOD, [])[0]
     assert not out.repaired.any() and not out.valid[FINGER_JOINTS[2, 3]]
     np.testing.assert_array_equal(out.keypoints_xyz, hand)
+    # The checks' joint angles come with the output, but not with repaired keypoints.
+    assert first.joint_angles is None
+    np.testing.assert_allclose(out.joint_angles,
+                               joint_angles(out.keypoints_xyz, out.handedness), atol=1e-12)
+
+
+def test_tracked_hands_carry_the_joint_angles_of_their_keypoints():
+    _, outputs = _run(10)
+    for _, tracks in outputs:
+        hand = tracks[0]
+        np.testing.assert_allclose(hand.joint_angles,
+                                   joint_angles(hand.keypoints_xyz, hand.handedness),
+                                   atol=1e-12)
+    # Without the pose checks nothing measures them.
+    hand_filter = HandFilter(config_from_dict({'anatomy.enabled': False}))
+    assert hand_filter.update(0.0, [Observation(_pose() + [0.0, 0.0, 0.5])])[0] \
+        .joint_angles is None
 
 
 def test_association_gives_each_detection_the_nearest_free_track():

@@ -192,7 +192,12 @@ def joint_state_prefixes(hands):
 
 
 def joint_state(hands, header):
-    """Return a ``sensor_msgs/JointState`` of finger articulation angles (radians)."""
+    """
+    Return a ``sensor_msgs/JointState`` of finger articulation angles (radians).
+
+    A hand's ``joint_angles`` attribute, when it has one that is not None (the filter's
+    ``TrackedHand``), is used as is; the others' are computed from their keypoints.
+    """
     msg = JointState()
     msg.header = header
     hands = sorted_hands(hands)
@@ -201,9 +206,15 @@ def joint_state(hands, header):
     prefixes = joint_state_prefixes(hands)
     for hand in hands:
         msg.name.extend(prefixes[hand.hand_id] + name for name in ANGLE_NAMES)
-    angles = joint_angles(np.stack([np.asarray(hand.keypoints_xyz) for hand in hands]),
-                          [hand.handedness for hand in hands])
-    msg.position.extend(angles.ravel().tolist())
+    angles = [getattr(hand, 'joint_angles', None) for hand in hands]
+    missing = [i for i, value in enumerate(angles) if value is None]
+    if missing:
+        computed = joint_angles(
+            np.stack([np.asarray(hands[i].keypoints_xyz) for i in missing]),
+            [hands[i].handedness for i in missing])
+        for i, value in zip(missing, computed):
+            angles[i] = value
+    msg.position.extend(np.concatenate(angles).tolist())
     return msg
 
 

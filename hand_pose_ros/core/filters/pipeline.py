@@ -81,6 +81,9 @@ class TrackedHand:
     ``rejected`` marks observed joints that were not used as observed (anatomy or gates),
     ``repaired`` those moved by the anatomical repair, ``predicted_joints`` those filled by
     the motion model; ``predicted`` is True when the whole hand had no detection.
+    ``joint_angles`` holds the angles of ``keypoints_xyz`` (``kinematics.ANGLE_NAMES``
+    order, radians, for ``handedness``) when the pose checks measured them on exactly these
+    keypoints, else None.
     """
 
     hand_id: int
@@ -94,6 +97,7 @@ class TrackedHand:
     predicted_joints: np.ndarray
     rejected: np.ndarray
     repaired: np.ndarray
+    joint_angles: np.ndarray = None
 
 
 def _palm_of(points, mask):
@@ -110,7 +114,8 @@ class _PoseVerdict:
 
     ``pose``, ``label``, ``config`` and ``calibrated`` are what it was computed from; ``stats``
     the counts it adds; ``keypoints`` (repaired), ``valid``, ``repaired`` and ``downgraded``
-    (joints whose score takes ``repair_score_factor``) what it publishes.
+    (joints whose score takes ``repair_score_factor``) what it publishes; ``joint_angles``
+    those of ``keypoints`` (None when the repair moved them).
     """
 
     pose: np.ndarray
@@ -123,6 +128,7 @@ class _PoseVerdict:
     repaired: np.ndarray
     downgraded: np.ndarray
     flagged: bool
+    joint_angles: np.ndarray  # or None
 
     def matches(self, pose, label, config, calibrated):
         """Return whether this verdict was computed from these inputs."""
@@ -233,7 +239,7 @@ class _Track:
         decay = 1.0 - 0.5 * np.clip(gap / max(cfg.max_gap_s, 1e-9), 0.0, 1.0)
         self.scores = np.where(valid, self.accepted_scores * np.where(accepted, 1.0, decay), 0.0)
         stats['predicted_joints'] += int(np.count_nonzero(filled))
-        output, scores_out, valid, repaired, flagged = self._check_output(valid, stats)
+        output, scores_out, valid, repaired, flagged, angles = self._check_output(valid, stats)
         stats['invalid_joints'] += int(np.count_nonzero(~valid))
         if (cfg.anatomy.calibrate and not flagged and np.all(accepted)
                 and np.all(scores >= cfg.anatomy.calibration_min_score)):
@@ -242,7 +248,7 @@ class _Track:
             hand_id=self.hand_id, stamp_s=stamp_s, keypoints_xyz=output,
             scores=scores_out, valid=valid, handedness=self.handedness.label,
             handedness_confidence=self.handedness.confidence, predicted=detection is None,
-            predicted_joints=filled, rejected=rejected, repaired=repaired)
+            predicted_joints=filled, rejected=rejected, repaired=repaired, joint_angles=angles)
 
     def _calibrated(self):
         return self.calibration.lengths_m if self.config.anatomy.calibrate else None
@@ -265,18 +271,19 @@ class _Track:
         """
         Apply the pose checks and the configured action to the filtered output.
 
-        :return: (keypoints, scores, valid, repaired, flagged) to publish; the filter state
-            itself is not changed by a repair.
+        :return: (keypoints, scores, valid, repaired, flagged, joint angles of the keypoints
+            or None) to publish; the filter state itself is not changed by a repair.
         """
         output, scores = self.output.copy(), self.scores.copy()
         if not self.config.anatomy.enabled or not np.all(valid):
-            return output, scores, valid, np.zeros(NUM_JOINTS, bool), False
+            return output, scores, valid, np.zeros(NUM_JOINTS, bool), False, None
         verdict = self._pose_verdict(output)
         stats.update(verdict.stats)
         scores = np.where(verdict.downgraded,
                           scores * self.config.anatomy.repair_score_factor, scores)
+        angles = None if verdict.joint_angles is None else verdict.joint_angles.copy()
         return (verdict.keypoints.copy(), np.where(verdict.valid, scores, 0.0),
-                verdict.valid.copy(), verdict.repaired.copy(), verdict.flagged)
+                verdict.valid.copy(), verdict.repaired.copy(), verdict.flagged, angles)
 
     def _pose_verdict(self, output):
         """
@@ -318,7 +325,8 @@ class _Track:
         self._last_verdict = _PoseVerdict(
             pose=output, label=label, config=dataclasses.replace(cfg), calibrated=calibrated,
             stats=stats, keypoints=keypoints, valid=valid, repaired=repaired,
-            downgraded=downgraded, flagged=flagged)
+            downgraded=downgraded, flagged=flagged,
+            joint_angles=angles.joint_angles if keypoints is output else None)
         return self._last_verdict
 
     def _gate(self, stamp_s, keypoints, present, measurement_std, prediction, stats):
