@@ -171,7 +171,9 @@ def check_center(center_xyz, intrinsics):
     if center[2] < MIN_CENTER_DEPTH_M:
         raise ValueError(f'hand centre z={center[2]:.3f} m is behind or too close to the '
                          f'camera (minimum {MIN_CENTER_DEPTH_M} m)')
-    u, v, _ = uvd_from_xyz(center, intrinsics)
+    # uvd_from_xyz for one point, in plain floats: this runs several times per hand and frame.
+    x, y, z = center.tolist()
+    u, v = intrinsics.fx * x / z + intrinsics.cx, intrinsics.fy * y / z + intrinsics.cy
     if not (-0.5 <= u < intrinsics.width - 0.5 and -0.5 <= v < intrinsics.height - 0.5):
         raise ValueError(f'hand centre {center.tolist()} projects to pixel ({u:.1f}, {v:.1f}), '
                          f'outside the {intrinsics.width}x{intrinsics.height} image')
