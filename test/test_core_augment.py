@@ -8,7 +8,7 @@ import pytest
 
 from hand_pose_ros.core import augment
 from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
-from hand_pose_ros.core.crop import crop_depth, CropSpec
+from hand_pose_ros.core.crop import crop_color, crop_depth, CropSpec
 
 CAMERA = CameraIntrinsics(475.0, 475.0, 320.0, 240.0, 640, 480)
 SPEC = CropSpec(input_size=64, cube_size_m=(0.2, 0.2, 0.3))
@@ -43,9 +43,9 @@ def test_geometric_jitter_keeps_joints_on_their_depth():
                                  shift_px=4.0, depth_shift_m=0.01)
     checked = 0
     for _ in range(20):
-        patch, joints_out = augment.augment_crop(patch_ctx, joints_ctx, rng, config, SPEC,
-                                                 CONTEXT)
-        assert patch.shape == (64, 64) and patch.dtype == np.float32
+        patch, joints_out, color = augment.augment_crop(patch_ctx, joints_ctx, rng, config,
+                                                        SPEC, CONTEXT)
+        assert patch.shape == (64, 64) and patch.dtype == np.float32 and color is None
         for (col, row), z in zip(pixel_of(joints_out, 64), joints_out[:, 2]):
             if 0 <= col < 64 and 0 <= row < 64 and abs(z) < 1:
                 # Nearest-joint disks may overlap: the visible disk is at most as far.
@@ -129,8 +129,8 @@ def test_no_augment_is_identity_on_labels():
     rng = np.random.default_rng(8)
     depth, joints = marked_scene(rng)
     patch_ctx, joints_ctx = context_crop(depth, joints)
-    patch, joints_out = augment.augment_crop(patch_ctx, joints_ctx, rng, augment.NO_AUGMENT,
-                                             SPEC, CONTEXT)
+    patch, joints_out, _ = augment.augment_crop(patch_ctx, joints_ctx, rng,
+                                                augment.NO_AUGMENT, SPEC, CONTEXT)
     direct = crop_depth(depth, CAMERA, joints.mean(axis=0), SPEC)
     np.testing.assert_allclose(joints_out, direct.transform.normalized_from_xyz(joints),
                                atol=1e-9)
@@ -153,3 +153,62 @@ def test_context_spec():
     assert spec.cube_size_m == pytest.approx((0.3, 0.3, 0.45))
     with pytest.raises(ValueError, match='context factor'):
         augment.context_spec(SPEC, 0.5)
+
+
+def test_colour_crops_get_the_depth_crops_jitter():
+    rng = np.random.default_rng(8)
+    depth, joints = marked_scene(rng)
+    # A colour image that shows the depth: red = millimetres beyond 0.4 m, black where empty.
+    red = np.where(np.isfinite(depth), np.clip((depth - 0.4) * 1000.0, 1, 255), 0)
+    color = np.zeros((*depth.shape, 3), np.uint8)
+    color[..., 0] = red.astype(np.uint8)
+    center = joints.mean(axis=0)
+    spec = augment.context_spec(SPEC, CONTEXT)
+    context = crop_depth(depth, CAMERA, center, spec)
+    context_color = crop_color(color, context.transform)
+    assert context_color.shape == (spec.input_size, spec.input_size, 3)
+    config = dataclasses.replace(augment.NO_AUGMENT, rotation_deg=180.0, shift_px=4.0)
+    half_depth = context.transform.half_depth_m
+    for _ in range(10):
+        patch, _, crop = augment.augment_crop(context.patch, joints, rng, config, SPEC,
+                                              CONTEXT, context_color)
+        assert crop.shape == (3, 64, 64) and crop.dtype == np.float32
+        foreground = patch < 1.0
+        seen = 0.4 + crop[0] * 255.0 / 1000.0
+        shown = center[2] + patch * half_depth / CONTEXT
+        assert foreground.sum() > 300
+        assert np.mean(np.abs(seen - shown)[foreground] < 2e-3) > 0.98
+
+
+def test_colour_augmentation_stays_in_range_and_changes_the_colours():
+    rng = np.random.default_rng(9)
+    color = rng.uniform(0.2, 0.8, (3, 16, 16)).astype(np.float32)
+    changed = color.copy()
+    augment.augment_color(changed, rng, augment.AugmentConfig())
+    assert changed.min() >= 0.0 and changed.max() <= 1.0
+    assert not np.allclose(changed, color)
+    same = color.copy()
+    augment.augment_color(same, rng, augment.NO_AUGMENT)
+    np.testing.assert_array_equal(same, color)
+
+
+def test_colour_crop_takes_the_depth_crops_window():
+    depth = np.full((CAMERA.height, CAMERA.width), 0.5, np.float32)
+    rows, cols = np.mgrid[0:CAMERA.height, 0:CAMERA.width]
+    color = np.stack([cols % 256, rows % 256, np.full_like(rows, 7)], -1).astype(np.uint8)
+    # A centre near the top-left corner: part of the window lies outside the image.
+    center = np.array([-0.28, -0.2, 0.5])
+    result = crop_depth(depth, CAMERA, center, SPEC)
+    crop = crop_color(color, result.transform)
+    assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
+    inside = result.patch < 1.0
+    assert 0 < inside.mean() < 1
+    assert np.all(crop[~inside] == 0) and np.all(crop[inside, 2] == 7)
+    grid = (np.arange(64) + 0.5) / 64 * 2 - 1
+    uv = result.transform.uv_from_normalized(np.stack(np.meshgrid(grid, grid), -1))
+    np.testing.assert_array_equal(crop[inside, 0], np.floor(uv[inside, 0] + 0.5) % 256)
+    np.testing.assert_array_equal(crop[inside, 1], np.floor(uv[inside, 1] + 0.5) % 256)
+    with pytest.raises(ValueError, match='colour image'):
+        crop_color(color[:, :, :2], result.transform)
+    with pytest.raises(ValueError, match='colour image'):
+        crop_color(color[:100], result.transform)

@@ -232,6 +232,51 @@ def test_synthetic_source_with_a_render_worker(tmp_path):
         assert not any(np.array_equal(patch[8:24, 8:24], p[16:32, 16:32]) for p in patches)
 
 
+def test_colour_model_trains_on_registered_colour_crops(tmp_path):
+    config = tiny_config(
+        tmp_path, model='joint_groups_rgb', model_cfg={'width': 0.125, 'num_groups': 2},
+        data={'type': 'synthetic', 'camera': 'sr300',
+              'scene': {'distance_range_m': [0.3, 0.6]}},
+        eval_data=None, eval_frames=3, eval_seed=1000, render_workers=0, chunk_size=4,
+        pool_size=8, min_pool=4, steps=3, checkpoint_every=3)
+    metrics = training.Trainer(config, progress_stream=io.StringIO()).train()
+    assert 0 < metrics['mean_mm'] < 500
+    chunks = sorted((tmp_path / 'run' / 'pool').glob('chunk_*.npz'))
+    with np.load(chunks[0]) as chunk:
+        patches, colors = chunk['patches'], chunk['colors']
+    assert colors.shape == (4, 48, 48, 3) and colors.dtype == np.uint8
+    # The colour crop shows the depth crop's window: the hand and whatever is behind it are
+    # lit surfaces, pixels outside the image are black.
+    assert colors[patches < 1].max(axis=-1).min() > 0
+    with np.load(tmp_path / 'run' / 'eval_set.npz') as held_out:
+        held_out_colors = held_out['colors']
+    assert held_out_colors.shape == (3, 3, 32, 32)
+    assert 0 <= held_out_colors.min() and held_out_colors.max() <= 1
+    from hand_pose_ros.core import model_io
+    card_path = training.write_model(str(tmp_path / 'run' / 'checkpoint_best.pt'),
+                                     str(tmp_path / 'models'), 'rgb')
+    card = model_io.read_card(card_path)
+    assert set(card['inputs']) == {'color', 'depth'}
+    assert card['metrics']['mean_3d_error_mm'] == pytest.approx(metrics['mean_mm'], rel=1e-4)
+    assert set(card['files']) == {'rgb.safetensors', 'rgb.onnx'}
+
+
+def test_colour_crops_need_the_synthetic_engine_and_a_colour_pool(tmp_path):
+    config = tiny_config(tmp_path)
+    with pytest.raises(ValueError, match='colour'):
+        training.make_source(config.data, config.crop_spec, 0, color=True)
+    pool = training.CropPool(str(tmp_path), capacity=4, size=4)
+    with pytest.raises(ValueError, match='colour'):
+        pool.add(np.zeros((1, 4, 4)), np.zeros((1, 21, 3)), np.ones((1, 21), bool),
+                 np.zeros((1, 4, 4, 3), np.uint8))
+    colour_pool = training.CropPool(str(tmp_path), capacity=4, size=4, color=True)
+    training.save_chunk(str(tmp_path), 'chunk_a_000000.npz', {
+        'patches': np.zeros((2, 4, 4), np.float16), 'joints': np.zeros((2, 21, 3), np.float32),
+        'mask': np.ones((2, 21), bool)})
+    with pytest.raises(ValueError, match='no colour crops'):
+        colour_pool.refresh()
+
+
 def test_crop_pool_keeps_the_newest_crops_and_prunes_files(tmp_path):
     pool = training.CropPool(str(tmp_path), capacity=6, size=4)
     for index in range(4):

@@ -46,6 +46,10 @@ class AugmentConfig:
     :param edge_dropout_prob: probability of dropping pixels along depth edges.
     :param edge_threshold_mm: depth jump between neighbours that counts as an edge.
     :param edge_keep: (min, max) fraction of edge pixels kept when dropout applies.
+    :param brightness_range: (min, max) factor of every colour channel (colour crops only).
+    :param color_gain_range: (min, max) extra factor drawn per colour channel.
+    :param color_noise: maximum standard deviation of Gaussian colour noise (colour values
+        in [0, 1]; the per-sample sigma is uniform in [0, color_noise]).
     """
 
     rotation_deg: float = 180.0
@@ -61,6 +65,9 @@ class AugmentConfig:
     edge_dropout_prob: float = 0.5
     edge_threshold_mm: float = 20.0
     edge_keep: tuple = (0.3, 0.9)
+    brightness_range: tuple = (0.6, 1.4)
+    color_gain_range: tuple = (0.85, 1.15)
+    color_noise: float = 0.03
 
     def __post_init__(self):
         for item in fields(self):
@@ -87,7 +94,8 @@ class AugmentConfig:
 
 NO_AUGMENT = AugmentConfig(rotation_deg=0.0, scale_range=(1.0, 1.0), shift_px=0.0,
                            depth_shift_m=0.0, noise_mm=0.0, erase_prob=0.0, hole_prob=0.0,
-                           edge_dropout_prob=0.0)
+                           edge_dropout_prob=0.0, brightness_range=(1.0, 1.0),
+                           color_gain_range=(1.0, 1.0), color_noise=0.0)
 
 
 def context_spec(spec, context=1.5):
@@ -138,6 +146,17 @@ def _context_from_output(jitter, context):
     return matrix, np.asarray(jitter.shift_norm, dtype=np.float64) / context
 
 
+def _context_pixels(jitter, context, size_in, output_size):
+    """Return the (S, S) rows, cols and inside mask of the context pixel of each output pixel."""
+    matrix, offset = _context_from_output(jitter, context)
+    grid = (np.arange(output_size) + 0.5) / output_size * 2.0 - 1.0
+    n = np.stack(np.meshgrid(grid, grid, indexing='xy'), axis=-1)
+    index = np.floor(((n @ matrix.T + offset) + 1.0) / 2.0 * size_in).astype(np.int64)
+    inside = np.all((index >= 0) & (index < size_in), axis=-1)
+    index = np.clip(index, 0, size_in - 1)
+    return index[..., 1], index[..., 0], inside
+
+
 def resample_context(context_patch, context_joints, jitter, context, output_size):
     """
     Cut the jittered output crop out of a context crop.
@@ -152,22 +171,32 @@ def resample_context(context_patch, context_joints, jitter, context, output_size
     context_patch = np.asarray(context_patch)
     if context_patch.ndim != 2 or context_patch.shape[0] != context_patch.shape[1]:
         raise ValueError(f'context patch must be square (P, P), got {context_patch.shape}')
-    size_in = context_patch.shape[0]
-    matrix, offset = _context_from_output(jitter, context)
-    grid = (np.arange(output_size) + 0.5) / output_size * 2.0 - 1.0
-    n = np.stack(np.meshgrid(grid, grid, indexing='xy'), axis=-1)
-    c = n @ matrix.T + offset
-    index = np.floor((c + 1.0) / 2.0 * size_in).astype(np.int64)
-    inside = np.all((index >= 0) & (index < size_in), axis=-1)
-    index = np.clip(index, 0, size_in - 1)
-    values = context_patch[index[..., 1], index[..., 0]].astype(np.float64)
+    rows, cols, inside = _context_pixels(jitter, context, context_patch.shape[0], output_size)
+    values = context_patch[rows, cols].astype(np.float64)
     depth = (values * context - jitter.depth_shift_norm) / jitter.scale
     foreground = inside & (values < BACKGROUND_VALUE) & (np.abs(depth) <= 1.0)
     patch = np.where(foreground, depth, BACKGROUND_VALUE).astype(np.float32)
+    matrix, offset = _context_from_output(jitter, context)
     joints = np.asarray(context_joints, dtype=np.float64)
     uv = (joints[:, :2] - offset) @ np.linalg.inv(matrix).T
     z = (joints[:, 2] * context - jitter.depth_shift_norm) / jitter.scale
     return patch, np.concatenate([uv, z[:, None]], axis=1)
+
+
+def resample_color(context_color, jitter, context, output_size):
+    """
+    Cut the jittered output window out of a context colour crop (as :func:`resample_context`).
+
+    :param context_color: (P, P, 3) uint8 colour crop of the context window.
+    :return: (3, S, S) float32 colour in [0, 1], black outside the context crop.
+    """
+    context_color = np.asarray(context_color)
+    if context_color.ndim != 3 or context_color.shape[2] != 3 \
+            or context_color.shape[0] != context_color.shape[1]:
+        raise ValueError(f'context colour crop must be (P, P, 3), got {context_color.shape}')
+    rows, cols, inside = _context_pixels(jitter, context, context_color.shape[0], output_size)
+    color = np.where(inside[..., None], context_color[rows, cols], 0)
+    return np.ascontiguousarray(color.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
 def add_depth_noise(patch, rng, sigma_norm):
@@ -235,7 +264,22 @@ def augment_appearance(patch, rng, config, half_depth_m):
         add_depth_noise(patch, rng, rng.uniform(0.0, config.noise_mm) * 1e-3 / half_depth_m)
 
 
-def augment_crop(context_patch, context_joints, rng, config, spec, context):
+def augment_color(color, rng, config):
+    """
+    Apply the colour augmentations of ``config`` (brightness, channel gains, noise) in place.
+
+    :param color: (3, S, S) float32 colour in [0, 1].
+    """
+    gains = rng.uniform(*config.brightness_range) * rng.uniform(*config.color_gain_range, 3)
+    color *= gains.astype(np.float32)[:, None, None]
+    if config.color_noise:
+        sigma = rng.uniform(0.0, config.color_noise)
+        color += rng.normal(0.0, sigma, color.shape).astype(np.float32)
+    np.clip(color, 0.0, 1.0, out=color)
+
+
+def augment_crop(context_patch, context_joints, rng, config, spec, context,
+                 context_color=None):
     """
     Make one augmented training crop from a context crop.
 
@@ -245,10 +289,17 @@ def augment_crop(context_patch, context_joints, rng, config, spec, context):
     :param config: :class:`AugmentConfig`.
     :param spec: the model's :class:`CropSpec`.
     :param context: context factor.
-    :return: ((S, S) float32 patch, (21, 3) float64 normalised joints).
+    :param context_color: optional (P, P, 3) uint8 colour crop of the same window; it gets
+        the same geometric jitter and the colour augmentations.
+    :return: ((S, S) float32 patch, (21, 3) float64 normalised joints, (3, S, S) float32
+        colour in [0, 1] or None).
     """
     jitter = sample_jitter(rng, config, spec)
     patch, joints = resample_context(context_patch, context_joints, jitter, context,
                                      spec.input_size)
     augment_appearance(patch, rng, config, spec.cube_size_m[2] / 2.0)
-    return patch, joints
+    color = None
+    if context_color is not None:
+        color = resample_color(context_color, jitter, context, spec.input_size)
+        augment_color(color, rng, config)
+    return patch, joints, color

@@ -147,10 +147,13 @@ class CropResult:
 
     :param patch: (S, S) float32 normalised depth (see module docstring).
     :param transform: :class:`CropTransform`.
+    :param color: optional (S, S, 3) uint8 RGB crop of the same window
+        (:func:`crop_color`), for models that take colour.
     """
 
     patch: np.ndarray
     transform: CropTransform
+    color: np.ndarray = None
 
 
 def check_center(center_xyz, intrinsics):
@@ -208,13 +211,17 @@ def _check_depth(depth, intrinsics):
     return depth
 
 
-def _sample_nearest(depth_m, u, v):
-    height, width = depth_m.shape
+def _nearest_pixels(u, v, width, height):
+    """Return (rows, cols) of the pixels nearest to (u, v), clipped, and which are inside."""
     ui = np.floor(u + 0.5).astype(np.int64)
     vi = np.floor(v + 0.5).astype(np.int64)
     inside = (ui >= 0) & (ui < width) & (vi >= 0) & (vi < height)
-    values = depth_m[np.clip(vi, 0, height - 1), np.clip(ui, 0, width - 1)]
-    return np.where(inside, values, np.nan)
+    return np.clip(vi, 0, height - 1), np.clip(ui, 0, width - 1), inside
+
+
+def _sample_nearest(depth_m, u, v):
+    rows, cols, inside = _nearest_pixels(u, v, depth_m.shape[1], depth_m.shape[0])
+    return np.where(inside, depth_m[rows, cols], np.nan)
 
 
 def _sample_bilinear(depth_m, u, v):
@@ -276,6 +283,29 @@ def crop_depth(depth_m, intrinsics, center_xyz, spec, rotation_rad=0.0):
         inside = np.abs(normalized) <= 1.0
     patch = np.where(inside, normalized, BACKGROUND_VALUE).astype(np.float32)
     return CropResult(patch=patch, transform=transform)
+
+
+def crop_color(color, transform):
+    """
+    Crop the window of a depth crop out of the registered colour image.
+
+    :param color: (H, W, 3) uint8 RGB image of the same camera and size as the depth image
+        the crop was made from (e.g. a depth-aligned colour stream).
+    :param transform: the depth crop's :class:`CropTransform`.
+    :return: (S, S, 3) uint8 patch (nearest pixel; black outside the image).
+    :raises ValueError: when the image is not (H, W, 3) uint8 of the crop's camera.
+    """
+    color = np.asarray(color)
+    intrinsics = transform.intrinsics
+    if color.dtype != np.uint8 or color.shape != (intrinsics.height, intrinsics.width, 3):
+        raise ValueError(f'colour image must be ({intrinsics.height}, {intrinsics.width}, 3) '
+                         f'uint8 like the depth image, got {color.shape} {color.dtype}')
+    size = transform.input_size
+    grid = (np.arange(size, dtype=np.float64) + 0.5) / size * 2.0 - 1.0
+    uv = transform.uv_from_normalized(np.stack(np.meshgrid(grid, grid, indexing='xy'), -1))
+    rows, cols, inside = _nearest_pixels(uv[..., 0], uv[..., 1], intrinsics.width,
+                                         intrinsics.height)
+    return np.where(inside[..., None], color[rows, cols], 0).astype(np.uint8)
 
 
 def crop_batch(depth_m, intrinsics, centers_xyz, spec):

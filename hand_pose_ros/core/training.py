@@ -5,7 +5,9 @@ Data flow: a *source* (the synthetic engine, or a dataset reader) makes context 
 (:func:`hand_pose_ros.core.augment.context_spec`) around the oracle hand centre; render
 worker processes write them in chunks to ``<output_dir>/pool/``; the trainer keeps the
 newest ``pool_size`` of them in memory and draws every batch from that pool with fresh
-augmentation (:func:`hand_pose_ros.core.augment.augment_crop`). Rendering and training
+augmentation (:func:`hand_pose_ros.core.augment.augment_crop`). A network with a ``color``
+input (``joint_groups_rgb``) gets the colour crop of the same window with each depth crop,
+geometrically jittered alike; only the synthetic engine renders colour registered to depth. Rendering and training
 thus run at their own speeds: training never waits for the renderer, and a slow renderer
 only means each rendered crop is reused under more augmentations. The pool on disk also
 makes a resumed run start at once.
@@ -18,7 +20,7 @@ Checkpoints hold tensors and plain values only, so they load with
 ``torch.load(weights_only=True)``.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 import glob
 import json
 import logging
@@ -33,7 +35,8 @@ import numpy as np
 from hand_pose_ros.core import augment
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.config_io import dataclass_from_dict
-from hand_pose_ros.core.crop import crop_depth, CropSpec, CropTransform, make_transform
+from hand_pose_ros.core.crop import crop_color, crop_depth, CropSpec, CropTransform, \
+    make_transform
 
 LOG = logging.getLogger(__name__)
 
@@ -223,21 +226,28 @@ class SyntheticCrops:
     :param camera: camera preset of the simulated sensor.
     :param scene: options of the synthetic scene sampler.
     :param sensor: options of the simulated sensor.
+    :param color: also render and crop the colour image (``CropResult.color``).
     """
 
-    def __init__(self, spec, seed, camera='sr300', scene=None, sensor=None):
+    def __init__(self, spec, seed, camera='sr300', scene=None, sensor=None, color=False):
         from hand_pose_ros.core.synth.generator import SyntheticGenerator
         from hand_pose_ros.core.synth.scene import SceneConfig
         from hand_pose_ros.core.synth.sensor import SensorConfig
 
         self.spec = spec
+        self.color = bool(color)
         self.intrinsics = CameraIntrinsics.from_preset(camera)
         self.generator = SyntheticGenerator(
             self.intrinsics, scene=dataclass_from_dict(SceneConfig, scene),
             sensor=dataclass_from_dict(SensorConfig, sensor), seed=seed)
 
     def next_labelled(self):
-        """Return (depth_m, intrinsics, joints_xyz, mask, center) of one rendered window."""
+        """
+        Return (frame, intrinsics, joints_xyz, mask, center) of one rendered window.
+
+        ``frame`` is the window's synthetic ``Frame`` (``depth_m``; ``color`` when this
+        source renders colour).
+        """
         for _ in range(100):
             scene = self.generator.sample_scene()
             joints = np.asarray(scene.hands[0].keypoints_xyz, dtype=np.float64)
@@ -251,15 +261,18 @@ class SyntheticCrops:
             u0, v0 = int(math.floor(u_min)) - 1, int(math.floor(v_min)) - 1
             window = self.intrinsics.window(u0, v0, int(math.ceil(u_max)) + 2 - u0,
                                             int(math.ceil(v_max)) + 2 - v0)
-            frame = self.generator.render(scene, intrinsics=window)
-            return frame.depth_m, window, joints, mask, center
+            frame = self.generator.render(scene, intrinsics=window, color=self.color)
+            return frame, window, joints, mask, center
         raise ValueError('synthetic scenes keep placing the hand outside the image; '
                          'check the scene options')
 
     def next_crop(self):
         """Return (CropResult, normalised joints (21, 3), mask (21,), joints_xyz (21, 3))."""
-        depth_m, window, joints, mask, center = self.next_labelled()
-        result, joints_norm = crop_labelled(depth_m, window, joints, mask, self.spec, center)
+        frame, window, joints, mask, center = self.next_labelled()
+        result, joints_norm = crop_labelled(frame.depth_m, window, joints, mask, self.spec,
+                                            center)
+        if self.color:
+            result = replace(result, color=crop_color(frame.color, result.transform))
         return result, joints_norm, mask, joints
 
 
@@ -299,13 +312,21 @@ class DatasetCrops:
         raise ValueError('no frame of the dataset gives a valid crop')
 
 
-def make_source(data, spec, seed):
-    """Return the crop source described by a ``data`` dict (see :class:`TrainConfig`)."""
+def make_source(data, spec, seed, color=False):
+    """
+    Return the crop source described by a ``data`` dict (see :class:`TrainConfig`).
+
+    :param color: the crops must carry colour (models with a ``color`` input); only the
+        synthetic engine renders it.
+    """
     options = dict(data)
     kind = options.pop('type')
     seed = int(options.pop('seed', seed))
     if kind == 'synthetic' and 'root' not in options:
-        return SyntheticCrops(spec, seed, **options)
+        return SyntheticCrops(spec, seed, color=color, **options)
+    if color:
+        raise ValueError(f'a model with a colour input trains on synthetic data only (the '
+                         f'{kind!r} reader gives no colour registered to the depth)')
     return DatasetCrops(spec, seed, kind, **options)
 
 
@@ -313,17 +334,21 @@ def make_source(data, spec, seed):
 
 
 def render_chunk(source, count):
-    """Return a pool chunk dict of ``count`` context crops from ``source``."""
+    """Return a pool chunk dict of ``count`` context crops (with ``colors`` when in colour)."""
     size = source.spec.input_size
-    patches = np.empty((count, size, size), dtype=np.float16)
-    joints = np.empty((count, 21, 3), dtype=np.float32)
-    masks = np.empty((count, 21), dtype=bool)
+    chunk = {'patches': np.empty((count, size, size), dtype=np.float16),
+             'joints': np.empty((count, 21, 3), dtype=np.float32),
+             'mask': np.empty((count, 21), dtype=bool)}
+    if getattr(source, 'color', False):
+        chunk['colors'] = np.empty((count, size, size, 3), dtype=np.uint8)
     for i in range(count):
         result, joints_norm, mask, _ = source.next_crop()
-        patches[i] = result.patch
-        joints[i] = joints_norm
-        masks[i] = mask
-    return {'patches': patches, 'joints': joints, 'mask': masks}
+        chunk['patches'][i] = result.patch
+        chunk['joints'][i] = joints_norm
+        chunk['mask'][i] = mask
+        if 'colors' in chunk:
+            chunk['colors'][i] = result.color
+    return chunk
 
 
 def save_chunk(directory, name, chunk):
@@ -340,16 +365,18 @@ def next_chunk_index(directory, tag):
     return 1 + max([int(p.rsplit('_', 1)[1][:-4]) for p in existing], default=-1)
 
 
-def render_worker(data, spec_dict, seed, tag, directory, chunk_size, stop, allowed, rendered):
+def render_worker(data, spec_dict, seed, tag, directory, chunk_size, stop, allowed, rendered,
+                  color=False):
     """
     Render context-crop chunks into ``directory`` until ``stop`` is set (process target).
 
     :param tag: unique name part of this worker's files (``chunk_<tag>_<index>.npz``).
     :param allowed: shared counter of crops all workers may have rendered so far.
     :param rendered: shared counter of crops all workers have rendered (claimed).
+    :param color: render colour crops too (see :func:`make_source`).
     """
     spec = CropSpec.from_dict(spec_dict)
-    source = make_source(data, spec, seed)
+    source = make_source(data, spec, seed, color)
     index = next_chunk_index(directory, tag)
     parent = os.getppid()
     # A killed trainer cannot set ``stop``: also end when reparented.
@@ -375,14 +402,17 @@ class CropPool:
     :param directory: chunk folder.
     :param capacity: crops kept in memory (a ring buffer).
     :param size: context patch side.
+    :param color: the crops carry colour (chunks with ``colors``), for models with a
+        ``color`` input.
     """
 
-    def __init__(self, directory, capacity, size):
+    def __init__(self, directory, capacity, size, color=False):
         self.directory = directory
         self.capacity = capacity
         self.patches = np.empty((capacity, size, size), dtype=np.float16)
         self.joints = np.empty((capacity, 21, 3), dtype=np.float32)
         self.masks = np.empty((capacity, 21), dtype=bool)
+        self.colors = np.empty((capacity, size, size, 3), dtype=np.uint8) if color else None
         self.count = 0
         self._next = 0
         self._seen = set()
@@ -400,7 +430,11 @@ class CropPool:
         added = 0
         for path in new:
             with np.load(path) as chunk:
-                crops = self.add(chunk['patches'], chunk['joints'], chunk['mask'])
+                if self.colors is not None and 'colors' not in chunk.files:
+                    raise ValueError(f'{path} has no colour crops: it was rendered for a '
+                                     f'depth-only model (remove the pool folder)')
+                crops = self.add(chunk['patches'], chunk['joints'], chunk['mask'],
+                                 chunk['colors'] if self.colors is not None else None)
             self._loaded.append((path, crops))
             added += crops
         self._prune()
@@ -417,50 +451,73 @@ class CropPool:
             kept += crops
         self._loaded = newest[::-1]
 
-    def add(self, patches, joints, masks):
+    def add(self, patches, joints, masks, colors=None):
         """Append crops, overwriting the oldest when full; return how many were added."""
+        if (colors is None) != (self.colors is None):
+            raise ValueError('colour crops go to a colour pool, and only there')
         for i in range(len(masks)):
             self.patches[self._next] = patches[i]
             self.joints[self._next] = joints[i]
             self.masks[self._next] = masks[i]
+            if colors is not None:
+                self.colors[self._next] = colors[i]
             self._next = (self._next + 1) % self.capacity
             self.count = min(self.count + 1, self.capacity)
         return len(masks)
 
     def batch(self, rng, batch_size, config):
-        """Return an augmented batch: patches (B, 1, S, S), joints (B, 21, 3), valid (B, 21)."""
+        """
+        Return an augmented batch: inputs, joints (B, 21, 3), valid (B, 21).
+
+        ``inputs`` is {'depth': (B, 1, S, S)} plus 'color': (B, 3, S, S) from a colour pool.
+        """
         spec = config.crop_spec
         size = spec.input_size
-        patches = np.empty((batch_size, 1, size, size), dtype=np.float32)
+        inputs = {'depth': np.empty((batch_size, 1, size, size), dtype=np.float32)}
+        if self.colors is not None:
+            inputs['color'] = np.empty((batch_size, 3, size, size), dtype=np.float32)
         joints = np.empty((batch_size, 21, 3), dtype=np.float32)
         valid = np.empty((batch_size, 21), dtype=np.float32)
         for i, index in enumerate(rng.integers(0, self.count, batch_size)):
-            patch, joints_norm = augment.augment_crop(
+            patch, joints_norm, color = augment.augment_crop(
                 self.patches[index].astype(np.float32), self.joints[index], rng,
-                config.augment_config, spec, config.context)
-            patches[i, 0] = patch
+                config.augment_config, spec, config.context,
+                None if self.colors is None else self.colors[index])
+            inputs['depth'][i, 0] = patch
+            if color is not None:
+                inputs['color'][i] = color
             mask = self.masks[index] & np.all(np.isfinite(joints_norm), axis=-1)
             joints[i] = np.where(mask[:, None], joints_norm, 0.0)
             valid[i] = mask
-        return patches, joints, valid
+        return inputs, joints, valid
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
 def make_eval_set(source, count):
-    """Return a held-out set dict: crops, targets and crop geometry for metric errors."""
+    """
+    Return a held-out set dict: crops, targets and crop geometry for metric errors.
+
+    Colour crops (a source with ``color``) are kept as ``colors`` (N, 3, S, S) float32 in
+    [0, 1], the layout the networks take.
+    """
     size = source.spec.input_size
+    color = getattr(source, 'color', False)
     out = {'patches': np.empty((count, 1, size, size), dtype=np.float32),
            'joints_xyz': np.empty((count, 21, 3)), 'mask': np.empty((count, 21), dtype=bool),
            'center_xyz': np.empty((count, 3)), 'image_center_uv': np.empty((count, 2)),
            'linear': np.empty((count, 2, 2)), 'intrinsics': np.empty((count, 6)),
            'half_depth_m': np.empty(count)}
+    if color:
+        out['colors'] = np.empty((count, 3, size, size), dtype=np.float32)
     for i in range(count):
         result, _, mask, joints_xyz = source.next_crop()
         transform = result.transform
         intrinsics = transform.intrinsics
         out['patches'][i, 0] = result.patch
+        if color:
+            out['colors'][i] = result.color.transpose(2, 0, 1) / 255.0
         out['joints_xyz'][i] = joints_xyz
         out['mask'][i] = mask
         out['center_xyz'][i] = transform.center_xyz
@@ -483,6 +540,22 @@ def eval_transform(eval_set, index):
         input_size=eval_set['patches'].shape[-1])
 
 
+def run_model(model, inputs, device):
+    """
+    Run a network on a batch of numpy inputs; return its output dict.
+
+    :param inputs: {'depth': (B, 1, S, S), optionally 'color': (B, 3, S, S)} float32; the
+        model takes those its ``input_names`` name, in that order.
+    """
+    import torch
+
+    missing = [name for name in model.input_names if name not in inputs]
+    if missing:
+        raise ValueError(f'this network needs the inputs {list(model.input_names)}; the '
+                         f'crops lack {missing}')
+    return model(*[torch.from_numpy(inputs[name]).to(device) for name in model.input_names])
+
+
 def evaluate(model, eval_set, device, batch_size=64):
     """Return {'mean_mm', 'median_mm', 'per_joint_mm'} of a model on a held-out set."""
     import torch
@@ -490,10 +563,13 @@ def evaluate(model, eval_set, device, batch_size=64):
     was_training = model.training
     model.eval()
     predictions = []
+    inputs = {'depth': eval_set['patches']}
+    if 'colors' in eval_set:
+        inputs['color'] = eval_set['colors']
     with torch.no_grad():
         for start in range(0, len(eval_set['patches']), batch_size):
-            batch = torch.from_numpy(eval_set['patches'][start:start + batch_size]).to(device)
-            predictions.append(model(batch)['joints'].float().cpu().numpy())
+            batch = {name: array[start:start + batch_size] for name, array in inputs.items()}
+            predictions.append(run_model(model, batch, device)['joints'].float().cpu().numpy())
     model.train(was_training)
     predictions = np.concatenate(predictions)
     errors = np.full(eval_set['mask'].shape, np.nan)
@@ -696,7 +772,9 @@ class Trainer:
             self._initialise_from(config.init_from)
         self.progress = ProgressBar(config.steps, progress_stream)
         self.context_spec = augment.context_spec(config.crop_spec, config.context)
-        self.pool = CropPool(self.pool_dir, config.pool_size, self.context_spec.input_size)
+        self.color = 'color' in self.model.input_names
+        self.pool = CropPool(self.pool_dir, config.pool_size, self.context_spec.input_size,
+                             self.color)
         self._workers = []
         self._stop = None
         self.eval_set = self._load_eval_set()
@@ -766,13 +844,14 @@ class Trainer:
         if not self.config.eval_frames:
             return None
         data = self.config.held_out_data()
-        key = json.dumps([data, self.config.crop, self.config.eval_frames], sort_keys=True)
+        key = json.dumps([data, self.config.crop, self.config.eval_frames, self.color],
+                         sort_keys=True)
         path = os.path.join(self.output_dir, 'eval_set.npz')
         if os.path.isfile(path):
             with np.load(path) as stored:
                 if str(stored['key']) == key:
                     return {k: stored[k] for k in stored.files if k != 'key'}
-        source = make_source(data, self.config.crop_spec, self.config.eval_seed)
+        source = make_source(data, self.config.crop_spec, self.config.eval_seed, self.color)
         eval_set = make_eval_set(source, self.config.eval_frames)
         np.savez(path, key=key, **eval_set)
         return eval_set
@@ -785,7 +864,7 @@ class Trainer:
         if config.render_workers == 0:
             missing = config.pool_size - len(glob.glob(os.path.join(self.pool_dir, '*.npz'))) \
                 * config.chunk_size
-            source = make_source(config.data, self.context_spec, config.seed)
+            source = make_source(config.data, self.context_spec, config.seed, self.color)
             first = next_chunk_index(self.pool_dir, 'main')
             for index in range(first, first + max(0, math.ceil(missing / config.chunk_size))):
                 save_chunk(self.pool_dir, f'chunk_main_{index:06d}.npz',
@@ -803,7 +882,7 @@ class Trainer:
             process = context.Process(
                 target=render_worker, daemon=True,
                 args=(config.data, spec, seed, f's{self.step}w{worker}', self.pool_dir,
-                      config.chunk_size, self._stop, self._allowed, rendered))
+                      config.chunk_size, self._stop, self._allowed, rendered, self.color))
             process.start()
             self._workers.append(process)
         self.pool.refresh()
@@ -851,13 +930,13 @@ class Trainer:
                     self.pool.refresh()
                     self._allowed.value = config.min_pool + int(
                         (self.step - first_step + 20) * config.batch_size * config.fresh_ratio)
-                patches, joints, valid = self.pool.batch(self.rng, config.batch_size, config)
+                inputs, joints, valid = self.pool.batch(self.rng, config.batch_size, config)
                 lr = learning_rate(self.step, config)
                 for group in self.optimizer.param_groups:
                     group['lr'] = lr
                 if hasattr(self.model, 'set_step'):
                     self.model.set_step(self.step)
-                outputs = self.model(torch.from_numpy(patches).to(self.device))
+                outputs = run_model(self.model, inputs, self.device)
                 losses = self.model.loss(outputs, {
                     'joints': torch.from_numpy(joints).to(self.device),
                     'valid': torch.from_numpy(valid).to(self.device)})
@@ -998,26 +1077,27 @@ def benchmark(config, crops=32, steps=5):
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     spec = augment.context_spec(config.crop_spec, config.context)
-    source = make_source(config.data, spec, config.seed)
+    device = resolve_device(config.device)
+    model = build_training_model(config).to(device)
+    color = 'color' in model.input_names
+    source = make_source(config.data, spec, config.seed, color)
     source.next_crop()
     start = time.perf_counter()
     chunk = render_chunk(source, crops)
     render_s = time.perf_counter() - start
-    pool = CropPool(os.devnull, crops, spec.input_size)
-    pool.add(chunk['patches'], chunk['joints'], chunk['mask'])
+    pool = CropPool(os.devnull, crops, spec.input_size, color)
+    pool.add(chunk['patches'], chunk['joints'], chunk['mask'], chunk.get('colors'))
     rng = np.random.default_rng(config.seed)
     start = time.perf_counter()
     batches = [pool.batch(rng, config.batch_size, config) for _ in range(steps + 1)]
     augment_s = (time.perf_counter() - start) / len(batches)
-    device = resolve_device(config.device)
-    model = build_training_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    for index, (patches, joints, valid) in enumerate(batches):
+    for index, (inputs, joints, valid) in enumerate(batches):
         if index == 1:
             if device.type == 'cuda':
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        outputs = model(torch.from_numpy(patches).to(device))
+        outputs = run_model(model, inputs, device)
         loss = model.loss(outputs, {'joints': torch.from_numpy(joints).to(device),
                                     'valid': torch.from_numpy(valid).to(device)})['total']
         optimizer.zero_grad(set_to_none=True)
