@@ -7,9 +7,9 @@ worker processes write them in chunks to ``<output_dir>/pool/``; the trainer kee
 newest ``pool_size`` of them in memory and draws every batch from that pool with fresh
 augmentation (:func:`hand_pose_ros.core.augment.augment_crop`). A network with a ``color``
 input (``joint_groups_rgb``) gets the colour crop of the same window with each depth crop,
-geometrically jittered alike; only the synthetic engine renders colour registered to depth. Rendering and training
-thus run at their own speeds: training never waits for the renderer, and a slow renderer
-only means each rendered crop is reused under more augmentations. The pool on disk also
+geometrically jittered alike; only the synthetic engine renders colour registered to depth.
+Rendering and training thus run at their own speeds: training never waits for the renderer,
+and a slow renderer only means each rendered crop is reused under more augmentations. The pool on disk also
 makes a resumed run start at once.
 
 Every ``checkpoint_every`` steps the trainer evaluates on a held-out set (a different
