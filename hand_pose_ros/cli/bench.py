@@ -84,11 +84,15 @@ def synthetic_frames(count, seed, camera='sr300', ros=True):
     return [image_from_array(depth, '16UC1') for depth in depths], intrinsics
 
 
-def publish_outputs(tracks, header, serialize):
-    """Build and serialise every output message of one frame (what publishing costs)."""
+def publish_outputs(tracks, header, serialize, pool):
+    """
+    Build and serialise every output message of one frame (what publishing costs).
+
+    :param pool: the ``MessagePool`` kept from frame to frame, as ``hand_filter_node`` does.
+    """
     from hand_pose_ros.ros.messages import frame_outputs
 
-    return [serialize(msg) for msg in frame_outputs(tracks, header).values()
+    return [serialize(msg) for msg in frame_outputs(tracks, header, pool=pool).values()
             if msg is not None]
 
 
@@ -113,6 +117,9 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
         from std_msgs.msg import Header
 
         from hand_pose_ros.ros.conversions import depth_from_image
+        from hand_pose_ros.ros.messages import MessagePool
+
+        pool = MessagePool()
     estimator = load_estimator(model, backend=backend, max_hands=1, threads=threads,
                                use_finder=use_finder, device=device, views=views)
     tracker = HandTracker(estimator, redetect_interval)
@@ -133,7 +140,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
                                               for p in poses])
         t3 = time.perf_counter()
         if ros:
-            publish_outputs(tracks, header, serialize_message)
+            publish_outputs(tracks, header, serialize_message, pool)
         t4 = time.perf_counter()
         if index < warmup:
             continue

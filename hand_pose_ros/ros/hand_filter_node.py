@@ -19,7 +19,8 @@ from visualization_msgs.msg import MarkerArray
 from hand_pose_ros.core.filters import HandFilter, Observation
 from hand_pose_ros.core.filters.config import config_from_dict
 from hand_pose_ros.core.stats import LatencyWindow, RateMeter
-from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, visible_hands
+from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, MessagePool, \
+    visible_hands
 from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
                                           OUTPUT_QOS, run, stamp_ns, start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_FILTER_NODE_PARAMS
@@ -43,6 +44,8 @@ class HandFilterNode(Node):
                                           self._apply_parameters)
         self._filter = HandFilter(config_from_dict(group(self._values, 'filter')))
         self._marker_ids = set()
+        # Output message objects refilled frame after frame (see MessagePool).
+        self._pool = MessagePool()
         self._counts = {'received': 0, 'bad_input': 0}
         self._last_error = ''
         self._last_hands = 0
@@ -99,7 +102,7 @@ class HandFilterNode(Node):
         outputs = frame_outputs(tracks, header, self._values['output.tf_prefix'],
                                 self._marker_ids - ids,
                                 self._values['output.marker_lifetime_s'],
-                                self._values['output.publish_tf'], markers)
+                                self._values['output.publish_tf'], markers, self._pool)
         for name, msg in outputs.items():
             if msg is not None:
                 self._pubs[name].publish(msg)

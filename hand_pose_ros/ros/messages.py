@@ -4,6 +4,10 @@ Build and parse the package's output messages (standard types only).
 Hands passed in are objects with ``hand_id`` (int), ``keypoints_xyz`` (21, 3) metres in the
 camera optical frame, ``scores`` (21,), ``valid`` (21,) bool and ``handedness``
 ('left' | 'right' | 'unknown'). Hands are published in ascending ``hand_id`` order.
+
+The builders of per-joint messages take an optional :class:`MessagePool`: a publisher
+that builds every frame keeps one and gets each hand's message objects refilled instead of
+built again.
 """
 
 from builtin_interfaces.msg import Duration
@@ -46,6 +50,44 @@ _BONE_COLOR = FINGER_OF_JOINT[BONES[:, 1]].tolist()
 _BONE_LIST = BONES.tolist()
 
 
+def _color(rgba):
+    return ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3]))
+
+
+# Read-only message objects that every message of their kind shares.
+_KEYPOINT_FIELD_MSGS = tuple(PointField(name=name, offset=offset, datatype=datatype, count=1)
+                             for name, offset, datatype in _KEYPOINT_FIELDS)
+_FINGER_COLOR_MSGS = tuple(_color(rgba) for rgba in FINGER_COLORS)
+
+
+class MessagePool:
+    """
+    Per-hand message objects reused from one frame's messages to the next.
+
+    Building a Python message object costs far more than filling it: every constructor
+    builds its default sub-messages (a ``TransformStamped`` builds a header, a time stamp, a
+    transform, a vector and a quaternion), and one hand's poses, transforms and marker
+    points are about a hundred objects. The builders take each hand's objects from the pool
+    and refill them. A message built with a pool is therefore valid only until the next build
+    with the same pool: publish it first (rclpy serialises a message when it is published).
+    """
+
+    def __init__(self):
+        self._items = {}
+
+    def take(self, kind, hand_id, factory, count):
+        """Return ``count`` objects of one kind for one hand, made by ``factory`` once."""
+        items = self._items.get((kind, hand_id))
+        if items is None or len(items) < count:
+            items = [factory() for _ in range(count)]
+            self._items[(kind, hand_id)] = items
+        return items if len(items) == count else items[:count]
+
+    def keep_only(self, hand_ids):
+        """Drop the objects of hands not in ``hand_ids`` (a lost hand's id never returns)."""
+        self._items = {key: items for key, items in self._items.items() if key[1] in hand_ids}
+
+
 def sorted_hands(hands):
     """Return hands in the documented publishing order (ascending ``hand_id``)."""
     return sorted(hands, key=lambda hand: hand.hand_id)
@@ -67,8 +109,7 @@ def keypoint_cloud(hands, header):
     msg = PointCloud2()
     msg.header = header
     msg.height, msg.width = 1, len(points)
-    msg.fields = [PointField(name=name, offset=offset, datatype=datatype, count=1)
-                  for name, offset, datatype in _KEYPOINT_FIELDS]
+    msg.fields = list(_KEYPOINT_FIELD_MSGS)
     msg.is_bigendian = False
     msg.point_step = KEYPOINT_DTYPE.itemsize
     msg.row_step = msg.point_step * msg.width
@@ -130,9 +171,8 @@ def hands_from_cloud(msg):
     return hands
 
 
-def _pose(position, quaternion):
-    """Return a ``geometry_msgs/Pose`` from Python floats (x, y, z) and (x, y, z, w)."""
-    pose = Pose()
+def _set_pose(pose, position, quaternion):
+    """Fill a ``geometry_msgs/Pose`` from Python floats (x, y, z) and (x, y, z, w)."""
     position_msg, orientation = pose.position, pose.orientation
     position_msg.x, position_msg.y, position_msg.z = position
     orientation.x, orientation.y, orientation.z, orientation.w = quaternion
@@ -154,14 +194,18 @@ def hand_geometry(hands):
             for hand, origin, q in zip(hands, palm_center(keypoints), quaternions)}
 
 
-def joint_pose_array(hands, header, geometry=None):
+def joint_pose_array(hands, header, geometry=None, pool=None):
     """Return a ``geometry_msgs/PoseArray``: 21 poses per hand, orientation = bone frame."""
     geometry = geometry or hand_geometry(hands)
+    pool = MessagePool() if pool is None else pool
     msg = PoseArray()
     msg.header = header
+    poses = []
     for hand in sorted_hands(hands):
         quaternions = geometry[hand.hand_id][2].tolist()
-        msg.poses.extend(map(_pose, np.asarray(hand.keypoints_xyz).tolist(), quaternions))
+        poses += map(_set_pose, pool.take('pose', hand.hand_id, Pose, NUM_JOINTS),
+                     np.asarray(hand.keypoints_xyz).tolist(), quaternions)
+    msg.poses = poses
     return msg
 
 
@@ -170,7 +214,7 @@ def palm_pose(hand, header, geometry=None):
     origin, quaternion, _ = (geometry or hand_geometry([hand]))[hand.hand_id]
     msg = PoseStamped()
     msg.header = header
-    msg.pose = _pose(origin.tolist(), quaternion.tolist())
+    _set_pose(msg.pose, origin.tolist(), quaternion.tolist())
     return msg
 
 
@@ -224,38 +268,54 @@ def hand_frame_names(prefix, hand_id):
     return palm, [f'{palm}_{name}' for name in JOINT_NAMES]
 
 
-def tf_message(hands, header, prefix='', geometry=None):
+def tf_message(hands, header, prefix='', geometry=None, pool=None):
     """Return a ``tf2_msgs/TFMessage``: a palm frame and valid joint frames per hand."""
     geometry = geometry or hand_geometry(hands)
+    pool = MessagePool() if pool is None else pool
     msg = TFMessage()
+    transforms = []
     for hand in sorted_hands(hands):
         palm_name, joint_names = hand_frame_names(prefix, hand.hand_id)
         origin, palm_quaternion, quaternions = geometry[hand.hand_id]
         valid = np.flatnonzero(hand.valid)
-        children = [palm_name] + [joint_names[j] for j in valid]
+        # Object 0 is the palm's, 1 + j joint j's: each frame keeps its own object.
+        objects = pool.take('transform', hand.hand_id, TransformStamped, 1 + NUM_JOINTS)
+        frames = [(objects[0], palm_name)] + [(objects[1 + j], joint_names[j]) for j in valid]
         positions = [origin.tolist()] + np.asarray(hand.keypoints_xyz)[valid].tolist()
         rotations = [palm_quaternion.tolist()] + quaternions[valid].tolist()
-        for child, position, quaternion in zip(children, positions, rotations):
-            transform = TransformStamped()
+        for (transform, child), position, quaternion in zip(frames, positions, rotations):
             transform.header = header
             transform.child_frame_id = child
             t, r = transform.transform.translation, transform.transform.rotation
             t.x, t.y, t.z = position
             r.x, r.y, r.z, r.w = quaternion
-            msg.transforms.append(transform)
+            transforms.append(transform)
+    msg.transforms = transforms
     return msg
 
 
-def _color(rgba):
-    return ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3]))
+def _set_point(point, xyz):
+    """Fill a ``geometry_msgs/Point`` from Python floats (x, y, z)."""
+    point.x, point.y, point.z = xyz
+    return point
 
 
-def _point(xyz):
-    """Return a ``geometry_msgs/Point`` from Python floats (x, y, z)."""
-    return Point(x=xyz[0], y=xyz[1], z=xyz[2])
+def _hand_markers(hand_id):
+    """Return the (joints, bones, label) markers of a hand, their fixed fields set."""
+    ns = f'hand_{hand_id}'
+    joints = Marker(ns=ns, id=0, type=Marker.SPHERE_LIST, action=Marker.ADD)
+    joints.scale.x = joints.scale.y = joints.scale.z = 0.012
+    bones = Marker(ns=ns, id=1, type=Marker.LINE_LIST, action=Marker.ADD)
+    bones.scale.x = 0.006
+    label = Marker(ns=ns, id=2, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+    label.scale.z = 0.025
+    label.color = _color((1.0, 1.0, 1.0, 1.0))
+    for marker in (joints, bones, label):
+        marker.pose.orientation.w = 1.0
+    return [joints, bones, label]
 
 
-def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
+def marker_array(hands, header, lost_ids=(), lifetime_s=0.5, pool=None):
     """
     Return a ``visualization_msgs/MarkerArray`` of joints, bones and a label per hand.
 
@@ -263,38 +323,35 @@ def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
     Within the message, the markers share their header, lifetime, colour objects and the
     joint points of a hand (as the bones' end points).
     """
+    pool = MessagePool() if pool is None else pool
     lifetime = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1) * 1e9))
     msg = MarkerArray()
+    markers = []
     for hand_id in sorted(lost_ids):
-        msg.markers += [Marker(header=header, ns=f'hand_{hand_id}', id=marker_id,
-                               action=Marker.DELETE) for marker_id in range(3)]
-    colors = [_color(rgba) for rgba in FINGER_COLORS]
+        markers += [Marker(header=header, ns=f'hand_{hand_id}', id=marker_id,
+                           action=Marker.DELETE) for marker_id in range(3)]
+    colors = _FINGER_COLOR_MSGS
     for hand in sorted_hands(hands):
-        ns = f'hand_{hand.hand_id}'
         xyz, valid = np.asarray(hand.keypoints_xyz), np.asarray(hand.valid, bool).tolist()
-        points = [_point(p) for p in xyz.tolist()]
-        joints = Marker(header=header, ns=ns, id=0, type=Marker.SPHERE_LIST,
-                        action=Marker.ADD, lifetime=lifetime)
-        joints.pose.orientation.w = 1.0
-        joints.scale.x = joints.scale.y = joints.scale.z = 0.012
+        # Point NUM_JOINTS is the label's position.
+        points = list(map(_set_point, pool.take('point', hand.hand_id, Point, NUM_JOINTS + 1),
+                          xyz.tolist() + [(xyz[0] + (0.0, -0.03, 0.0)).tolist()]))
+        joints, bones, label = pool.take('markers', hand.hand_id,
+                                         lambda hand_id=hand.hand_id: _hand_markers(hand_id),
+                                         1)[0]
         joints.points = [points[j] for j in range(NUM_JOINTS) if valid[j]]
         joints.colors = [colors[_JOINT_COLOR[j]] for j in range(NUM_JOINTS) if valid[j]]
-        bones = Marker(header=header, ns=ns, id=1, type=Marker.LINE_LIST, action=Marker.ADD,
-                       lifetime=lifetime)
-        bones.pose.orientation.w = 1.0
-        bones.scale.x = 0.006
         drawn = [b for b, (parent, child) in enumerate(_BONE_LIST)
                  if valid[parent] and valid[child]]
         bones.points = [points[j] for b in drawn for j in _BONE_LIST[b]]
         bones.colors = [colors[_BONE_COLOR[b]] for b in drawn for _ in range(2)]
-        label = Marker(header=header, ns=ns, id=2, type=Marker.TEXT_VIEW_FACING,
-                       action=Marker.ADD, lifetime=lifetime,
-                       text=f'hand {hand.hand_id} ({hand.handedness})')
-        label.pose.position = _point((xyz[0] + np.array([0.0, -0.03, 0.0])).tolist())
-        label.pose.orientation.w = 1.0
-        label.scale.z = 0.025
-        label.color = _color((1.0, 1.0, 1.0, 1.0))
-        msg.markers += [joints, bones, label]
+        label.text = f'hand {hand.hand_id} ({hand.handedness})'
+        label.pose.position = points[NUM_JOINTS]
+        for marker in (joints, bones, label):
+            marker.header = header
+            marker.lifetime = lifetime
+        markers += [joints, bones, label]
+    msg.markers = markers
     return msg
 
 
@@ -305,7 +362,7 @@ def visible_hands(tracks):
 
 
 def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0.5,
-                  publish_tf=True, markers=True):
+                  publish_tf=True, markers=True, pool=None):
     """
     Build every output message of one frame.
 
@@ -314,16 +371,22 @@ def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0
     as lost, so its TF frames stop and its markers are deleted.
 
     :param markers: build the markers (False: None, e.g. while nobody displays them).
+    :param pool: :class:`MessagePool` kept from frame to frame (the messages are then valid
+        until the next call with it); None builds new messages.
     :return: {output name: message or None}: keypoints, joints, joint_states, palm, tf,
         markers.
     """
     hands = visible_hands(tracks)
     geometry = hand_geometry(hands)
+    pool = MessagePool() if pool is None else pool
+    pool.keep_only({hand.hand_id for hand in hands})
     return {
         'keypoints': keypoint_cloud(tracks, header),
-        'joints': joint_pose_array(hands, header, geometry),
+        'joints': joint_pose_array(hands, header, geometry, pool),
         'joint_states': joint_state(hands, header),
         'palm': palm_pose(hands[0], header, geometry) if hands else None,
-        'tf': tf_message(hands, header, tf_prefix, geometry) if hands and publish_tf else None,
-        'markers': marker_array(hands, header, lost_ids, marker_lifetime_s) if markers else None,
+        'tf': tf_message(hands, header, tf_prefix, geometry, pool)
+        if hands and publish_tf else None,
+        'markers': marker_array(hands, header, lost_ids, marker_lifetime_s, pool)
+        if markers else None,
     }
