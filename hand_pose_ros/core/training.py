@@ -5,12 +5,12 @@ Data flow: a *source* (the synthetic engine, or a dataset reader) makes context 
 (:func:`hand_pose_ros.core.augment.context_spec`) around the oracle hand centre; render
 worker processes write them in chunks to ``<output_dir>/pool/``; the trainer keeps the
 newest ``pool_size`` of them in memory and draws every batch from that pool with fresh
-augmentation (:func:`hand_pose_ros.core.augment.augment_crop`). A network with a ``color``
-input (``joint_groups_rgb``) gets the colour crop of the same window with each depth crop,
-geometrically jittered alike; only the synthetic engine renders colour registered to depth.
-Rendering and training thus run at their own speeds: training never waits for the renderer,
-and a slow renderer only means each rendered crop is reused under more augmentations. The pool on disk also
-makes a resumed run start at once.
+augmentation (:func:`hand_pose_ros.core.augment.augment_crop`). Rendering and training
+thus run at their own speeds: training never waits for the renderer, and a slow renderer
+only means each rendered crop is reused under more augmentations. The pool on disk also
+makes a resumed run start at once. A network with a ``color`` input (``joint_groups_rgb``)
+gets the colour crop of the same window with each depth crop, geometrically jittered alike;
+only the synthetic engine renders colour registered to depth.
 
 Every ``checkpoint_every`` steps the trainer evaluates on a held-out set (a different
 seed, crops around the oracle centre, no augmentation), writes ``checkpoint_last.pt``
