@@ -146,9 +146,8 @@ def _context_from_output(jitter, context):
     return matrix, np.asarray(jitter.shift_norm, dtype=np.float64) / context
 
 
-def _context_pixels(jitter, context, size_in, output_size):
+def _context_pixels(matrix, offset, size_in, output_size):
     """Return the (S, S) rows, cols and inside mask of the context pixel of each output pixel."""
-    matrix, offset = _context_from_output(jitter, context)
     grid = (np.arange(output_size) + 0.5) / output_size * 2.0 - 1.0
     n = np.stack(np.meshgrid(grid, grid, indexing='xy'), axis=-1)
     index = np.floor(((n @ matrix.T + offset) + 1.0) / 2.0 * size_in).astype(np.int64)
@@ -171,12 +170,12 @@ def resample_context(context_patch, context_joints, jitter, context, output_size
     context_patch = np.asarray(context_patch)
     if context_patch.ndim != 2 or context_patch.shape[0] != context_patch.shape[1]:
         raise ValueError(f'context patch must be square (P, P), got {context_patch.shape}')
-    rows, cols, inside = _context_pixels(jitter, context, context_patch.shape[0], output_size)
+    matrix, offset = _context_from_output(jitter, context)
+    rows, cols, inside = _context_pixels(matrix, offset, context_patch.shape[0], output_size)
     values = context_patch[rows, cols].astype(np.float64)
     depth = (values * context - jitter.depth_shift_norm) / jitter.scale
     foreground = inside & (values < BACKGROUND_VALUE) & (np.abs(depth) <= 1.0)
     patch = np.where(foreground, depth, BACKGROUND_VALUE).astype(np.float32)
-    matrix, offset = _context_from_output(jitter, context)
     joints = np.asarray(context_joints, dtype=np.float64)
     uv = (joints[:, :2] - offset) @ np.linalg.inv(matrix).T
     z = (joints[:, 2] * context - jitter.depth_shift_norm) / jitter.scale
@@ -194,7 +193,8 @@ def resample_color(context_color, jitter, context, output_size):
     if context_color.ndim != 3 or context_color.shape[2] != 3 \
             or context_color.shape[0] != context_color.shape[1]:
         raise ValueError(f'context colour crop must be (P, P, 3), got {context_color.shape}')
-    rows, cols, inside = _context_pixels(jitter, context, context_color.shape[0], output_size)
+    rows, cols, inside = _context_pixels(*_context_from_output(jitter, context),
+                                         context_color.shape[0], output_size)
     color = np.where(inside[..., None], context_color[rows, cols], 0)
     return np.ascontiguousarray(color.transpose(2, 0, 1), dtype=np.float32) / 255.0
 

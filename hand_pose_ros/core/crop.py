@@ -211,6 +211,18 @@ def _check_depth(depth, intrinsics):
     return depth
 
 
+def _pixel_centres(size):
+    """Return the (S,) normalised coordinates of a crop's pixel centres."""
+    return (np.arange(size, dtype=np.float64) + 0.5) / size * 2.0 - 1.0
+
+
+def _window_uv(transform):
+    """Return the (S, S) image coordinates u, v of every pixel centre of a crop."""
+    grid = _pixel_centres(transform.input_size)
+    uv = transform.uv_from_normalized(np.stack(np.meshgrid(grid, grid, indexing='xy'), -1))
+    return uv[..., 0], uv[..., 1]
+
+
 def _nearest_pixels(u, v, width, height):
     """Return (rows, cols) of the pixels nearest to (u, v), clipped, and which are inside."""
     ui = np.floor(u + 0.5).astype(np.int64)
@@ -265,16 +277,13 @@ def crop_depth(depth_m, intrinsics, center_xyz, spec, rotation_rad=0.0):
     """
     depth_m = _check_depth(depth_m, intrinsics)
     transform = make_transform(intrinsics, center_xyz, spec, rotation_rad)
-    size = spec.input_size
-    grid = (np.arange(size, dtype=np.float64) + 0.5) / size * 2.0 - 1.0
     if rotation_rad == 0.0:
         # Axis-aligned: a (1, S) row and an (S, 1) column of coordinates broadcast to the grid.
+        grid = _pixel_centres(spec.input_size)
         u = (transform.image_center_uv[0] + transform.linear[0, 0] * grid)[None, :]
         v = (transform.image_center_uv[1] + transform.linear[1, 1] * grid)[:, None]
     else:
-        uv_norm = np.stack(np.meshgrid(grid, grid, indexing='xy'), axis=-1)
-        uv = transform.uv_from_normalized(uv_norm)
-        u, v = uv[..., 0], uv[..., 1]
+        u, v = _window_uv(transform)
     depth = _SAMPLERS[spec.interpolation](depth_m, u, v)
     if depth_m.dtype == np.uint16:
         depth = np.where(depth > 0, depth * 0.001, np.nan)
@@ -300,10 +309,7 @@ def crop_color(color, transform):
     if color.dtype != np.uint8 or color.shape != (intrinsics.height, intrinsics.width, 3):
         raise ValueError(f'colour image must be ({intrinsics.height}, {intrinsics.width}, 3) '
                          f'uint8 like the depth image, got {color.shape} {color.dtype}')
-    size = transform.input_size
-    grid = (np.arange(size, dtype=np.float64) + 0.5) / size * 2.0 - 1.0
-    uv = transform.uv_from_normalized(np.stack(np.meshgrid(grid, grid, indexing='xy'), -1))
-    rows, cols, inside = _nearest_pixels(uv[..., 0], uv[..., 1], intrinsics.width,
+    rows, cols, inside = _nearest_pixels(*_window_uv(transform), intrinsics.width,
                                          intrinsics.height)
     return np.where(inside[..., None], color[rows, cols], 0).astype(np.uint8)
 

@@ -287,6 +287,8 @@ class DatasetCrops:
     :param options: reader options.
     """
 
+    color = False  # the readers give no colour registered to the depth
+
     def __init__(self, spec, seed, name, root, **options):
         from hand_pose_ros.core.datasets import open_dataset
 
@@ -339,7 +341,7 @@ def render_chunk(source, count):
     chunk = {'patches': np.empty((count, size, size), dtype=np.float16),
              'joints': np.empty((count, 21, 3), dtype=np.float32),
              'mask': np.empty((count, 21), dtype=bool)}
-    if getattr(source, 'color', False):
+    if source.color:
         chunk['colors'] = np.empty((count, size, size, 3), dtype=np.uint8)
     for i in range(count):
         result, joints_norm, mask, _ = source.next_crop()
@@ -503,7 +505,7 @@ def make_eval_set(source, count):
     [0, 1], the layout the networks take.
     """
     size = source.spec.input_size
-    color = getattr(source, 'color', False)
+    color = source.color
     out = {'patches': np.empty((count, 1, size, size), dtype=np.float32),
            'joints_xyz': np.empty((count, 21, 3)), 'mask': np.empty((count, 21), dtype=bool),
            'center_xyz': np.empty((count, 3)), 'image_center_uv': np.empty((count, 2)),
