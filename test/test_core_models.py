@@ -217,3 +217,41 @@ def test_grouped_models_expose_grouping_and_rgb_needs_depth():
     rgb_only = build_model('joint_groups_rgb', width=0.125, input_size=64, use_depth=False)
     assert rgb_only.input_names == ('color',)
     assert rgb_only.eval()(torch.rand(1, 3, 64, 64))['joints'].shape == (1, 21, 3)
+
+
+def test_widening_keeps_the_function_and_separates_the_copies():
+    from hand_pose_ros.core.models.widen import widen_state_dict
+    torch.manual_seed(0)
+    narrow = build_model('a2j', backbone='resnet18', width=0.125, input_size=32, head_channels=8)
+    for module in narrow.modules():  # non-trivial BatchNorm, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(module.weight, 1.0, 0.2)
+            torch.nn.init.normal_(module.bias, 0.0, 0.2)
+            torch.nn.init.normal_(module.running_mean, 0.0, 0.2)
+            torch.nn.init.uniform_(module.running_var, 0.5, 2.0)
+    wide = build_model('a2j', backbone='resnet18', width=0.25, input_size=32, head_channels=16)
+    wide.load_state_dict(widen_state_dict(narrow.state_dict(), wide.state_dict(),
+                                          generator=torch.Generator().manual_seed(1)))
+    narrow.eval()
+    wide.eval()
+    batch = torch.rand(4, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected, widened = narrow(batch), wide(batch)
+    for key in ('joints', 'confidence'):
+        torch.testing.assert_close(widened[key], expected[key], atol=1e-5, rtol=1e-4)
+    # The two copies of a hidden unit send different weights, so they will learn apart.
+    weight = wide.weight_head.body[1][0].weight[:8]
+    assert not torch.allclose(weight[:, :8], weight[:, 8:])
+    torch.testing.assert_close(weight[:, :8] + weight[:, 8:],
+                               narrow.weight_head.body[1][0].weight)
+
+
+def test_widening_refuses_shapes_that_do_not_grow_by_whole_factors():
+    from hand_pose_ros.core.models.widen import widen_state_dict
+    narrow = build_model('a2j', backbone='resnet18', width=0.25, input_size=32, head_channels=16)
+    odd = build_model('a2j', backbone='resnet18', width=0.25, input_size=32, head_channels=24)
+    with pytest.raises(ValueError, match='not by a whole factor'):
+        widen_state_dict(narrow.state_dict(), odd.state_dict())
+    deeper = build_model('a2j', backbone='resnet34', width=0.25, input_size=32, head_channels=16)
+    with pytest.raises(ValueError, match='different tensors'):
+        widen_state_dict(narrow.state_dict(), deeper.state_dict())

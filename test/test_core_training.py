@@ -172,12 +172,36 @@ def test_init_from_refuses_a_different_network_or_crop(tmp_path):
                                          str(tmp_path / 'models'), 'start', export_onnx=False))
     wider = tiny_config(tmp_path, 'wide', eval_frames=0, init_from=card_path,
                         model_cfg=dict(TINY_MODEL, head_channels=16))
-    with pytest.raises(ValueError, match='model_cfg'):
+    with pytest.raises(ValueError, match=r"model_cfg in \['head_channels'\]; set init_widen"):
         training.Trainer(wider)
     other_crop = tiny_config(tmp_path, 'crop', eval_frames=0, init_from=card_path,
                              crop={'input_size': 32, 'cube_size_m': [0.3, 0.3, 0.3]})
     with pytest.raises(ValueError, match='crop'):
         training.Trainer(other_crop)
+
+
+def test_init_widen_starts_a_wider_network_computing_the_same_joints(tmp_path):
+    from hand_pose_ros.core import model_io
+    training.train(tiny_config(tmp_path, steps=4, checkpoint_every=4, eval_frames=0),
+                   progress_stream=io.StringIO())
+    card_path = str(training.write_model(str(tmp_path / 'run' / 'checkpoint_last.pt'),
+                                         str(tmp_path / 'models'), 'start', export_onnx=False))
+    wide_cfg = dict(TINY_MODEL, width=0.25, head_channels=16)
+    wide = training.Trainer(tiny_config(tmp_path, 'wide', eval_frames=0, init_from=card_path,
+                                        init_widen=True, model_cfg=wide_cfg))
+    narrow, _ = model_io.load_model(card_path)
+    wide.model.eval()
+    batch = torch.rand(3, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected, widened = narrow(batch), wide.model(batch)
+    assert sum(p.numel() for p in wide.model.parameters()) > 2 * sum(
+        p.numel() for p in narrow.parameters())
+    torch.testing.assert_close(widened['joints'], expected['joints'], atol=1e-5, rtol=1e-4)
+    wide.train(stop_at=2)
+    with pytest.raises(ValueError, match='init_widen: cannot widen'):
+        training.Trainer(tiny_config(tmp_path, 'deeper', eval_frames=0, init_from=card_path,
+                                     init_widen=True,
+                                     model_cfg=dict(TINY_MODEL, backbone='resnet34')))
 
 
 @pytest.mark.parametrize('overrides, message', [

@@ -86,6 +86,9 @@ class TrainConfig:
     :param num_threads: torch CPU threads (0: torch default).
     :param init_from: model name or card path whose weights start a new run (fine-tuning;
         the network, its config and the crop must match); ignored when resuming.
+    :param init_widen: let ``init_from`` be a narrower model of the same network (a smaller
+        ``width`` or ``head_channels``, by whole factors; A2J only): the wider network
+        starts out computing the same function (see :mod:`hand_pose_ros.core.models.widen`).
     :param freeze_batchnorm: keep the BatchNorm layers in inference mode while training
         (their running statistics stay those of the start model; their scale and shift
         still learn): for fine-tuning on a small pool, whose statistics would otherwise
@@ -123,6 +126,7 @@ class TrainConfig:
     device: str = 'auto'
     num_threads: int = 0
     init_from: str = None
+    init_widen: bool = False
     freeze_batchnorm: bool = False
 
     def __post_init__(self):
@@ -818,16 +822,36 @@ class Trainer:
             if card[key] != value:
                 raise ValueError(f'cannot start from {card_path}: its {key} {card[key]!r} '
                                  f'differs from the config ({value!r})')
-        try:
-            self.model.load_state_dict(start_model.state_dict())
-        except RuntimeError as error:
+        differing = sorted(key for key in set(card['config']) | set(self.model.config)
+                           if card['config'].get(key) != self.model.config.get(key))
+        state = start_model.state_dict()
+        if self.config.init_widen:
+            state = self._widened(state, card_path, card['config'], differing)
+        elif differing:
             raise ValueError(f'cannot start from {card_path}: its network config differs '
-                             f'from model_cfg ({error})') from None
+                             f'from model_cfg in {differing}; set init_widen to start a '
+                             f'wider network from it')
+        self.model.load_state_dict(state)
         training = card.get('training') or {}
         self.start_model = {
             'model': str(model), 'weights_sha256': card['files'][card['weights']]['sha256'],
             'total_steps': int(training.get('total_steps', training.get('steps', 0)))}
         LOG.info('initialised the network from %s', card_path)
+
+    def _widened(self, state, card_path, narrow_config, differing):
+        import torch
+
+        from hand_pose_ros.core.models.widen import widen_state_dict, WIDENABLE
+
+        grown = {'width', 'head_channels'}
+        if self.config.model not in WIDENABLE or not set(differing) <= grown:
+            raise ValueError(f'init_widen: cannot widen {card_path} into this network: only '
+                             f'{sorted(grown)} of {list(WIDENABLE)} may differ, not '
+                             f'{sorted(set(differing) - grown) or [self.config.model]}')
+        LOG.info('widening %s: %s', card_path, ', '.join(
+            f'{key} {narrow_config[key]} -> {self.model.config[key]}' for key in differing))
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return widen_state_dict(state, self.model.state_dict(), generator=generator)
 
     def save_checkpoint(self, path):
         """Write the run state to ``path`` atomically."""
