@@ -2,7 +2,11 @@
 Launch the hand pose pipeline: estimator + filter (+ synthetic camera, + RViz).
 
 Example: ``ros2 launch hand_pose_ros pose.launch.py depth_topic:=/camera/depth/image_rect_raw
-camera_info_topic:=/camera/depth/camera_info``.
+camera_info_topic:=/camera/depth/camera_info``. A model with a colour input also reads
+``color_topic``, a colour image registered to the depth image (e.g. with a RealSense:
+``depth_topic:=/camera/aligned_depth_to_color/image_raw
+camera_info_topic:=/camera/aligned_depth_to_color/camera_info
+color_topic:=/camera/color/image_raw``).
 """
 
 import os
@@ -22,7 +26,8 @@ def generate_launch_description():
     namespace = LaunchConfiguration('namespace')
     synthetic = LaunchConfiguration('synthetic')
     camera_remaps = [('depth/image_raw', LaunchConfiguration('depth_topic')),
-                     ('depth/camera_info', LaunchConfiguration('camera_info_topic'))]
+                     ('depth/camera_info', LaunchConfiguration('camera_info_topic')),
+                     ('color/image_raw', LaunchConfiguration('color_topic'))]
     return LaunchDescription([
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'hand_pose.yaml'),
@@ -31,6 +36,9 @@ def generate_launch_description():
                               description='Depth image topic (16UC1 mm or 32FC1 m).'),
         DeclareLaunchArgument('camera_info_topic', default_value='depth/camera_info',
                               description='CameraInfo topic of the depth image.'),
+        DeclareLaunchArgument('color_topic', default_value='color/image_raw',
+                              description='Colour image registered to the depth image (read '
+                                          'only by models with a colour input).'),
         DeclareLaunchArgument('namespace', default_value='',
                               description='Namespace of all nodes.'),
         DeclareLaunchArgument('backend', default_value='auto',

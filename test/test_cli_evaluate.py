@@ -57,6 +57,28 @@ def test_model_evaluation_writes_json_and_curve(tmp_path):
         assert image.size == (640, 480)
 
 
+def test_an_rgb_network_is_evaluated_on_rendered_colour(tmp_path, capsys):
+    torch = pytest.importorskip('torch')
+    from hand_pose_ros.core.model_io import save_model
+    from hand_pose_ros.core.models import build_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model('joint_groups_rgb', width=0.125, input_size=64)
+    spec = CropSpec(input_size=64, cube_size_m=(0.2, 0.2, 0.3))
+    card = save_model(model, tmp_path, 'rgb', extra={'crop': spec.to_dict()})
+    out = tmp_path / 'eval.json'
+    for center in ('oracle', 'detect'):
+        assert main(['--dataset', 'synthetic', '--model', str(card), '--backend', 'torch',
+                     '--center', center, '--frames', '2', '--json', str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result['frames'] == 2 and result['center_mode'] == center
+    assert 0.0 < result['mean_mm'] < 250.0 or result['detection_rate'] == 0.0
+    assert main(['--dataset', 'icvl', '--root', str(tmp_path), '--model', str(card),
+                 '--backend', 'torch']) != 0
+    assert "the 'icvl' reader gives no colour" in capsys.readouterr().err
+
+
 def test_icvl_folder_uses_the_joints_the_dataset_labels(tmp_path):
     from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
 

@@ -448,3 +448,85 @@ def test_tracker_is_as_accurate_as_searching_every_frame_on_a_moving_hand():
     assert searched <= 0.4 * len(frames)
     assert len(errors['tracked']) >= len(errors['searched']) >= 0.8 * len(frames)
     assert np.mean(errors['tracked']) <= np.mean(errors['searched']) + 0.002
+
+
+def red_dot_network(batch):
+    """Put every joint on the red pixels' centroid in each colour crop, at the crop's depth."""
+    color = batch['color']
+    assert batch['depth'].shape == (len(color), 1, *color.shape[2:])
+    size = color.shape[-1]
+    red = (color[:, 0] - color[:, 1]) > 0.5
+    rows, cols = np.mgrid[0:size, 0:size]
+    uv = np.stack([(cols * red).sum(axis=(1, 2)), (rows * red).sum(axis=(1, 2))], axis=1)
+    uv = (uv / red.sum(axis=(1, 2))[:, None] + 0.5) / size * 2.0 - 1.0
+    joints = np.concatenate([uv, np.zeros((len(color), 1))], axis=1)
+    return {'joints': np.repeat(joints[:, None].astype(np.float32), 21, axis=1),
+            'confidence': np.full((len(color), 21), 0.5, np.float32)}
+
+
+def test_colour_networks_see_the_colour_window_of_each_depth_crop():
+    from hand_pose_ros.core import HandTracker
+    from hand_pose_ros.core.camera import uvd_from_xyz
+
+    dot_xyz = CENTER + [0.02, 0.03, 0.0]
+    u, v, _ = uvd_from_xyz(dot_xyz, INTRINSICS)
+    color = np.full((INTRINSICS.height, INTRINSICS.width, 3), 90, np.uint8)
+    # A dot of 9x9 pixels: crops sample the image about every 3 pixels.
+    color[int(round(v)) - 4:int(round(v)) + 5, int(round(u)) - 4:int(round(u)) + 5] = (255, 0, 0)
+    pixel_m = CENTER[2] / INTRINSICS.fx
+    for views in (1, 4):
+        est = HandPoseEstimator(DepthHandLocalizer(), SPEC, red_dot_network, views=views,
+                                input_names=('depth', 'color'))
+        for hands in (est.estimate(hand_scene(), INTRINSICS, centers=[CENTER], color=color),
+                      est.estimate(hand_scene(), INTRINSICS, color=color)):
+            assert len(hands) == 1
+            found = uvd_from_xyz(hands[0].keypoints_xyz[0], INTRINSICS)[:2]
+            # Within the crop's pixel size (about 2 image pixels) of the dot.
+            assert np.all(np.abs(found - [round(u), round(v)]) < 2.5), found
+    # The tracker's followed frames crop the colour image too.
+    est.hand_score = HandScore(bias=5.0, localizer_weight=0.0, joint_weight=0.0)
+    tracker = HandTracker(est, redetect_interval=3)
+    for localized in (True, False):
+        hands = tracker.estimate(hand_scene(), INTRINSICS, color=color)
+        assert tracker.last_localized == localized and len(hands) == 1
+        assert np.abs(hands[0].keypoints_xyz[0, :2] - dot_xyz[:2]).max() < 2.5 * pixel_m
+
+
+def test_colour_networks_need_a_registered_colour_image():
+    est = HandPoseEstimator(DepthHandLocalizer(), SPEC, red_dot_network,
+                            input_names=('depth', 'color'))
+    with pytest.raises(ValueError, match='takes a colour image'):
+        est.estimate(hand_scene(), INTRINSICS)
+    for bad in (np.zeros((INTRINSICS.height, INTRINSICS.width, 3), np.float32),
+                np.zeros((240, 320, 3), np.uint8),
+                np.zeros((INTRINSICS.height, INTRINSICS.width), np.uint8)):
+        with pytest.raises(ValueError, match=r'colour image must be \(480, 640, 3\) uint8'):
+            est.estimate(hand_scene(), INTRINSICS, color=bad)
+    with pytest.raises(ValueError, match='input_names must name some of'):
+        HandPoseEstimator(DepthHandLocalizer(), SPEC, red_dot_network, input_names=('ir',))
+    # A depth network leaves a colour image aside.
+    backend = OracleBackend([np.zeros((21, 3))])
+    hands = estimator(backend).estimate(hand_scene(), INTRINSICS, centers=[CENTER],
+                                        color=np.zeros((2, 2), np.uint8))
+    assert len(hands) == 1 and isinstance(backend.batches[0], np.ndarray)
+
+
+def test_load_estimator_runs_an_rgb_card(tmp_path):
+    torch = pytest.importorskip('torch')
+    from hand_pose_ros.core import export
+    from hand_pose_ros.core.model_io import save_model
+    from hand_pose_ros.core.models import build_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = build_model('joint_groups_rgb', width=0.125, input_size=64).eval()
+    card = save_model(model, tmp_path, 'rgb', extra={'crop': SPEC.to_dict()})
+    export.export_card(card)
+    color = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for backend in ('onnxruntime', 'torch'):
+        est = load_estimator(str(card), backend=backend, device='cpu', threads=1, views=2)
+        assert est.input_names == ('color', 'depth')
+        hands = est.estimate(hand_scene(), INTRINSICS, centers=[CENTER], color=color)
+        assert len(hands) == 1 and np.all(np.isfinite(hands[0].keypoints_xyz))
+        with pytest.raises(ValueError, match='takes a colour image'):
+            est.estimate(hand_scene(), INTRINSICS, centers=[CENTER])

@@ -148,3 +148,59 @@ def test_parameters_dynamic_readonly_and_range(node_and_camera):
         result = node.set_parameters([Parameter(name, value=value)])[0]
         assert not result.successful, name
     assert node._estimator.localizer.config.max_depth_m == 1.2
+
+
+@pytest.fixture(scope='module')
+def rgb_model_card(tmp_path_factory):
+    """Return an untrained, exported RGB joint-groups network (for the colour plumbing)."""
+    torch = pytest.importorskip('torch')
+    from hand_pose_ros.core import export, model_io
+    from hand_pose_ros.core.crop import CropSpec
+    from hand_pose_ros.core.models import build_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = build_model('joint_groups_rgb', width=0.125, input_size=64).eval()
+    spec = CropSpec(input_size=64, cube_size_m=(0.2, 0.2, 0.3))
+    card = model_io.save_model(model, tmp_path_factory.mktemp('rgb_model'), 'rgb',
+                               extra={'crop': spec.to_dict()})
+    export.export_card(card)
+    return card
+
+
+def test_a_colour_model_pairs_each_depth_frame_with_its_colour_image(spinner, rgb_model_card):
+    frame = SyntheticGenerator(CAMERA, seed=12).sample_frame(color=True)
+    estimator = load_estimator(str(rgb_model_card), backend='onnxruntime', max_hands=1)
+    node = spinner.add(HandPoseNode(estimator=estimator, context=spinner.context))
+    camera = Camera(spinner, qos_profile_sensor_data)
+    color_pub = camera.node.create_publisher(Image, 'color/image_raw',
+                                             qos_profile_sensor_data)
+    assert spinner.wait_for(lambda: color_pub.get_subscription_count() > 0, 10)
+    depth = image_from_array(frame.depth_mm, '16UC1')
+
+    def send_color(pixels, encoding, stamp_s):
+        color_pub.publish(image_from_array(pixels, encoding, header(stamp_s)))
+        # Received (the node pairs it with a depth frame of the same stamp).
+        assert spinner.wait_for(lambda: node._colors.match(round(stamp_s * 1e9))[1], 10)
+
+    send_color(frame.color, 'rgb8', 1.0)
+    hands = hands_from_cloud(camera.send_and_wait(depth, 1.0))
+    assert len(hands) == 1 and np.all(np.isfinite(hands[0]['keypoints_xyz']))
+    # BGR images are turned to RGB: the same pixels give the same joints.
+    send_color(np.ascontiguousarray(frame.color[..., ::-1]), 'bgr8', 2.0)
+    again = hands_from_cloud(camera.send_and_wait(depth, 2.0))
+    np.testing.assert_allclose(again[0]['keypoints_xyz'], hands[0]['keypoints_xyz'],
+                               atol=1e-6)
+
+    # No colour image of the frame's stamp: skipped with a warning, nothing is published.
+    camera.send(depth, 3.0)
+    assert spinner.wait_for(lambda: node._counts['no_color'] == 1, 10)
+    # A colour image of another size is bad input; the next good pair is processed.
+    send_color(np.zeros((240, 320, 3), np.uint8), 'rgb8', 4.0)
+    camera.send(depth, 4.0)
+    assert spinner.wait_for(lambda: node._counts['bad_input'] == 1, 10)
+    send_color(frame.color, 'rgb8', 5.0)
+    assert len(hands_from_cloud(camera.send_and_wait(depth, 5.0))) == 1
+    assert node._counts['processed'] == 3
+    values = {kv.key: kv.value for kv in node.status().values}
+    assert values['no color'] == '1'

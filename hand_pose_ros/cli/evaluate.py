@@ -133,21 +133,25 @@ def run(args):
     estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands,
                                min_hand_score=args.min_hand_score,
                                use_finder=not args.no_finder, views=args.views)
-    views = estimator.views
+    views, color = estimator.views, 'color' in estimator.input_names
     if args.redetect_interval != 1:
         estimator = HandTracker(estimator, args.redetect_interval)
-    result = evaluation.evaluate_estimator(estimator, frames_of(args), args.center,
+    result = evaluation.evaluate_estimator(estimator, frames_of(args, color), args.center,
                                            match_radius_m=radius_m)
     return {**source, 'evaluated': 'estimator', 'model': args.model, 'backend': args.backend,
             'finder': not args.no_finder, 'views': views,
             'redetect_interval': args.redetect_interval, **result}
 
 
-def frames_of(args):
-    """Return the labelled frames the arguments name (a new iterable on each call)."""
+def frames_of(args, color=False):
+    """
+    Return the labelled frames the arguments name (a new iterable on each call).
+
+    :param color: with colour images, for a network with a colour input.
+    """
     return evaluation.labelled_frames(args.dataset, args.root, args.frames, seed=args.seed,
                                       camera=args.camera, scene=args.scene,
-                                      reader_options=parse_options(args.option))
+                                      reader_options=parse_options(args.option), color=color)
 
 
 def model_localizer(args):
@@ -192,7 +196,9 @@ def fit_hand_score(args, radius_m):
                                max_hands=args.max_hands + SPARE_CANDIDATES, min_hand_score=0.0,
                                use_finder=not args.no_finder, views=1)
     estimator.hand_score = None
-    score, counts = evaluation.fit_hand_score(estimator, frames_of(args), radius_m)
+    score, counts = evaluation.fit_hand_score(estimator,
+                                              frames_of(args, 'color' in estimator.input_names),
+                                              radius_m)
     card = model_io.read_card(card_path)
     card['hand_score'] = {**dataclasses.asdict(score), 'fitted_on': {**fitted_on, **counts}}
     model_io.write_card(card_path, card)

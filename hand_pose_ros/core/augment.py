@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from hand_pose_ros.core.config_io import dataclass_from_dict
-from hand_pose_ros.core.crop import BACKGROUND_VALUE, CropSpec
+from hand_pose_ros.core.crop import BACKGROUND_VALUE, color_input, CropSpec
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,7 @@ def resample_color(context_color, jitter, context, output_size):
         raise ValueError(f'context colour crop must be (P, P, 3), got {context_color.shape}')
     rows, cols, inside = _context_pixels(*_context_from_output(jitter, context),
                                          context_color.shape[0], output_size)
-    color = np.where(inside[..., None], context_color[rows, cols], 0)
-    return np.ascontiguousarray(color.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    return color_input(np.where(inside[..., None], context_color[rows, cols], 0))
 
 
 def add_depth_noise(patch, rng, sigma_norm):

@@ -337,6 +337,28 @@ def crop_batch(depth_m, intrinsics, centers_xyz, spec):
     return batch, transforms
 
 
+def color_input(patches):
+    """
+    Return colour crops in the layout colour networks take.
+
+    :param patches: (..., S, S, 3) uint8 RGB crops (from :func:`crop_color`).
+    :return: (..., 3, S, S) float32 RGB in [0, 1].
+    """
+    patches = np.asarray(patches)
+    return np.ascontiguousarray(np.moveaxis(patches, -1, -3), dtype=np.float32) / 255.0
+
+
+def color_batch(color, transforms):
+    """
+    Cut the windows of a :func:`crop_batch` out of the registered colour image.
+
+    :param color: (H, W, 3) uint8 RGB image (see :func:`crop_color`).
+    :param transforms: the depth crops' :class:`CropTransform` list.
+    :return: (N, 3, S, S) float32 network input (see :func:`color_input`).
+    """
+    return color_input(np.stack([crop_color(color, transform) for transform in transforms]))
+
+
 # Test-time views of a crop, (mirrored, quarter turns): networks trained on crops turned
 # through 360 degrees and on left and right hands see each view as a training crop, so the
 # mean of the views' joints is a better estimate than any one view (``views`` of the

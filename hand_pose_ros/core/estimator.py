@@ -24,13 +24,15 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, check_depth, depth_to_metres
 from hand_pose_ros.core.crop import (
-    batch_views, check_center, check_views, crop_batch, CropSpec, merge_views)
+    batch_views, check_center, check_views, color_batch, crop_batch, CropSpec, merge_views)
 from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig, logit, sigmoid
 from hand_pose_ros.core.skeleton import NUM_JOINTS
 
 LOGGER = logging.getLogger(__name__)
 
 STAGES = ('localize', 'find', 'crop', 'infer', 'decode')
+# Network inputs the estimator can make: depth crops, and colour crops of the same windows.
+INPUT_NAMES = ('depth', 'color')
 # Two localised hands whose crop centres end up closer than this are one hand.
 DUPLICATE_DISTANCE_M = 0.05
 # Localised hands whose fitted hand score (HandScore) is lower are dropped.
@@ -123,8 +125,9 @@ class HandPoseEstimator:
     :param localizer: object with ``locate(depth_m, intrinsics, max_hands)`` returning
         candidates with ``center_xyz`` and ``score`` (e.g. :class:`DepthHandLocalizer`).
     :param spec: :class:`CropSpec` the backend's network was trained with.
-    :param backend: callable ``batch (N, 1, S, S) float32 -> {'joints': (N, 21, 3)
-        normalised crop coordinates, 'confidence': (N, 21)}``.
+    :param backend: callable ``batch -> {'joints': (N, 21, 3) normalised crop coordinates,
+        'confidence': (N, 21)}``; ``batch`` is the (N, 1, S, S) float32 depth crops for a
+        depth-only network, else a dict of its inputs (see ``input_names``).
     :param max_hands: most hands returned per image when no centres are given.
     :param refine_passes: extra passes for localised hands, each re-cropping at the joint
         centroid of the previous pass (the localiser's centre is a rough palm estimate;
@@ -139,6 +142,11 @@ class HandPoseEstimator:
         confidences are averaged over the views; more accurate, ``views - 1`` more crops per
         reported hand. The hand score is computed before, on the single view it was fitted
         on.
+    :param input_names: the network's inputs: ``('depth',)``, or with ``'color'`` for an RGB
+        network (:class:`~hand_pose_ros.core.models.JointGroupsRGB`): each hand's window is
+        then also cut out of a colour image registered to the depth image (same camera and
+        size, e.g. a depth stream aligned to the colour stream), which ``estimate`` needs.
+        The depth image still finds the hands and places them in 3D.
 
     After each :meth:`estimate`, ``last_timings`` holds the milliseconds spent per stage:
     localize (input checks, conversion and the localiser), find (the learned hand finder's
@@ -147,7 +155,8 @@ class HandPoseEstimator:
     """
 
     def __init__(self, localizer, spec, backend, max_hands=2, refine_passes=1, name='model',
-                 hand_score=None, min_hand_score=DEFAULT_MIN_HAND_SCORE, views=1):
+                 hand_score=None, min_hand_score=DEFAULT_MIN_HAND_SCORE, views=1,
+                 input_names=('depth',)):
         if not isinstance(spec, CropSpec):
             raise ValueError(f'spec must be a CropSpec, got {type(spec).__name__}')
         if int(max_hands) < 1:
@@ -166,9 +175,13 @@ class HandPoseEstimator:
         self.min_hand_score = float(min_hand_score)
         check_views(views)
         self.views = views
+        unknown = set(input_names) - set(INPUT_NAMES)
+        if not input_names or unknown:
+            raise ValueError(f'input_names must name some of {INPUT_NAMES}, got {input_names}')
+        self.input_names = tuple(input_names)
         self.last_timings = dict.fromkeys(STAGES, 0.0)
 
-    def estimate(self, depth, intrinsics, centers=None):
+    def estimate(self, depth, intrinsics, centers=None, color=None):
         """
         Estimate the 3D keypoints of the hands in a depth image.
 
@@ -176,12 +189,16 @@ class HandPoseEstimator:
             <= 0 invalid).
         :param intrinsics: :class:`CameraIntrinsics` of the image.
         :param centers: optional (N, 3) hand centres, metres; None runs the localiser.
+        :param color: (H, W, 3) uint8 RGB image registered to ``depth``; needed by a network
+            with a colour input, unused by depth-only networks.
         :return: list of :class:`HandPose`, primary hand first; empty when no hand is found.
-        :raises ValueError: bad image, intrinsics that do not match it, or given centres that
-            are not finite, behind the camera or outside the image.
+        :raises ValueError: bad image, intrinsics that do not match it, a missing or bad
+            colour image for a colour network, or given centres that are not finite, behind
+            the camera or outside the image.
         """
         start, timings = time.perf_counter(), self._new_timings()
         depth_m = self._checked_depth(depth, intrinsics)
+        color = self._checked_color(color, intrinsics)
         if centers is None:
             if not np.isfinite(depth_m).any():
                 return []
@@ -196,10 +213,10 @@ class HandPoseEstimator:
             centers_xyz = self._checked_centers(centers, intrinsics)
             localizer_scores = [1.0] * len(centers_xyz)
         timings['localize'] = (time.perf_counter() - start) * 1e3 - timings['find']
-        return self._estimate_at(depth_m, intrinsics, centers_xyz, localizer_scores, timings,
-                                 localised=centers is None)
+        return self._estimate_at((depth_m, color), intrinsics, centers_xyz, localizer_scores,
+                                 timings, localised=centers is None)
 
-    def estimate_near(self, depth, intrinsics, centers, localizer_scores):
+    def estimate_near(self, depth, intrinsics, centers, localizer_scores, color=None):
         """
         Estimate hands expected near given centres as if the localiser had found them there.
 
@@ -209,17 +226,19 @@ class HandPoseEstimator:
 
         :param centers: (N, 3) expected hand centres, metres, inside the image.
         :param localizer_scores: (N,) the localiser's scores of these hands when last found.
+        :param color: as for :meth:`estimate`.
         :return: list of :class:`HandPose` (hand score, duplicates and ``max_hands`` applied).
         """
         start, timings = time.perf_counter(), self._new_timings()
         # The crops convert their own samples: no localiser needs the image in metres.
         depth = self._checked_depth(depth, intrinsics, metres=False)
+        color = self._checked_color(color, intrinsics)
         centers_xyz = self._checked_centers(centers, intrinsics)
         if len(localizer_scores) != len(centers_xyz):
             raise ValueError(f'{len(localizer_scores)} localizer scores for '
                              f'{len(centers_xyz)} centres')
         timings['localize'] = (time.perf_counter() - start) * 1e3
-        return self._estimate_at(depth, intrinsics, centers_xyz,
+        return self._estimate_at((depth, color), intrinsics, centers_xyz,
                                  [float(score) for score in localizer_scores], timings,
                                  localised=True)
 
@@ -237,6 +256,20 @@ class HandPoseEstimator:
         intrinsics.check_image(depth)
         return depth
 
+    def _checked_color(self, color, intrinsics):
+        """Return the colour image a colour network needs (None for a depth network)."""
+        if 'color' not in self.input_names:
+            return None
+        if color is None:
+            raise ValueError(f'{self.name} takes a colour image registered to the depth '
+                             f'image: pass color=(H, W, 3) uint8 RGB')
+        color = np.asarray(color)
+        if color.dtype != np.uint8 or color.shape != (intrinsics.height, intrinsics.width, 3):
+            raise ValueError(f'colour image must be ({intrinsics.height}, {intrinsics.width}, '
+                             f'3) uint8 RGB like the depth image, got {color.shape} '
+                             f'{color.dtype}')
+        return color
+
     @staticmethod
     def _checked_centers(centers, intrinsics):
         centers_xyz = np.asarray(centers, dtype=np.float64)
@@ -248,13 +281,13 @@ class HandPoseEstimator:
             check_center(center, intrinsics)
         return centers_xyz
 
-    def _estimate_at(self, depth, intrinsics, centers_xyz, localizer_scores, timings,
+    def _estimate_at(self, images, intrinsics, centers_xyz, localizer_scores, timings,
                      localised):
         """
         Run the passes, the hand score and the views on hands at given centres.
 
-        :param depth: the checked image, in metres or as the camera gave it (the crops
-            take either).
+        :param images: the checked depth image, in metres or as the camera gave it (the
+            crops take either), and the checked colour image (None for a depth network).
         :param localised: the centres are rough (the localiser's or a tracker's): re-centre
             them (``refine_passes``) and judge each hand with the hand score; else they
             are the caller's centres, used as given.
@@ -273,7 +306,7 @@ class HandPoseEstimator:
                                     min(self.spec.cube_size_m[:2]) / 2.0)
                     for hand, old in zip(hands, centers_xyz)])
                 localizer_scores = [hand.localizer_score for hand in hands]
-            hands, centers_xyz, crops = self._infer(depth, intrinsics, centers_xyz,
+            hands, centers_xyz, crops = self._infer(images, intrinsics, centers_xyz,
                                                     localizer_scores, timings)
             if not hands:
                 return []
@@ -309,13 +342,14 @@ class HandPoseEstimator:
         Average each reported hand's joints over its crop's views.
 
         :param rows: (index, hand) pairs; index into ``crops``, the last pass's
-            (patches, transforms, normalised joints, confidences) of its hands. The first
-            view is the crop itself, already through the network.
+            (network inputs, transforms, normalised joints, confidences) of its hands. The
+            first view is the crop itself, already through the network.
         """
-        patches, transforms, joints, confidence = crops
+        inputs, transforms, joints, confidence = crops
         index = [i for i, _ in rows]
         start = time.perf_counter()
-        others = batch_views(patches[index], self.views)[len(index):]
+        others = {name: batch_views(batch[index], self.views)[len(index):]
+                  for name, batch in inputs.items()}
         timings['crop'] += (time.perf_counter() - start) * 1e3
 
         seen_joints, seen_confidence = self._network(others, timings)
@@ -332,19 +366,24 @@ class HandPoseEstimator:
         timings['decode'] += (time.perf_counter() - now) * 1e3
         return hands
 
-    def _infer(self, depth, intrinsics, centers_xyz, localizer_scores, timings):
+    def _infer(self, images, intrinsics, centers_xyz, localizer_scores, timings):
         """
         Crop, infer and decode.
 
-        :return: (hands, their centres, (patches, transforms, normalised joints,
+        :return: (hands, their centres, (network inputs, transforms, normalised joints,
             confidences) of their crops), dropping hands with non-finite joints.
         """
+        depth, color = images
         start = time.perf_counter()
         batch, transforms = crop_batch(depth, intrinsics, centers_xyz.reshape(-1, 3),
                                        self.spec)
+        inputs = {'depth': batch}
+        if color is not None:
+            inputs['color'] = color_batch(color, transforms)
+        inputs = {name: inputs[name] for name in self.input_names}
         timings['crop'] += (time.perf_counter() - start) * 1e3
 
-        joints, confidence = self._network(batch, timings)
+        joints, confidence = self._network(inputs, timings)
         now = time.perf_counter()
         hands, kept = [], []
         for i, transform in enumerate(transforms):
@@ -359,15 +398,16 @@ class HandPoseEstimator:
                                   localizer_score=localizer_scores[i]))
             kept.append(i)
         timings['decode'] += (time.perf_counter() - now) * 1e3
-        return hands, centers_xyz[kept], (batch[kept], [transforms[i] for i in kept],
+        return hands, centers_xyz[kept], ({name: batch[kept] for name, batch in inputs.items()},
+                                          [transforms[i] for i in kept],
                                           joints[kept], confidence[kept])
 
-    def _network(self, batch, timings):
-        """Run the backend on a batch (timed as ``infer``); return checked joints, confidence."""
+    def _network(self, inputs, timings):
+        """Run the backend on {input name: batch} (timed as ``infer``); return checked outputs."""
         start = time.perf_counter()
-        outputs = self.backend(batch)
+        outputs = self.backend(inputs['depth'] if self.input_names == ('depth',) else inputs)
         timings['infer'] += (time.perf_counter() - start) * 1e3
-        return self._check_outputs(outputs, len(batch))
+        return self._check_outputs(outputs, len(next(iter(inputs.values()))))
 
     def _check_outputs(self, outputs, count):
         try:
@@ -434,7 +474,7 @@ class HandTracker:
         self._since_localized = 0
         self._grid = None
 
-    def estimate(self, depth, intrinsics):
+    def estimate(self, depth, intrinsics, color=None):
         """Return the :class:`HandPose` list of the next frame of the stream."""
         estimator = self.estimator
         timings = dict.fromkeys(STAGES, 0.0)
@@ -449,14 +489,15 @@ class HandTracker:
                        for hand, motion in zip(self._hands, self._motion)]
             if all(_inside(center, intrinsics) for center in centers):
                 found = estimator.estimate_near(depth, intrinsics, centers,
-                                                [h.localizer_score for h in self._hands])
+                                                [h.localizer_score for h in self._hands],
+                                                color=color)
                 _add_timings(timings, estimator.last_timings)
                 kept = len(found) == len(self._hands) and all(
                     hand.detection_score >= FOLLOW_MIN_SCORE for hand in found)
                 hands = found if kept else None
         self.last_localized = hands is None
         if hands is None:
-            hands = estimator.estimate(depth, intrinsics)
+            hands = estimator.estimate(depth, intrinsics, color=color)
             _add_timings(timings, estimator.last_timings)
             self._since_localized = 0
             self._motion = [np.zeros(3)] * len(hands)
@@ -577,9 +618,10 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
         spec = CropSpec.from_dict(card['crop'])
     except (TypeError, ValueError) as error:
         raise ModelFileError(f'model card {card_path}: bad "crop" section ({error})') from None
-    if set(card.get('inputs', {'depth': None})) != {'depth'}:
-        raise ModelFileError(f'model card {card_path}: the depth estimator needs a depth-only '
-                             f'network, this one takes {sorted(card["inputs"])}')
+    input_names = tuple(card.get('inputs', {'depth': None}))
+    if not input_names or not set(input_names) <= set(INPUT_NAMES):
+        raise ModelFileError(f'model card {card_path}: the estimator makes the network inputs '
+                             f'{list(INPUT_NAMES)}, this network takes {list(input_names)}')
     if localizer_config is None:
         localizer_config = LocalizerConfig(**card.get('localizer', {}))
     localizer = card_localizer(card_path, card, localizer_config, use_finder,
@@ -602,7 +644,8 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
     return HandPoseEstimator(localizer, spec, runtime,
                              max_hands=max_hands, refine_passes=refine_passes,
                              name=str(card.get('name', model)), hand_score=hand_score,
-                             min_hand_score=min_hand_score, views=views)
+                             min_hand_score=min_hand_score, views=views,
+                             input_names=input_names)
 
 
 def card_localizer(card_path, card, config, use_finder=True, threads=None):

@@ -51,6 +51,8 @@ class LabelledFrame:
     :param joint_mask: (K, 21) bool, labelled joints.
     :param name: frame identifier.
     :param visible: optional (K, 21) bool, joints not occluded (synthetic frames).
+    :param color: optional (H, W, 3) uint8 RGB image registered to the depth (synthetic
+        frames rendered for a colour network).
     """
 
     depth_m: np.ndarray
@@ -59,6 +61,13 @@ class LabelledFrame:
     joint_mask: np.ndarray
     name: str = ''
     visible: np.ndarray = None
+    color: np.ndarray = None
+
+    def estimate_with(self, estimator, **options):
+        """Return ``estimator.estimate`` on this frame (given its colour image if it has one)."""
+        if self.color is not None:
+            options['color'] = self.color
+        return estimator.estimate(self.depth_m, self.intrinsics, **options)
 
     @classmethod
     def from_sample(cls, sample):
@@ -94,7 +103,7 @@ def synthetic_scene_config(name):
 
 
 def labelled_frames(dataset, root=None, num_frames=None, seed=1000, camera='sr300',
-                    scene='default', reader_options=None):
+                    scene='default', reader_options=None, color=False):
     """
     Return an iterable of :class:`LabelledFrame` from a dataset folder or the synthetic engine.
 
@@ -107,14 +116,20 @@ def labelled_frames(dataset, root=None, num_frames=None, seed=1000, camera='sr30
     :param scene: synthetic scene type (see :func:`synthetic_scene_config`); 'motion'
         renders continuous sequences (:func:`motion_frames`).
     :param reader_options: keyword arguments of the dataset reader (e.g. ``labels``).
+    :param color: the frames carry colour images registered to the depth (for a network
+        with a colour input); only the synthetic engine renders them.
     """
     if dataset == 'synthetic' and root is None and scene == 'motion':
-        return motion_frames(2000 if num_frames is None else num_frames, seed, camera)
+        return motion_frames(2000 if num_frames is None else num_frames, seed, camera, color)
     if dataset == 'synthetic' and root is None:
         return synthetic_frames(2000 if num_frames is None else num_frames, seed, camera,
-                                scene=synthetic_scene_config(scene))
+                                scene=synthetic_scene_config(scene), color=color)
     if root is None:
         raise ValueError(f'dataset {dataset!r} needs --root (the folder holding its files)')
+    if color:
+        raise ValueError(f'a network with a colour input is evaluated on synthetic frames '
+                         f'only (the {dataset!r} reader gives no colour registered to the '
+                         f'depth)')
     from hand_pose_ros.core.datasets import open_dataset
 
     reader = open_dataset(dataset, root, **(reader_options or {}))
@@ -126,7 +141,7 @@ def labelled_frames(dataset, root=None, num_frames=None, seed=1000, camera='sr30
     return (LabelledFrame.from_sample(reader[int(i)]) for i in indices)
 
 
-def synthetic_frames(num_frames, seed, camera='sr300', scene=None, sensor=None):
+def synthetic_frames(num_frames, seed, camera='sr300', scene=None, sensor=None, color=False):
     """
     Yield rendered synthetic :class:`LabelledFrame` (full images, every hand labelled).
 
@@ -136,6 +151,7 @@ def synthetic_frames(num_frames, seed, camera='sr300', scene=None, sensor=None):
     :param scene: ``synth.SceneConfig`` (None: the engine's default scenes, with noise,
         arms, objects, tables, bodies, walls, clutter and sometimes a second hand).
     :param sensor: ``synth.SensorConfig`` (None: the engine's default sensor model).
+    :param color: render the colour image too (``LabelledFrame.color``).
     """
     from hand_pose_ros.core import synth
 
@@ -144,21 +160,22 @@ def synthetic_frames(num_frames, seed, camera='sr300', scene=None, sensor=None):
                if value is not None}
     generator = synth.SyntheticGenerator(intrinsics, seed=seed, **options)
     for index in range(num_frames):
-        frame = generator.sample_frame()
+        frame = generator.sample_frame(color=color)
         joints = np.stack([hand.joints_xyz for hand in frame.hands]).reshape(-1, NUM_JOINTS, 3)
         visible = np.stack([hand.visible for hand in frame.hands]).reshape(-1, NUM_JOINTS)
         yield LabelledFrame(frame.depth_m, intrinsics, joints,
                             np.ones(joints.shape[:2], dtype=bool), f'synthetic-{seed}-{index}',
-                            visible.astype(bool))
+                            visible.astype(bool), frame.color)
 
 
-def motion_frames(num_frames, seed, camera='sr300'):
+def motion_frames(num_frames, seed, camera='sr300', color=False):
     """
     Yield labelled frames of one hand moving, as a camera streams them (30 Hz, in order).
 
     Each run of :data:`MOTION_SEQUENCE_FRAMES` frames is one motion sequence (seeds
     ``seed``, ``seed + 1``, ...): a new hand, motion and background, with the hand sometimes
     leaving the image. What a hand tracker (``--redetect-interval``) is measured on.
+    ``color`` renders the colour images too.
     """
     from hand_pose_ros.core import synth
 
@@ -167,11 +184,12 @@ def motion_frames(num_frames, seed, camera='sr300'):
         count = min(MOTION_SEQUENCE_FRAMES, num_frames - start)
         motion = synth.generate_motion(count, seed=seed + sequence, intrinsics=intrinsics)
         generator = synth.SyntheticGenerator(intrinsics, seed=seed + sequence)
-        for index, frame in enumerate(generator.render_motion(motion)):
+        for index, frame in enumerate(generator.render_motion(motion, color=color)):
             hand = frame.hands[0]
             yield LabelledFrame(frame.depth_m, intrinsics, hand.joints_xyz[None],
                                 np.ones((1, NUM_JOINTS), dtype=bool),
-                                f'motion-{seed + sequence}-{index}', hand.visible[None])
+                                f'motion-{seed + sequence}-{index}', hand.visible[None],
+                                frame.color)
 
 
 def joint_errors_mm(pred_xyz, gt_xyz, mask):
@@ -300,11 +318,11 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
             continue
         truth = frame.centers_xyz[keep]
         if center_mode == 'oracle':
-            hands = estimator.estimate(frame.depth_m, frame.intrinsics, centers=truth)
+            hands = frame.estimate_with(estimator, centers=truth)
             assignment = np.arange(len(keep)) if len(hands) == len(keep) \
                 else match_centers([h.center_xyz for h in hands], truth, 1e-9)
         else:
-            hands = estimator.estimate(frame.depth_m, frame.intrinsics)
+            hands = frame.estimate_with(estimator)
             assignment = match_centers([h.center_xyz for h in hands], truth, match_radius_m)
             false_positives += len(hands) - int((assignment >= 0).sum())
             mostly_visible.extend(_mostly_visible_hits(frame, keep, assignment))
@@ -359,7 +377,7 @@ def fit_hand_score(estimator, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=
     features, labels = [], []
     for frame in frames:
         keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
-        hands = estimator.estimate(frame.depth_m, frame.intrinsics)
+        hands = frame.estimate_with(estimator)
         assignment = match_centers([h.center_xyz for h in hands], frame.centers_xyz[keep],
                                    match_radius_m)
         matched = {int(n) for n in assignment if n >= 0}

@@ -35,8 +35,8 @@ import numpy as np
 from hand_pose_ros.core import augment
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.config_io import dataclass_from_dict
-from hand_pose_ros.core.crop import crop_color, crop_depth, CropSpec, CropTransform, \
-    make_transform
+from hand_pose_ros.core.crop import color_input, crop_color, crop_depth, CropSpec, \
+    CropTransform, make_transform
 
 LOG = logging.getLogger(__name__)
 
@@ -523,7 +523,7 @@ def make_eval_set(source, count):
         intrinsics = transform.intrinsics
         out['patches'][i, 0] = result.patch
         if color:
-            out['colors'][i] = result.color.transpose(2, 0, 1) / 255.0
+            out['colors'][i] = color_input(result.color)
         out['joints_xyz'][i] = joints_xyz
         out['mask'][i] = mask
         out['center_xyz'][i] = transform.center_xyz

@@ -1,7 +1,9 @@
 """
 ``hand_pose_node``: depth image + camera info -> raw per-frame 3D hand estimates.
 
-Subscribes ``depth/image_raw`` and ``depth/camera_info``, publishes the raw estimates on
+Subscribes ``depth/image_raw`` and ``depth/camera_info`` (and, for a model with a colour
+input, ``color/image_raw``: a colour image registered to the depth image, same size and
+stamp, e.g. a depth stream aligned to the colour stream), publishes the raw estimates on
 ``hand_pose/raw_keypoints`` (PointCloud2, same layout as ``hand_pose/keypoints``) for
 ``hand_filter_node``, ``hand_pose/debug_image`` while someone listens, and ``/diagnostics``.
 Frames arriving while the previous one is processed replace the waiting one (drop-oldest).
@@ -22,12 +24,16 @@ from hand_pose_ros.core.frame_slot import LatestFrameSlot
 from hand_pose_ros.core.overlay import depth_to_gray, draw_skeletons
 from hand_pose_ros.core.pairing import StampPairer
 from hand_pose_ros.core.stats import LatencyWindow, RateMeter
-from hand_pose_ros.ros.conversions import (depth_from_image, image_from_array,
-                                           intrinsics_from_camera_info)
+from hand_pose_ros.ros.conversions import (color_from_image, depth_from_image,
+                                           image_from_array, intrinsics_from_camera_info)
 from hand_pose_ros.ros.messages import keypoint_cloud
 from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
                                           OUTPUT_QOS, run, stamp_ns, start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
+
+
+# Colour images kept for pairing with depth frames (each up to a few MB).
+COLOR_HISTORY = 10
 
 
 class RawHand:
@@ -91,11 +97,13 @@ class HandPoseNode(Node):
         self.get_logger().info(f'model {describe(self._estimator)}')
         self._tracker = HandTracker(self._estimator, self._values['localizer.redetect_interval'])
         self._pairer = StampPairer(self._max_stamp_diff_ns(self._values))
+        self._needs_color = 'color' in getattr(self._estimator, 'input_names', ('depth',))
+        self._colors = StampPairer(self._max_color_diff_ns(self._values), COLOR_HISTORY)
         self._slot = LatestFrameSlot()
         self._lock = threading.Lock()
         self._counts = {'received': 0, 'processed': 0, 'localised': 0, 'bad_input': 0,
-                        'no_camera_info': 0, 'unsynchronised_info': 0, 'time_jumps': 0,
-                        'internal_errors': 0}
+                        'no_camera_info': 0, 'unsynchronised_info': 0, 'no_color': 0,
+                        'time_jumps': 0, 'internal_errors': 0}
         self._last_error = ''
         self._last_hands = 0
         self._last_stamp_ns = None
@@ -107,6 +115,8 @@ class HandPoseNode(Node):
         qos = input_qos(self._values)
         self.create_subscription(CameraInfo, 'depth/camera_info', self._on_info, qos)
         self.create_subscription(Image, 'depth/image_raw', self._on_image, qos)
+        if self._needs_color:
+            self.create_subscription(Image, 'color/image_raw', self._on_color, qos)
         self._raw_pub = self.create_publisher(PointCloud2, 'hand_pose/raw_keypoints', OUTPUT_QOS)
         self._debug_pub = self.create_publisher(Image, 'hand_pose/debug_image', OUTPUT_QOS)
         start_diagnostics(self, self._values['diagnostics.period_s'], self.status)
@@ -117,10 +127,15 @@ class HandPoseNode(Node):
     def _max_stamp_diff_ns(values):
         return int(values['camera_info.max_stamp_diff_s'] * 1e9)
 
+    @staticmethod
+    def _max_color_diff_ns(values):
+        return int(values['color.max_stamp_diff_s'] * 1e9)
+
     def _apply_parameters(self, values):
         configure_localizer(self._estimator, values)
         self._tracker.redetect_interval = values['localizer.redetect_interval']
         self._pairer.max_stamp_diff_ns = self._max_stamp_diff_ns(values)
+        self._colors.max_stamp_diff_ns = self._max_color_diff_ns(values)
         self._values = values
 
     def _warn(self, key, text):
@@ -131,6 +146,9 @@ class HandPoseNode(Node):
 
     def _on_info(self, msg):
         self._pairer.add(stamp_ns(msg.header), msg)
+
+    def _on_color(self, msg):
+        self._colors.add(stamp_ns(msg.header), msg)
 
     def _on_image(self, msg):
         with self._lock:
@@ -157,6 +175,7 @@ class HandPoseNode(Node):
             self._warn('time_jumps', 'depth image stamp went backwards (bag loop?): '
                        'newer camera_info discarded')
             self._pairer.discard_after(stamp)
+            self._colors.discard_after(stamp)
             self._tracker.reset()
         self._last_stamp_ns = stamp
         info, exact = self._pairer.match(stamp)
@@ -167,11 +186,21 @@ class HandPoseNode(Node):
         if not exact:
             with self._lock:
                 self._counts['unsynchronised_info'] += 1
+        color_msg = None
+        if self._needs_color:
+            color_msg, exact = self._colors.match(stamp)
+            if not exact:
+                self._warn('no_color', 'no colour image within color.max_stamp_diff_s of the '
+                           'depth frame on '
+                           f'{self.resolve_topic_name("color/image_raw")}: frame skipped')
+                return
         try:
             depth = depth_from_image(msg, self._values['input.max_pixels'])
             intrinsics = intrinsics_from_camera_info(info)
             intrinsics.check_image(depth)
-            poses = self._tracker.estimate(depth, intrinsics)
+            color = None if color_msg is None else color_from_image(
+                color_msg, self._values['input.max_pixels'])
+            poses = self._tracker.estimate(depth, intrinsics, color=color)
         except ValueError as error:
             self._warn('bad_input', f'depth frame rejected: {error}')
             return

@@ -119,6 +119,10 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
     ParamSpec('camera_info.max_stamp_diff_s', 0.0,
               'Largest stamp difference for pairing image and camera_info (0 = exact); '
               'otherwise the latest info is used.', (0.0, 1.0), None, True),
+    ParamSpec('color.max_stamp_diff_s', 0.02,
+              'Largest stamp difference for pairing a depth image with its colour image '
+              '(models with a colour input only); frames without one are skipped.',
+              (0.0, 1.0), None, True),
     ParamSpec('debug_image.scale', 1.0, 'Scale of the debug overlay image.', (0.1, 2.0), None,
               True),
 )
