@@ -36,7 +36,7 @@ import typing
 
 import numpy as np
 
-from hand_pose_ros.core.rotations import cross
+from hand_pose_ros.core.rotations import cross, norm
 from hand_pose_ros.core.skeleton import (
     BONES, FINGER_JOINTS, FINGER_OF_JOINT, FINGERS, MEAN_BONE_LENGTHS_MM, NUM_JOINTS,
     palm_center,
@@ -94,9 +94,7 @@ def _dot(a, b):
 
 def _unit(v):
     """Return v normalised along the last axis (zero vectors stay zero)."""
-    # np.linalg.norm(v, axis=-1) computes exactly this, with more call overhead.
-    norm = np.sqrt((v * v).sum(axis=-1, keepdims=True))
-    return v / np.maximum(norm, _EPS)
+    return v / np.maximum(norm(v)[..., None], _EPS)
 
 
 def _orthogonal_unit(v, axis):

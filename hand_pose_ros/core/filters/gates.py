@@ -18,6 +18,7 @@ Three tests per joint, against the track's constant-velocity prediction and last
 
 import numpy as np
 
+from hand_pose_ros.core.rotations import norm
 from hand_pose_ros.core.skeleton import FINGER_JOINTS, MCPS, NUM_JOINTS, WRIST
 
 # Joints that move with the palm (rigid-ish): wrist, thumb CMC and the four finger MCPs.
@@ -27,6 +28,8 @@ _IS_PALM[PALM_GATE_JOINTS] = True
 # Finger pairs whose distal joints (the last three of each chain) can be confused.
 SWAP_PAIRS = ((0, 1), (1, 2), (2, 3), (3, 4))
 _SWAP_MIN_GAIN = 0.5
+_DISTAL = FINGER_JOINTS[:, 1:]
+_SWAP_FIRST, _SWAP_SECOND = np.array(SWAP_PAIRS).T
 
 
 def _palm_reference(points, mask):
@@ -59,8 +62,8 @@ def motion_gate(config, dt_s, observed, present, predicted, predicted_var, previ
         return present.copy(), reasons
     sigma = np.sqrt(predicted_var + measurement_std_m ** 2)
     noise = config.noise_sigmas * sigma
-    residual = np.linalg.norm(observed - predicted, axis=1)
-    jump = np.linalg.norm(observed - previous, axis=1)
+    residual = norm(observed - predicted)
+    jump = norm(observed - previous)
     accel_limit = 0.5 * config.max_acceleration_m_s2 * dt_s ** 2 + noise
     reasons['acceleration'] = known & (residual > accel_limit) & (jump > accel_limit)
 
@@ -69,26 +72,41 @@ def motion_gate(config, dt_s, observed, present, predicted, predicted_var, previ
     palm_now = _palm_reference(observed, known)
     palm_before = _palm_reference(previous, known)
     if np.all(np.isfinite(palm_now)) and np.all(np.isfinite(palm_before)):
-        relative_jump = np.linalg.norm(
-            (observed - palm_now) - (previous - palm_before), axis=1)
+        relative_jump = norm((observed - palm_now) - (previous - palm_before))
         finger_limit = config.fingertip_max_speed_m_s * dt_s + noise
         velocity |= known & ~_IS_PALM & (relative_jump > finger_limit)
     reasons['velocity'] = velocity
 
     if config.swap_check:
-        swap = np.zeros(NUM_JOINTS, bool)
-        for first, second in SWAP_PAIRS:
-            a, b = FINGER_JOINTS[first, 1:], FINGER_JOINTS[second, 1:]
-            if not np.all(known[a]) or not np.all(known[b]):
-                continue
-            same = (np.linalg.norm(observed[a] - predicted[a], axis=1).sum()
-                    + np.linalg.norm(observed[b] - predicted[b], axis=1).sum())
-            crossed = (np.linalg.norm(observed[a] - predicted[b], axis=1).sum()
-                       + np.linalg.norm(observed[b] - predicted[a], axis=1).sum())
-            if crossed < _SWAP_MIN_GAIN * same and same > 2.0 * (sigma[a].sum() + sigma[b].sum()):
-                swap[a] = swap[b] = True
-        reasons['swap'] = swap
+        reasons['swap'] = _swapped_fingers(known, observed, predicted, sigma)
     rejected = np.zeros(NUM_JOINTS, bool)
     for mask in reasons.values():
         rejected |= mask
     return present & ~rejected, reasons
+
+
+def _swapped_fingers(known, observed, predicted, sigma):
+    """
+    Return (21,) bool: distal joints of neighbouring fingers that fit each other's predictions.
+
+    A pair counts when all six joints are known, the crossed fit's total distance is under
+    ``_SWAP_MIN_GAIN`` times the own fit's and the own fit is off by more than twice the
+    joints' summed noise.
+    """
+    swap = np.zeros(NUM_JOINTS, bool)
+    whole = known[_DISTAL].all(axis=1)
+    pairs = whole[_SWAP_FIRST] & whole[_SWAP_SECOND]
+    if not pairs.any():
+        return swap
+    seen, expected = observed[_DISTAL], predicted[_DISTAL]
+    own = norm(seen - expected).sum(axis=1)
+    same = own[_SWAP_FIRST] + own[_SWAP_SECOND]
+    crossed = (norm(seen[_SWAP_FIRST] - expected[_SWAP_SECOND]).sum(axis=1)
+               + norm(seen[_SWAP_SECOND] - expected[_SWAP_FIRST]).sum(axis=1))
+    spread = sigma[_DISTAL].sum(axis=1)
+    with np.errstate(invalid='ignore'):  # unknown joints may be NaN; their pairs are out
+        swapped = pairs & (crossed < _SWAP_MIN_GAIN * same) & (
+            same > 2.0 * (spread[_SWAP_FIRST] + spread[_SWAP_SECOND]))
+    swap[_DISTAL[_SWAP_FIRST[swapped]]] = True
+    swap[_DISTAL[_SWAP_SECOND[swapped]]] = True
+    return swap
