@@ -49,6 +49,24 @@ def test_searching_every_frame(tmp_path):
     assert figures['localized_fraction'] == 1.0 and figures['find']['p50_ms'] > 0
 
 
+def test_a_colour_model_gets_rendered_colour_frames(tmp_path):
+    from hand_pose_ros.core import export, model_io
+    from hand_pose_ros.core.crop import CropSpec
+    from hand_pose_ros.core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model('joint_groups_rgb', width=0.125, input_size=64).eval()
+    spec = CropSpec(input_size=64, cube_size_m=(0.25, 0.25, 0.3))
+    card = model_io.save_model(model, tmp_path, 'rgb', extra={'crop': spec.to_dict()})
+    export.export_card(card)
+    assert bench.takes_color(str(card)) and not bench.takes_color('default')
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--model', str(card), '--frames', '2', '--warmup', '1',
+                       '--backends', 'onnxruntime', '--threads', '1', '--json', str(out)]) == 0
+    figures = json.loads(out.read_text())['pipeline']['onnxruntime']
+    assert figures['infer']['p50_ms'] > 0 and figures['decode_image']['p50_ms'] > 0
+
+
 def test_network_rows_time_every_variant():
     row = profile_model('a2j_r18_w0.5_96', threads=1, warmup=1, iterations=2)
     for name in CPU_VARIANTS:

@@ -62,10 +62,12 @@ def hardware():
     return info
 
 
-def synthetic_frames(count, seed, camera='sr300', ros=True):
+def synthetic_frames(count, seed, camera='sr300', ros=True, color=False):
     """
-    Return (depth Image messages, or uint16 arrays without ROS; intrinsics) of frames.
+    Return (frames, intrinsics): each frame a (depth, colour or None) pair.
 
+    Depth is a 16UC1 Image message (a uint16 array without ROS); colour, rendered when
+    ``color`` is set (for a model with a colour input), an rgb8 Image (a uint8 array).
     The frames are one continuous 30 Hz motion of one hand in front of a background, as a
     camera streams them, so the filter tracks one hand from frame to frame as it does in
     use (frames of unrelated scenes would start a new track at every frame).
@@ -76,12 +78,15 @@ def synthetic_frames(count, seed, camera='sr300', ros=True):
     intrinsics = CameraIntrinsics.from_preset(camera)
     generator = SyntheticGenerator(intrinsics, seed=seed)
     motion = generate_motion(count, fps=30.0, seed=seed, intrinsics=intrinsics)
-    depths = [frame.depth_mm for frame in generator.render_motion(motion)]
+    frames = [(frame.depth_mm, frame.color)
+              for frame in generator.render_motion(motion, color=color)]
     if not ros:
-        return depths, intrinsics
+        return frames, intrinsics
     from hand_pose_ros.ros.conversions import image_from_array
 
-    return [image_from_array(depth, '16UC1') for depth in depths], intrinsics
+    return [(image_from_array(depth, '16UC1'),
+             None if pixels is None else image_from_array(pixels, 'rgb8'))
+            for depth, pixels in frames], intrinsics
 
 
 def publish_outputs(tracks, header, serialize, pool):
@@ -96,13 +101,22 @@ def publish_outputs(tracks, header, serialize, pool):
             if msg is not None]
 
 
+def takes_color(model):
+    """Return whether a model (name or card) has a colour input."""
+    from hand_pose_ros.core.estimator import resolve_card
+    from hand_pose_ros.core.model_io import read_card
+
+    return 'color' in read_card(resolve_card(model), verify=False).get('inputs', {})
+
+
 def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_finder=True,
                    device='cpu', views=None, ros=True, redetect_interval=1):
     """
     Return (per-stage ms arrays, facts) of one backend's per-frame path.
 
-    :param frames: depth Image messages, or uint16 arrays with ``ros`` False (then the
-        :data:`ROS_STAGES` are left out), of one sequence; the first ``warmup`` are not timed.
+    :param frames: (depth, colour or None) pairs of one sequence as from
+        :func:`synthetic_frames`: Image messages, or arrays with ``ros`` False (then the
+        :data:`ROS_STAGES` are left out); the first ``warmup`` are not timed.
     :param redetect_interval: of the :class:`~hand_pose_ros.core.estimator.HandTracker`
         that runs the estimator, as in ``hand_pose_node`` (1: localise every frame).
     :return: ({stage: (frames,) ms}, {'hand_detected_fraction', 'localized_fraction'
@@ -116,7 +130,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
         from rclpy.serialization import serialize_message
         from std_msgs.msg import Header
 
-        from hand_pose_ros.ros.conversions import depth_from_image
+        from hand_pose_ros.ros.conversions import color_from_image, depth_from_image
         from hand_pose_ros.ros.messages import MessagePool
 
         pool = MessagePool()
@@ -126,15 +140,18 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
     hand_filter = HandFilter(FilterConfig())
     samples = {stage: [] for stage in STAGES if ros or stage not in ROS_STAGES}
     hands_found = localized = 0
-    for index, frame in enumerate(frames):
+    for index, (depth_frame, color_frame) in enumerate(frames):
         stamp_s = index / 30.0
         if ros:
             header = Header(frame_id='camera')
             header.stamp.sec, header.stamp.nanosec = int(stamp_s), int((stamp_s % 1) * 1e9)
         t0 = time.perf_counter()
-        depth = depth_from_image(frame) if ros else frame
+        depth, color = depth_frame, color_frame
+        if ros:
+            depth = depth_from_image(depth_frame)
+            color = None if color_frame is None else color_from_image(color_frame)
         t1 = time.perf_counter()
-        poses = tracker.estimate(depth, intrinsics)
+        poses = tracker.estimate(depth, intrinsics, color=color)
         t2 = time.perf_counter()
         tracks = hand_filter.update(stamp_s, [Observation(p.keypoints_xyz, p.scores)
                                               for p in poses])
@@ -257,7 +274,8 @@ def main(argv=None):
         options.backends or available_backends(options.device)
     if backends:
         frames, intrinsics = synthetic_frames(options.warmup + options.frames, options.seed,
-                                              ros=not options.no_ros)
+                                              ros=not options.no_ros,
+                                              color=takes_color(options.model))
     for backend in backends:
         samples, facts = bench_pipeline(
             options.model, backend, frames, intrinsics, options.warmup, options.threads,
