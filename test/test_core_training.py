@@ -198,6 +198,10 @@ def test_init_widen_starts_a_wider_network_computing_the_same_joints(tmp_path):
         p.numel() for p in narrow.parameters())
     torch.testing.assert_close(widened['joints'], expected['joints'], atol=1e-5, rtol=1e-4)
     wide.train(stop_at=2)
+    widened = training.write_model(str(tmp_path / 'wide' / 'checkpoint_last.pt'),
+                                   str(tmp_path / 'models'), 'wide', export_onnx=False)
+    assert model_io.read_card(widened)['training']['start_model']['widened_from'] == {
+        'width': 0.125, 'head_channels': 8}
     with pytest.raises(ValueError, match='init_widen: cannot widen'):
         training.Trainer(tiny_config(tmp_path, 'deeper', eval_frames=0, init_from=card_path,
                                      init_widen=True,

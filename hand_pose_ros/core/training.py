@@ -836,6 +836,8 @@ class Trainer:
         self.start_model = {
             'model': str(model), 'weights_sha256': card['files'][card['weights']]['sha256'],
             'total_steps': int(training.get('total_steps', training.get('steps', 0)))}
+        if differing:
+            self.start_model['widened_from'] = {key: card['config'][key] for key in differing}
         LOG.info('initialised the network from %s', card_path)
 
     def _widened(self, state, card_path, narrow_config, differing):
