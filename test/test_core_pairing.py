@@ -1,3 +1,6 @@
+import threading
+import time
+
 import pytest
 
 from hand_pose_ros.core.pairing import StampPairer
@@ -31,3 +34,37 @@ def test_latest_info_wins_among_equal_stamps():
     pairer.add(50, 'broken')
     pairer.add(50, 'fixed')
     assert pairer.match(50) == ('fixed', True)
+
+
+def test_waiting_for_a_message_of_the_stamp():
+    pairer = StampPairer()
+    pairer.add(10, 'colour10')
+    assert pairer.wait_match(10, 5.0) == ('colour10', True)   # there already: no wait
+    start = time.monotonic()
+    assert pairer.wait_match(20, 0.05) == ('colour10', False)  # never comes: the timeout
+    assert time.monotonic() - start >= 0.05
+    later = threading.Timer(0.05, pairer.add, (20, 'colour20'))
+    later.start()
+    assert pairer.wait_match(20, 5.0) == ('colour20', True)    # comes while waiting
+    later.join()
+
+
+def test_adding_while_another_thread_pairs():
+    pairer = StampPairer(history=5)
+    stop = threading.Event()
+
+    def feed():
+        stamp = 0
+        while not stop.is_set():
+            pairer.add(stamp, stamp)
+            stamp += 1
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        for _ in range(20000):
+            message, _ = pairer.match(-1)  # iterates over the history as it grows
+            assert message is None or message >= 0
+    finally:
+        stop.set()
+        feeder.join()

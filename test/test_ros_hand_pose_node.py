@@ -204,3 +204,19 @@ def test_a_colour_model_pairs_each_depth_frame_with_its_colour_image(spinner, rg
     assert node._counts['processed'] == 3
     values = {kv.key: kv.value for kv in node.status().values}
     assert values['no color'] == '1'
+
+
+def test_a_colour_model_runs_on_the_synthetic_cameras_colour_stream(spinner, rgb_model_card):
+    from hand_pose_ros.ros.synthetic_camera_node import SyntheticCameraNode
+
+    estimator = load_estimator(str(rgb_model_card), backend='onnxruntime', max_hands=1)
+    node = spinner.add(HandPoseNode(estimator=estimator, context=spinner.context))
+    spinner.add(SyntheticCameraNode(context=spinner.context, parameter_overrides=[
+        Parameter('publish_color', value=True), Parameter('rate_hz', value=10.0),
+        Parameter('seed', value=3)]))
+    probe = spinner.add(rclpy.create_node('probe', context=spinner.context))
+    raw = Recorder(probe).listen(PointCloud2, 'hand_pose/raw_keypoints', OUTPUT_QOS)
+    assert spinner.wait_for(lambda: len(raw) >= 5, 60), 'too few outputs'
+    # Depth and colour of a stamp arrive in any order: the node waits for the colour.
+    assert node._counts['no_color'] == 0
+    assert any(hands_from_cloud(msg) for msg in raw)

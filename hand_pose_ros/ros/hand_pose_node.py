@@ -188,7 +188,8 @@ class HandPoseNode(Node):
                 self._counts['unsynchronised_info'] += 1
         color_msg = None
         if self._needs_color:
-            color_msg, exact = self._colors.match(stamp)
+            # The colour image of a stamp may arrive after its depth image.
+            color_msg, exact = self._colors.wait_match(stamp, self._values['color.wait_s'])
             if not exact:
                 self._warn('no_color', 'no colour image within color.max_stamp_diff_s of the '
                            'depth frame on '

@@ -123,6 +123,9 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
               'Largest stamp difference for pairing a depth image with its colour image '
               '(models with a colour input only); frames without one are skipped.',
               (0.0, 1.0), None, True),
+    ParamSpec('color.wait_s', 0.1,
+              'Longest wait for the colour image of a depth frame that arrived first (s).',
+              (0.0, 1.0), None, True),
     ParamSpec('debug_image.scale', 1.0, 'Scale of the debug overlay image.', (0.1, 2.0), None,
               True),
 )
