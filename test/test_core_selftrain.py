@@ -205,6 +205,19 @@ def test_bad_settings_raise_clear_errors():
         SelfTrainConfig(label_views=3)
 
 
+def test_a_colour_network_is_refused_with_a_clear_error(world, tmp_path):
+    import torch
+
+    from hand_pose_ros.core.models import build_model
+
+    torch.manual_seed(0)
+    card = model_io.save_model(build_model('joint_groups_rgb', width=0.125, input_size=32),
+                               tmp_path, 'rgb', extra={'crop': {
+                                   'input_size': 32, 'cube_size_m': [0.25, 0.25, 0.3]}})
+    with pytest.raises(ValueError, match=r"adapts depth-only networks .* \['color', 'depth'\]"):
+        SelfTrainer(world[0], card, tmp_path / 'run')
+
+
 def test_adapted_cards_keep_the_finder_hand_score_and_views(world, tmp_path):
     recording, truth, card = world
     start = tmp_path / 'start'

@@ -546,6 +546,10 @@ class SelfTrainer:
         self.config = config if config is not None else SelfTrainConfig()
         self.start_card = Path(resolve_card(model)).resolve()
         self.start_card_values = read_card(self.start_card, verify=True)
+        if set(self.start_card_values.get('inputs', {'depth': None})) != {'depth'}:
+            raise ValueError(f'{self.start_card}: self-training adapts depth-only networks '
+                             f'(recordings hold depth images); this one takes '
+                             f'{sorted(self.start_card_values["inputs"])}')
         self.output_dir = Path(output_dir)
         self.factory = estimator_factory or default_estimator_factory(self.config)
         self.stream = progress_stream or sys.stderr
