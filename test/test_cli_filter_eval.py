@@ -57,3 +57,18 @@ def test_eval_on_a_models_own_estimates(tmp_path, capsys):
     assert raw['coverage'] > 0.5 and 3.0 < raw['mean_error_mm'] < 60.0
     assert filter_eval.main(['--model', 'no_such_model', '--frames', '20']) == 2
     assert 'no_such_model' in capsys.readouterr().err
+
+
+def test_a_colour_models_estimates_use_rendered_colour(tmp_path):
+    import torch
+
+    from hand_pose_ros.core import export, model_io
+    from hand_pose_ros.core.models import build_model
+
+    torch.manual_seed(0)
+    card = model_io.save_model(
+        build_model('joint_groups_rgb', width=0.125, input_size=64).eval(), tmp_path, 'rgb',
+        extra={'crop': {'input_size': 64, 'cube_size_m': [0.25, 0.25, 0.3]}})
+    export.export_card(card)
+    sequences = filter_eval._model_sequences(str(card), 4, 0, 1, 15.0)
+    assert len(sequences) == 1 and sequences[0].observed.shape == (4, 21, 3)

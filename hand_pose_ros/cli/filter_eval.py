@@ -107,9 +107,10 @@ def _model_sequences(model, frames, seed, count, rate_hz):
     sequences = []
     for k, motion in enumerate(_motions(frames, seed, count, rate_hz)):
         pred = np.full(motion.joints_xyz.shape, np.nan)
-        rendered = SyntheticGenerator(intrinsics, seed=seed + k).render_motion(motion)
+        rendered = SyntheticGenerator(intrinsics, seed=seed + k).render_motion(
+            motion, color='color' in estimator.input_names)
         for t, frame in enumerate(rendered):
-            hands = estimator.estimate(frame.depth_m, intrinsics)
+            hands = estimator.estimate(frame.depth_m, intrinsics, color=frame.color)
             found, = match_centers([h.center_xyz for h in hands],
                                    motion.joints_xyz[t].mean(axis=0))
             if found >= 0:
