@@ -104,9 +104,9 @@ def publish_outputs(tracks, header, serialize, pool):
 def takes_color(model):
     """Return whether a model (name or card) has a colour input."""
     from hand_pose_ros.core.estimator import resolve_card
-    from hand_pose_ros.core.model_io import read_card
+    from hand_pose_ros.core.model_io import card_input_names, read_card
 
-    return 'color' in read_card(resolve_card(model), verify=False).get('inputs', {})
+    return 'color' in card_input_names(read_card(resolve_card(model), verify=False))
 
 
 def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_finder=True,

@@ -607,7 +607,7 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
     :param backend_options: passed on to the backend factory.
     :raises ModelFileError: missing or corrupted model file (names the file and why).
     """
-    from hand_pose_ros.core.model_io import ModelFileError, read_card
+    from hand_pose_ros.core.model_io import card_input_names, ModelFileError, read_card
 
     card_path = resolve_card(model)
     card = read_card(card_path, verify=True)
@@ -618,7 +618,7 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
         spec = CropSpec.from_dict(card['crop'])
     except (TypeError, ValueError) as error:
         raise ModelFileError(f'model card {card_path}: bad "crop" section ({error})') from None
-    input_names = tuple(card.get('inputs', {'depth': None}))
+    input_names = card_input_names(card)
     if not input_names or not set(input_names) <= set(INPUT_NAMES):
         raise ModelFileError(f'model card {card_path}: the estimator makes the network inputs '
                              f'{list(INPUT_NAMES)}, this network takes {list(input_names)}')

@@ -58,6 +58,11 @@ def input_spec(model):
             for name in model.input_names}
 
 
+def card_input_names(card):
+    """Return a card's network input names, in order (cards without ``inputs``: depth)."""
+    return tuple(card.get('inputs', {'depth': None}))
+
+
 def save_model(model, directory, name, extra=None):
     """
     Write ``name.safetensors`` and the model card ``name.yaml`` into ``directory``.

@@ -540,16 +540,17 @@ class SelfTrainer:
     def __init__(self, recording, model, output_dir, config=None, estimator_factory=None,
                  resume=False, progress_stream=None):
         from hand_pose_ros.core.estimator import resolve_card
-        from hand_pose_ros.core.model_io import read_card
+        from hand_pose_ros.core.model_io import card_input_names, read_card
 
         self.recording = recording
         self.config = config if config is not None else SelfTrainConfig()
         self.start_card = Path(resolve_card(model)).resolve()
         self.start_card_values = read_card(self.start_card, verify=True)
-        if set(self.start_card_values.get('inputs', {'depth': None})) != {'depth'}:
+        inputs = card_input_names(self.start_card_values)
+        if inputs != ('depth',):
             raise ValueError(f'{self.start_card}: self-training adapts depth-only networks '
                              f'(recordings hold depth images); this one takes '
-                             f'{sorted(self.start_card_values["inputs"])}')
+                             f'{sorted(inputs)}')
         self.output_dir = Path(output_dir)
         self.factory = estimator_factory or default_estimator_factory(self.config)
         self.stream = progress_stream or sys.stderr
