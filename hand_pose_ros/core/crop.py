@@ -294,6 +294,20 @@ def crop_depth(depth_m, intrinsics, center_xyz, spec, rotation_rad=0.0):
     return CropResult(patch=patch, transform=transform)
 
 
+def check_color(color, intrinsics):
+    """
+    Return a colour image as an array after checking it is registered to the depth image.
+
+    :param color: (H, W, 3) uint8 RGB image of the camera ``intrinsics`` describe.
+    :raises ValueError: another shape or dtype.
+    """
+    color = np.asarray(color)
+    if color.dtype != np.uint8 or color.shape != (intrinsics.height, intrinsics.width, 3):
+        raise ValueError(f'colour image must be ({intrinsics.height}, {intrinsics.width}, 3) '
+                         f'uint8 like the depth image, got {color.shape} {color.dtype}')
+    return color
+
+
 def crop_color(color, transform):
     """
     Crop the window of a depth crop out of the registered colour image.
@@ -304,11 +318,8 @@ def crop_color(color, transform):
     :return: (S, S, 3) uint8 patch (nearest pixel; black outside the image).
     :raises ValueError: when the image is not (H, W, 3) uint8 of the crop's camera.
     """
-    color = np.asarray(color)
     intrinsics = transform.intrinsics
-    if color.dtype != np.uint8 or color.shape != (intrinsics.height, intrinsics.width, 3):
-        raise ValueError(f'colour image must be ({intrinsics.height}, {intrinsics.width}, 3) '
-                         f'uint8 like the depth image, got {color.shape} {color.dtype}')
+    color = check_color(color, intrinsics)
     rows, cols, inside = _nearest_pixels(*_window_uv(transform), intrinsics.width,
                                          intrinsics.height)
     return np.where(inside[..., None], color[rows, cols], 0).astype(np.uint8)

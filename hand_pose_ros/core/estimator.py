@@ -24,7 +24,8 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, check_depth, depth_to_metres
 from hand_pose_ros.core.crop import (
-    batch_views, check_center, check_views, color_batch, crop_batch, CropSpec, merge_views)
+    batch_views, check_center, check_color, check_views, color_batch, crop_batch, CropSpec,
+    merge_views)
 from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig, logit, sigmoid
 from hand_pose_ros.core.skeleton import NUM_JOINTS
 
@@ -263,12 +264,7 @@ class HandPoseEstimator:
         if color is None:
             raise ValueError(f'{self.name} takes a colour image registered to the depth '
                              f'image: pass color=(H, W, 3) uint8 RGB')
-        color = np.asarray(color)
-        if color.dtype != np.uint8 or color.shape != (intrinsics.height, intrinsics.width, 3):
-            raise ValueError(f'colour image must be ({intrinsics.height}, {intrinsics.width}, '
-                             f'3) uint8 RGB like the depth image, got {color.shape} '
-                             f'{color.dtype}')
-        return color
+        return check_color(color, intrinsics)
 
     @staticmethod
     def _checked_centers(centers, intrinsics):

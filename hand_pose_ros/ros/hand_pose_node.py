@@ -36,6 +36,11 @@ from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 COLOR_HISTORY = 10
 
 
+def _tolerance_ns(values, stream):
+    """Return a paired stream's ``<stream>.max_stamp_diff_s`` parameter in nanoseconds."""
+    return int(values[f'{stream}.max_stamp_diff_s'] * 1e9)
+
+
 class RawHand:
     """A per-frame estimate in the shape the message builders expect."""
 
@@ -96,9 +101,9 @@ class HandPoseNode(Node):
             self._values)
         self.get_logger().info(f'model {describe(self._estimator)}')
         self._tracker = HandTracker(self._estimator, self._values['localizer.redetect_interval'])
-        self._pairer = StampPairer(self._max_stamp_diff_ns(self._values))
+        self._pairer = StampPairer(_tolerance_ns(self._values, 'camera_info'))
         self._needs_color = 'color' in getattr(self._estimator, 'input_names', ('depth',))
-        self._colors = StampPairer(self._max_color_diff_ns(self._values), COLOR_HISTORY)
+        self._colors = StampPairer(_tolerance_ns(self._values, 'color'), COLOR_HISTORY)
         self._slot = LatestFrameSlot()
         self._lock = threading.Lock()
         self._counts = {'received': 0, 'processed': 0, 'localised': 0, 'bad_input': 0,
@@ -123,19 +128,11 @@ class HandPoseNode(Node):
         self._worker = threading.Thread(target=self._work, name='hand_pose_worker', daemon=True)
         self._worker.start()
 
-    @staticmethod
-    def _max_stamp_diff_ns(values):
-        return int(values['camera_info.max_stamp_diff_s'] * 1e9)
-
-    @staticmethod
-    def _max_color_diff_ns(values):
-        return int(values['color.max_stamp_diff_s'] * 1e9)
-
     def _apply_parameters(self, values):
         configure_localizer(self._estimator, values)
         self._tracker.redetect_interval = values['localizer.redetect_interval']
-        self._pairer.max_stamp_diff_ns = self._max_stamp_diff_ns(values)
-        self._colors.max_stamp_diff_ns = self._max_color_diff_ns(values)
+        self._pairer.max_stamp_diff_ns = _tolerance_ns(values, 'camera_info')
+        self._colors.max_stamp_diff_ns = _tolerance_ns(values, 'color')
         self._values = values
 
     def _warn(self, key, text):
