@@ -4,8 +4,9 @@
 Stages: decode image (message to numpy), localise, find (the learned hand finder's network,
 when the model has one), crop, infer, decode (joints back to the camera frame), other (the
 estimator's and the hand tracker's work between those: hand score, re-centring, the
-tracker's checks), filter (anatomy, gates, smoothing, tracking), publish (building and
-serialising every output message); "all but network" leaves out find and infer. Frames
+tracker's checks), filter (anatomy, gates, smoothing, tracking), publish (encoding every
+output message, markers included, into the bytes the nodes publish); "all but network"
+leaves out find and infer. Frames
 are a synthetic 640x480 depth stream of one hand moving (30 Hz), run through a hand tracker
 like the node's (the localiser runs every ``--redetect-interval`` frames, and whenever the
 hand is lost).
@@ -89,18 +90,6 @@ def synthetic_frames(count, seed, camera='sr300', ros=True, color=False):
             for depth, pixels in frames], intrinsics
 
 
-def publish_outputs(tracks, header, serialize, pool):
-    """
-    Build and serialise every output message of one frame (what publishing costs).
-
-    :param pool: the ``MessagePool`` kept from frame to frame, as ``hand_filter_node`` does.
-    """
-    from hand_pose_ros.ros.messages import frame_outputs
-
-    return [serialize(msg) for msg in frame_outputs(tracks, header, pool=pool).values()
-            if msg is not None]
-
-
 def takes_color(model):
     """Return whether a model (name or card) has a colour input."""
     from hand_pose_ros.core.estimator import resolve_card
@@ -127,13 +116,10 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
     from hand_pose_ros.core.filters import FilterConfig, HandFilter, Observation
 
     if ros:
-        from rclpy.serialization import serialize_message
         from std_msgs.msg import Header
 
         from hand_pose_ros.ros.conversions import color_from_image, depth_from_image
-        from hand_pose_ros.ros.messages import MessagePool
-
-        pool = MessagePool()
+        from hand_pose_ros.ros.messages import frame_outputs
     estimator = load_estimator(model, backend=backend, max_hands=1, threads=threads,
                                use_finder=use_finder, device=device, views=views)
     tracker = HandTracker(estimator, redetect_interval)
@@ -157,7 +143,7 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
                                               for p in poses])
         t3 = time.perf_counter()
         if ros:
-            publish_outputs(tracks, header, serialize_message, pool)
+            frame_outputs(tracks, header)
         t4 = time.perf_counter()
         if index < warmup:
             continue

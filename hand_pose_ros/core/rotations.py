@@ -6,6 +6,16 @@ import numpy as np
 # factors of each side are gathered with one take.
 _CROSS_A = np.array([1, 2, 0, 2, 0, 1])
 _CROSS_B = np.array([2, 0, 1, 1, 2, 0])
+# quaternion_from_matrix: flat indices of m00, m11, m22; signs of the diagonal in 4 w^2,
+# 4 x^2, 4 y^2, 4 z^2 (minus one); m21, m02, m10 and their transposed partners.
+_DIAGONAL = np.array([0, 4, 8])
+_SQUARE_SIGNS = np.array([[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, 1.0, -1.0],
+                          [1.0, -1.0, -1.0, 1.0]])
+_PAIRS = np.array([7, 2, 3])
+_OPPOSITE = np.array([5, 6, 1])
+# Terms (4 w^2, 4 x^2, 4 y^2, 4 z^2, m21 - m12, m02 - m20, m10 - m01, m21 + m12,
+# m02 + m20, m10 + m01) proportional to x, y, z, w when w, x, y or z is the largest.
+_QUATERNION_TERMS = np.array([[4, 5, 6, 0], [1, 9, 8, 4], [9, 2, 7, 5], [8, 7, 3, 6]])
 
 
 def quaternion_from_matrix(rotation):
@@ -16,26 +26,15 @@ def quaternion_from_matrix(rotation):
     :return: (..., 4) float64 quaternions with w >= 0.
     """
     r = np.asarray(rotation, dtype=np.float64)
-    m00, m11, m22 = r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]
-    # Four candidate magnitudes; pick the largest per matrix for numerical stability.
-    candidates = np.stack([
-        1.0 + m00 + m11 + m22, 1.0 + m00 - m11 - m22,
-        1.0 - m00 + m11 - m22, 1.0 - m00 - m11 + m22], axis=-1)
-    best = np.argmax(candidates, axis=-1)
-    s = np.sqrt(np.maximum(np.take_along_axis(candidates, best[..., None], -1)[..., 0], 1e-12))
-    s = 2.0 * s
-    d21, d02, d10 = r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], \
-        r[..., 1, 0] - r[..., 0, 1]
-    s21, s02, s10 = r[..., 2, 1] + r[..., 1, 2], r[..., 0, 2] + r[..., 2, 0], \
-        r[..., 1, 0] + r[..., 0, 1]
-    options = [
-        np.stack([d21 / s, d02 / s, d10 / s, 0.25 * s], -1),
-        np.stack([0.25 * s, s10 / s, s02 / s, d21 / s], -1),
-        np.stack([s10 / s, 0.25 * s, s21 / s, d02 / s], -1),
-        np.stack([s02 / s, s21 / s, 0.25 * s, d10 / s], -1),
-    ]
-    q = np.choose(best[..., None], options)
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    flat = r.reshape(*r.shape[:-2], 9)
+    # Four times the squares of w, x, y, z; the largest gives the stable formula.
+    squares = 1.0 + flat[..., _DIAGONAL] @ _SQUARE_SIGNS
+    pairs, opposite = flat[..., _PAIRS], flat[..., _OPPOSITE]
+    terms = np.concatenate([squares, pairs - opposite, pairs + opposite], axis=-1)
+    # Each formula's (x, y, z, w) are proportional to four of the terms: normalising them
+    # gives the quaternion.
+    q = np.take_along_axis(terms, _QUATERNION_TERMS[np.argmax(squares, axis=-1)], axis=-1)
+    q /= np.sqrt((q * q).sum(axis=-1, keepdims=True))
     return np.where(q[..., 3:4] < 0, -q, q)
 
 

@@ -9,21 +9,24 @@ Subscribes ``hand_pose/raw_keypoints`` and publishes ``hand_pose/keypoints``,
 import time
 
 from diagnostic_msgs.msg import DiagnosticStatus
-from geometry_msgs.msg import PoseArray, PoseStamped
 import numpy as np
 from rclpy.node import Node
-from sensor_msgs.msg import JointState, PointCloud2
-from tf2_msgs.msg import TFMessage
-from visualization_msgs.msg import MarkerArray
+from sensor_msgs.msg import PointCloud2
 
 from hand_pose_ros.core.filters import HandFilter, Observation
 from hand_pose_ros.core.filters.config import config_from_dict
 from hand_pose_ros.core.stats import LatencyWindow, RateMeter
-from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, MessagePool, \
+from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, OUTPUT_TYPES, \
     visible_hands
 from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
-                                          OUTPUT_QOS, run, stamp_ns, start_diagnostics)
+                                          OUTPUT_QOS, publish_encoded, run, stamp_ns,
+                                          start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_FILTER_NODE_PARAMS
+
+# Topic of each output of frame_outputs.
+OUTPUT_TOPICS = {'keypoints': 'hand_pose/keypoints', 'joints': 'hand_pose/joints',
+                 'palm': 'hand_pose/palm_pose', 'joint_states': 'hand_pose/joint_states',
+                 'markers': 'hand_pose/markers', 'tf': '/tf'}
 
 
 def observations_from_cloud(msg):
@@ -44,8 +47,6 @@ class HandFilterNode(Node):
                                           self._apply_parameters)
         self._filter = HandFilter(config_from_dict(group(self._values, 'filter')))
         self._marker_ids = set()
-        # Output message objects refilled frame after frame (see MessagePool).
-        self._pool = MessagePool()
         self._counts = {'received': 0, 'bad_input': 0}
         self._last_error = ''
         self._last_hands = 0
@@ -55,15 +56,8 @@ class HandFilterNode(Node):
 
         self.create_subscription(PointCloud2, 'hand_pose/raw_keypoints', self._on_raw,
                                  input_qos(self._values))
-        self._pubs = {
-            'keypoints': self.create_publisher(PointCloud2, 'hand_pose/keypoints', OUTPUT_QOS),
-            'joints': self.create_publisher(PoseArray, 'hand_pose/joints', OUTPUT_QOS),
-            'palm': self.create_publisher(PoseStamped, 'hand_pose/palm_pose', OUTPUT_QOS),
-            'joint_states': self.create_publisher(JointState, 'hand_pose/joint_states',
-                                                  OUTPUT_QOS),
-            'markers': self.create_publisher(MarkerArray, 'hand_pose/markers', OUTPUT_QOS),
-            'tf': self.create_publisher(TFMessage, '/tf', OUTPUT_QOS),
-        }
+        self._pubs = {name: self.create_publisher(OUTPUT_TYPES[name], topic, OUTPUT_QOS)
+                      for name, topic in OUTPUT_TOPICS.items()}
         start_diagnostics(self, self._values['diagnostics.period_s'], self.status)
 
     def _apply_parameters(self, values):
@@ -102,10 +96,10 @@ class HandFilterNode(Node):
         outputs = frame_outputs(tracks, header, self._values['output.tf_prefix'],
                                 self._marker_ids - ids,
                                 self._values['output.marker_lifetime_s'],
-                                self._values['output.publish_tf'], markers, self._pool)
-        for name, msg in outputs.items():
-            if msg is not None:
-                self._pubs[name].publish(msg)
+                                self._values['output.publish_tf'], markers)
+        for name, data in outputs.items():
+            if data is not None:
+                publish_encoded(self._pubs[name], data)
         self._marker_ids = ids if markers else set()
 
     def status(self):

@@ -28,7 +28,8 @@ from hand_pose_ros.ros.conversions import (color_from_image, depth_from_image,
                                            image_from_array, intrinsics_from_camera_info)
 from hand_pose_ros.ros.messages import keypoint_cloud
 from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
-                                          OUTPUT_QOS, run, stamp_ns, start_diagnostics)
+                                          OUTPUT_QOS, publish_encoded, run, stamp_ns,
+                                          start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 
 
@@ -203,7 +204,7 @@ class HandPoseNode(Node):
             self._warn('bad_input', f'depth frame rejected: {error}')
             return
         hands = [RawHand(i, pose) for i, pose in enumerate(poses)]
-        self._raw_pub.publish(keypoint_cloud(hands, msg.header))
+        publish_encoded(self._raw_pub, keypoint_cloud(hands, msg.header))
         if self._debug_pub.get_subscription_count() > 0:
             self._publish_debug(msg.header, depth, intrinsics, hands)
         with self._lock:

@@ -1,27 +1,34 @@
 """
-Build and parse the package's output messages (standard types only).
+Encode and parse the package's output messages (standard types only).
 
 Hands passed in are objects with ``hand_id`` (int), ``keypoints_xyz`` (21, 3) metres in the
 camera optical frame, ``scores`` (21,), ``valid`` (21,) bool and ``handedness``
 ('left' | 'right' | 'unknown'). Hands are published in ascending ``hand_id`` order.
 
-The builders of per-joint messages take an optional :class:`MessagePool`: a publisher
-that builds every frame keeps one and gets each hand's message objects refilled instead of
-built again.
+Every builder returns its message serialised (CDR bytes, written by :mod:`~hand_pose_ros.ros.cdr`
+without message objects): a publisher publishes the bytes as they are, and
+``rclpy.serialization.deserialize_message(data, OUTPUT_TYPES[name])`` gives the message.
 """
 
-from builtin_interfaces.msg import Duration
-from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, TransformStamped
+import functools
+import struct
+
+from geometry_msgs.msg import PoseArray, PoseStamped
 import numpy as np
-from sensor_msgs.msg import JointState, PointCloud2, PointField
-from std_msgs.msg import ColorRGBA
+from sensor_msgs.msg import JointState, PointCloud2
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hand_pose_ros.core.kinematics import ANGLE_NAMES, bone_frames, joint_angles
+from hand_pose_ros.core.kinematics import ANGLE_NAMES, bone_frames, hand_from_angles, \
+    joint_angles
 from hand_pose_ros.core.rotations import quaternion_from_matrix
 from hand_pose_ros.core.skeleton import (BONES, FINGER_OF_JOINT, JOINT_NAMES, NUM_JOINTS,
                                          palm_center, WRIST)
+from hand_pose_ros.ros import cdr
+
+# Message type of each output of frame_outputs.
+OUTPUT_TYPES = {'keypoints': PointCloud2, 'joints': PoseArray, 'joint_states': JointState,
+                'palm': PoseStamped, 'tf': TFMessage, 'markers': MarkerArray}
 
 # One point per joint per hand: self-describing PointCloud2 layout.
 KEYPOINT_DTYPE = np.dtype({
@@ -35,57 +42,53 @@ _POINT_FIELD_TYPES = {np.dtype('<f4'): 7, np.dtype('<u2'): 4, np.dtype('u1'): 2,
                       np.dtype('<f8'): 8, np.dtype('<i4'): 5, np.dtype('<u4'): 6,
                       np.dtype('<i2'): 3, np.dtype('i1'): 1}
 _DTYPE_FROM_FIELD = {code: dtype for dtype, code in _POINT_FIELD_TYPES.items()}
-# (name, offset, PointField datatype) of each keypoint field, in order.
-_KEYPOINT_FIELDS = [(name, KEYPOINT_DTYPE.fields[name][1],
-                     _POINT_FIELD_TYPES[KEYPOINT_DTYPE.fields[name][0]])
-                    for name in KEYPOINT_DTYPE.names]
+
+
+def _fragment(*parts):
+    """Return CDR parts (each starting with a 4-aligned primitive) written one after another."""
+    writer = cdr.CdrWriter(encapsulation=False)
+    for part in parts:
+        writer.put(part, 4)
+    return writer.getvalue()
+
+
+# The keypoint cloud's field sequence: per field a name, offset, datatype and count of 1.
+_KEYPOINT_FIELDS = _fragment(struct.pack('<I', len(KEYPOINT_DTYPE.names)), *(
+    part for name in KEYPOINT_DTYPE.names
+    for part in (cdr.string(name),
+                 struct.pack('<IB3xI', KEYPOINT_DTYPE.fields[name][1],
+                             _POINT_FIELD_TYPES[KEYPOINT_DTYPE.fields[name][0]], 1))))
 
 # Per-finger RGBA colours (thumb, index, middle, ring, pinky) for markers and overlays.
 FINGER_COLORS = np.array([
     [0.95, 0.35, 0.20, 1.0], [0.98, 0.80, 0.15, 1.0], [0.25, 0.80, 0.30, 1.0],
     [0.20, 0.55, 0.95, 1.0], [0.70, 0.35, 0.90, 1.0]])
-# Marker colour (finger) of each joint (the wrist takes the thumb's) and of each bone.
-_JOINT_COLOR = np.maximum(FINGER_OF_JOINT, 0).tolist()
-_BONE_COLOR = FINGER_OF_JOINT[BONES[:, 1]].tolist()
-_BONE_LIST = BONES.tolist()
-
-
-def _color(rgba):
-    return ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3]))
-
-
-# Read-only message objects that every message of their kind shares.
-_KEYPOINT_FIELD_MSGS = tuple(PointField(name=name, offset=offset, datatype=datatype, count=1)
-                             for name, offset, datatype in _KEYPOINT_FIELDS)
-_FINGER_COLOR_MSGS = tuple(_color(rgba) for rgba in FINGER_COLORS)
-
-
-class MessagePool:
-    """
-    Per-hand message objects reused from one frame's messages to the next.
-
-    Building a Python message object costs far more than filling it: every constructor
-    builds its default sub-messages (a ``TransformStamped`` builds a header, a time stamp, a
-    transform, a vector and a quaternion), and one hand's poses, transforms and marker
-    points are about a hundred objects. The builders take each hand's objects from the pool
-    and refill them. A message built with a pool is therefore valid only until the next build
-    with the same pool: publish it first (rclpy serialises a message when it is published).
-    """
-
-    def __init__(self):
-        self._items = {}
-
-    def take(self, kind, hand_id, factory, count):
-        """Return ``count`` objects of one kind for one hand, made by ``factory`` once."""
-        items = self._items.get((kind, hand_id))
-        if items is None or len(items) < count:
-            items = [factory() for _ in range(count)]
-            self._items[(kind, hand_id)] = items
-        return items if len(items) == count else items[:count]
-
-    def keep_only(self, hand_ids):
-        """Drop the objects of hands not in ``hand_ids`` (a lost hand's id never returns)."""
-        self._items = {key: items for key, items in self._items.items() if key[1] in hand_ids}
+# Marker colour of each joint (its finger's; the wrist takes the thumb's) and of each bone's
+# two end points (its child joint's finger), float32 as in std_msgs/ColorRGBA.
+_JOINT_COLORS = FINGER_COLORS[np.maximum(FINGER_OF_JOINT, 0)].astype('<f4')
+_BONE_COLORS = np.repeat(FINGER_COLORS[FINGER_OF_JOINT[BONES[:, 1]]], 2, axis=0).astype('<f4')
+_WHITE = (1.0, 1.0, 1.0, 1.0)
+# Label position relative to the wrist, metres.
+_LABEL_OFFSET = np.array([0.0, -0.03, 0.0])
+# visualization_msgs/Marker fields after ``colors`` up to ``text``, and after ``text``, all
+# empty. Humble's Marker ends its points with colors, text, mesh_resource; later
+# distributions add a texture before the text and a mesh file after the mesh resource.
+_MARKER_HAS_TEXTURE = 'texture' in Marker.get_fields_and_field_types()
+_EMPTY_STRING = cdr.string('')
+_EMPTY_SEQUENCE = struct.pack('<I', 0)
+# texture_resource, texture (header, format, data), uv_coordinates
+_MARKER_BEFORE_TEXT = _fragment(_EMPTY_STRING, struct.pack('<iI', 0, 0) + _EMPTY_STRING,
+                                _EMPTY_STRING, _EMPTY_SEQUENCE, _EMPTY_SEQUENCE) \
+    if _MARKER_HAS_TEXTURE else b''
+# mesh_resource, mesh_file (filename, data)
+_MARKER_AFTER_TEXT = _fragment(_EMPTY_STRING, *((_EMPTY_STRING, _EMPTY_SEQUENCE)
+                                                if _MARKER_HAS_TEXTURE else ()))
+_MARKER_IDS = struct.Struct('<iii')
+_COLOR = struct.Struct('<4f')
+_NO_POINTS = np.zeros((0, 3))
+_NO_COLORS = np.zeros((0, 4), dtype='<f4')
+# Pose (position, orientation) and scale of a marker without its own: identity, no size.
+_IDENTITY_POSE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
 
 def sorted_hands(hands):
@@ -94,7 +97,7 @@ def sorted_hands(hands):
 
 
 def keypoint_cloud(hands, header):
-    """Return a ``sensor_msgs/PointCloud2`` with one point per joint per hand."""
+    """Return a ``sensor_msgs/PointCloud2`` (CDR bytes) with one point per joint per hand."""
     hands = sorted_hands(hands)
     points = np.zeros(len(hands) * NUM_JOINTS, dtype=KEYPOINT_DTYPE)
     if hands:
@@ -106,16 +109,17 @@ def keypoint_cloud(hands, header):
         hand_ids = np.array([hand.hand_id for hand in hands], dtype=KEYPOINT_DTYPE['hand_id'])
         points['hand_id'] = np.repeat(hand_ids, NUM_JOINTS)
         points['valid'] = np.concatenate([np.asarray(hand.valid, dtype=bool) for hand in hands])
-    msg = PointCloud2()
-    msg.header = header
-    msg.height, msg.width = 1, len(points)
-    msg.fields = list(_KEYPOINT_FIELD_MSGS)
-    msg.is_bigendian = False
-    msg.point_step = KEYPOINT_DTYPE.itemsize
-    msg.row_step = msg.point_step * msg.width
-    msg.is_dense = True
-    msg.data = points.tobytes()
-    return msg
+    data = points.tobytes()
+    writer = cdr.CdrWriter()
+    writer.put(cdr.header(header), 4)
+    writer.uint32(1, len(points))  # height, width
+    writer.put(_KEYPOINT_FIELDS, 4)
+    writer.put(b'\x00')  # is_bigendian
+    # point_step, row_step, then the data as a uint8 sequence
+    writer.uint32(KEYPOINT_DTYPE.itemsize, len(data), len(data))
+    writer.put(data)
+    writer.put(b'\x01')  # is_dense
+    return writer.getvalue()
 
 
 def points_from_cloud(msg):
@@ -171,14 +175,6 @@ def hands_from_cloud(msg):
     return hands
 
 
-def _set_pose(pose, position, quaternion):
-    """Fill a ``geometry_msgs/Pose`` from Python floats (x, y, z) and (x, y, z, w)."""
-    position_msg, orientation = pose.position, pose.orientation
-    position_msg.x, position_msg.y, position_msg.z = position
-    orientation.x, orientation.y, orientation.z, orientation.w = quaternion
-    return pose
-
-
 def hand_geometry(hands):
     """
     Return {hand_id: (palm origin (3,), palm quaternion (4,), joint quaternions (21, 4))}.
@@ -194,28 +190,30 @@ def hand_geometry(hands):
             for hand, origin, q in zip(hands, palm_center(keypoints), quaternions)}
 
 
-def joint_pose_array(hands, header, geometry=None, pool=None):
-    """Return a ``geometry_msgs/PoseArray``: 21 poses per hand, orientation = bone frame."""
+def joint_pose_array(hands, header, geometry=None):
+    """
+    Return a ``geometry_msgs/PoseArray`` (CDR bytes).
+
+    21 poses per hand: position = joint, orientation = the bone frame (``hand_geometry``).
+    """
     geometry = geometry or hand_geometry(hands)
-    pool = MessagePool() if pool is None else pool
-    msg = PoseArray()
-    msg.header = header
-    poses = []
-    for hand in sorted_hands(hands):
-        quaternions = geometry[hand.hand_id][2].tolist()
-        poses += map(_set_pose, pool.take('pose', hand.hand_id, Pose, NUM_JOINTS),
-                     np.asarray(hand.keypoints_xyz).tolist(), quaternions)
-    msg.poses = poses
-    return msg
+    writer = cdr.CdrWriter()
+    writer.put(cdr.header(header), 4)
+    hands = sorted_hands(hands)
+    writer.uint32(len(hands) * NUM_JOINTS)
+    for hand in hands:
+        writer.float64s(np.concatenate([np.asarray(hand.keypoints_xyz, dtype=np.float64),
+                                        geometry[hand.hand_id][2]], axis=1))
+    return writer.getvalue()
 
 
 def palm_pose(hand, header, geometry=None):
-    """Return the palm frame of ``hand`` as ``geometry_msgs/PoseStamped``."""
+    """Return the palm frame of ``hand`` as ``geometry_msgs/PoseStamped`` (CDR bytes)."""
     origin, quaternion, _ = (geometry or hand_geometry([hand]))[hand.hand_id]
-    msg = PoseStamped()
-    msg.header = header
-    _set_pose(msg.pose, origin.tolist(), quaternion.tolist())
-    return msg
+    writer = cdr.CdrWriter()
+    writer.put(cdr.header(header), 4)
+    writer.float64s(np.concatenate([origin, quaternion]))
+    return writer.getvalue()
 
 
 def joint_state_prefixes(hands):
@@ -235,21 +233,20 @@ def joint_state_prefixes(hands):
     return prefixes
 
 
+@functools.lru_cache(maxsize=64)
+def _angle_names(prefix):
+    """Return the CDR strings of a hand's joint state names (``prefix`` + ANGLE_NAMES)."""
+    return _fragment(*(cdr.string(prefix + name) for name in ANGLE_NAMES))
+
+
 def joint_state(hands, header):
     """
-    Return a ``sensor_msgs/JointState`` of finger articulation angles (radians).
+    Return a ``sensor_msgs/JointState`` (CDR bytes) of finger articulation angles (radians).
 
     A hand's ``joint_angles`` attribute, when it has one that is not None (the filter's
     ``TrackedHand``), is used as is; the others' are computed from their keypoints.
     """
-    msg = JointState()
-    msg.header = header
     hands = sorted_hands(hands)
-    if not hands:
-        return msg
-    prefixes = joint_state_prefixes(hands)
-    for hand in hands:
-        msg.name.extend(prefixes[hand.hand_id] + name for name in ANGLE_NAMES)
     angles = [getattr(hand, 'joint_angles', None) for hand in hands]
     missing = [i for i, value in enumerate(angles) if value is None]
     if missing:
@@ -258,8 +255,17 @@ def joint_state(hands, header):
             [hands[i].handedness for i in missing])
         for i, value in zip(missing, computed):
             angles[i] = value
-    msg.position.extend(np.concatenate(angles).tolist())
-    return msg
+    prefixes = joint_state_prefixes(hands)
+    writer = cdr.CdrWriter()
+    writer.put(cdr.header(header), 4)
+    writer.uint32(len(hands) * len(ANGLE_NAMES))
+    for hand in hands:
+        writer.put(_angle_names(prefixes[hand.hand_id]), 4)
+    writer.uint32(len(hands) * len(ANGLE_NAMES))
+    for value in angles:
+        writer.float64s(value)
+    writer.uint32(0, 0)  # no velocities, no efforts
+    return writer.getvalue()
 
 
 def hand_frame_names(prefix, hand_id):
@@ -268,91 +274,92 @@ def hand_frame_names(prefix, hand_id):
     return palm, [f'{palm}_{name}' for name in JOINT_NAMES]
 
 
-def tf_message(hands, header, prefix='', geometry=None, pool=None):
-    """Return a ``tf2_msgs/TFMessage``: a palm frame and valid joint frames per hand."""
+@functools.lru_cache(maxsize=64)
+def _frame_names(prefix, hand_id):
+    """Return the CDR strings of a hand's palm frame and its 21 joint frames."""
+    palm, joints = hand_frame_names(prefix, hand_id)
+    return [cdr.string(name) for name in [palm] + joints]
+
+
+def tf_message(hands, header, prefix='', geometry=None):
+    """Return a ``tf2_msgs/TFMessage`` (CDR bytes): palm and valid joint frames per hand."""
     geometry = geometry or hand_geometry(hands)
-    pool = MessagePool() if pool is None else pool
-    msg = TFMessage()
-    transforms = []
+    stamp = cdr.header(header)
+    frames = []
     for hand in sorted_hands(hands):
-        palm_name, joint_names = hand_frame_names(prefix, hand.hand_id)
         origin, palm_quaternion, quaternions = geometry[hand.hand_id]
         valid = np.flatnonzero(hand.valid)
-        # Object 0 is the palm's, 1 + j joint j's: each frame keeps its own object.
-        objects = pool.take('transform', hand.hand_id, TransformStamped, 1 + NUM_JOINTS)
-        frames = [(objects[0], palm_name)] + [(objects[1 + j], joint_names[j]) for j in valid]
-        positions = [origin.tolist()] + np.asarray(hand.keypoints_xyz)[valid].tolist()
-        rotations = [palm_quaternion.tolist()] + quaternions[valid].tolist()
-        for (transform, child), position, quaternion in zip(frames, positions, rotations):
-            transform.header = header
-            transform.child_frame_id = child
-            t, r = transform.transform.translation, transform.transform.rotation
-            t.x, t.y, t.z = position
-            r.x, r.y, r.z, r.w = quaternion
-            transforms.append(transform)
-    msg.transforms = transforms
-    return msg
+        names = _frame_names(prefix, hand.hand_id)
+        # Row 0 is the palm's transform, row 1 + j joint j's: translation, rotation.
+        values = np.concatenate([
+            np.concatenate([origin, palm_quaternion])[None],
+            np.concatenate([np.asarray(hand.keypoints_xyz, dtype=np.float64)[valid],
+                            quaternions[valid]], axis=1)]).astype('<f8').tobytes()
+        frames += [(names[0], values[:56])]
+        frames += [(names[1 + j], values[56 * k:56 * (k + 1)])
+                   for k, j in enumerate(valid.tolist(), start=1)]
+    writer = cdr.CdrWriter()
+    writer.uint32(len(frames))
+    for child, transform in frames:
+        writer.put(stamp, 4)
+        writer.put(child, 4)
+        writer.put(transform, 8)
+    return writer.getvalue()
 
 
-def _set_point(point, xyz):
-    """Fill a ``geometry_msgs/Point`` from Python floats (x, y, z)."""
-    point.x, point.y, point.z = xyz
-    return point
+def _put_marker(writer, header, ns, marker_id, kind, action, pose=_IDENTITY_POSE,
+                scale=(0.0, 0.0, 0.0), color=(0.0, 0.0, 0.0, 0.0), lifetime=(0, 0),
+                points=_NO_POINTS, colors=_NO_COLORS, text=''):
+    """Write one ``visualization_msgs/Marker`` (header and ``ns`` as CDR bytes)."""
+    writer.put(header, 4)
+    writer.put(ns, 4)
+    writer.put(_MARKER_IDS.pack(marker_id, kind, action), 4)
+    writer.float64s(pose + scale)
+    writer.put(_COLOR.pack(*color) + struct.pack('<iI', *lifetime), 4)
+    writer.put(b'\x00')  # frame_locked
+    writer.uint32(len(points))
+    writer.float64s(points)
+    writer.uint32(len(colors))
+    writer.put(colors.tobytes(), 4)
+    writer.put(_MARKER_BEFORE_TEXT, 4)
+    writer.put(cdr.string(text), 4)
+    writer.put(_MARKER_AFTER_TEXT, 4)
+    writer.put(b'\x00')  # mesh_use_embedded_materials
 
 
-def _hand_markers(hand_id):
-    """Return the (joints, bones, label) markers of a hand, their fixed fields set."""
-    ns = f'hand_{hand_id}'
-    joints = Marker(ns=ns, id=0, type=Marker.SPHERE_LIST, action=Marker.ADD)
-    joints.scale.x = joints.scale.y = joints.scale.z = 0.012
-    bones = Marker(ns=ns, id=1, type=Marker.LINE_LIST, action=Marker.ADD)
-    bones.scale.x = 0.006
-    label = Marker(ns=ns, id=2, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
-    label.scale.z = 0.025
-    label.color = _color((1.0, 1.0, 1.0, 1.0))
-    for marker in (joints, bones, label):
-        marker.pose.orientation.w = 1.0
-    return [joints, bones, label]
-
-
-def marker_array(hands, header, lost_ids=(), lifetime_s=0.5, pool=None):
+def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
     """
-    Return a ``visualization_msgs/MarkerArray`` of joints, bones and a label per hand.
+    Return a ``visualization_msgs/MarkerArray`` (CDR bytes): joints, bones and a label per hand.
 
-    Markers of ``lost_ids`` (hands no longer tracked) are deleted (namespace ``hand_<id>``).
-    Within the message, the markers share their header, lifetime, colour objects and the
-    joint points of a hand (as the bones' end points).
+    Markers of ``lost_ids`` (hands no longer tracked) are deleted (namespace ``hand_<id>``,
+    ids 0 to 2).
     """
-    pool = MessagePool() if pool is None else pool
-    lifetime = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1) * 1e9))
-    msg = MarkerArray()
-    markers = []
+    stamp = cdr.header(header)
+    lifetime = (int(lifetime_s), int((lifetime_s % 1) * 1e9))
+    hands = sorted_hands(hands)
+    writer = cdr.CdrWriter()
+    writer.uint32(3 * (len(lost_ids) + len(hands)))
     for hand_id in sorted(lost_ids):
-        markers += [Marker(header=header, ns=f'hand_{hand_id}', id=marker_id,
-                           action=Marker.DELETE) for marker_id in range(3)]
-    colors = _FINGER_COLOR_MSGS
-    for hand in sorted_hands(hands):
-        xyz, valid = np.asarray(hand.keypoints_xyz), np.asarray(hand.valid, bool).tolist()
-        # Point NUM_JOINTS is the label's position.
-        points = list(map(_set_point, pool.take('point', hand.hand_id, Point, NUM_JOINTS + 1),
-                          xyz.tolist() + [(xyz[0] + (0.0, -0.03, 0.0)).tolist()]))
-        joints, bones, label = pool.take('markers', hand.hand_id,
-                                         lambda hand_id=hand.hand_id: _hand_markers(hand_id),
-                                         1)[0]
-        joints.points = [points[j] for j in range(NUM_JOINTS) if valid[j]]
-        joints.colors = [colors[_JOINT_COLOR[j]] for j in range(NUM_JOINTS) if valid[j]]
-        drawn = [b for b, (parent, child) in enumerate(_BONE_LIST)
-                 if valid[parent] and valid[child]]
-        bones.points = [points[j] for b in drawn for j in _BONE_LIST[b]]
-        bones.colors = [colors[_BONE_COLOR[b]] for b in drawn for _ in range(2)]
-        label.text = f'hand {hand.hand_id} ({hand.handedness})'
-        label.pose.position = points[NUM_JOINTS]
-        for marker in (joints, bones, label):
-            marker.header = header
-            marker.lifetime = lifetime
-        markers += [joints, bones, label]
-    msg.markers = markers
-    return msg
+        ns = cdr.string(f'hand_{hand_id}')
+        for marker_id in range(3):
+            _put_marker(writer, stamp, ns, marker_id, Marker.ARROW, Marker.DELETE)
+    for hand in hands:
+        ns = cdr.string(f'hand_{hand.hand_id}')
+        xyz = np.asarray(hand.keypoints_xyz, dtype=np.float64)
+        valid = np.asarray(hand.valid, dtype=bool)
+        drawn = valid[BONES].all(axis=1)
+        _put_marker(writer, stamp, ns, 0, Marker.SPHERE_LIST, Marker.ADD,
+                    scale=(0.012, 0.012, 0.012), lifetime=lifetime, points=xyz[valid],
+                    colors=_JOINT_COLORS[valid])
+        _put_marker(writer, stamp, ns, 1, Marker.LINE_LIST, Marker.ADD,
+                    scale=(0.006, 0.0, 0.0), lifetime=lifetime,
+                    points=xyz[BONES[drawn]].reshape(-1, 3),
+                    colors=_BONE_COLORS.reshape(-1, 2, 4)[drawn].reshape(-1, 4))
+        _put_marker(writer, stamp, ns, 2, Marker.TEXT_VIEW_FACING, Marker.ADD,
+                    pose=tuple((xyz[WRIST] + _LABEL_OFFSET).tolist()) + _IDENTITY_POSE[3:],
+                    scale=(0.0, 0.0, 0.025), color=_WHITE, lifetime=lifetime,
+                    text=f'hand {hand.hand_id} ({hand.handedness})')
+    return writer.getvalue()
 
 
 def visible_hands(tracks):
@@ -362,31 +369,53 @@ def visible_hands(tracks):
 
 
 def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0.5,
-                  publish_tf=True, markers=True, pool=None):
+                  publish_tf=True, markers=True):
     """
-    Build every output message of one frame.
+    Build every output message of one frame, as CDR bytes.
 
     The keypoint cloud carries every track (joints past the gap limit have ``valid = 0``);
     the other outputs only :func:`visible_hands`: a hand whose joints are all invalid counts
     as lost, so its TF frames stop and its markers are deleted.
 
     :param markers: build the markers (False: None, e.g. while nobody displays them).
-    :param pool: :class:`MessagePool` kept from frame to frame (the messages are then valid
-        until the next call with it); None builds new messages.
-    :return: {output name: message or None}: keypoints, joints, joint_states, palm, tf,
-        markers.
+    :return: {output name: CDR bytes or None}: keypoints, joints, joint_states, palm, tf,
+        markers (message types in :data:`OUTPUT_TYPES`).
     """
     hands = visible_hands(tracks)
     geometry = hand_geometry(hands)
-    pool = MessagePool() if pool is None else pool
-    pool.keep_only({hand.hand_id for hand in hands})
     return {
         'keypoints': keypoint_cloud(tracks, header),
-        'joints': joint_pose_array(hands, header, geometry, pool),
+        'joints': joint_pose_array(hands, header, geometry),
         'joint_states': joint_state(hands, header),
         'palm': palm_pose(hands[0], header, geometry) if hands else None,
-        'tf': tf_message(hands, header, tf_prefix, geometry, pool)
-        if hands and publish_tf else None,
-        'markers': marker_array(hands, header, lost_ids, marker_lifetime_s, pool)
-        if markers else None,
+        'tf': tf_message(hands, header, tf_prefix, geometry) if hands and publish_tf else None,
+        'markers': marker_array(hands, header, lost_ids, marker_lifetime_s) if markers else None,
     }
+
+
+class _SampleHand:
+    """A hand for :func:`encoding_matches_rclpy` (the attributes the builders read)."""
+
+    def __init__(self, hand_id, keypoints_xyz, handedness):
+        self.hand_id, self.keypoints_xyz, self.handedness = hand_id, keypoints_xyz, handedness
+        self.scores = np.linspace(0.3, 0.9, NUM_JOINTS)
+        self.valid = np.arange(NUM_JOINTS) % 7 != 3
+
+
+@functools.lru_cache(maxsize=1)
+def encoding_matches_rclpy():
+    """
+    Return whether this ROS installation writes every output as the builders encode it.
+
+    Checked once per process on a frame of two hands with missing joints and a lost hand (see
+    :func:`~hand_pose_ros.ros.cdr.matches_rclpy`). Where it is False, the nodes publish the
+    messages rclpy reads from the bytes instead of the bytes (slower, same topics).
+    """
+    from std_msgs.msg import Header
+
+    header = Header(frame_id='camera_optical_frame')
+    header.stamp.sec, header.stamp.nanosec = 1234, 567890
+    hands = [_SampleHand(2, hand_from_angles() + (0.01, -0.02, 0.45), 'right'),
+             _SampleHand(7, hand_from_angles(handedness='left') + (-0.1, 0.0, 0.5), 'unknown')]
+    outputs = frame_outputs(hands, header, 'sample_', lost_ids=(4,))
+    return all(cdr.matches_rclpy(data, OUTPUT_TYPES[name]) for name, data in outputs.items())

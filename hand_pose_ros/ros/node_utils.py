@@ -1,5 +1,6 @@
-"""Shared node plumbing: parameter declaration from specs, QoS, diagnostics, ``main``."""
+"""Shared node plumbing: parameters from specs, QoS, publishing, diagnostics, ``main``."""
 
+import functools
 import sys
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
@@ -7,7 +8,9 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 
+from hand_pose_ros.ros.messages import encoding_matches_rclpy
 from hand_pose_ros.ros.params import check_values
 
 
@@ -77,6 +80,30 @@ def diagnostic_status(name, hardware_id, level, message, values):
 
     return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
                             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+@functools.lru_cache(maxsize=1)
+def _publish_bytes():
+    """Return whether encoded messages go out as bytes (see :func:`publish_encoded`)."""
+    if encoding_matches_rclpy():
+        return True
+    rclpy.logging.get_logger('hand_pose_ros').warning(
+        'this ROS installation serialises messages differently from hand_pose_ros; '
+        'outputs are published as message objects (slower)')
+    return False
+
+
+def publish_encoded(publisher, data, as_bytes=None):
+    """
+    Publish a message encoded by :mod:`~hand_pose_ros.ros.messages` (CDR bytes).
+
+    :param as_bytes: publish the bytes as they are (True) or the message rclpy reads from
+        them (False); None: bytes where this ROS installation writes every output the same
+        way (checked once per process), else the message, with one warning.
+    """
+    if as_bytes is None:
+        as_bytes = _publish_bytes()
+    publisher.publish(data if as_bytes else deserialize_message(data, publisher.msg_type))
 
 
 def start_diagnostics(node, period_s, status):

@@ -21,7 +21,7 @@ from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.synth import generate_motion, SyntheticGenerator
 from hand_pose_ros.ros.conversions import camera_info_from_intrinsics, image_from_array
 from hand_pose_ros.ros.messages import keypoint_cloud
-from hand_pose_ros.ros.node_utils import declare_parameters, OUTPUT_QOS, run
+from hand_pose_ros.ros.node_utils import declare_parameters, OUTPUT_QOS, publish_encoded, run
 from hand_pose_ros.ros.params import SYNTHETIC_CAMERA_PARAMS
 
 
@@ -99,7 +99,7 @@ class SyntheticCameraNode(Node):
         if self._color_pub is not None and frame.color is not None:
             self._color_pub.publish(image_from_array(frame.color, 'rgb8', header))
         truth = [GroundTruthHand(i, label) for i, label in enumerate(frame.hands)]
-        self._truth_pub.publish(keypoint_cloud(truth, header))
+        publish_encoded(self._truth_pub, keypoint_cloud(truth, header))
         self.published += 1
 
 

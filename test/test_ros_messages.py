@@ -1,0 +1,173 @@
+"""Output messages written as CDR: what rclpy reads from them, byte layout, publishing."""
+
+from types import SimpleNamespace
+
+from conftest import Recorder
+import numpy as np
+import pytest
+import rclpy
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import JointState, PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker
+
+from hand_pose_ros.core.kinematics import ANGLE_NAMES, joint_angles
+from hand_pose_ros.core.skeleton import BONES, JOINT_NAMES, palm_center
+from hand_pose_ros.core.synth import generate_motion
+from hand_pose_ros.ros import cdr
+from hand_pose_ros.ros.messages import (encoding_matches_rclpy, frame_outputs, hand_geometry,
+                                        hands_from_cloud, joint_state, OUTPUT_TYPES)
+from hand_pose_ros.ros.node_utils import OUTPUT_QOS, publish_encoded
+
+
+def frames(count=12, seed=4):
+    """Yield (hands, header, tf prefix, lost ids) of varied frames: ids, gaps, labels."""
+    rng = np.random.default_rng(seed)
+    motion = generate_motion(count, fps=30.0, seed=seed)
+    for index, joints in enumerate(motion.joints_xyz):
+        # Hand 3 stays (hand 12 too from frame 4); hand 5 joins at 2, goes at 6; none at 9.
+        ids = [] if index == 9 else [3] + ([5] if 2 <= index < 6 else []) + (
+            [12] if index >= 4 else [])
+        hands = [SimpleNamespace(
+            hand_id=i, keypoints_xyz=joints + 0.05 * i, scores=rng.uniform(0.2, 1.0, 21),
+            valid=rng.random(21) > (0.0 if index % 4 == 0 else 0.2),
+            handedness=('left', 'right', 'unknown')[(index + i) % 3]) for i in ids]
+        header = Header(frame_id='cam_' * (index % 5))  # string lengths shift the padding
+        header.stamp.sec, header.stamp.nanosec = 1000 + index, 123456789 * (index % 7)
+        yield hands, header, ('', 'user_')[index % 2], {7, 5} if index == 6 else set()
+
+
+def decoded(outputs):
+    return {name: deserialize_message(data, OUTPUT_TYPES[name])
+            for name, data in outputs.items() if data is not None}
+
+
+def test_every_output_is_written_as_rclpy_writes_it():
+    assert encoding_matches_rclpy()
+    checked = 0
+    for hands, header, prefix, lost in frames():
+        for name, data in frame_outputs(hands, header, prefix, lost).items():
+            if data is not None:
+                assert cdr.matches_rclpy(data, OUTPUT_TYPES[name]), name
+                checked += 1
+    assert checked > 50
+
+
+def test_outputs_carry_the_hands():
+    for hands, header, prefix, lost in frames():
+        messages = decoded(frame_outputs(hands, header, prefix, lost, marker_lifetime_s=0.25))
+        visible = sorted((h for h in hands if h.valid.any()), key=lambda h: h.hand_id)
+        geometry = hand_geometry(visible)
+        for name, msg in messages.items():
+            stamps = [msg.header] if hasattr(msg, 'header') else [
+                item.header for item in getattr(msg, 'transforms', getattr(msg, 'markers', []))]
+            assert all(s == header for s in stamps), name
+        cloud = hands_from_cloud(messages['keypoints'])
+        assert [c['hand_id'] for c in cloud] == [h.hand_id for h in hands]
+        for parsed, hand in zip(cloud, sorted(hands, key=lambda h: h.hand_id)):
+            np.testing.assert_allclose(parsed['keypoints_xyz'], hand.keypoints_xyz, atol=1e-6)
+            np.testing.assert_allclose(parsed['scores'], hand.scores, atol=1e-6)
+            assert (parsed['valid'] == hand.valid).all()
+        poses = messages['joints'].poses
+        assert len(poses) == 21 * len(visible)
+        for k, hand in enumerate(visible):
+            for j in (0, 4, 20):
+                pose = poses[21 * k + j]
+                np.testing.assert_allclose([pose.position.x, pose.position.y, pose.position.z],
+                                           hand.keypoints_xyz[j])
+                q = pose.orientation
+                np.testing.assert_allclose([q.x, q.y, q.z, q.w],
+                                           geometry[hand.hand_id][2][j])
+        states = messages['joint_states']
+        assert len(states.name) == len(states.position) == len(ANGLE_NAMES) * len(visible)
+        assert not states.velocity and not states.effort
+        if visible:
+            np.testing.assert_allclose(states.position[:len(ANGLE_NAMES)], joint_angles(
+                visible[0].keypoints_xyz, visible[0].handedness))
+            palm = messages['palm'].pose.position
+            np.testing.assert_allclose([palm.x, palm.y, palm.z],
+                                       palm_center(visible[0].keypoints_xyz))
+            transforms = {t.child_frame_id: t.transform for t in messages['tf'].transforms}
+            expected = {f'{prefix}hand_{h.hand_id}' for h in visible} | {
+                f'{prefix}hand_{h.hand_id}_{JOINT_NAMES[j]}'
+                for h in visible for j in np.flatnonzero(h.valid)}
+            assert set(transforms) == expected
+            if visible[0].valid[8]:
+                tip = transforms[f'{prefix}hand_{visible[0].hand_id}_{JOINT_NAMES[8]}']
+                np.testing.assert_allclose(
+                    [tip.translation.x, tip.translation.y, tip.translation.z],
+                    visible[0].keypoints_xyz[8])
+        else:
+            assert 'palm' not in messages and 'tf' not in messages
+        markers = messages['markers'].markers
+        assert len(markers) == 3 * (len(lost) + len(visible))
+        deleted = [m for m in markers if m.action == Marker.DELETE]
+        assert {(m.ns, m.id) for m in deleted} == {(f'hand_{i}', k) for i in lost
+                                                   for k in range(3)}
+        for k, hand in enumerate(visible):
+            joints, bones, label = markers[3 * (len(lost) + k):3 * (len(lost) + k + 1)]
+            assert joints.type == Marker.SPHERE_LIST and len(joints.points) == hand.valid.sum()
+            assert len(joints.colors) == len(joints.points)
+            drawn = hand.valid[BONES].all(axis=1)
+            assert bones.type == Marker.LINE_LIST and len(bones.points) == 2 * drawn.sum()
+            assert len(bones.colors) == len(bones.points)
+            first = bones.points[0] if len(bones.points) else None
+            if first is not None:
+                parent = BONES[np.flatnonzero(drawn)[0], 0]
+                np.testing.assert_allclose([first.x, first.y, first.z],
+                                           hand.keypoints_xyz[parent])
+            assert label.text == f'hand {hand.hand_id} ({hand.handedness})'
+            assert label.pose.orientation.w == 1.0 and label.color.a == 1.0
+            assert all(m.lifetime.nanosec == 250_000_000 for m in (joints, bones, label))
+
+
+def test_joint_states_prefer_the_filter_angles():
+    hands, header, _, _ = next(frames(1))
+    hands[0].joint_angles = np.arange(len(ANGLE_NAMES), dtype=float)
+    msg = deserialize_message(joint_state(hands, header), JointState)
+    assert list(msg.position) == list(range(len(ANGLE_NAMES)))
+    assert msg.name[0] == f'{hands[0].handedness}_{ANGLE_NAMES[0]}' or \
+        msg.name[0].startswith('hand_3_')
+
+
+def test_writer_aligns_each_primitive_and_skips_empty_sequences():
+    writer = cdr.CdrWriter()
+    writer.put(b'\x01')
+    writer.float64s([])
+    writer.uint32(7)
+    writer.put(cdr.string('ab'), 4)
+    writer.float64s([2.0])
+    data = writer.getvalue()
+    assert data[:4] == cdr.ENCAPSULATION
+    body = data[4:]
+    assert body[:1] == b'\x01' and body[1:4] == b'\x00' * 3
+    assert body[4:8] == (7).to_bytes(4, 'little')
+    assert body[8:15] == (3).to_bytes(4, 'little') + b'ab\x00'
+    assert body[15:16] == b'\x00' and np.frombuffer(body[16:], '<f8').tolist() == [2.0]
+
+
+def test_bytes_rclpy_reads_differently_do_not_match():
+    hands, header, _, _ = next(frames(1))
+    data = bytearray(frame_outputs(hands, header)['joints'])
+    assert cdr.matches_rclpy(bytes(data), OUTPUT_TYPES['joints'])
+    count = data.index((21).to_bytes(4, 'little'), 8)
+    data[count] = 20  # one pose fewer than written: rclpy stops before the end
+    assert not cdr.matches_rclpy(bytes(data), OUTPUT_TYPES['joints'])
+    assert not cdr.matches_rclpy(bytes(data[:40]), OUTPUT_TYPES['joints'])
+    # A point cloud read as joint states: no error from rclpy, but other bytes come back.
+    cloud = frame_outputs(hands, header)['keypoints']
+    assert not cdr.matches_rclpy(cloud, JointState)
+
+
+@pytest.mark.parametrize('as_bytes', [True, False])
+def test_published_bytes_arrive_as_the_message(spinner, as_bytes):
+    node = spinner.add(rclpy.create_node('encoded_publisher', context=spinner.context))
+    recorder = Recorder(node)
+    received = recorder.listen(PointCloud2, 'encoded_cloud', OUTPUT_QOS)
+    publisher = node.create_publisher(PointCloud2, 'encoded_cloud', OUTPUT_QOS)
+    assert spinner.wait_for(lambda: publisher.get_subscription_count() > 0, 10)
+    hands, header, _, _ = next(frames(1))
+    data = frame_outputs(hands, header)['keypoints']
+    publish_encoded(publisher, data, as_bytes)
+    assert spinner.wait_for(lambda: received, 10)
+    assert received[0] == deserialize_message(data, PointCloud2)
