@@ -174,13 +174,17 @@ def check_center(center_xyz, intrinsics):
     if center[2] < MIN_CENTER_DEPTH_M:
         raise ValueError(f'hand centre z={center[2]:.3f} m is behind or too close to the '
                          f'camera (minimum {MIN_CENTER_DEPTH_M} m)')
-    # uvd_from_xyz for one point, in plain floats: this runs several times per hand and frame.
-    x, y, z = center.tolist()
-    u, v = intrinsics.fx * x / z + intrinsics.cx, intrinsics.fy * y / z + intrinsics.cy
+    u, v = _pixel_of(center, intrinsics)
     if not (-0.5 <= u < intrinsics.width - 0.5 and -0.5 <= v < intrinsics.height - 0.5):
         raise ValueError(f'hand centre {center.tolist()} projects to pixel ({u:.1f}, {v:.1f}), '
                          f'outside the {intrinsics.width}x{intrinsics.height} image')
     return center
+
+
+def _pixel_of(point_xyz, intrinsics):
+    """Return the (u, v) pixel of one (3,) point in plain floats (runs often per frame)."""
+    x, y, z = point_xyz.tolist()
+    return intrinsics.fx * x / z + intrinsics.cx, intrinsics.fy * y / z + intrinsics.cy
 
 
 def make_transform(intrinsics, center_xyz, spec, rotation_rad=0.0):
@@ -198,9 +202,10 @@ def make_transform(intrinsics, center_xyz, spec, rotation_rad=0.0):
     half_u = intrinsics.fx * cube_x / 2.0 / center[2]
     half_v = intrinsics.fy * cube_y / 2.0 / center[2]
     cos_r, sin_r = math.cos(rotation_rad), math.sin(rotation_rad)
-    linear = np.array([[cos_r, -sin_r], [sin_r, cos_r]]) @ np.diag([half_u, half_v])
+    # rotation @ diag(half_u, half_v)
+    linear = np.array([[cos_r * half_u, -sin_r * half_v], [sin_r * half_u, cos_r * half_v]])
     return CropTransform(intrinsics=intrinsics, center_xyz=center,
-                         image_center_uv=uvd_from_xyz(center, intrinsics)[:2],
+                         image_center_uv=np.array(_pixel_of(center, intrinsics)),
                          linear=linear, half_depth_m=cube_z / 2.0,
                          input_size=spec.input_size)
 
@@ -223,17 +228,29 @@ def _window_uv(transform):
     return uv[..., 0], uv[..., 1]
 
 
-def _nearest_pixels(u, v, width, height):
-    """Return (rows, cols) of the pixels nearest to (u, v), clipped, and which are inside."""
-    ui = np.floor(u + 0.5).astype(np.int64)
-    vi = np.floor(v + 0.5).astype(np.int64)
-    inside = (ui >= 0) & (ui < width) & (vi >= 0) & (vi < height)
-    return np.clip(vi, 0, height - 1), np.clip(ui, 0, width - 1), inside
+def _nearest_index(coordinates, size):
+    """Return the nearest pixel indices of coordinates along one axis, clipped, and inside."""
+    index = np.floor(coordinates + 0.5).astype(np.int64)
+    return np.clip(index, 0, size - 1), (index >= 0) & (index < size)
 
 
 def _sample_nearest(depth_m, u, v):
-    rows, cols, inside = _nearest_pixels(u, v, depth_m.shape[1], depth_m.shape[0])
-    return np.where(inside, depth_m[rows, cols], np.nan)
+    """
+    Return the (float32) depths of the pixels nearest to (u, v); NaN outside the image.
+
+    An axis-aligned window's u is a (1, S) row and v an (S, 1) column: whole rows, then
+    columns, are taken instead of S x S single pixels.
+    """
+    rows, rows_inside = _nearest_index(v, depth_m.shape[0])
+    cols, cols_inside = _nearest_index(u, depth_m.shape[1])
+    if rows.shape[-1] == 1 and cols.shape[0] == 1:
+        samples = depth_m.take(rows[:, 0], axis=0).take(cols[0], axis=1)
+    else:
+        samples = depth_m[rows, cols]
+    samples = samples.astype(np.float32)
+    if not (rows_inside.all() and cols_inside.all()):
+        samples[~np.broadcast_to(rows_inside & cols_inside, samples.shape)] = np.nan
+    return samples
 
 
 def _sample_bilinear(depth_m, u, v):
@@ -284,13 +301,17 @@ def crop_depth(depth_m, intrinsics, center_xyz, spec, rotation_rad=0.0):
         v = (transform.image_center_uv[1] + transform.linear[1, 1] * grid)[:, None]
     else:
         u, v = _window_uv(transform)
-    depth = _SAMPLERS[spec.interpolation](depth_m, u, v)
-    if depth_m.dtype == np.uint16:
-        depth = np.where(depth > 0, depth * 0.001, np.nan)
+    samples = _SAMPLERS[spec.interpolation](depth_m, u, v)
+    # Depth (millimetres or metres) to the cube's -1..1 in float32, in place; NaN, zero
+    # and negative samples are invalid, and they and samples outside the cube are background.
+    metres = 0.001 if depth_m.dtype == np.uint16 else 1.0
+    patch = np.asarray(samples, dtype=np.float32)
     with np.errstate(invalid='ignore'):
-        normalized = (depth - transform.center_xyz[2]) / transform.half_depth_m
-        inside = np.abs(normalized) <= 1.0
-    patch = np.where(inside, normalized, BACKGROUND_VALUE).astype(np.float32)
+        valid = patch > 0.0
+        patch *= np.float32(metres / transform.half_depth_m)
+        patch -= np.float32(transform.center_xyz[2] / transform.half_depth_m)
+        valid &= np.abs(patch) <= 1.0
+    np.copyto(patch, np.float32(BACKGROUND_VALUE), where=~valid)
     return CropResult(patch=patch, transform=transform)
 
 
@@ -320,9 +341,11 @@ def crop_color(color, transform):
     """
     intrinsics = transform.intrinsics
     color = check_color(color, intrinsics)
-    rows, cols, inside = _nearest_pixels(*_window_uv(transform), intrinsics.width,
-                                         intrinsics.height)
-    return np.where(inside[..., None], color[rows, cols], 0).astype(np.uint8)
+    u, v = _window_uv(transform)
+    rows, rows_inside = _nearest_index(v, intrinsics.height)
+    cols, cols_inside = _nearest_index(u, intrinsics.width)
+    return np.where((rows_inside & cols_inside)[..., None], color[rows, cols], 0).astype(
+        np.uint8)
 
 
 def crop_batch(depth_m, intrinsics, centers_xyz, spec):
