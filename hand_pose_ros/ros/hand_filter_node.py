@@ -18,9 +18,9 @@ from hand_pose_ros.core.filters.config import config_from_dict
 from hand_pose_ros.core.stats import LatencyWindow, RateMeter
 from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, OUTPUT_TYPES, \
     visible_hands
-from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
-                                          OUTPUT_QOS, publish_encoded, run, stamp_ns,
-                                          start_diagnostics)
+from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
+                                          diagnostic_status, input_qos, publish_encoded, run,
+                                          stamp_ns, start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_FILTER_NODE_PARAMS
 
 # Topic of each output of frame_outputs.
@@ -56,7 +56,7 @@ class HandFilterNode(Node):
 
         self.create_subscription(PointCloud2, 'hand_pose/raw_keypoints', self._on_raw,
                                  input_qos(self._values))
-        self._pubs = {name: self.create_publisher(OUTPUT_TYPES[name], topic, OUTPUT_QOS)
+        self._pubs = {name: create_encoded_publisher(self, OUTPUT_TYPES[name], topic)
                       for name, topic in OUTPUT_TOPICS.items()}
         start_diagnostics(self, self._values['diagnostics.period_s'], self.status)
 

@@ -27,9 +27,9 @@ from hand_pose_ros.core.stats import LatencyWindow, RateMeter
 from hand_pose_ros.ros.conversions import (color_from_image, depth_from_image,
                                            image_from_array, intrinsics_from_camera_info)
 from hand_pose_ros.ros.messages import keypoint_cloud
-from hand_pose_ros.ros.node_utils import (declare_parameters, diagnostic_status, input_qos,
-                                          OUTPUT_QOS, publish_encoded, run, stamp_ns,
-                                          start_diagnostics)
+from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
+                                          diagnostic_status, input_qos, OUTPUT_QOS,
+                                          publish_encoded, run, stamp_ns, start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 
 
@@ -123,7 +123,7 @@ class HandPoseNode(Node):
         self.create_subscription(Image, 'depth/image_raw', self._on_image, qos)
         if self._needs_color:
             self.create_subscription(Image, 'color/image_raw', self._on_color, qos)
-        self._raw_pub = self.create_publisher(PointCloud2, 'hand_pose/raw_keypoints', OUTPUT_QOS)
+        self._raw_pub = create_encoded_publisher(self, PointCloud2, 'hand_pose/raw_keypoints')
         self._debug_pub = self.create_publisher(Image, 'hand_pose/debug_image', OUTPUT_QOS)
         start_diagnostics(self, self._values['diagnostics.period_s'], self.status)
         self._worker = threading.Thread(target=self._work, name='hand_pose_worker', daemon=True)

@@ -93,6 +93,17 @@ def _publish_bytes():
     return False
 
 
+def create_encoded_publisher(node, msg_type, topic):
+    """
+    Return a publisher (``OUTPUT_QOS``) for messages encoded by ``messages``.
+
+    The check behind :func:`publish_encoded` runs here, at start-up, rather than in the
+    first frame's callback.
+    """
+    _publish_bytes()
+    return node.create_publisher(msg_type, topic, OUTPUT_QOS)
+
+
 def publish_encoded(publisher, data, as_bytes=None):
     """
     Publish a message encoded by :mod:`~hand_pose_ros.ros.messages` (CDR bytes).

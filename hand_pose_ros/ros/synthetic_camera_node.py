@@ -21,7 +21,8 @@ from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.synth import generate_motion, SyntheticGenerator
 from hand_pose_ros.ros.conversions import camera_info_from_intrinsics, image_from_array
 from hand_pose_ros.ros.messages import keypoint_cloud
-from hand_pose_ros.ros.node_utils import declare_parameters, OUTPUT_QOS, publish_encoded, run
+from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
+                                          OUTPUT_QOS, publish_encoded, run)
 from hand_pose_ros.ros.params import SYNTHETIC_CAMERA_PARAMS
 
 
@@ -52,8 +53,7 @@ class SyntheticCameraNode(Node):
         self._slot = -1
         self._depth_pub = self.create_publisher(Image, 'depth/image_raw', OUTPUT_QOS)
         self._info_pub = self.create_publisher(CameraInfo, 'depth/camera_info', OUTPUT_QOS)
-        self._truth_pub = self.create_publisher(PointCloud2, 'hand_pose/ground_truth',
-                                                OUTPUT_QOS)
+        self._truth_pub = create_encoded_publisher(self, PointCloud2, 'hand_pose/ground_truth')
         self._color_pub = (self.create_publisher(Image, 'color/image_raw', OUTPUT_QOS)
                            if self._values['publish_color'] else None)
         self.published = 0
