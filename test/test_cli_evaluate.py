@@ -174,3 +174,15 @@ def test_motion_sequences_with_the_hand_tracker(tmp_path, capsys):
     assert 'searched for every 3 frames' in capsys.readouterr().out
     assert main(['--dataset', 'synthetic', '--frames', '2', '--redetect-interval', '3']) == 2
     assert '--center detect' in capsys.readouterr().err
+    # What the filter publishes: the hand shows from its second frame.
+    assert main(['--dataset', 'synthetic', '--scene', 'motion', '--center', 'detect',
+                 '--frames', '4', '--redetect-interval', '3', '--views', '1', '--filter',
+                 '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result['evaluated'] == 'filtered hands' and result['filter_params'] == {}
+    assert result['detection_rate'] == pytest.approx(3 / 4)
+    assert 'hands published by the filter' in capsys.readouterr().out
+    for bad in (['--filter'], ['--center', 'detect', '--filter-param', 'smoother=none'],
+                ['--center', 'detect', '--filter', '--filter-param', 'bogus=1']):
+        assert main(['--dataset', 'synthetic', '--frames', '2', *bad]) == 2
+        assert 'filter' in capsys.readouterr().err

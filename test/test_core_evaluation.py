@@ -213,3 +213,46 @@ def test_fit_hand_score_separates_hands_from_false_hands():
     # Only hands, nothing false to learn from: a clear error.
     with pytest.raises(ValueError, match='false hands'):
         fit_hand_score(ScoredHandsEstimator([a, b]), [frame([a, b, a + [0.0, 0.2, 0.1]])])
+
+
+class ScriptedEstimator:
+    """Report the hands of a script, one list per frame."""
+
+    def __init__(self, hands_per_frame):
+        self.hands_per_frame = iter(hands_per_frame)
+        self.last_timings = {'infer': 1.0}
+
+    def estimate(self, depth, intrinsics, color=None):
+        return next(self.hands_per_frame)
+
+
+def test_filtered_hands_are_those_the_filter_publishes():
+    from hand_pose_ros.core.evaluation import FilteredEstimator
+    from hand_pose_ros.core.filters import config_from_dict
+    from hand_pose_ros.core.kinematics import hand_from_angles
+
+    turn = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    hand = hand_from_angles() @ turn.T + [0.0, 0.0, 0.5]
+    depth = np.full((INTRINSICS.height, INTRINSICS.width), 0.5, dtype=np.float32)
+    # Five frames of a still hand; the second also has a false hand; a new sequence starts
+    # at the fourth.
+    frames = [LabelledFrame(depth, INTRINSICS, hand[None], np.ones((1, 21), bool),
+                            sequence_start=i in (0, 3)) for i in range(5)]
+
+    def pose(joints):
+        return HandPose(keypoints_xyz=joints, scores=np.full(21, 0.9),
+                        center_xyz=joints.mean(axis=0), detection_score=1.0,
+                        localizer_score=1.0)
+
+    script = [[pose(hand)] for _ in range(5)]
+    script[1].append(pose(hand + [0.3, 0.1, 0.1]))
+    result = evaluate_estimator(FilteredEstimator(ScriptedEstimator(script)), frames, 'detect')
+    # A new track shows from its second detection, in each sequence; the false hand, seen
+    # once, never shows; the still hand is published where it is.
+    assert result['detection_rate'] == pytest.approx(3 / 5)
+    assert result['false_positives'] == 0 and result['mean_mm'] < 0.01
+    at_once = FilteredEstimator(ScriptedEstimator(script),
+                                config_from_dict({'tracking.min_detections': 1}))
+    result = evaluate_estimator(at_once, frames, 'detect')
+    # Published at once, the false hand shows, and coasts on in the next frame.
+    assert result['detection_rate'] == 1.0 and result['false_positives'] == 2

@@ -170,7 +170,12 @@ def test_gross_bone_outlier_in_observation_rejects_joint_or_hand():
     track = hand_filter.update(1 / 30.0, [Observation(bad)])[0]
     assert track.rejected[INDEX_PIP] and track.rejected.sum() == 1
     np.testing.assert_allclose(track.keypoints_xyz[INDEX_PIP], hand[INDEX_PIP], atol=1e-6)
-    hand_filter, tracks = _run('reject_hand', bad, frames=1)
+    # Published at once, the rejected hand's track reports every joint rejected (by default
+    # a new track waits for a second detection, which no track holding nothing but
+    # rejected joints can associate).
+    hand_filter = HandFilter(config_from_dict({'anatomy.action': 'reject_hand',
+                                               'tracking.min_detections': 1}))
+    tracks = hand_filter.update(0.0, [Observation(bad, np.full(21, 0.9))])
     assert hand_filter.stats['rejected_hands.anatomy'] == 1 and tracks[0].rejected.all()
     oversized = HandFilter()
     assert oversized.update(0.0, [Observation(_hand(scale=1.8))]) == []

@@ -12,6 +12,8 @@ from hand_pose_ros.core.skeleton import FINGER_JOINTS
 
 PERIOD = 1 / 30.0
 INDEX_TIP = 8
+# New tracks published from their first detection (the default waits for a second one).
+AT_ONCE = {'tracking.min_detections': 1}
 
 
 def _pose(handedness='right'):
@@ -94,7 +96,7 @@ def test_gap_is_predicted_then_invalidated_then_recovered():
 
 
 def test_time_jump_backwards_and_stale_stream_reset():
-    hand_filter, _ = _run(10)
+    hand_filter, _ = _run(10, HandFilter(config_from_dict(AT_ONCE)))
     tracks = hand_filter.update(0.05, [Observation(_moving(0.05))])
     assert hand_filter.stats['resets.time_jump_back'] == 1
     assert tracks[0].hand_id == 1
@@ -121,7 +123,9 @@ def test_two_crossing_hands_keep_their_ids():
                     handedness='left')
         order = [('a', a), ('b', b)][::1 if k % 2 else -1]
         tracks = hand_filter.update(t, [Observation(_noisy(h, rng)) for _, h in order])
-        assert len(tracks) == 2
+        assert len(tracks) == (0 if k == 0 else 2)  # new tracks show from their 2nd frame
+        if k == 0:
+            continue
         for name, hand in order:
             nearest = min(tracks, key=lambda tr: np.linalg.norm(tr.keypoints_xyz[0] - hand[0]))
             ids.setdefault(name, nearest.hand_id)
@@ -130,7 +134,7 @@ def test_two_crossing_hands_keep_their_ids():
 
 
 def test_max_hands_keeps_the_most_confident():
-    hand_filter = HandFilter(config_from_dict({'tracking.max_hands': 2}))
+    hand_filter = HandFilter(config_from_dict({'tracking.max_hands': 2, **AT_ONCE}))
     hands = [_moving(0.0, start=(x, 0.0, 0.5)) for x in (-0.3, 0.0, 0.3)]
     scores = [np.full(21, s) for s in (0.9, 0.5, 0.8)]
     tracks = hand_filter.update(0.0, [Observation(h, s) for h, s in zip(hands, scores)])
@@ -138,6 +142,35 @@ def test_max_hands_keeps_the_most_confident():
     assert hand_filter.stats['rejected_hands.max_hands'] == 1
     kept = sorted(round(float(t.keypoints_xyz[0, 0]), 3) for t in tracks)
     assert kept == [round(float(hands[0][0, 0]), 3), round(float(hands[2][0, 0]), 3)]
+
+
+def test_new_tracks_show_once_detected_in_enough_consecutive_frames():
+    hand_filter, outputs = _run(3)
+    assert outputs[0][1] == [] and [t.hand_id for t in outputs[1][1]] == [0]
+    # Moving at 0.6 m/s from a standing start, the smoother lags by less than a frame.
+    np.testing.assert_allclose(outputs[1][1][0].keypoints_xyz, outputs[1][0], atol=0.02)
+    # A false hand seen in one frame never shows, and its id is not given again.
+    rng = np.random.default_rng(2)
+    for k in range(3, 12):
+        t = k * PERIOD
+        detections = [Observation(_noisy(_moving(t), rng))]
+        if k == 5:
+            detections.append(Observation(_moving(t, start=(0.3, 0.1, 0.6))))
+        tracks = hand_filter.update(t, detections)
+        assert [track.hand_id for track in tracks] == [0]
+    assert hand_filter.stats['dropped_tentative_tracks'] == 1
+    assert hand_filter.stats['new_tracks'] == 2 and hand_filter.tracks == [0]
+    second = [_moving(12 * PERIOD, start=(0.3, 0.1, 0.6)) + shift for shift in (0.0, 0.002)]
+    hand_filter.update(12 * PERIOD, [Observation(_moving(12 * PERIOD)),
+                                     Observation(second[0])])
+    tracks = hand_filter.update(13 * PERIOD, [Observation(_moving(13 * PERIOD)),
+                                              Observation(second[1])])
+    assert [track.hand_id for track in tracks] == [0, 2]
+    # Three detections asked for: nothing until the third frame.
+    hand_filter = HandFilter(config_from_dict({'tracking.min_detections': 3}))
+    shown = [bool(hand_filter.update(k * PERIOD, [Observation(_moving(k * PERIOD))]))
+             for k in range(4)]
+    assert shown == [False, False, True, True]
 
 
 def test_handedness_of_mirrored_hands():
@@ -214,7 +247,7 @@ def test_a_coasting_hand_keeps_its_checked_pose_and_follows_config_changes():
     angles[ANGLE_NAMES.index('middle_dip_flexion')] = np.radians(130.0)
     turn = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     hand = hand_from_angles(angles) @ turn.T + np.array([0.0, 0.0, 0.5])
-    hand_filter = HandFilter()
+    hand_filter = HandFilter(config_from_dict(AT_ONCE))
     first = hand_filter.update(0.0, [Observation(hand)])[0]
     middle = FINGER_JOINTS[2, 1:]
     assert first.repaired[middle].all() and first.valid.all()
@@ -242,13 +275,14 @@ def test_a_coasting_hand_keeps_its_checked_pose_and_follows_config_changes():
 
 def test_tracked_hands_carry_the_joint_angles_of_their_keypoints():
     _, outputs = _run(10)
-    for _, tracks in outputs:
+    assert outputs[0][1] == []
+    for _, tracks in outputs[1:]:
         hand = tracks[0]
         np.testing.assert_allclose(hand.joint_angles,
                                    joint_angles(hand.keypoints_xyz, hand.handedness),
                                    atol=1e-12)
     # Without the pose checks nothing measures them.
-    hand_filter = HandFilter(config_from_dict({'anatomy.enabled': False}))
+    hand_filter = HandFilter(config_from_dict({'anatomy.enabled': False, **AT_ONCE}))
     assert hand_filter.update(0.0, [Observation(_pose() + [0.0, 0.0, 0.5])])[0] \
         .joint_angles is None
 

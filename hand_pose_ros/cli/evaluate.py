@@ -23,6 +23,7 @@ from hand_pose_ros.cli.options import parse_assignment
 from hand_pose_ros.core import evaluation
 from hand_pose_ros.core.crop import VIEW_SETS
 from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE
+from hand_pose_ros.core.filters import config_from_dict
 
 
 def build_parser():
@@ -74,6 +75,13 @@ def build_parser():
                              'follow the hands with a HandTracker that searches for them '
                              'every N frames, as hand_pose_node does (default 1: search every '
                              'frame)')
+    parser.add_argument('--filter', action='store_true',
+                        help='detect, frames in order: score the hands hand_filter_node '
+                             'publishes (the estimates through the temporal and anatomical '
+                             'filter, 30 Hz) instead of the raw estimates')
+    parser.add_argument('--filter-param', action='append', default=[], metavar='NAME=VALUE',
+                        help='with --filter: a filter parameter without its "filter." prefix '
+                             '(e.g. tracking.min_detections=1), repeatable')
     parser.add_argument('--min-hand-score', type=float, default=DEFAULT_MIN_HAND_SCORE,
                         help='detect: drop localised hands whose hand score is lower')
     parser.add_argument('--fit-hand-score', action='store_true',
@@ -130,17 +138,24 @@ def run(args):
 
     if args.redetect_interval != 1 and args.center != 'detect':
         raise ValueError('--redetect-interval needs --center detect (it follows found hands)')
+    if (args.filter or args.filter_param) and (args.center != 'detect' or not args.filter):
+        raise ValueError('--filter needs --center detect (the filter follows found hands), '
+                         'and --filter-param needs --filter')
     estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands,
                                min_hand_score=args.min_hand_score,
                                use_finder=not args.no_finder, views=args.views)
     views, color = estimator.views, 'color' in estimator.input_names
     if args.redetect_interval != 1:
         estimator = HandTracker(estimator, args.redetect_interval)
+    filter_params = dict(parse_assignment(item, '--filter-param') for item in args.filter_param)
+    if args.filter:
+        estimator = evaluation.FilteredEstimator(estimator, config_from_dict(filter_params))
     result = evaluation.evaluate_estimator(estimator, frames_of(args, color), args.center,
                                            match_radius_m=radius_m)
-    return {**source, 'evaluated': 'estimator', 'model': args.model, 'backend': args.backend,
-            'finder': not args.no_finder, 'views': views,
-            'redetect_interval': args.redetect_interval, **result}
+    return {**source, 'evaluated': 'filtered hands' if args.filter else 'estimator',
+            'model': args.model, 'backend': args.backend, 'finder': not args.no_finder,
+            'views': views, 'redetect_interval': args.redetect_interval,
+            'filter_params': filter_params if args.filter else None, **result}
 
 
 def frames_of(args, color=False):
@@ -240,7 +255,10 @@ def format_result(result):
         lines.append(f'hands followed, searched for every {result["redetect_interval"]} '
                      f'frames: localiser run on {result["localized_fraction"] * 100:.1f} % of '
                      f'the frames')
-    if result['evaluated'] == 'estimator':
+    if result['evaluated'] == 'filtered hands':
+        lines.append('hands published by the filter'
+                     + ''.join(f', {k}={v}' for k, v in result['filter_params'].items()))
+    if result['evaluated'] in ('estimator', 'filtered hands'):
         lines.append(f'mean 3D error: {mm(result["mean_mm"])} (median '
                      f'{mm(result["median_mm"])}), center {result["center_mode"]}, '
                      f'{result["views"]} view(s)')

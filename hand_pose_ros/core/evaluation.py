@@ -14,6 +14,9 @@ Definitions (reported by ``hand_pose_evaluate``):
   of its labelled joints); hands and ground truth are matched one-to-one, nearest first.
   Reported hands matching no ground truth are false positives.
 - localiser centre error: distance from the matched candidate's centre to the oracle centre.
+- filtered hands (:class:`FilteredEstimator`, ``--filter``): the hands ``hand_filter_node``
+  publishes, scored like the estimator's: each with its valid joints and their centroid as
+  its centre; joints the filter marks invalid do not count in the errors.
 """
 
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.crop import check_center
+from hand_pose_ros.core.filters import HandFilter, Observation
 from hand_pose_ros.core.filters.tracking import nearest_pairs
 from hand_pose_ros.core.skeleton import JOINT_NAMES, NUM_JOINTS
 from hand_pose_ros.core.training import oracle_center
@@ -53,6 +57,8 @@ class LabelledFrame:
     :param visible: optional (K, 21) bool, joints not occluded (synthetic frames).
     :param color: optional (H, W, 3) uint8 RGB image registered to the depth (synthetic
         frames rendered for a colour network).
+    :param sequence_start: the first frame of a sequence of frames in order (a stream starts
+        here: :func:`evaluate_estimator` tells an estimator with ``start_sequence``).
     """
 
     depth_m: np.ndarray
@@ -62,6 +68,7 @@ class LabelledFrame:
     name: str = ''
     visible: np.ndarray = None
     color: np.ndarray = None
+    sequence_start: bool = False
 
     def estimate_with(self, estimator, **options):
         """Return ``estimator.estimate`` on this frame (given its colour image if it has one)."""
@@ -189,7 +196,7 @@ def motion_frames(num_frames, seed, camera='sr300', color=False):
             yield LabelledFrame(frame.depth_m, intrinsics, hand.joints_xyz[None],
                                 np.ones((1, NUM_JOINTS), dtype=bool),
                                 f'motion-{seed + sequence}-{index}', hand.visible[None],
-                                frame.color)
+                                frame.color, sequence_start=index == 0)
 
 
 def joint_errors_mm(pred_xyz, gt_xyz, mask):
@@ -312,6 +319,8 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
     num_frames = skipped = false_positives = 0
     for frame in frames:
         num_frames += 1
+        if frame.sequence_start and hasattr(estimator, 'start_sequence'):
+            estimator.start_sequence()
         keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
         skipped += len(frame.joints_xyz) - len(keep)
         if not keep:
@@ -357,6 +366,59 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
                        for stage in (timings[0] if timings else {})},
     })
     return result
+
+
+class FilteredEstimator:
+    """
+    An estimator (or hand tracker) followed by a :class:`HandFilter`, as the nodes run them.
+
+    ``estimate`` returns the hands ``hand_filter_node`` publishes for the frame (its visible
+    tracks: the valid joints, NaN elsewhere, centred on their centroid), so that
+    :func:`evaluate_estimator` scores what a robot receives. Frames form a stream at ``fps``;
+    :meth:`start_sequence` starts a new one.
+
+    :param estimator: object with ``estimate(depth, intrinsics, color=None)`` and
+        ``last_timings`` (:class:`~hand_pose_ros.core.estimator.HandPoseEstimator`,
+        :class:`~hand_pose_ros.core.estimator.HandTracker`).
+    :param config: :class:`~hand_pose_ros.core.filters.FilterConfig` (None: defaults).
+    """
+
+    def __init__(self, estimator, config=None, fps=30.0):
+        self.estimator = estimator
+        self.filter = HandFilter(config)
+        self.period_s = 1.0 / fps
+        self.stamp_s = 0.0
+
+    @property
+    def last_timings(self):
+        return self.estimator.last_timings
+
+    @property
+    def last_localized(self):
+        return getattr(self.estimator, 'last_localized', True)
+
+    def start_sequence(self):
+        """Forget the tracks: the next frame starts a new stream."""
+        self.filter.reset()
+
+    def estimate(self, depth, intrinsics, color=None):
+        """Return the published hands of the next frame as ``HandPose`` objects."""
+        from hand_pose_ros.core.estimator import HandPose
+
+        poses = self.estimator.estimate(depth, intrinsics, color=color)
+        self.stamp_s += self.period_s
+        tracks = self.filter.update(self.stamp_s, [Observation(pose.keypoints_xyz, pose.scores)
+                                                   for pose in poses])
+        hands = []
+        for track in tracks:
+            valid = np.asarray(track.valid, dtype=bool)
+            if not valid.any():
+                continue
+            keypoints = np.where(valid[:, None], track.keypoints_xyz, np.nan)
+            hands.append(HandPose(keypoints_xyz=keypoints, scores=np.asarray(track.scores),
+                                  center_xyz=keypoints[valid].mean(axis=0),
+                                  detection_score=1.0, localizer_score=1.0))
+        return hands
 
 
 def fit_hand_score(estimator, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=1e-3):

@@ -123,6 +123,10 @@ class TrackingConfig:
         0.15, "maximum palm distance between a track's prediction and a detection to "
         'associate them, plus the distance the palm can travel since the last detection',
         0.01, 2.0)
+    min_detections: int = _param(
+        2, 'detections in consecutive frames a new track needs before it is published; a '
+        'new track that misses a frame before that is dropped, so a false hand seen once '
+        'never shows (1: publish every new track at once)', 1, 10)
 
 
 @dataclass

@@ -8,7 +8,9 @@ Per frame (``HandFilter.update(stamp_s, observations)``):
 2. hand-level anatomy (hand length, knuckle breadth) rejects whole detections, then the
    ``tracking.max_hands`` most confident detections are kept;
 3. detections are associated with tracks on palm distance, nearest pairs first
-   (``tracking.gate_m``); unmatched detections start tracks with new ids;
+   (``tracking.gate_m``); unmatched detections start tracks with new ids, published once
+   detected in ``tracking.min_detections`` consecutive frames (dropped if they miss one
+   before: a false hand seen once never shows);
 4. per track: joint-level anatomy (bones against absolute, relative and calibrated bounds,
    joint angles, self-intersection) with the configured action, then the motion gates
    against the track's constant-velocity Kalman prediction, then the smoother
@@ -158,6 +160,9 @@ class _Track:
         self.accepted_scores = np.zeros(NUM_JOINTS)
         self.last_stamp_s = None
         self.last_detection_s = None
+        # Detections so far; confirmed (published) from tracking.min_detections on.
+        self.detections = 0
+        self.confirmed = False
         self._last_verdict = None
 
     def set_config(self, config):
@@ -205,6 +210,7 @@ class _Track:
         else:
             keypoints, scores, present = (a.copy() for a in detection)
             self.last_detection_s = stamp_s
+            self.detections += 1
             if np.all(present):
                 self.handedness.update(stamp_s, keypoints)
             rejected = self._check_observation(keypoints, present, stats)
@@ -471,12 +477,16 @@ class HandFilter:
             outputs.append(track.step(stamp_s, detections[d], self.stats))
         kept = []
         for track in self._tracks:
-            if stamp_s - track.last_detection_s > cfg.stale_timeout_s:
+            if not track.confirmed and track.last_detection_s < stamp_s:
+                self.stats['dropped_tentative_tracks'] += 1
+            elif stamp_s - track.last_detection_s > cfg.stale_timeout_s:
                 self.stats['dropped_tracks'] += 1
             else:
+                track.confirmed |= track.detections >= cfg.tracking.min_detections
                 kept.append(track)
         self._tracks = kept
-        live = set(self.tracks)
+        # Tracks not yet confirmed are followed but not published.
+        live = {track.hand_id for track in kept if track.confirmed}
         self._last_output = sorted((o for o in outputs if o.hand_id in live),
                                    key=lambda o: o.hand_id)
         return self._last_output
