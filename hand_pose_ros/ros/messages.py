@@ -70,19 +70,15 @@ _BONE_COLORS = np.repeat(FINGER_COLORS[FINGER_OF_JOINT[BONES[:, 1]]], 2, axis=0)
 _WHITE = (1.0, 1.0, 1.0, 1.0)
 # Label position relative to the wrist, metres.
 _LABEL_OFFSET = np.array([0.0, -0.03, 0.0])
-# visualization_msgs/Marker fields after ``colors`` up to ``text``, and after ``text``, all
-# empty. Humble's Marker ends its points with colors, text, mesh_resource; later
-# distributions add a texture before the text and a mesh file after the mesh resource.
-_MARKER_HAS_TEXTURE = 'texture' in Marker.get_fields_and_field_types()
+# visualization_msgs/Marker fields, all empty, between ``colors`` and ``text``
+# (texture_resource, texture: header, format, data; uv_coordinates) and between ``text``
+# and ``mesh_use_embedded_materials`` (mesh_resource, mesh_file: filename, data): the layout
+# of Humble and later.
 _EMPTY_STRING = cdr.string('')
 _EMPTY_SEQUENCE = struct.pack('<I', 0)
-# texture_resource, texture (header, format, data), uv_coordinates
 _MARKER_BEFORE_TEXT = _fragment(_EMPTY_STRING, struct.pack('<iI', 0, 0) + _EMPTY_STRING,
-                                _EMPTY_STRING, _EMPTY_SEQUENCE, _EMPTY_SEQUENCE) \
-    if _MARKER_HAS_TEXTURE else b''
-# mesh_resource, mesh_file (filename, data)
-_MARKER_AFTER_TEXT = _fragment(_EMPTY_STRING, *((_EMPTY_STRING, _EMPTY_SEQUENCE)
-                                                if _MARKER_HAS_TEXTURE else ()))
+                                _EMPTY_STRING, _EMPTY_SEQUENCE, _EMPTY_SEQUENCE)
+_MARKER_AFTER_TEXT = _fragment(_EMPTY_STRING, _EMPTY_STRING, _EMPTY_SEQUENCE)
 _MARKER_IDS = struct.Struct('<iii')
 _COLOR = struct.Struct('<4f')
 _NO_POINTS = np.zeros((0, 3))
