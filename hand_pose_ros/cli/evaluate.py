@@ -9,6 +9,8 @@ Examples::
     hand_pose_evaluate --dataset nyu --root ~/data/nyu --model default --center detect
     hand_pose_evaluate --dataset synthetic --model my_model --fit-hand-score --seed 3000
     hand_pose_evaluate --dataset synthetic --scene motion --center detect --redetect-interval 3
+    hand_pose_evaluate --dataset synthetic --scene motion --center detect --redetect-interval 3 \
+        --filter
 
 Metric definitions: :mod:`hand_pose_ros.core.evaluation`.
 """
