@@ -135,6 +135,15 @@ def _palm_x_z(keypoints_xyz):
     return x_axis, _orthogonal_unit(normal, x_axis)
 
 
+def palm_normal(keypoints_xyz):
+    """
+    Return the unit palm normal: the z axis of :func:`palm_frame`, (3,) or batched (..., 3).
+
+    :param keypoints_xyz: (21, 3) keypoints, metres, or (..., 21, 3) for several hands.
+    """
+    return _palm_x_z(_check_keypoints(keypoints_xyz, batched=True))[1]
+
+
 def _palm_rotation(keypoints_xyz):
     """Return the (..., 3, 3) palm rotation (columns x, y, z) of checked keypoints."""
     x_axis, z_axis = _palm_x_z(keypoints_xyz)

@@ -147,12 +147,15 @@ def bone_lengths(keypoints_xyz):
         keypoints_xyz[..., BONES[:, 1], :] - keypoints_xyz[..., BONES[:, 0], :], axis=-1)
 
 
+# Wrist and the middle finger's joints, base to tip: the chain of hand_length.
+MIDDLE_CHAIN = np.array([WRIST, *FINGER_JOINTS[2].tolist()])
+
+
 def hand_length(keypoints_xyz):
     """Return (...,) wrist-to-middle-fingertip length along the middle finger chain."""
-    chain = [WRIST, *FINGER_JOINTS[2].tolist()]
     keypoints_xyz = np.asarray(keypoints_xyz)
-    segments = keypoints_xyz[..., chain[1:], :] - keypoints_xyz[..., chain[:-1], :]
-    return np.linalg.norm(segments, axis=-1).sum(axis=-1)
+    segments = keypoints_xyz[..., MIDDLE_CHAIN[1:], :] - keypoints_xyz[..., MIDDLE_CHAIN[:-1], :]
+    return np.sqrt((segments * segments).sum(axis=-1)).sum(axis=-1)
 
 
 def palm_center(keypoints_xyz):

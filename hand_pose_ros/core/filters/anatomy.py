@@ -28,11 +28,10 @@ import numpy as np
 
 from hand_pose_ros.core import kinematics
 from hand_pose_ros.core.skeleton import (
-    BONES, FINGER_JOINTS, FINGER_OF_JOINT, JOINT_LIMITS_DEG, MEAN_BONE_LENGTHS_MM, NUM_BONES,
-    NUM_JOINTS, WRIST)
+    BONES, FINGER_JOINTS, FINGER_OF_JOINT, JOINT_LIMITS_DEG, MEAN_BONE_LENGTHS_MM,
+    MIDDLE_CHAIN, NUM_BONES, NUM_JOINTS, WRIST)
 
 MEAN_BONE_LENGTHS_M = MEAN_BONE_LENGTHS_MM / 1000.0
-_MIDDLE_CHAIN = np.array([WRIST, *FINGER_JOINTS[2].tolist()])
 
 
 def _angle_limits_rad():
@@ -214,7 +213,7 @@ def hand_level_problems(config, keypoints_xyz, present):
     if scales[0] is None:
         return []
     margin = config.noise_margin_m
-    chain_m = MEAN_BONE_LENGTHS_M[_MIDDLE_CHAIN[1:] - 1].sum()
+    chain_m = MEAN_BONE_LENGTHS_M[MIDDLE_CHAIN[1:] - 1].sum()
     if not any(config.hand_length_min_m - margin <= scale * chain_m
                <= config.hand_length_max_m + margin for scale in scales):
         return ['hand_length']
@@ -224,6 +223,8 @@ def hand_level_problems(config, keypoints_xyz, present):
 def _blame_bones(bad_bones):
     """Return (21,) bool joints blamed by a (20,) mask of violated bones."""
     blamed = np.zeros(NUM_JOINTS, bool)
+    if not bad_bones.any():  # the usual case, several times per frame
+        return blamed
     bad_in = np.zeros(NUM_JOINTS, bool)
     bad_in[BONES[:, 1]] = bad_bones
     bad_out_count = np.bincount(BONES[:, 0], weights=bad_bones.astype(float),

@@ -9,10 +9,12 @@ palm faces the camera. A flat hand seen edge-on carries no evidence, which is wh
 estimate is smoothed over time and reported as 'unknown' while weak.
 """
 
+import math
+
 import numpy as np
 
-from hand_pose_ros.core.kinematics import palm_frame
-from hand_pose_ros.core.skeleton import FINGER_JOINTS, hand_length
+from hand_pose_ros.core.kinematics import palm_normal
+from hand_pose_ros.core.skeleton import FINGER_JOINTS, hand_length, palm_center
 
 _CURL_JOINTS = np.concatenate([FINGER_JOINTS[0, 2:], FINGER_JOINTS[1:, 1:].ravel()])
 # Palmar offset of the curl joints (fraction of hand length) that counts as full evidence.
@@ -28,17 +30,17 @@ def handedness_evidence(keypoints_xyz, camera_prior='none'):
     :param camera_prior: 'none', 'palm_facing_camera' or 'back_facing_camera'.
     :return: float; the magnitude is the confidence of this single frame.
     """
-    origin, rotation = palm_frame(keypoints_xyz)
-    normal = rotation[:, 2]
-    offsets = (np.asarray(keypoints_xyz)[_CURL_JOINTS] - origin) @ normal
+    keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
+    origin, normal = palm_center(keypoints_xyz), palm_normal(keypoints_xyz)
+    offsets = (keypoints_xyz[_CURL_JOINTS] - origin) @ normal
     scale = max(float(hand_length(keypoints_xyz)), 1e-6)
-    evidence = np.tanh(np.mean(offsets) / (scale * _FULL_EVIDENCE_OFFSET))
+    evidence = math.tanh(float(offsets.mean()) / (scale * _FULL_EVIDENCE_OFFSET))
     if camera_prior != 'none':
         towards_camera = -origin / max(np.linalg.norm(origin), 1e-9)
         facing = float(normal @ towards_camera)
         sign = 1.0 if camera_prior == 'palm_facing_camera' else -1.0
         evidence = (1.0 - _CAMERA_PRIOR_WEIGHT) * evidence + _CAMERA_PRIOR_WEIGHT * sign * facing
-    return float(np.clip(evidence, -1.0, 1.0))
+    return min(max(evidence, -1.0), 1.0)
 
 
 class HandednessEstimator:
