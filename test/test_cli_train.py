@@ -47,10 +47,10 @@ def test_cli_trains_resumes_and_ships(tiny_yaml, tmp_path, capsys):
         [1, 2, 3, 4, 5]
     assert train_cli.main(['--write-model', str(tmp_path / 'run' / 'checkpoint_best.pt'),
                            '--model-dir', str(tmp_path / 'models'), '--name', 'tiny',
-                           '--views', '4']) == 0
+                           '--views', '4', '--refine-passes', '2']) == 0
     card = model_io.read_card(tmp_path / 'models' / 'tiny.yaml')
     assert card['onnx'] == 'tiny.onnx' and card['training']['augment']['noise_mm'] == 1.0
-    assert card['inference'] == {'views': 4}
+    assert card['inference'] == {'views': 4, 'refine_passes': 2}
 
 
 def test_cli_reports_bad_input(tiny_yaml, tmp_path, capsys):

@@ -207,6 +207,16 @@ def test_load_estimator_from_a_saved_card(tmp_path):
     write_card(card, {**values, 'inference': {'views': 3}})
     with pytest.raises(ModelFileError, match=r'tiny.yaml: inference.views must be one of'):
         load_estimator(str(card), backend='torch', device='cpu')
+    # Re-centring passes likewise: the card's inference.refine_passes (else 1).
+    assert est.refine_passes == 1
+    write_card(card, {**values, 'inference': {'refine_passes': 3}})
+    assert load_estimator(str(card), backend='torch', device='cpu').refine_passes == 3
+    assert load_estimator(str(card), backend='torch', device='cpu',
+                          refine_passes=0).refine_passes == 0
+    for bad in (-1, 1.5, True):
+        write_card(card, {**values, 'inference': {'refine_passes': bad}})
+        with pytest.raises(ModelFileError, match=r'inference.refine_passes must be an integer'):
+            load_estimator(str(card), backend='torch', device='cpu')
     # A corrupted weights file is refused, naming the file.
     weights = tmp_path / 'tiny.safetensors'
     data = bytearray(weights.read_bytes())

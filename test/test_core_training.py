@@ -114,9 +114,10 @@ def test_write_model_ships_card_weights_and_onnx(tmp_path):
     training.train(config, progress_stream=io.StringIO())
     from hand_pose_ros.core import model_io
     card_path = training.write_model(str(tmp_path / 'run' / 'checkpoint_best.pt'),
-                                     str(tmp_path / 'models'), 'tiny')
+                                     str(tmp_path / 'models'), 'tiny', views=4, refine_passes=2)
     card = model_io.read_card(card_path)
     assert card['network'] == 'a2j' and card['crop']['input_size'] == 32
+    assert card['inference'] == {'views': 4, 'refine_passes': 2}
     assert card['training']['steps'] == 4 and card['training']['seed'] == 3
     assert card['metrics']['mean_3d_error_mm'] > 0
     assert set(card['files']) == {'tiny.safetensors', 'tiny.onnx'}

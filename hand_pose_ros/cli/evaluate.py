@@ -72,6 +72,9 @@ def build_parser():
                              'learned hand finder')
     parser.add_argument('--views', type=int, default=None, choices=sorted(VIEW_SETS),
                         help="test-time views per crop, averaged (default: the model card's)")
+    parser.add_argument('--refine-passes', type=int, default=None,
+                        help='detect: re-centring passes per found hand (default: the model '
+                             "card's)")
     parser.add_argument('--redetect-interval', type=int, default=1,
                         help='detect, frames in order (--scene motion, recorded sequences): '
                              'follow the hands with a HandTracker that searches for them '
@@ -145,8 +148,10 @@ def run(args):
                          'and --filter-param needs --filter')
     estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands,
                                min_hand_score=args.min_hand_score,
-                               use_finder=not args.no_finder, views=args.views)
+                               use_finder=not args.no_finder, views=args.views,
+                               refine_passes=args.refine_passes)
     views, color = estimator.views, 'color' in estimator.input_names
+    refine_passes = estimator.refine_passes
     if args.redetect_interval != 1:
         estimator = HandTracker(estimator, args.redetect_interval)
     filter_params = dict(parse_assignment(item, '--filter-param') for item in args.filter_param)
@@ -156,7 +161,8 @@ def run(args):
                                            match_radius_m=radius_m)
     return {**source, 'evaluated': 'filtered hands' if args.filter else 'estimator',
             'model': args.model, 'backend': args.backend, 'finder': not args.no_finder,
-            'views': views, 'redetect_interval': args.redetect_interval,
+            'views': views, 'refine_passes': refine_passes,
+            'redetect_interval': args.redetect_interval,
             'filter_params': filter_params if args.filter else None, **result}
 
 
@@ -263,7 +269,8 @@ def format_result(result):
     if result['evaluated'] in ('estimator', 'filtered hands'):
         lines.append(f'mean 3D error: {mm(result["mean_mm"])} (median '
                      f'{mm(result["median_mm"])}), center {result["center_mode"]}, '
-                     f'{result["views"]} view(s)')
+                     f'{result["views"]} view(s), {result["refine_passes"]} re-centring '
+                     f'pass(es)')
         curve = result['success_curve']
         at = dict(zip(curve['thresholds_mm'], curve['fraction']))
         lines.append('success frames: ' + ', '.join(

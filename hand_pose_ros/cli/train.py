@@ -58,6 +58,9 @@ def build_parser():
     parser.add_argument('--views', type=int, default=1, choices=sorted(VIEW_SETS),
                         help='test-time views the written model uses by default '
                              '(card inference.views)')
+    parser.add_argument('--refine-passes', type=int, default=1,
+                        help='re-centring passes per found hand the written model makes by '
+                             'default (card inference.refine_passes)')
     parser.add_argument('--no-onnx', action='store_true', help='skip the ONNX export')
     parser.add_argument('--benchmark', action='store_true',
                         help='instead of training, print render, augmentation and training '
@@ -105,7 +108,8 @@ def main(argv=None):
     try:
         if args.write_model:
             card = training.write_model(args.write_model, args.model_dir, args.name,
-                                        export_onnx=not args.no_onnx, views=args.views)
+                                        export_onnx=not args.no_onnx, views=args.views,
+                                        refine_passes=args.refine_passes)
             print(f'wrote model card {card}')
             return 0
         config = config_from_args(args)

@@ -579,7 +579,7 @@ def resolve_card(model):
         f'train one with hand_pose_train or pass the path of a model card')
 
 
-def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1,
+def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=None,
                    localizer_config=None, min_hand_score=DEFAULT_MIN_HAND_SCORE,
                    use_finder=True, views=None, **backend_options):
     """
@@ -591,7 +591,8 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
         ('auto' picks the best available runtime).
     :param max_hands: most hands per image.
     :param refine_passes: re-centring passes for localised hands (see
-        :class:`HandPoseEstimator`).
+        :class:`HandPoseEstimator`); None: the card's ``inference.refine_passes`` (1 when
+        the card has none).
     :param localizer_config: :class:`LocalizerConfig`; default: the card's ``localizer``
         section, else the defaults.
     :param min_hand_score: see :class:`HandPoseEstimator` (0 keeps every localised hand).
@@ -626,12 +627,19 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=1
         hand_score = HandScore.from_card(card)
     except ValueError as error:
         raise ModelFileError(f'model card {card_path}: {error}') from None
+    inference = card.get('inference', {})
     if views is None:
-        views = card.get('inference', {}).get('views', 1)
+        views = inference.get('views', 1)
         try:
             check_views(views)
         except ValueError as error:
             raise ModelFileError(f'model card {card_path}: inference.{error}') from None
+    if refine_passes is None:
+        refine_passes = inference.get('refine_passes', 1)
+        if not isinstance(refine_passes, int) or isinstance(refine_passes, bool) \
+                or refine_passes < 0:
+            raise ModelFileError(f'model card {card_path}: inference.refine_passes must be an '
+                                 f'integer >= 0, got {refine_passes!r}')
     from hand_pose_ros.core.backends import create_backend
 
     runtime = create_backend(backend, card_path, **backend_options)

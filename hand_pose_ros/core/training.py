@@ -1039,7 +1039,7 @@ def train(config, resume=False, progress_stream=None):
     return Trainer(config, resume=resume, progress_stream=progress_stream).train()
 
 
-def write_model(checkpoint_path, directory, name, export_onnx=True, views=1):
+def write_model(checkpoint_path, directory, name, export_onnx=True, views=1, refine_passes=1):
     """
     Ship a checkpoint as a model: safetensors + model card (+ ONNX export).
 
@@ -1053,12 +1053,16 @@ def write_model(checkpoint_path, directory, name, export_onnx=True, views=1):
     :param export_onnx: also export ``name.onnx`` and record it in the card.
     :param views: test-time views the estimator uses by default (card ``inference.views``;
         see :class:`~hand_pose_ros.core.estimator.HandPoseEstimator`).
+    :param refine_passes: re-centring passes the estimator makes by default (card
+        ``inference.refine_passes``).
     :return: path of the model card.
     """
     from hand_pose_ros.core import export, model_io
     from hand_pose_ros.core.crop import check_views
 
     check_views(views)
+    if int(refine_passes) != refine_passes or refine_passes < 0:
+        raise ValueError(f'refine_passes must be an integer >= 0, got {refine_passes!r}')
     model, config, checkpoint = model_from_checkpoint(checkpoint_path)
     start_model = json.loads(checkpoint.get('start_model', 'null'))
     extra = {
@@ -1071,7 +1075,7 @@ def write_model(checkpoint_path, directory, name, export_onnx=True, views=1):
             'context': config.context, 'checkpoint': os.path.basename(checkpoint_path),
             'start_model': start_model,
             'total_steps': int(checkpoint['step']) + (start_model or {}).get('total_steps', 0)},
-        'inference': {'views': views},
+        'inference': {'views': views, 'refine_passes': int(refine_passes)},
     }
     eval_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), 'eval_set.npz')
     if os.path.isfile(eval_path):

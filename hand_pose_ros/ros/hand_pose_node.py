@@ -62,6 +62,7 @@ def load_node_estimator(values):
         model['name'], backend=model['backend'], max_hands=values['localizer.max_hands'],
         use_finder=values['localizer.use_finder'], threads=model['threads'] or None,
         views=model['views'] or None,
+        refine_passes=None if model['refine_passes'] < 0 else model['refine_passes'],
         precision=model['precision'], fp16=model['precision'] == 'fp16',
         cache_dir=model['cache_dir'] or None, force_rebuild=model['force_engine_rebuild'])
     configure_localizer(estimator, values)

@@ -96,6 +96,10 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
     ParamSpec('model.views', 0,
               'Test-time views per hand crop, averaged (turned and mirrored): 0 = the model '
               "card's choice (default model: 4), 1 = fastest.", None, (0, 1, 2, 4, 8)),
+    ParamSpec('model.refine_passes', -1,
+              'Re-centring passes per found hand, each cropping again at the joint centroid '
+              "of the last: -1 = the model card's choice (default model: 2), 0 = fastest.",
+              (-1, 5)),
     ParamSpec('model.cache_dir', '', 'TensorRT engine cache (empty = ~/.cache/hand_pose_ros).'),
     ParamSpec('model.force_engine_rebuild', False, 'Rebuild the TensorRT engine at start-up.'),
     ParamSpec('localizer.max_hands', 2, 'Largest number of hands reported per frame.', (1, 8),
