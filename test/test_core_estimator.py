@@ -245,6 +245,13 @@ def test_refinement_pass_recrops_at_the_joint_centroid():
     backend.batches.clear()
     no_refine.estimate(hand_scene(), INTRINSICS)
     assert len(backend.batches) == 1
+    # From the second re-centring on, a pass is made only while the last one moved a crop:
+    # joints 2 cm off the crop centre keep moving it, joints around it converge at once.
+    for joints, batches in ((shift, 4), (np.zeros((2, 21, 3)), 2)):
+        backend = OracleBackend(joints)
+        HandPoseEstimator(DepthHandLocalizer(), SPEC, backend, max_hands=1,
+                          refine_passes=3).estimate(hand_scene(), INTRINSICS)
+        assert len(backend.batches) == batches
 
 
 class FixedLocalizer:
