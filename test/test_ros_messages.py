@@ -197,3 +197,17 @@ def test_published_bytes_arrive_as_the_message(spinner, as_bytes):
     publish_encoded(publisher, data, as_bytes)
     assert spinner.wait_for(lambda: received, 10)
     assert received[0] == deserialize_message(data, PointCloud2)
+
+
+def test_another_encoding_falls_back_to_messages_with_one_warning(monkeypatch, capfd):
+    from hand_pose_ros.ros import node_utils
+
+    # As where rclpy would write the outputs differently (the check is per process).
+    monkeypatch.setattr(node_utils, 'encoding_matches_rclpy', lambda: False)
+    node_utils._publish_bytes.cache_clear()
+    try:
+        assert node_utils._publish_bytes() is False
+        assert node_utils._publish_bytes() is False
+    finally:
+        node_utils._publish_bytes.cache_clear()
+    assert capfd.readouterr().err.count('serialises messages differently') == 1

@@ -7,6 +7,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 import rclpy
 from rclpy.executors import ExternalShutdownException
+from rclpy.logging import get_logger
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 
@@ -87,7 +88,7 @@ def _publish_bytes():
     """Return whether encoded messages go out as bytes (see :func:`publish_encoded`)."""
     if encoding_matches_rclpy():
         return True
-    rclpy.logging.get_logger('hand_pose_ros').warning(
+    get_logger('hand_pose_ros').warning(
         'this ROS installation serialises messages differently from hand_pose_ros; '
         'outputs are published as message objects (slower)')
     return False
