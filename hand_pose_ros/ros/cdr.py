@@ -32,14 +32,18 @@ def string(text):
     return _UINT32.pack(len(data)) + data
 
 
+def stamp(sec, nanosec):
+    """Return the CDR bytes of a ``builtin_interfaces`` Time or Duration (aligned to 4)."""
+    return _STAMP.pack(sec, nanosec)
+
+
 def header(msg):
     """
     Return the CDR bytes of a ``std_msgs/Header`` (aligned to 4 where it is written).
 
     Its fields need at most 4-byte alignment, so the same bytes serve at any 4-aligned offset.
     """
-    stamp = msg.stamp
-    return _STAMP.pack(stamp.sec, stamp.nanosec) + string(msg.frame_id)
+    return stamp(msg.stamp.sec, msg.stamp.nanosec) + string(msg.frame_id)
 
 
 class CdrWriter:

@@ -76,7 +76,7 @@ _LABEL_OFFSET = np.array([0.0, -0.03, 0.0])
 # of Humble and later.
 _EMPTY_STRING = cdr.string('')
 _EMPTY_SEQUENCE = struct.pack('<I', 0)
-_MARKER_BEFORE_TEXT = _fragment(_EMPTY_STRING, struct.pack('<iI', 0, 0) + _EMPTY_STRING,
+_MARKER_BEFORE_TEXT = _fragment(_EMPTY_STRING, cdr.stamp(0, 0) + _EMPTY_STRING,
                                 _EMPTY_STRING, _EMPTY_SEQUENCE, _EMPTY_SEQUENCE)
 _MARKER_AFTER_TEXT = _fragment(_EMPTY_STRING, _EMPTY_STRING, _EMPTY_SEQUENCE)
 _MARKER_IDS = struct.Struct('<iii')
@@ -280,7 +280,7 @@ def _frame_names(prefix, hand_id):
 def tf_message(hands, header, prefix='', geometry=None):
     """Return a ``tf2_msgs/TFMessage`` (CDR bytes): palm and valid joint frames per hand."""
     geometry = geometry or hand_geometry(hands)
-    stamp = cdr.header(header)
+    header_cdr = cdr.header(header)
     frames = []
     for hand in sorted_hands(hands):
         origin, palm_quaternion, quaternions = geometry[hand.hand_id]
@@ -297,7 +297,7 @@ def tf_message(hands, header, prefix='', geometry=None):
     writer = cdr.CdrWriter()
     writer.uint32(len(frames))
     for child, transform in frames:
-        writer.put(stamp, 4)
+        writer.put(header_cdr, 4)
         writer.put(child, 4)
         writer.put(transform, 8)
     return writer.getvalue()
@@ -311,7 +311,7 @@ def _put_marker(writer, header, ns, marker_id, kind, action, pose=_IDENTITY_POSE
     writer.put(ns, 4)
     writer.put(_MARKER_IDS.pack(marker_id, kind, action), 4)
     writer.float64s(pose + scale)
-    writer.put(_COLOR.pack(*color) + struct.pack('<iI', *lifetime), 4)
+    writer.put(_COLOR.pack(*color) + cdr.stamp(*lifetime), 4)
     writer.put(b'\x00')  # frame_locked
     writer.uint32(len(points))
     writer.float64s(points)
@@ -330,7 +330,7 @@ def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
     Markers of ``lost_ids`` (hands no longer tracked) are deleted (namespace ``hand_<id>``,
     ids 0 to 2).
     """
-    stamp = cdr.header(header)
+    header_cdr = cdr.header(header)
     lifetime = (int(lifetime_s), int((lifetime_s % 1) * 1e9))
     hands = sorted_hands(hands)
     writer = cdr.CdrWriter()
@@ -338,20 +338,20 @@ def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
     for hand_id in sorted(lost_ids):
         ns = cdr.string(f'hand_{hand_id}')
         for marker_id in range(3):
-            _put_marker(writer, stamp, ns, marker_id, Marker.ARROW, Marker.DELETE)
+            _put_marker(writer, header_cdr, ns, marker_id, Marker.ARROW, Marker.DELETE)
     for hand in hands:
         ns = cdr.string(f'hand_{hand.hand_id}')
         xyz = np.asarray(hand.keypoints_xyz, dtype=np.float64)
         valid = np.asarray(hand.valid, dtype=bool)
         drawn = valid[BONES].all(axis=1)
-        _put_marker(writer, stamp, ns, 0, Marker.SPHERE_LIST, Marker.ADD,
+        _put_marker(writer, header_cdr, ns, 0, Marker.SPHERE_LIST, Marker.ADD,
                     scale=(0.012, 0.012, 0.012), lifetime=lifetime, points=xyz[valid],
                     colors=_JOINT_COLORS[valid])
-        _put_marker(writer, stamp, ns, 1, Marker.LINE_LIST, Marker.ADD,
+        _put_marker(writer, header_cdr, ns, 1, Marker.LINE_LIST, Marker.ADD,
                     scale=(0.006, 0.0, 0.0), lifetime=lifetime,
                     points=xyz[BONES[drawn]].reshape(-1, 3),
                     colors=_BONE_COLORS.reshape(-1, 2, 4)[drawn].reshape(-1, 4))
-        _put_marker(writer, stamp, ns, 2, Marker.TEXT_VIEW_FACING, Marker.ADD,
+        _put_marker(writer, header_cdr, ns, 2, Marker.TEXT_VIEW_FACING, Marker.ADD,
                     pose=tuple((xyz[WRIST] + _LABEL_OFFSET).tolist()) + _IDENTITY_POSE[3:],
                     scale=(0.0, 0.0, 0.025), color=_WHITE, lifetime=lifetime,
                     text=f'hand {hand.hand_id} ({hand.handedness})')
