@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.crop import VIEW_SETS
 from hand_pose_ros.core.estimator import DEFAULT_REDETECT_INTERVAL
 
@@ -99,7 +100,7 @@ def takes_color(model):
 
 
 def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_finder=True,
-                   device='cpu', views=None, ros=True, redetect_interval=1):
+                   device='cpu', views=None, ros=True, redetect_interval=1, precision='auto'):
     """
     Return (per-stage ms arrays, facts) of one backend's per-frame path.
 
@@ -108,8 +109,9 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
         :data:`ROS_STAGES` are left out); the first ``warmup`` are not timed.
     :param redetect_interval: of the :class:`~hand_pose_ros.core.estimator.HandTracker`
         that runs the estimator, as in ``hand_pose_node`` (1: localise every frame).
+    :param precision: of the backend (see ``hand_pose_ros.core.backends``).
     :return: ({stage: (frames,) ms}, {'hand_detected_fraction', 'localized_fraction'
-        (frames on which the localiser ran), 'backend', 'views'}).
+        (frames on which the localiser ran), 'backend', 'precision', 'views'}).
     """
     from hand_pose_ros.core import HandTracker, load_estimator
     from hand_pose_ros.core.estimator import STAGES as ESTIMATOR_STAGES
@@ -121,7 +123,8 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
         from hand_pose_ros.ros.conversions import color_from_image, depth_from_image
         from hand_pose_ros.ros.messages import frame_outputs
     estimator = load_estimator(model, backend=backend, max_hands=1, threads=threads,
-                               use_finder=use_finder, device=device, views=views)
+                               use_finder=use_finder, device=device, views=views,
+                               precision=precision)
     tracker = HandTracker(estimator, redetect_interval)
     hand_filter = HandFilter(FilterConfig())
     samples = {stage: [] for stage in STAGES if ros or stage not in ROS_STAGES}
@@ -161,7 +164,8 @@ def bench_pipeline(model, backend, frames, intrinsics, warmup, threads, use_find
     timed = len(frames) - warmup
     return {stage: np.array(values) for stage, values in samples.items()}, {
         'hand_detected_fraction': hands_found / timed, 'localized_fraction': localized / timed,
-        'backend': getattr(estimator.backend, 'name', backend), 'views': estimator.views}
+        'backend': getattr(estimator.backend, 'name', backend),
+        'precision': getattr(estimator.backend, 'precision', precision), 'views': estimator.views}
 
 
 def summarise(samples):
@@ -234,6 +238,9 @@ def parse_args(argv):
                         help='frames from one hand search to the next while the hand is '
                              'followed, as the node parameter localizer.redetect_interval '
                              '(1: search every frame)')
+    parser.add_argument('--precision', choices=PRECISIONS, default='auto',
+                        help="network precision (auto: onnxruntime on the CPU runs the card's "
+                             'INT8 copy when it has one)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
                         help='run the networks on the CPU or on the CUDA GPU')
     parser.add_argument('--networks', action='store_true',
@@ -266,14 +273,14 @@ def main(argv=None):
         samples, facts = bench_pipeline(
             options.model, backend, frames, intrinsics, options.warmup, options.threads,
             not options.no_finder, options.device, options.views, not options.no_ros,
-            options.redetect_interval)
+            options.redetect_interval, options.precision)
         summary = summarise(samples)
         summary.update(facts)
         report['pipeline'][facts['backend']] = summary
-        print(f'\nmodel {options.model}, backend {facts["backend"]} on {options.device}, '
-              f'{facts["views"]} view(s), one hand, 640x480, {options.frames} frames '
-              f'(hand found in {facts["hand_detected_fraction"]:.0%}; localiser run on '
-              f'{facts["localized_fraction"]:.0%}, redetect interval '
+        print(f'\nmodel {options.model}, backend {facts["backend"]} ({facts["precision"]}) on '
+              f'{options.device}, {facts["views"]} view(s), one hand, 640x480, '
+              f'{options.frames} frames (hand found in {facts["hand_detected_fraction"]:.0%}; '
+              f'localiser run on {facts["localized_fraction"]:.0%}, redetect interval '
               f'{options.redetect_interval})')
         print('| stage | p50 ms | p99 ms |\n| --- | --- | --- |')
         for stage in (*samples, 'all_but_network', 'total'):

@@ -23,6 +23,7 @@ import sys
 
 from hand_pose_ros.cli.options import parse_assignment
 from hand_pose_ros.core import evaluation
+from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.crop import VIEW_SETS
 from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE
 from hand_pose_ros.core.filters import config_from_dict
@@ -49,6 +50,9 @@ def build_parser():
                         help='oracle: crop at the ground-truth joint centroid; detect: find '
                              'hands with the localiser')
     parser.add_argument('--backend', default='auto', help='inference backend')
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
+                        help="network precision (auto: onnxruntime on the CPU runs the card's "
+                             'INT8 copy when it has one)')
     parser.add_argument('--frames', type=int, default=None,
                         help='number of frames (evenly spaced over a dataset; synthetic '
                              'default 2000)')
@@ -149,8 +153,9 @@ def run(args):
     estimator = load_estimator(args.model, backend=args.backend, max_hands=args.max_hands,
                                min_hand_score=args.min_hand_score,
                                use_finder=not args.no_finder, views=args.views,
-                               refine_passes=args.refine_passes)
+                               refine_passes=args.refine_passes, precision=args.precision)
     views, color = estimator.views, 'color' in estimator.input_names
+    precision = getattr(estimator.backend, 'precision', args.precision)
     refine_passes = estimator.refine_passes
     if args.redetect_interval != 1:
         estimator = HandTracker(estimator, args.redetect_interval)
@@ -160,8 +165,8 @@ def run(args):
     result = evaluation.evaluate_estimator(estimator, frames_of(args, color), args.center,
                                            match_radius_m=radius_m)
     return {**source, 'evaluated': 'filtered hands' if args.filter else 'estimator',
-            'model': args.model, 'backend': args.backend, 'finder': not args.no_finder,
-            'views': views, 'refine_passes': refine_passes,
+            'model': args.model, 'backend': args.backend, 'precision': precision,
+            'finder': not args.no_finder, 'views': views, 'refine_passes': refine_passes,
             'redetect_interval': args.redetect_interval,
             'filter_params': filter_params if args.filter else None, **result}
 
@@ -217,7 +222,8 @@ def fit_hand_score(args, radius_m):
     # from one view: the estimator scores hands before it runs their other views.
     estimator = load_estimator(card_path, backend=args.backend,
                                max_hands=args.max_hands + SPARE_CANDIDATES, min_hand_score=0.0,
-                               use_finder=not args.no_finder, views=1)
+                               use_finder=not args.no_finder, views=1,
+                               precision=args.precision)
     estimator.hand_score = None
     score, counts = evaluation.fit_hand_score(estimator,
                                               frames_of(args, 'color' in estimator.input_names),
@@ -270,7 +276,7 @@ def format_result(result):
         lines.append(f'mean 3D error: {mm(result["mean_mm"])} (median '
                      f'{mm(result["median_mm"])}), center {result["center_mode"]}, '
                      f'{result["views"]} view(s), {result["refine_passes"]} re-centring '
-                     f'pass(es)')
+                     f'pass(es), {result["precision"]}')
         curve = result['success_curve']
         at = dict(zip(curve['thresholds_mm'], curve['fraction']))
         lines.append('success frames: ' + ', '.join(

@@ -5,10 +5,13 @@ Examples::
 
     hand_pose_export --card models/default.yaml               # ONNX next to the weights
     hand_pose_export --model-dir models --static-batch 1 4    # every card in a directory
+    hand_pose_export --card models/default.yaml --int8             # + INT8 copy for the CPU
     hand_pose_export --card models/default.yaml --engine --precision fp16
 
 Every export runs the ONNX checker and compares ONNX Runtime with PyTorch; the exit status
-is 1 when an error is above ``--tolerance``.
+is 1 when an error is above ``--tolerance``. ``--int8`` also writes ``<name>_int8.onnx``,
+calibrated on crops rendered like the card's training data, and compares its outputs with
+the float export's on other such crops (mean error within ``export.INT8_TOLERANCE``).
 """
 
 import argparse
@@ -35,6 +38,9 @@ def parse_args(argv=None):
                         help='also write static-batch exports <name>_b<N>.onnx')
     parser.add_argument('--tolerance', type=float, default=export.DEFAULT_TOLERANCE,
                         help='max abs error allowed between ONNX Runtime and PyTorch')
+    parser.add_argument('--int8', action='store_true',
+                        help='also write the INT8 copy ONNX Runtime runs on the CPU (beside '
+                             'the card; a card with one gets it again on every export)')
     parser.add_argument('--engine', action='store_true',
                         help='build (or refresh) the TensorRT engine of the dynamic export')
     parser.add_argument('--precision', choices=('fp32', 'fp16', 'int8'), default='fp16')
@@ -43,36 +49,60 @@ def parse_args(argv=None):
                         help='engine directory (default ~/.cache/hand_pose_ros/engines)')
     parser.add_argument('--force-engine-rebuild', action='store_true')
     parser.add_argument('--calibration-crops', type=Path, default=None,
-                        help='.npy array (N, C, S, S) of normalised crops for INT8 calibration')
+                        help='.npy array (N, C, S, S) of normalised crops for INT8 engine '
+                             'calibration (default: crops rendered like the training data)')
     return parser.parse_args(argv)
 
 
-def calibration_batches(path, batch_size):
-    """Yield batches of crops from a .npy file for INT8 calibration."""
+def calibration_batches(crops, batch_size):
+    """
+    Yield batches of INT8 calibration crops.
+
+    :param crops: (N, C, S, S) array, or {input name: (N, C, S, S)} for several inputs.
+    """
+    count = len(next(iter(crops.values()))) if isinstance(crops, dict) else len(crops)
+    for start in range(0, count, batch_size):
+        if isinstance(crops, dict):
+            yield {name: array[start:start + batch_size] for name, array in crops.items()}
+        else:
+            yield crops[start:start + batch_size]
+
+
+def engine_calibration_crops(card_path, path=None):
+    """
+    Return the crops that calibrate an INT8 engine.
+
+    :param path: a .npy (N, C, S, S) array of normalised crops; None renders
+        ``export.CALIBRATION_CROPS`` crops like the card's training data, as for the
+        ONNX Runtime INT8 copy.
+    """
     import numpy as np
 
+    if path is None:
+        return export.calibration_inputs(model_io.read_card(card_path), export.CALIBRATION_CROPS)
     crops = np.load(path, allow_pickle=False)
     if crops.ndim != 4:
         raise ValueError(f'{path}: calibration crops must be (N, C, S, S), got {crops.shape}')
-    for start in range(0, len(crops), batch_size):
-        yield crops[start:start + batch_size]
+    return crops
 
 
 def export_one(card_path, args):
     """Export one card; return True when every comparison is within tolerance."""
     results = export.export_card(card_path, args.out, args.dynamic_batch, args.static_batch,
-                                 args.tolerance)
+                                 args.tolerance, args.int8)
     for result in results:
         print(result.summary())
     if args.engine:
         from hand_pose_ros.core.backends import TensorRTBackend
 
-        dynamic = [r.path for r in results if r.dynamic_batch]
+        dynamic = [r.path for r in results
+                   if isinstance(r, export.ExportResult) and r.dynamic_batch]
         if not dynamic:
             raise ValueError('--engine needs the dynamic-batch export')
         batches = None
-        if args.calibration_crops is not None:
-            batches = calibration_batches(args.calibration_crops, args.max_batch)
+        if args.precision == 'int8':
+            batches = calibration_batches(
+                engine_calibration_crops(card_path, args.calibration_crops), args.max_batch)
         backend = TensorRTBackend(dynamic[0], args.precision, args.max_batch, args.engine_cache,
                                   args.force_engine_rebuild, batches)
         print(f'TensorRT engine for {dynamic[0]}: {backend.cache_status} '

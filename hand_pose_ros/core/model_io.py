@@ -28,7 +28,7 @@ CARD_SUFFIX = '.yaml'
 OUTPUT_NAMES = ('joints', 'confidence')
 # Card fields written by this module; ``extra`` fields may not reuse them.
 RESERVED_FIELDS = ('format_version', 'name', 'network', 'config', 'inputs', 'outputs',
-                   'weights', 'files', 'grouping', 'onnx')
+                   'weights', 'files', 'grouping', 'onnx', 'onnx_int8', 'quantization')
 
 
 class ModelFileError(ValueError):

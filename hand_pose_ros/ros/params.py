@@ -10,6 +10,7 @@ tested without ROS.
 from dataclasses import dataclass
 import math
 
+from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE, DEFAULT_REDETECT_INTERVAL
 from hand_pose_ros.core.filters.config import config_fields as filter_config_fields
 
@@ -91,8 +92,10 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
               ('auto', 'onnxruntime', 'torch', 'tensorrt')),
     ParamSpec('model.threads', 0, 'CPU threads for the runtime (0 = runtime default).',
               (0, 64)),
-    ParamSpec('model.precision', 'fp32', 'Precision on GPU backends.', None,
-              ('fp32', 'fp16', 'int8')),
+    ParamSpec('model.precision', 'auto',
+              "'auto': onnxruntime on a CPU runs the card's INT8 copy when it has one (the "
+              'default model does), tensorrt and torch on a GPU run fp16; fp32, fp16 (GPU) or '
+              'int8 to choose.', None, PRECISIONS),
     ParamSpec('model.views', 0,
               'Test-time views per hand crop, averaged (turned and mirrored): 0 = the model '
               "card's choice (default model: 4), 1 = fastest.", None, (0, 1, 2, 4, 8)),

@@ -9,6 +9,8 @@ from hand_pose_ros.core import model_io
 
 LOGGER = logging.getLogger(__name__)
 OUTPUT_NAMES = model_io.OUTPUT_NAMES
+# Precisions the backends take ('auto': each backend's best for its device).
+PRECISIONS = ('auto', 'fp32', 'fp16', 'int8')
 _LOGGED = set()
 
 
@@ -20,25 +22,49 @@ def log_once(level, message, *args):
         LOGGER.log(level, text)
 
 
-def resolve_onnx(model_path):
+def resolve_onnx(model_path, int8=False):
     """
     Return the ONNX file for a model card (verified) or an ONNX path.
 
     :param model_path: ``<name>.yaml`` card (its ``onnx`` field is used) or ``<name>.onnx``.
-    :raises ModelFileError: missing or corrupted file, or a card without an ONNX export.
+    :param int8: use the card's INT8 copy (``onnx_int8``) instead.
+    :raises ModelFileError: missing or corrupted file, a card without the export asked for,
+        or an INT8 copy made from another float export than the card's.
     """
     path = Path(model_path)
     if path.suffix == model_io.CARD_SUFFIX:
         card = model_io.read_card(path)
-        if 'onnx' not in card:
+        key = 'onnx_int8' if int8 else 'onnx'
+        if key not in card:
+            option = ' --int8' if int8 else ''
             raise model_io.ModelFileError(
-                f'model card {path}: no ONNX export recorded; run hand_pose_export --card {path}')
-        return model_io.card_file(path, card, 'onnx')
+                f'model card {path}: no {"INT8 " if int8 else ""}ONNX export recorded; run '
+                f'hand_pose_export --card {path}{option}')
+        if int8:
+            _check_int8_source(path, card)
+        return model_io.card_file(path, card, key)
     if path.suffix != '.onnx':
         raise ValueError(f'expected a model card (.yaml) or an ONNX file, got {path}')
     if not path.is_file():
         raise model_io.ModelFileError(f'model file {path}: missing')
     return path
+
+
+def _check_int8_source(card_path, card):
+    """Raise ModelFileError when the card's INT8 copy was not made from its float export."""
+    source = card.get('quantization', {}).get('source', {})
+    onnx_record = card['files'].get(card.get('onnx'), {})
+    if source.get('sha256') is None or source.get('sha256') != onnx_record.get('sha256'):
+        raise model_io.ModelFileError(
+            f'model card {card_path}: the INT8 export {card["onnx_int8"]} was not made from '
+            f'the current {card.get("onnx")}; run hand_pose_export --card {card_path} --int8')
+
+
+def has_int8(model_path):
+    """Return whether a model card records an INT8 ONNX export (False for ONNX files)."""
+    path = Path(model_path)
+    return (path.suffix == model_io.CARD_SUFFIX
+            and 'onnx_int8' in model_io.read_card(path, verify=False))
 
 
 def onnx_input_shapes(onnx_path):

@@ -153,7 +153,7 @@ class TensorRTBackend:
     Run a model through a cached TensorRT engine.
 
     :param model_path: model card (``.yaml``, uses its ONNX export) or ``.onnx`` file.
-    :param precision: 'fp32', 'fp16' or 'int8'.
+    :param precision: 'fp32', 'fp16' or 'int8'; 'auto' is 'fp16'.
     :param max_batch: largest batch (hands per call) the engine accepts.
     :param cache_dir: engine directory (default ``~/.cache/hand_pose_ros/engines``).
     :param force_rebuild: rebuild the engine even when the cached one matches.
@@ -170,6 +170,7 @@ class TensorRTBackend:
         import tensorrt as trt
         import torch
 
+        precision = 'fp16' if precision == 'auto' else precision
         self.onnx_path = resolve_onnx(model_path)
         self.input_shapes = onnx_input_shapes(self.onnx_path)
         fixed = self.input_shapes[0][1]

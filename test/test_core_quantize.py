@@ -1,0 +1,141 @@
+"""INT8 copies for ONNX Runtime on the CPU: quantised, registered, chosen, kept in step."""
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+import safetensors.torch
+import torch
+
+from hand_pose_ros.cli.export import calibration_batches, engine_calibration_crops
+from hand_pose_ros.cli.export import main as export_main
+from hand_pose_ros.core import export, load_estimator, model_io
+from hand_pose_ros.core.backends import base as backends_base
+from hand_pose_ros.core.backends import create_backend, OnnxRuntimeBackend
+from hand_pose_ros.core.crop import CropSpec
+from hand_pose_ros.core.evaluation import synthetic_frames
+from hand_pose_ros.core.models import build_model
+
+torch.set_num_threads(1)
+CFG = {'backbone': 'resnet18', 'width': 0.125, 'input_size': 64, 'head_channels': 16}
+SPEC = CropSpec(input_size=64, cube_size_m=(0.2, 0.2, 0.3))
+# Few rendered crops keep the tests quick (the export command renders export.CALIBRATION_CROPS).
+CALIBRATION, CHECK = 24, 8
+
+
+def save(directory, name='tiny'):
+    torch.manual_seed(0)
+    model = build_model('a2j', **CFG).eval()
+    card = model_io.save_model(model, directory, name, extra={'crop': SPEC.to_dict()})
+    export.export_card(card)
+    return card
+
+
+@pytest.fixture(scope='module')
+def int8_card(tmp_path_factory):
+    card = save(tmp_path_factory.mktemp('int8'))
+    result = export.quantize_card(card, CALIBRATION, CHECK)
+    return card, result
+
+
+def test_the_copy_is_quantised_registered_and_near_the_float_export(int8_card):
+    card_path, result = int8_card
+    card = model_io.read_card(card_path)  # verifies every checksum, the copy's included
+    assert card['onnx_int8'] == 'tiny_int8.onnx' == result.path.name
+    assert card['quantization']['source']['sha256'] == card['files']['tiny.onnx']['sha256']
+    assert card['quantization']['calibration']['crops'] == CALIBRATION
+    assert card['quantization']['calibration']['seed'] == export.CALIBRATION_SEED
+    operators = {node.op_type for node in onnx.load(str(result.path)).graph.node}
+    assert {'QuantizeLinear', 'DequantizeLinear', 'Softmax'} <= operators  # decode in float
+    assert result.within_tolerance and 'OK' in result.summary()
+    crops = export.calibration_inputs(card, 6, seed=123)['depth']
+    float_out = OnnxRuntimeBackend(card_path, device='cpu', precision='fp32')(crops)
+    int8_out = OnnxRuntimeBackend(card_path, device='cpu', precision='int8')(crops)
+    difference = np.abs(int8_out['joints'] - float_out['joints'])
+    assert 0.0 < difference.mean() < export.INT8_TOLERANCE
+
+
+def test_precision_chooses_the_file(int8_card, tmp_path, caplog, monkeypatch):
+    card, _ = int8_card
+    monkeypatch.setattr(backends_base, '_LOGGED', set())  # log_once: as in a new process
+    assert OnnxRuntimeBackend(card, device='cpu').precision == 'int8'  # auto on the CPU
+    fp32 = OnnxRuntimeBackend(card, device='cpu', precision='fp32')
+    assert (fp32.precision, fp32.onnx_path.name) == ('fp32', 'tiny.onnx')
+    with caplog.at_level(logging.WARNING):
+        assert create_backend('onnxruntime', card, precision='fp16').precision == 'int8'
+    assert 'no fp16 export' in caplog.text
+    plain = OnnxRuntimeBackend(card.parent / 'tiny.onnx', precision='int8')
+    assert plain.precision == 'as exported'  # an ONNX file runs as given
+    with pytest.raises(ValueError, match='precision must be one of'):
+        OnnxRuntimeBackend(card, precision='int4')
+    bare = save(tmp_path, 'bare')
+    assert OnnxRuntimeBackend(bare).precision == 'fp32'
+    with pytest.raises(model_io.ModelFileError,
+                       match=r'no INT8 ONNX export recorded; run hand_pose_export .* --int8'):
+        OnnxRuntimeBackend(bare, precision='int8')
+
+
+def test_a_new_export_quantises_again_and_a_stale_copy_is_refused(tmp_path):
+    card_path = save(tmp_path)
+    export.quantize_card(card_path, CALIBRATION, CHECK)
+    # New weights in the card, new export: the card's INT8 copy is made again from it.
+    model, _ = model_io.load_model(card_path)
+    weights = tmp_path / 'tiny.safetensors'
+    safetensors.torch.save_file({key: value * 1.1 for key, value in model.state_dict().items()},
+                                str(weights), metadata={'network': 'a2j'})
+    model_io.register_file(card_path, weights)
+    results = export.export_card(card_path)
+    assert isinstance(results[-1], export.QuantizeResult)
+    card = model_io.read_card(card_path)
+    assert card['quantization']['source']['sha256'] == card['files']['tiny.onnx']['sha256']
+    # A copy made from another float export is refused, naming the fix.
+    card['quantization']['source']['sha256'] = '0' * 64
+    model_io.write_card(card_path, card)
+    with pytest.raises(model_io.ModelFileError, match='was not made from the current tiny.onnx'):
+        OnnxRuntimeBackend(card_path)
+    assert OnnxRuntimeBackend(card_path, precision='fp32').precision == 'fp32'
+
+
+def test_export_command_writes_the_copy(tmp_path, capsys):
+    card = save(tmp_path)
+    assert export_main(['--card', str(card), '--int8']) == 0
+    printed = capsys.readouterr().out
+    assert (f'tiny_int8.onnx (INT8, {export.CALIBRATION_CROPS} calibration crops)' in printed
+            and printed.endswith('OK\n'))
+    assert model_io.read_card(card)['onnx_int8'] == 'tiny_int8.onnx'
+    assert export_main(['--card', str(card), '--int8', '--out', str(tmp_path / 'o')]) == 2
+    assert 'dynamic-batch export beside the card' in capsys.readouterr().err
+
+
+def test_the_default_models_int8_copy_keeps_its_poses():
+    int8 = load_estimator('default', max_hands=1)
+    fp32 = load_estimator('default', max_hands=1, precision='fp32')
+    assert (int8.backend.precision, fp32.backend.precision) == ('int8', 'fp32')
+    differences = []
+    for frame in synthetic_frames(12, seed=77):
+        centers = frame.joints_xyz.mean(axis=1)
+        ours = int8.estimate(frame.depth_m, frame.intrinsics, centers=centers)
+        theirs = fp32.estimate(frame.depth_m, frame.intrinsics, centers=centers)
+        differences += [np.linalg.norm(a.keypoints_xyz - b.keypoints_xyz, axis=1).mean()
+                        for a, b in zip(ours, theirs)]
+    # Mean joint displacement of a few millimetres at most (measured over 2,000 frames: the
+    # mean error against the truth moves by 0.04 mm).
+    assert len(differences) >= 12 and 0.0 < np.mean(differences) < 0.004
+
+
+def test_engine_calibration_uses_the_same_rendered_crops(int8_card, tmp_path):
+    card, _ = int8_card
+    crops = engine_calibration_crops(card)
+    assert crops['depth'].shape == (export.CALIBRATION_CROPS, 1, 64, 64)
+    batches = list(calibration_batches(crops, 64))
+    assert [len(b['depth']) for b in batches] == [64, 64, 64, 8]
+    np.testing.assert_array_equal(np.concatenate([b['depth'] for b in batches]),
+                                  crops['depth'])
+    saved = tmp_path / 'crops.npy'
+    np.save(saved, crops['depth'][:5])
+    assert [len(b) for b in calibration_batches(engine_calibration_crops(card, saved), 2)] == [
+        2, 2, 1]
+    np.save(saved, crops['depth'][:5, 0])
+    with pytest.raises(ValueError, match=r'must be \(N, C, S, S\)'):
+        engine_calibration_crops(card, saved)
