@@ -36,8 +36,9 @@ STAGES = ('localize', 'find', 'crop', 'infer', 'decode')
 INPUT_NAMES = ('depth', 'color')
 # Two localised hands whose crop centres end up closer than this are one hand.
 DUPLICATE_DISTANCE_M = 0.05
-# A further re-centring pass is skipped when the last one moved no hand's centre more
-# than this (about two crop pixels of the default model at arm's length): it has converged.
+# A re-centring pass is skipped when it would move no hand's crop centre more than this
+# (about two crop pixels of the default model at arm's length): the crops have converged.
+# A followed hand's crop (HandTracker) usually has after its first pass.
 REFINE_CONVERGED_M = 0.005
 # Localised hands whose fitted hand score (HandScore) is lower are dropped.
 DEFAULT_MIN_HAND_SCORE = 0.2
@@ -135,9 +136,8 @@ class HandPoseEstimator:
     :param max_hands: most hands returned per image when no centres are given.
     :param refine_passes: extra passes for localised hands, each re-cropping at the joint
         centroid of the previous pass (the localiser's centre is a rough palm estimate;
-        networks are trained on crops at the joint centroid); from the second on, a pass is
-        made only while the last one moved some centre by ``REFINE_CONVERGED_M`` or more.
-        Given centres are used as is.
+        networks are trained on crops at the joint centroid); a pass is made only while it
+        moves some centre by ``REFINE_CONVERGED_M`` or more. Given centres are used as is.
     :param name: model name, for logs.
     :param hand_score: :class:`HandScore` of the model, or None (localiser score only).
     :param min_hand_score: localised hands whose hand score is lower are dropped (only
@@ -306,9 +306,8 @@ class HandPoseEstimator:
                     _refined_center(hand.keypoints_xyz, old, intrinsics,
                                     min(self.spec.cube_size_m[:2]) / 2.0)
                     for hand, old in zip(hands, centers_xyz)])
-                if index > 1 and np.all(np.linalg.norm(refined - centers_xyz, axis=1)
-                                        < REFINE_CONVERGED_M):
-                    break  # the last re-centring hardly moved any crop: it has converged
+                if np.all(np.linalg.norm(refined - centers_xyz, axis=1) < REFINE_CONVERGED_M):
+                    break  # re-centring would hardly move any crop: it has converged
                 centers_xyz = refined
                 localizer_scores = [hand.localizer_score for hand in hands]
             hands, centers_xyz, crops = self._infer(images, intrinsics, centers_xyz,
