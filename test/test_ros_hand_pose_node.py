@@ -136,6 +136,7 @@ def test_bad_frames_warn_and_the_next_good_frame_is_processed(node_and_camera, f
     assert node._counts['time_jumps'] == 1 and len(hands_from_cloud(out)) == 1
     values = {kv.key: kv.value for kv in node.status().values}
     assert values['bad input'] == '3' and values['time jumps'] == '1'
+    assert values['model'] == 'tiny on onnxruntime (fp32)'  # a card without an INT8 copy
 
 
 def test_parameters_dynamic_readonly_and_range(node_and_camera):

@@ -84,12 +84,14 @@ def configure_localizer(estimator, values):
 
 def describe(estimator):
     """
-    Return 'model on backend' for diagnostics.
+    Return 'model on backend (precision)' for diagnostics.
 
     Adds a TensorRT engine's cache status and whether a learned finder helps the localiser.
     """
     backend = estimator.backend
     text = f'{estimator.name} on {getattr(backend, "name", "custom backend")}'
+    if getattr(backend, 'precision', None):
+        text += f' ({backend.precision})'
     if hasattr(estimator.localizer, 'finder'):
         text += ' with hand finder'
     cache_status = getattr(backend, 'cache_status', None)
