@@ -13,7 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-from hand_pose_ros.core import model_io
+from hand_pose_ros.core import export, model_io
+from hand_pose_ros.core.backends import OnnxRuntimeBackend
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.estimator import (
     HandPose, load_estimator, PACKAGE_MODELS_DIR, resolve_card)
@@ -233,10 +234,17 @@ def test_adapted_cards_keep_the_finder_hand_score_and_views(world, tmp_path):
     values.update(finder={**shipped['finder'], 'onnx': finder.name},
                   hand_score=shipped['hand_score'], inference={'views': 2})
     model_io.write_card(start_card, values)
+    export.export_card(start_card, int8=True)
     out = tmp_path / 'run'
-    trainer = SelfTrainer(recording, start_card, out, small_config(min_improvement=-1.0),
+    trainer = SelfTrainer(recording, start_card, out,
+                          small_config(min_improvement=-1.0, export_onnx=True),
                           estimator_factory=lambda path: ReplayEstimator(recording, truth))
     final = trainer.run()
+    # The start card had an INT8 copy: so has the adapted one, made from its own export.
+    adapted = model_io.read_card(final)
+    float_export = adapted['files'][adapted['onnx']]
+    assert adapted['quantization']['source']['sha256'] == float_export['sha256']
+    assert OnnxRuntimeBackend(final, device='cpu').precision == 'int8'
     round_card = out / trainer.state['rounds'][1]['card']
     for path in (round_card, final):
         adapted = model_io.read_card(path, verify=True)  # the copied finder is listed
