@@ -8,11 +8,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from hand_pose_ros.cli.export import calibration_batches, engine_calibration_crops
+from hand_pose_ros.cli.export import load_calibration_crops
 from hand_pose_ros.cli.export import main as export_main
 from hand_pose_ros.core import export, load_estimator, model_io
 from hand_pose_ros.core.backends import base as backends_base
 from hand_pose_ros.core.backends import create_backend, OnnxRuntimeBackend
+from hand_pose_ros.core.backends.tensorrt_backend import default_calibration
 from hand_pose_ros.core.crop import CropSpec
 from hand_pose_ros.core.evaluation import synthetic_frames
 from hand_pose_ros.core.models import build_model
@@ -124,18 +125,33 @@ def test_the_default_models_int8_copy_keeps_its_poses():
     assert len(differences) >= 12 and 0.0 < np.mean(differences) < 0.004
 
 
-def test_engine_calibration_uses_the_same_rendered_crops(int8_card, tmp_path):
-    card, _ = int8_card
-    crops = engine_calibration_crops(card)
-    assert crops['depth'].shape == (export.CALIBRATION_CROPS, 1, 64, 64)
-    batches = list(calibration_batches(crops, 64))
-    assert [len(b['depth']) for b in batches] == [64, 64, 64, 8]
+def test_calibration_batches_split_arrays_and_input_dicts(tmp_path):
+    crops = {'depth': np.arange(10 * 4, dtype=np.float32).reshape(10, 1, 2, 2)}
+    batches = list(export.calibration_batches(crops, 4))
+    assert [len(b['depth']) for b in batches] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate([b['depth'] for b in batches]),
                                   crops['depth'])
     saved = tmp_path / 'crops.npy'
     np.save(saved, crops['depth'][:5])
-    assert [len(b) for b in calibration_batches(engine_calibration_crops(card, saved), 2)] == [
-        2, 2, 1]
+    loaded = load_calibration_crops(saved)
+    assert [len(b) for b in export.calibration_batches(loaded, 2)] == [2, 2, 1]
     np.save(saved, crops['depth'][:5, 0])
     with pytest.raises(ValueError, match=r'must be \(N, C, S, S\)'):
-        engine_calibration_crops(card, saved)
+        load_calibration_crops(saved)
+
+
+def test_an_int8_engine_of_a_card_is_calibrated_on_its_crops(int8_card, tmp_path):
+    card, _ = int8_card
+    batches = default_calibration(card, 'int8', 4)
+    first = next(batches)  # rendered when the engine build asks
+    assert first['depth'].shape == (4, 1, 64, 64)
+    rest = list(batches)
+    assert sum(len(b['depth']) for b in rest) == export.CALIBRATION_CROPS - 4
+    # The crops the ONNX Runtime INT8 copy was calibrated on (same seed, same count).
+    calibration = export.calibration_inputs(model_io.read_card(card), export.CALIBRATION_CROPS)
+    np.testing.assert_array_equal(np.concatenate([first['depth']] + [b['depth'] for b in rest]),
+                                  calibration['depth'])
+    given = [np.zeros((2, 1, 64, 64), np.float32)]
+    assert default_calibration(card, 'int8', 4, given) is given
+    assert default_calibration(card, 'fp16', 4) is None
+    assert default_calibration(card.parent / 'tiny.onnx', 'int8', 4) is None

@@ -54,32 +54,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def calibration_batches(crops, batch_size):
-    """
-    Yield batches of INT8 calibration crops.
-
-    :param crops: (N, C, S, S) array, or {input name: (N, C, S, S)} for several inputs.
-    """
-    count = len(next(iter(crops.values()))) if isinstance(crops, dict) else len(crops)
-    for start in range(0, count, batch_size):
-        if isinstance(crops, dict):
-            yield {name: array[start:start + batch_size] for name, array in crops.items()}
-        else:
-            yield crops[start:start + batch_size]
-
-
-def engine_calibration_crops(card_path, path=None):
-    """
-    Return the crops that calibrate an INT8 engine.
-
-    :param path: a .npy (N, C, S, S) array of normalised crops; None renders
-        ``export.CALIBRATION_CROPS`` crops like the card's training data, as for the
-        ONNX Runtime INT8 copy.
-    """
+def load_calibration_crops(path):
+    """Return the (N, C, S, S) normalised crops of a .npy file for INT8 engine calibration."""
     import numpy as np
 
-    if path is None:
-        return export.calibration_inputs(model_io.read_card(card_path), export.CALIBRATION_CROPS)
     crops = np.load(path, allow_pickle=False)
     if crops.ndim != 4:
         raise ValueError(f'{path}: calibration crops must be (N, C, S, S), got {crops.shape}')
@@ -100,9 +78,11 @@ def export_one(card_path, args):
         if not dynamic:
             raise ValueError('--engine needs the dynamic-batch export')
         batches = None
-        if args.precision == 'int8':
-            batches = calibration_batches(
-                engine_calibration_crops(card_path, args.calibration_crops), args.max_batch)
+        if args.precision == 'int8' and args.calibration_crops is None:
+            batches = export.card_calibration_batches(card_path, args.max_batch)
+        elif args.precision == 'int8':
+            batches = export.calibration_batches(
+                load_calibration_crops(args.calibration_crops), args.max_batch)
         backend = TensorRTBackend(dynamic[0], args.precision, args.max_batch, args.engine_cache,
                                   args.force_engine_rebuild, batches)
         print(f'TensorRT engine for {dynamic[0]}: {backend.cache_status} '

@@ -227,6 +227,26 @@ def calibration_inputs(card, count, seed=CALIBRATION_SEED):
     return {name: crops['patches' if name == 'depth' else 'colors'] for name in names}
 
 
+def calibration_batches(crops, batch_size):
+    """
+    Yield batches of calibration crops (e.g. for a TensorRT INT8 calibrator).
+
+    :param crops: (N, C, S, S) array, or {input name: (N, C, S, S)} for several inputs.
+    """
+    count = len(next(iter(crops.values()))) if isinstance(crops, dict) else len(crops)
+    for start in range(0, count, batch_size):
+        if isinstance(crops, dict):
+            yield {name: array[start:start + batch_size] for name, array in crops.items()}
+        else:
+            yield crops[start:start + batch_size]
+
+
+def card_calibration_batches(card_path, batch_size, count=CALIBRATION_CROPS):
+    """Yield batches of the crops :func:`quantize_card` calibrates on (rendered when asked)."""
+    crops = calibration_inputs(model_io.read_card(card_path), count)
+    yield from calibration_batches(crops, batch_size)
+
+
 def _session(onnx_path):
     import onnxruntime
 

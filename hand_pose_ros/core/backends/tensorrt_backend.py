@@ -148,6 +148,22 @@ def build_serialized_engine(onnx_path, key, calibration_batches=None, calibratio
     return bytes(serialized)
 
 
+def default_calibration(model_path, precision, max_batch, calibration_batches=None):
+    """
+    Return the batches an engine is calibrated on: those given, else a card's own.
+
+    An INT8 engine of a model card without ``calibration_batches`` is calibrated on the crops
+    its ONNX Runtime INT8 copy is (``export.card_calibration_batches``), rendered when the
+    build asks for them; other precisions, and ONNX files, get ``calibration_batches``.
+    """
+    if (calibration_batches is not None or precision != 'int8'
+            or Path(model_path).suffix != model_io.CARD_SUFFIX):
+        return calibration_batches
+    from hand_pose_ros.core import export
+
+    return export.card_calibration_batches(model_path, max_batch)
+
+
 class TensorRTBackend:
     """
     Run a model through a cached TensorRT engine.
@@ -157,7 +173,8 @@ class TensorRTBackend:
     :param max_batch: largest batch (hands per call) the engine accepts.
     :param cache_dir: engine directory (default ``~/.cache/hand_pose_ros/engines``).
     :param force_rebuild: rebuild the engine even when the cached one matches.
-    :param calibration_batches: iterable of crop batches for INT8 calibration.
+    :param calibration_batches: iterable of crop batches for INT8 calibration (default for
+        a card: :func:`default_calibration`).
     """
 
     name = 'tensorrt'
@@ -186,8 +203,10 @@ class TensorRTBackend:
         calibration_cache = cache.engine_path(stem, key).with_suffix('.calib')
         engine_bytes, self.cache_status = cache.load_or_build(
             stem, key,
-            lambda: build_serialized_engine(self.onnx_path, key, calibration_batches,
-                                            calibration_cache),
+            lambda: build_serialized_engine(
+                self.onnx_path, key,
+                default_calibration(model_path, precision, self.max_batch, calibration_batches),
+                calibration_cache),
             force_rebuild)
         # Keep the runtime alive as long as the engine it deserialized.
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
