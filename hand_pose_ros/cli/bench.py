@@ -209,8 +209,10 @@ def bench_networks(device, threads):
     if device == 'cpu':
         for row in rows:
             row['onnxruntime_speedup'] = row['torch_ms'] / row['onnxruntime_ms']
-        print('ONNX Runtime speed-up over eager PyTorch: ' + ', '.join(
-            f'{r["label"]} {r["onnxruntime_speedup"]:.2f}x' for r in rows))
+            row['onnxruntime_int8_speedup'] = row['torch_ms'] / row['onnxruntime_int8_ms']
+        print('ONNX Runtime speed-up over eager PyTorch, float / INT8: ' + ', '.join(
+            f'{r["label"]} {r["onnxruntime_speedup"]:.2f}x / {r["onnxruntime_int8_speedup"]:.2f}x'
+            for r in rows))
     else:
         fastest = [max(((r[f'{v}_fps'], v) for v in variants if f'{v}_error' not in r),
                        default=(0.0, 'none')) for r in rows]

@@ -2,9 +2,11 @@
 Parameter counts and per-crop latency of the networks on each available backend.
 
 Figures for model selection, independent of trained weights (latency does not depend on
-weight values): each configuration is built, saved, exported to ONNX and timed on the
-chosen runtime variants with a seeded random batch; a call's time includes copying the batch
-to the device and the joints back. The command is ``hand_pose_bench --networks [--device cuda]``.
+weight values): each configuration is built, saved, exported to ONNX (on the CPU also its
+INT8 copy, calibrated on a few rendered crops: its speed, not its accuracy, is what counts
+here) and timed on the chosen runtime variants with a seeded random batch; a call's time
+includes copying the batch to the device and the joints back. The command is
+``hand_pose_bench --networks [--device cuda]``.
 """
 
 import math
@@ -30,9 +32,12 @@ PROFILE_CONFIGS = {
 
 # variant -> (backend name, backend options): CPU runtimes, compared for the same model.
 CPU_VARIANTS = {
-    'onnxruntime': ('onnxruntime', {'device': 'cpu'}),
+    'onnxruntime': ('onnxruntime', {'device': 'cpu', 'precision': 'fp32'}),
+    'onnxruntime_int8': ('onnxruntime', {'device': 'cpu', 'precision': 'int8'}),
     'torch': ('torch', {'device': 'cpu'}),
 }
+# Rendered crops that calibrate (and check) the INT8 copies timed here.
+_CALIBRATION_CROPS, _CHECK_CROPS = 16, 4
 # GPU runtimes; :func:`gpu_variants` keeps the ones this machine has.
 GPU_VARIANTS = {
     'torch_fp32': ('torch', {'device': 'cuda', 'fp16': False, 'cuda_graphs': False}),
@@ -86,6 +91,7 @@ def profile_model(label, variants=None, batch=1, threads=None, warmup=3, iterati
     import torch
 
     from hand_pose_ros.core.backends import create_backend
+    from hand_pose_ros.core.crop import CropSpec
     from hand_pose_ros.core.models import build_model
 
     if label not in PROFILE_CONFIGS:
@@ -96,8 +102,12 @@ def profile_model(label, variants=None, batch=1, threads=None, warmup=3, iterati
     row = {'label': label, 'network': network, 'input_size': model.input_size, 'batch': batch,
            'params_m': sum(p.numel() for p in model.parameters()) / 1e6}
     with tempfile.TemporaryDirectory(dir=workdir) as directory:
-        card = model_io.save_model(model, directory, label.replace('.', '_'))
+        card = model_io.save_model(model, directory, label.replace('.', '_'), extra={
+            'crop': CropSpec(input_size=model.input_size).to_dict()})
         export.export_card(card)
+        if any(options.get('precision') == 'int8'
+               for _, options in (variants or CPU_VARIANTS).values()):
+            export.quantize_card(card, _CALIBRATION_CROPS, _CHECK_CROPS)
         inputs = export.example_inputs(model, batch)
         if len(inputs) == 1:
             inputs = next(iter(inputs.values()))
