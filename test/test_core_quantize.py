@@ -157,9 +157,11 @@ def test_an_int8_engine_of_a_card_is_calibrated_on_its_crops(int8_card, tmp_path
     assert default_calibration(card.parent / 'tiny.onnx', 'int8', 4) is None
 
 
-def test_every_depth_network_gets_an_int8_copy(tmp_path):
-    # CrossInfoNet's graph defeats ONNX Runtime's symbolic shape inference; ONNX's own
-    # shape inference prepares it instead.
+def test_every_depth_network_gets_an_int8_copy(tmp_path, monkeypatch):
+    # CrossInfoNet's graph defeats ONNX Runtime's symbolic shape inference (which then
+    # dumps the model into the working directory); ONNX's own prepares it, and leaves
+    # nothing behind.
+    monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     model = build_model('crossinfonet', width=0.125, input_size=48, fc_dim=32).eval()
     spec = CropSpec(input_size=48, cube_size_m=(0.2, 0.2, 0.3))
@@ -169,3 +171,5 @@ def test_every_depth_network_gets_an_int8_copy(tmp_path):
     assert backend.precision == 'int8'
     out = backend(export.example_inputs(model, 2)['depth'])
     assert out['joints'].shape == (2, 21, 3) and np.all(np.isfinite(out['joints']))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        'cin.onnx', 'cin.safetensors', 'cin.yaml', 'cin_int8.onnx']

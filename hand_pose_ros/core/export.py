@@ -293,13 +293,11 @@ def quantize_onnx(onnx_path, out_path, calibration, check):
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as directory:
         # The quantiser's own preparation: shapes inferred, constants folded (the biases
-        # become initialisers it can quantise).
+        # become initialisers it can quantise). ONNX's own shape inference: ONNX Runtime's
+        # symbolic one gives up on CrossInfoNet's graph, dumping the model into the working
+        # directory as it does.
         prepared = Path(directory) / 'prepared.onnx'
-        try:
-            quant_pre_process(str(onnx_path), str(prepared))
-        except Exception:  # its symbolic shape inference gives up on some graphs
-            # (CrossInfoNet's) with a bare Exception; ONNX's own shape inference does them.
-            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out_path), Crops(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(INT8_OPERATORS), per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
