@@ -36,7 +36,7 @@ def save(directory, name='tiny'):
 @pytest.fixture(scope='module')
 def int8_card(tmp_path_factory):
     card = save(tmp_path_factory.mktemp('int8'))
-    result = export.quantize_card(card, CALIBRATION, CHECK)
+    result = export.quantize_card(card, calibration_crops=CALIBRATION, check_crops=CHECK)
     return card, result
 
 
@@ -79,7 +79,7 @@ def test_precision_chooses_the_file(int8_card, tmp_path, caplog, monkeypatch):
 
 def test_a_new_export_quantises_again_and_a_stale_copy_is_refused(tmp_path):
     card_path = save(tmp_path)
-    export.quantize_card(card_path, CALIBRATION, CHECK)
+    export.quantize_card(card_path, calibration_crops=CALIBRATION, check_crops=CHECK)
     # New weights in the card, new export: the card's INT8 copy is made again from it.
     model, _ = model_io.load_model(card_path)
     weights = tmp_path / 'tiny.safetensors'
@@ -107,6 +107,15 @@ def test_export_command_writes_the_copy(tmp_path, capsys):
     assert model_io.read_card(card)['onnx_int8'] == 'tiny_int8.onnx'
     assert export_main(['--card', str(card), '--int8', '--out', str(tmp_path / 'o')]) == 2
     assert 'dynamic-batch export beside the card' in capsys.readouterr().err
+    # The user's own crops: two thirds calibrate, the rest check.
+    own = tmp_path / 'own.npy'
+    np.save(own, export.calibration_inputs(model_io.read_card(card), 9, seed=5)['depth'])
+    assert export_main(['--card', str(card), '--int8', '--calibration-crops', str(own)]) == 0
+    assert 'tiny_int8.onnx (INT8, 6 calibration crops)' in capsys.readouterr().out
+    assert model_io.read_card(card)['quantization']['calibration']['check_crops'] == 3
+    np.save(own, np.zeros((9, 1, 32, 32), np.float32))
+    assert export_main(['--card', str(card), '--int8', '--calibration-crops', str(own)]) == 2
+    assert "crops for 'depth' must be (N >= 3, 1, 64, 64)" in capsys.readouterr().err
 
 
 def test_the_default_models_int8_copy_keeps_its_poses():

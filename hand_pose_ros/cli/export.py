@@ -10,8 +10,9 @@ Examples::
 
 Every export runs the ONNX checker and compares ONNX Runtime with PyTorch; the exit status
 is 1 when an error is above ``--tolerance``. ``--int8`` also writes ``<name>_int8.onnx``,
-calibrated on crops rendered like the card's training data, and compares its outputs with
-the float export's on other such crops (mean error within ``export.INT8_TOLERANCE``).
+calibrated on crops rendered like the card's training data (or on ``--calibration-crops``,
+e.g. crops of the user's own recordings), and compares its outputs with the float export's
+on other such crops (mean error within ``export.INT8_TOLERANCE``).
 """
 
 import argparse
@@ -49,8 +50,9 @@ def parse_args(argv=None):
                         help='engine directory (default ~/.cache/hand_pose_ros/engines)')
     parser.add_argument('--force-engine-rebuild', action='store_true')
     parser.add_argument('--calibration-crops', type=Path, default=None,
-                        help='.npy array (N, C, S, S) of normalised crops for INT8 engine '
-                             'calibration (default: crops rendered like the training data)')
+                        help='.npy array (N, C, S, S) of normalised crops that calibrate '
+                             'the INT8 copy (--int8) and INT8 engines (default: crops rendered '
+                             'like the training data)')
     return parser.parse_args(argv)
 
 
@@ -66,8 +68,11 @@ def load_calibration_crops(path):
 
 def export_one(card_path, args):
     """Export one card; return True when every comparison is within tolerance."""
+    crops = None
+    if args.calibration_crops is not None:
+        crops = load_calibration_crops(args.calibration_crops)
     results = export.export_card(card_path, args.out, args.dynamic_batch, args.static_batch,
-                                 args.tolerance, args.int8)
+                                 args.tolerance, args.int8, crops if args.int8 else None)
     for result in results:
         print(result.summary())
     if args.engine:
@@ -78,11 +83,10 @@ def export_one(card_path, args):
         if not dynamic:
             raise ValueError('--engine needs the dynamic-batch export')
         batches = None
-        if args.precision == 'int8' and args.calibration_crops is None:
+        if args.precision == 'int8' and crops is None:
             batches = export.card_calibration_batches(card_path, args.max_batch)
         elif args.precision == 'int8':
-            batches = export.calibration_batches(
-                load_calibration_crops(args.calibration_crops), args.max_batch)
+            batches = export.calibration_batches(crops, args.max_batch)
         backend = TensorRTBackend(dynamic[0], args.precision, args.max_batch, args.engine_cache,
                                   args.force_engine_rebuild, batches)
         print(f'TensorRT engine for {dynamic[0]}: {backend.cache_status} '

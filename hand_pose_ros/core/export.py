@@ -316,8 +316,8 @@ def quantize_onnx(onnx_path, out_path, calibration, check):
     return result
 
 
-def quantize_card(card_path, calibration_crops=CALIBRATION_CROPS, check_crops=INT8_CHECK_CROPS,
-                  seed=CALIBRATION_SEED):
+def quantize_card(card_path, crops=None, calibration_crops=CALIBRATION_CROPS,
+                  check_crops=INT8_CHECK_CROPS, seed=CALIBRATION_SEED):
     """
     Add an INT8 copy of a card's ONNX export beside it (``<name>_int8.onnx``).
 
@@ -325,19 +325,32 @@ def quantize_card(card_path, calibration_crops=CALIBRATION_CROPS, check_crops=IN
     ``quantization`` section records the calibration data and the comparison with the float
     export (mean and max absolute error of every output, in the network's output units).
 
+    :param crops: the user's normalised crops, (N, C, S, S) for a one-input network or
+        {input name: (N, C, S, S)} (e.g. crops of their own recordings, when the card's
+        training data is not at hand): the first two thirds calibrate, the rest check.
+        None renders ``calibration_crops`` + ``check_crops`` like the card's training data.
     :return: :class:`QuantizeResult`.
     :raises ModelFileError: a card without an ONNX export.
+    :raises ValueError: crops that do not fit the network's inputs, or fewer than 3.
     """
     card_path = Path(card_path)
     card = model_io.read_card(card_path)
     onnx_path = model_io.card_file(card_path, card, 'onnx')
-    crops = calibration_inputs(card, calibration_crops + check_crops, seed)
+    if crops is None:
+        crops = calibration_inputs(card, calibration_crops + check_crops, seed)
+        data = {'data': card.get('training', {}).get('data') or {'type': 'synthetic'},
+                'seed': seed}
+    else:
+        crops = _given_inputs(card, crops)
+        count = len(next(iter(crops.values())))
+        check_crops = count // 3
+        calibration_crops = count - check_crops
+        data = {'data': 'crops given to hand_pose_export (--calibration-crops)'}
     result = quantize_onnx(
         onnx_path, card_path.parent / f'{card.get("name", card_path.stem)}_int8.onnx',
         {name: array[:calibration_crops] for name, array in crops.items()},
         {name: array[calibration_crops:] for name, array in crops.items()})
-    result.calibration.update(
-        data=card.get('training', {}).get('data') or {'type': 'synthetic'}, seed=seed)
+    result.calibration.update(data)
     model_io.register_file(card_path, result.path, 'onnx_int8')
     card = model_io.read_card(card_path, verify=False)
     card['quantization'] = {
@@ -350,8 +363,31 @@ def quantize_card(card_path, calibration_crops=CALIBRATION_CROPS, check_crops=IN
     return result
 
 
+def _given_inputs(card, crops):
+    """Return the user's calibration crops as {input name: float32 array}, checked."""
+    names = model_io.card_input_names(card)
+    if not isinstance(crops, dict):
+        if len(names) != 1:
+            raise ValueError(f'this network takes several inputs {list(names)}: give a crop '
+                             f'array for each')
+        crops = {names[0]: crops}
+    if set(crops) != set(names):
+        raise ValueError(f'calibration crops must be given for exactly {list(names)}, '
+                         f'got {sorted(crops)}')
+    spec = card['inputs']
+    out = {}
+    for name in names:
+        array = np.asarray(crops[name], dtype=np.float32)
+        expected = tuple(spec[name]['shape'][1:])
+        if array.ndim != 4 or array.shape[1:] != expected or len(array) < 3:
+            raise ValueError(f'calibration crops for {name!r} must be (N >= 3, '
+                             f'{", ".join(map(str, expected))}), got {array.shape}')
+        out[name] = array
+    return out
+
+
 def export_card(card_path, out_dir=None, dynamic_batch=True, static_batch_sizes=(),
-                tolerance=DEFAULT_TOLERANCE, int8=False):
+                tolerance=DEFAULT_TOLERANCE, int8=False, int8_crops=None):
     """
     Export a saved model (card + safetensors) to ONNX.
 
@@ -366,6 +402,7 @@ def export_card(card_path, out_dir=None, dynamic_batch=True, static_batch_sizes=
     :param static_batch_sizes: batch sizes of static exports to write as well.
     :param int8: also write the INT8 copy of the dynamic export (:func:`quantize_card`;
         beside the card only). A card that has one gets it again from the new export.
+    :param int8_crops: the crops that calibrate it (see :func:`quantize_card`).
     :return: list of :class:`ExportResult`, then the :class:`QuantizeResult` if any.
     """
     card_path = Path(card_path)
@@ -387,5 +424,5 @@ def export_card(card_path, out_dir=None, dynamic_batch=True, static_batch_sizes=
             model_io.register_file(card_path, result.path, 'onnx' if dynamic else None)
         results.append(result)
     if int8 or (in_card_dir and dynamic_batch and 'onnx_int8' in card):
-        results.append(quantize_card(card_path))
+        results.append(quantize_card(card_path, int8_crops))
     return results

@@ -107,7 +107,8 @@ def profile_model(label, variants=None, batch=1, threads=None, warmup=3, iterati
         export.export_card(card)
         if any(options.get('precision') == 'int8'
                for _, options in (variants or CPU_VARIANTS).values()):
-            export.quantize_card(card, _CALIBRATION_CROPS, _CHECK_CROPS)
+            export.quantize_card(card, calibration_crops=_CALIBRATION_CROPS,
+                                 check_crops=_CHECK_CROPS)
         inputs = export.example_inputs(model, batch)
         if len(inputs) == 1:
             inputs = next(iter(inputs.values()))
