@@ -62,6 +62,7 @@ def test_onnxruntime_matches_torch_batched_and_single(cards, name):
     card, model = cards[name]
     ort_backend = create_backend('onnxruntime', card, threads=1)
     torch_backend = create_backend('torch', card, device='cpu')
+    assert ort_backend.precision == torch_backend.precision == 'fp32'  # what each runs
     batch = crops(model, 3)
     ort_out = ort_backend(batch)
     torch_out = torch_backend(batch)

@@ -46,6 +46,7 @@ class TorchBackend:
         if fp16 and not on_gpu:
             raise ValueError('fp16 needs a CUDA device; the CPU path runs float32')
         self.dtype = torch.float16 if (on_gpu if fp16 is None else fp16) else torch.float32
+        self.precision = 'fp16' if self.dtype == torch.float16 else 'fp32'  # what runs
         if cuda_graphs and not on_gpu:
             raise ValueError('cuda_graphs needs a CUDA device')
         self.cuda_graphs = on_gpu if cuda_graphs is None else bool(cuda_graphs)
