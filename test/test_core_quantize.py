@@ -115,7 +115,10 @@ def test_export_command_writes_the_copy(tmp_path, capsys):
     assert model_io.read_card(card)['quantization']['calibration']['check_crops'] == 3
     np.save(own, np.zeros((9, 1, 32, 32), np.float32))
     assert export_main(['--card', str(card), '--int8', '--calibration-crops', str(own)]) == 2
-    assert "crops for 'depth' must be (N >= 3, 1, 64, 64)" in capsys.readouterr().err
+    assert "input 'depth' must have shape (B, 1, 64, 64)" in capsys.readouterr().err
+    np.save(own, np.zeros((2, 1, 64, 64), np.float32))
+    assert export_main(['--card', str(card), '--int8', '--calibration-crops', str(own)]) == 2
+    assert 'give at least 3 calibration crops, got 2' in capsys.readouterr().err
 
 
 def test_the_default_models_int8_copy_keeps_its_poses():

@@ -341,8 +341,11 @@ def quantize_card(card_path, crops=None, calibration_crops=CALIBRATION_CROPS,
         data = {'data': card.get('training', {}).get('data') or {'type': 'synthetic'},
                 'seed': seed}
     else:
-        crops = _given_inputs(card, crops)
-        count = len(next(iter(crops.values())))
+        from hand_pose_ros.core.backends.base import input_feeds, onnx_input_shapes
+
+        crops, count = input_feeds(crops, onnx_input_shapes(onnx_path))
+        if count < 3:
+            raise ValueError(f'give at least 3 calibration crops, got {count}')
         check_crops = count // 3
         calibration_crops = count - check_crops
         data = {'data': 'crops given to hand_pose_export (--calibration-crops)'}
@@ -361,29 +364,6 @@ def quantize_card(card_path, crops=None, calibration_crops=CALIBRATION_CROPS,
         'max_abs_error': result.max_abs_error, 'mean_difference': result.mean_difference}
     model_io.write_card(card_path, card)
     return result
-
-
-def _given_inputs(card, crops):
-    """Return the user's calibration crops as {input name: float32 array}, checked."""
-    names = model_io.card_input_names(card)
-    if not isinstance(crops, dict):
-        if len(names) != 1:
-            raise ValueError(f'this network takes several inputs {list(names)}: give a crop '
-                             f'array for each')
-        crops = {names[0]: crops}
-    if set(crops) != set(names):
-        raise ValueError(f'calibration crops must be given for exactly {list(names)}, '
-                         f'got {sorted(crops)}')
-    spec = card['inputs']
-    out = {}
-    for name in names:
-        array = np.asarray(crops[name], dtype=np.float32)
-        expected = tuple(spec[name]['shape'][1:])
-        if array.ndim != 4 or array.shape[1:] != expected or len(array) < 3:
-            raise ValueError(f'calibration crops for {name!r} must be (N >= 3, '
-                             f'{", ".join(map(str, expected))}), got {array.shape}')
-        out[name] = array
-    return out
 
 
 def export_card(card_path, out_dir=None, dynamic_batch=True, static_batch_sizes=(),
