@@ -221,10 +221,21 @@ def calibration_inputs(card, count, seed=CALIBRATION_SEED):
     from hand_pose_ros.core.training import make_eval_set, make_source
 
     names = model_io.card_input_names(card)
-    data = card.get('training', {}).get('data') or {'type': 'synthetic'}
-    source = make_source(data, CropSpec.from_dict(card['crop']), seed, color='color' in names)
+    source = make_source(_training_data(card), CropSpec.from_dict(card['crop']), seed,
+                         color='color' in names)
     crops = make_eval_set(source, count)
     return {name: crops['patches' if name == 'depth' else 'colors'] for name in names}
+
+
+def _training_data(card):
+    """Return the card's training data description (synthetic when it records none)."""
+    return card.get('training', {}).get('data') or {'type': 'synthetic'}
+
+
+def _single_crops(inputs):
+    """Return [{input name: (1, C, S, S)}], one feed per crop of {input name: (N, C, S, S)}."""
+    count = len(next(iter(inputs.values())))
+    return [{name: array[i:i + 1] for name, array in inputs.items()} for i in range(count)]
 
 
 def calibration_batches(crops, batch_size):
@@ -255,10 +266,7 @@ def _session(onnx_path):
 
 def _run_crops(session, inputs):
     """Return {output: array} of a session over crops, one crop per call (as estimated)."""
-    count = len(next(iter(inputs.values())))
-    runs = [session.run(list(model_io.OUTPUT_NAMES),
-                        {name: array[i:i + 1] for name, array in inputs.items()})
-            for i in range(count)]
+    runs = [session.run(list(model_io.OUTPUT_NAMES), feed) for feed in _single_crops(inputs)]
     return {name: np.concatenate([run[k] for run in runs])
             for k, name in enumerate(model_io.OUTPUT_NAMES)}
 
@@ -282,9 +290,7 @@ def quantize_onnx(onnx_path, out_path, calibration, check):
     class Crops(CalibrationDataReader):
 
         def __init__(self):
-            count = len(next(iter(calibration.values())))
-            self.feeds = iter([{name: array[i:i + 1] for name, array in calibration.items()}
-                               for i in range(count)])
+            self.feeds = iter(_single_crops(calibration))
 
         def get_next(self):
             return next(self.feeds, None)
@@ -338,8 +344,7 @@ def quantize_card(card_path, crops=None, calibration_crops=CALIBRATION_CROPS,
     onnx_path = model_io.card_file(card_path, card, 'onnx')
     if crops is None:
         crops = calibration_inputs(card, calibration_crops + check_crops, seed)
-        data = {'data': card.get('training', {}).get('data') or {'type': 'synthetic'},
-                'seed': seed}
+        data = {'data': _training_data(card), 'seed': seed}
     else:
         from hand_pose_ros.core.backends.base import input_feeds, onnx_input_shapes
 
