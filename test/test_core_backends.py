@@ -126,7 +126,10 @@ def test_bad_inputs_are_rejected(cards):
     with pytest.raises(ValueError, match='threads'):
         OnnxRuntimeBackend(card, threads=0)
     with pytest.raises(ValueError, match='fp16 needs a CUDA device'):
-        TorchBackend(card, device='cpu', fp16=True)
+        TorchBackend(card, device='cpu', precision='fp16')
+    with pytest.raises(ValueError, match='precision must be one of'):
+        TorchBackend(card, device='cpu', precision='int4')
+    assert TorchBackend(card, device='cpu', precision='int8').precision == 'fp32'  # logged
     with pytest.raises(ValueError, match='cuda_graphs needs a CUDA device'):
         TorchBackend(card, device='cpu', cuda_graphs=True)
 
@@ -184,8 +187,8 @@ def test_torch_cuda_graphs_match_eager(cards):
     if not torch.cuda.is_available():
         pytest.skip('needs a CUDA device')
     card, model = cards['a2j']
-    eager = create_backend('torch', card, device='cuda', fp16=False, cuda_graphs=False)
-    graphs = create_backend('torch', card, device='cuda', fp16=False)
+    eager = create_backend('torch', card, device='cuda', precision='fp32', cuda_graphs=False)
+    graphs = create_backend('torch', card, device='cuda', precision='fp32')
     assert graphs.cuda_graphs
     for batch_size, seed in ((1, 1), (3, 2), (1, 3), (3, 4)):
         batch = export.example_inputs(model, batch_size, seed)['depth']
@@ -204,7 +207,7 @@ def test_fp16_keeps_the_default_models_accuracy():
     errors = {}
     for precision in ('fp32', 'fp16'):
         estimator = load_estimator('default', backend='torch', device='cuda',
-                                   fp16=precision == 'fp16', use_finder=False)
+                                   precision=precision, use_finder=False)
         errors[precision] = evaluate_estimator(estimator, frames)['mean_mm']
     print(f'default model, oracle centres, 100 frames: {errors}')
     assert errors['fp32'] < 25.0

@@ -35,9 +35,6 @@ from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 
 # Colour images kept for pairing with depth frames (each up to a few MB).
 COLOR_HISTORY = 10
-# The torch backend's fp16 switch for each model.precision (None: fp16 on CUDA, fp32 on CPU;
-# torch has no int8 path).
-TORCH_FP16 = {'auto': None, 'fp32': False, 'fp16': True, 'int8': False}
 
 
 def _tolerance_ns(values, stream):
@@ -66,7 +63,7 @@ def load_node_estimator(values):
         use_finder=values['localizer.use_finder'], threads=model['threads'] or None,
         views=model['views'] or None,
         refine_passes=None if model['refine_passes'] < 0 else model['refine_passes'],
-        precision=model['precision'], fp16=TORCH_FP16[model['precision']],
+        precision=model['precision'],
         cache_dir=model['cache_dir'] or None, force_rebuild=model['force_engine_rebuild'])
     configure_localizer(estimator, values)
     return estimator

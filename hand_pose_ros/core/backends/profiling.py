@@ -40,9 +40,9 @@ CPU_VARIANTS = {
 _CALIBRATION_CROPS, _CHECK_CROPS = 16, 4
 # GPU runtimes; :func:`gpu_variants` keeps the ones this machine has.
 GPU_VARIANTS = {
-    'torch_fp32': ('torch', {'device': 'cuda', 'fp16': False, 'cuda_graphs': False}),
-    'torch_fp16': ('torch', {'device': 'cuda', 'fp16': True, 'cuda_graphs': False}),
-    'torch_fp16_graphs': ('torch', {'device': 'cuda', 'fp16': True, 'cuda_graphs': True}),
+    'torch_fp32': ('torch', {'device': 'cuda', 'precision': 'fp32', 'cuda_graphs': False}),
+    'torch_fp16': ('torch', {'device': 'cuda', 'precision': 'fp16', 'cuda_graphs': False}),
+    'torch_fp16_graphs': ('torch', {'device': 'cuda', 'precision': 'fp16', 'cuda_graphs': True}),
     'onnxruntime_cuda': ('onnxruntime', {'device': 'cuda'}),
     'tensorrt_fp16': ('tensorrt', {'precision': 'fp16'}),
 }

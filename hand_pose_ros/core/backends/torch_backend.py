@@ -5,7 +5,7 @@ import logging
 import numpy as np
 
 from hand_pose_ros.core import model_io
-from hand_pose_ros.core.backends.base import input_feeds, log_once, OUTPUT_NAMES
+from hand_pose_ros.core.backends.base import input_feeds, log_once, OUTPUT_NAMES, PRECISIONS
 
 LOGGER = logging.getLogger(__name__)
 DEVICES = ('auto', 'cpu', 'cuda')
@@ -17,8 +17,8 @@ class TorchBackend:
 
     :param model_path: model card (``.yaml``); weights verified and loaded from safetensors.
     :param device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
-    :param fp16: half precision weights and activations (default: True on CUDA; CPU
-        always runs FP32).
+    :param precision: 'auto' (half precision weights and activations on CUDA, FP32 on the
+        CPU), 'fp32' or 'fp16' (CUDA only); 'int8' has no PyTorch path here: logged, FP32.
     :param channels_last: NHWC memory format (default: True on CUDA, where it speeds up
         convolutions with tensor cores).
     :param torch_compile: wrap the network in ``torch.compile``.
@@ -30,12 +30,14 @@ class TorchBackend:
 
     name = 'torch'
 
-    def __init__(self, model_path, device='auto', fp16=None, channels_last=None,
+    def __init__(self, model_path, device='auto', precision='auto', channels_last=None,
                  torch_compile=False, cuda_graphs=None, threads=None):
         import torch
 
         if device not in DEVICES:
             raise ValueError(f'device must be one of {DEVICES}, got {device!r}')
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
         cuda = torch.cuda.is_available()
         if device == 'cuda' and not cuda:
             raise ValueError('device cuda asked for, but torch sees no CUDA device')
@@ -43,9 +45,13 @@ class TorchBackend:
             log_once(logging.INFO, 'torch backend: no CUDA device, running on CPU')
         self.device = torch.device('cuda' if cuda and device != 'cpu' else 'cpu')
         on_gpu = self.device.type == 'cuda'
-        if fp16 and not on_gpu:
+        if precision == 'fp16' and not on_gpu:
             raise ValueError('fp16 needs a CUDA device; the CPU path runs float32')
-        self.dtype = torch.float16 if (on_gpu if fp16 is None else fp16) else torch.float32
+        if precision == 'int8':
+            log_once(logging.WARNING, 'torch backend: no int8 path (int8 is for onnxruntime '
+                     'and tensorrt); running fp32')
+        fp16 = precision == 'fp16' or (precision == 'auto' and on_gpu)
+        self.dtype = torch.float16 if fp16 else torch.float32
         self.precision = 'fp16' if self.dtype == torch.float16 else 'fp32'  # what runs
         if cuda_graphs and not on_gpu:
             raise ValueError('cuda_graphs needs a CUDA device')
