@@ -143,6 +143,7 @@ def test_fit_hand_score_writes_the_model_card(tmp_path, capsys):
     section = fitted['hand_score']['fitted_on']
     assert section['seed'] == 3000 and section['frames'] == 12
     assert section['hands'] > 0 and section['false_hands'] > 0
+    assert section['precision'] == ('int8' if 'onnx_int8' in card else 'fp32')
     score = HandScore.from_card(fitted)
     assert score.joint_weight > 0   # confident joints make a hand more likely
     assert {k: v for k, v in fitted.items() if k not in ('hand_score', 'finder')} == \

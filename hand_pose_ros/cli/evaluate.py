@@ -155,7 +155,7 @@ def run(args):
                                use_finder=not args.no_finder, views=args.views,
                                refine_passes=args.refine_passes, precision=args.precision)
     views, color = estimator.views, 'color' in estimator.input_names
-    precision = getattr(estimator.backend, 'precision', args.precision)
+    precision = running_precision(estimator, args)
     refine_passes = estimator.refine_passes
     if args.redetect_interval != 1:
         estimator = HandTracker(estimator, args.redetect_interval)
@@ -229,9 +229,17 @@ def fit_hand_score(args, radius_m):
                                               frames_of(args, 'color' in estimator.input_names),
                                               radius_m)
     card = model_io.read_card(card_path)
-    card['hand_score'] = {**dataclasses.asdict(score), 'fitted_on': {**fitted_on, **counts}}
+    # The precision matters: an INT8 copy's confidences sit a little below the float ones.
+    precision = running_precision(estimator, args)
+    card['hand_score'] = {**dataclasses.asdict(score),
+                          'fitted_on': {**fitted_on, **counts, 'precision': precision}}
     model_io.write_card(card_path, card)
     return {**result, 'hand_score': card['hand_score']}
+
+
+def running_precision(estimator, args):
+    """Return the precision the estimator's network runs in (what ``--precision`` became)."""
+    return getattr(estimator.backend, 'precision', args.precision)
 
 
 def parse_options(items):
