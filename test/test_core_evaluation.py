@@ -256,3 +256,46 @@ def test_filtered_hands_are_those_the_filter_publishes():
     result = evaluate_estimator(at_once, frames, 'detect')
     # Published at once, the false hand shows, and coasts on in the next frame.
     assert result['detection_rate'] == 1.0 and result['false_positives'] == 2
+
+
+def test_error_breakdown_groups_hands_by_distance_border_and_visibility():
+    from hand_pose_ros.core.evaluation import error_breakdown
+
+    errors = np.full((4, 21), 10.0)
+    errors[1] = 30.0                       # a close hand the border cuts
+    errors[3, :10] = np.nan                # half its joints unlabelled
+    visible = np.ones((4, 21), dtype=bool)
+    visible[2, :7] = False                 # a third of hand 2 hidden, 50 mm off there
+    errors[2, :7] = 50.0
+    result = error_breakdown(errors, [0.5, 0.3, 0.8, 0.8], [False, True, False, False],
+                             visible)
+    by_distance = {tuple(row['range']): row for row in result['by_distance_m']}
+    assert by_distance[(0.0, 0.4)] == {'range': [0.0, 0.4], 'hands': 1, 'mean_mm': 30.0}
+    assert by_distance[(0.4, 0.55)]['mean_mm'] == 10.0
+    assert by_distance[(0.7, np.inf)]['hands'] == 2
+    assert by_distance[(0.55, 0.7)] == {'range': [0.55, 0.7], 'hands': 0, 'mean_mm': None}
+    assert result['cut_by_border'] == {'hands': 1, 'mean_mm': 30.0}
+    labelled = np.isfinite(errors)
+    assert result['inside_image']['mean_mm'] == pytest.approx(
+        np.nanmean(errors[[0, 2, 3]]))
+    assert result['hidden_joints_mm'] == 50.0 and result['visible_joints_mm'] == pytest.approx(
+        np.nanmean(np.where(visible & labelled, errors, np.nan)))
+    assert result['hidden_joint_fraction'] == pytest.approx(7 / labelled.sum())
+    # The worst tenth of four hands is one hand: hand 1 (30 mm mean) over 10 + 30 + 23.3 + 10.
+    means = np.nanmean(errors, axis=1)
+    assert result['worst_share_of_error'] == pytest.approx(30.0 / means.sum())
+    assert result['mean_without_worst_mm'] == pytest.approx(np.mean([10.0, means[2], 10.0]))
+    assert [row['hands'] for row in result['by_visible_fraction']] == [0, 1, 0, 3]
+    assert 'visible_joints_mm' not in error_breakdown(errors, [0.5] * 4, [False] * 4)
+    assert error_breakdown(np.zeros((0, 21)), [], []) is None
+
+
+def test_evaluate_estimator_reports_the_breakdown():
+    near = ground_truth([0.0, 0, 0.3], 5)
+    far = ground_truth([0.0, 0, 0.9], 6)
+    frames = [frame([near]), frame([far])]
+    est = ShiftedEstimator([(j.mean(axis=0), j) for j in (near, far)], [0.0, 0.006, 0.008])
+    breakdown = evaluate_estimator(est, frames, 'oracle')['breakdown']
+    assert [row['hands'] for row in breakdown['by_distance_m']] == [1, 0, 0, 1]
+    assert breakdown['inside_image'] == {'hands': 2, 'mean_mm': pytest.approx(10.0)}
+    assert 'visible_joints_mm' not in breakdown   # these frames do not say what is hidden

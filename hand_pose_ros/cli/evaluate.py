@@ -237,6 +237,35 @@ def fit_hand_score(args, radius_m):
     return {**result, 'hand_score': card['hand_score']}
 
 
+def format_breakdown(breakdown):
+    """Return the lines that say where the error is (see ``evaluation.error_breakdown``)."""
+    if not breakdown:
+        return []
+
+    def group(values):
+        return f'{mm(values["mean_mm"])} ({values["hands"]})'
+
+    def bins(rows, unit):
+        return ', '.join(f'{row["range"][0]:g}-{row["range"][1]:g}{unit} {group(row)}'
+                         for row in rows)
+
+    lines = [f'error by hand distance (hands): {bins(breakdown["by_distance_m"], " m")}',
+             f'hands cut by the image border {group(breakdown["cut_by_border"])}, inside '
+             f'{group(breakdown["inside_image"])}']
+    if breakdown['worst_share_of_error'] is not None:
+        without = breakdown['mean_without_worst_mm']
+        lines.append(f'worst {breakdown["worst_fraction"]:.0%} of the hands hold '
+                     f'{breakdown["worst_share_of_error"]:.0%} of the error'
+                     + (f'; without them {without:.2f} mm' if without is not None else ''))
+    if 'visible_joints_mm' in breakdown:
+        lines.append(
+            f'visible joints {mm(breakdown["visible_joints_mm"])}, hidden joints '
+            f'{mm(breakdown["hidden_joints_mm"])} '
+            f'({breakdown["hidden_joint_fraction"]:.0%} hidden); by visible share: '
+            f'{bins(breakdown["by_visible_fraction"], "")}')
+    return lines
+
+
 def running_precision(estimator, args):
     """Return the precision the estimator's network runs in (what ``--precision`` became)."""
     return getattr(estimator.backend, 'precision', args.precision)
@@ -247,11 +276,13 @@ def parse_options(items):
     return dict(parse_assignment(item, '--option') for item in items)
 
 
+def mm(value):
+    """Return a length in millimetres as text ('n/a' for None)."""
+    return 'n/a' if value is None else f'{value:.2f} mm'
+
+
 def format_result(result):
     """Return a short human-readable summary of a result dict."""
-    def mm(value):
-        return 'n/a' if value is None else f'{value:.2f} mm'
-
     if result['evaluated'] == 'hand score':
         fitted = result['hand_score']
         fusion = ', '.join(f'{k} {v:.3f}' for k, v in result.get('fusion', {}).items())
@@ -289,6 +320,7 @@ def format_result(result):
         at = dict(zip(curve['thresholds_mm'], curve['fraction']))
         lines.append('success frames: ' + ', '.join(
             f'{t:g} mm {at[t] * 100:.1f} %' for t in (20.0, 40.0, 80.0) if at.get(t) is not None))
+        lines.extend(format_breakdown(result['breakdown']))
         lines.append('timings (ms): ' + ', '.join(
             f'{k} {v:.2f}' for k, v in result['timings_ms'].items() if v is not None))
     else:

@@ -14,6 +14,10 @@ Definitions (reported by ``hand_pose_evaluate``):
   of its labelled joints); hands and ground truth are matched one-to-one, nearest first.
   Reported hands matching no ground truth are false positives.
 - localiser centre error: distance from the matched candidate's centre to the oracle centre.
+- breakdown (:func:`error_breakdown`): the mean error of the evaluated hands by distance
+  from the camera, for hands the image border cuts (a labelled joint projects outside the
+  image) and the others, the share of the error the worst tenth of the hands holds, and,
+  on frames that say which joints are hidden (synthetic), visible against hidden joints.
 - filtered hands (:class:`FilteredEstimator`, ``--filter``): the hands ``hand_filter_node``
   publishes, scored like the estimator's: each with its valid joints and their centroid as
   its centre; joints the filter marks invalid do not count in the errors.
@@ -25,7 +29,7 @@ import math
 
 import numpy as np
 
-from hand_pose_ros.core.camera import CameraIntrinsics
+from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
 from hand_pose_ros.core.crop import check_center
 from hand_pose_ros.core.filters import HandFilter, Observation
 from hand_pose_ros.core.filters.tracking import nearest_pairs
@@ -42,6 +46,11 @@ SYNTHETIC_SCENES = ('default', 'single_hand', 'hand_only', 'motion')
 MOTION_SEQUENCE_FRAMES = 150
 # A hand counts as mostly visible when at least this fraction of its joints is not occluded.
 MOSTLY_VISIBLE = 0.5
+# Edges of the breakdown's bins: the hand centre's distance (m), the visible joints' share.
+DISTANCE_BINS_M = (0.0, 0.4, 0.55, 0.7, math.inf)
+VISIBLE_BINS = (0.0, 0.5, 0.7, 0.85, 1.0)
+# The breakdown reports the share of the error held by this worst fraction of the hands.
+WORST_FRACTION = 0.1
 
 
 @dataclass
@@ -262,6 +271,65 @@ def summarize_errors(errors_mm, thresholds_mm=DEFAULT_THRESHOLDS_MM):
     }
 
 
+def error_breakdown(errors_mm, distance_m, cut_by_border, visible=None):
+    """
+    Return where the error of evaluated hands lies (see the module docstring).
+
+    :param errors_mm: (H, 21) errors of found hands, NaN for unlabelled joints.
+    :param distance_m: (H,) distance of each hand's oracle centre from the camera (its z).
+    :param cut_by_border: (H,) bool, a labelled joint projects outside the image.
+    :param visible: optional (H, 21) bool, joints not occluded.
+    :return: dict (None when no hand was evaluated).
+    """
+    errors_mm = np.asarray(errors_mm, dtype=np.float64).reshape(-1, NUM_JOINTS)
+    if not len(errors_mm):
+        return None
+    with np.errstate(invalid='ignore'):
+        hand_mm = np.nanmean(errors_mm, axis=1)
+    distance_m = np.asarray(distance_m, dtype=np.float64)
+    cut_by_border = np.asarray(cut_by_border, dtype=bool)
+
+    def group(selected):
+        values = errors_mm[selected]
+        return {'hands': int(selected.sum()),
+                'mean_mm': _number(np.nanmean(values)) if np.isfinite(values).any() else None}
+
+    def binned(values, edges):
+        last = len(edges) - 2
+        return [{'range': [float(lo), float(hi)], **group(
+            (values >= lo) & ((values < hi) | ((i == last) & (values == hi))))}
+            for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
+
+    ordered = np.sort(hand_mm[np.isfinite(hand_mm)])[::-1]
+    worst = max(1, int(round(len(ordered) * WORST_FRACTION)))
+    result = {
+        'by_distance_m': binned(distance_m, DISTANCE_BINS_M),
+        'cut_by_border': group(cut_by_border), 'inside_image': group(~cut_by_border),
+        'worst_fraction': WORST_FRACTION,
+        'worst_share_of_error': _number(ordered[:worst].sum() / ordered.sum())
+        if ordered.sum() > 0 else None,
+        'mean_without_worst_mm': _number(ordered[worst:].mean())
+        if len(ordered) > worst else None}
+    if visible is not None:
+        visible = np.asarray(visible, dtype=bool).reshape(errors_mm.shape)
+        labelled = np.isfinite(errors_mm)
+        result['visible_joints_mm'] = _number(errors_mm[visible & labelled].mean()) \
+            if (visible & labelled).any() else None
+        result['hidden_joints_mm'] = _number(errors_mm[~visible & labelled].mean()) \
+            if (~visible & labelled).any() else None
+        result['hidden_joint_fraction'] = _number((~visible & labelled).sum()
+                                                  / max(labelled.sum(), 1))
+        result['by_visible_fraction'] = binned(visible.mean(axis=1), VISIBLE_BINS)
+    return result
+
+
+def _cut_by_border(frame, k):
+    """Return whether a labelled joint of ground-truth hand k projects outside the image."""
+    u, v, z = uvd_from_xyz(frame.joints_xyz[k][frame.joint_mask[k]], frame.intrinsics).T
+    camera = frame.intrinsics
+    return not np.all((z > 0) & (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height))
+
+
 def match_centers(found_xyz, truth_xyz, radius_m=DEFAULT_MATCH_RADIUS_M):
     """
     Match found centres to ground-truth centres one-to-one, nearest pairs first.
@@ -316,6 +384,7 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
     if center_mode not in CENTER_MODES:
         raise ValueError(f'center_mode must be one of {CENTER_MODES}, got {center_mode!r}')
     rows, center_errors, timings, mostly_visible, localized = [], [], [], [], []
+    found = {'distance_m': [], 'cut_by_border': [], 'visible': []}
     num_frames = skipped = false_positives = 0
     for frame in frames:
         num_frames += 1
@@ -345,7 +414,15 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
             rows.append(joint_errors_mm(hand.keypoints_xyz, frame.joints_xyz[k],
                                         frame.joint_mask[k]))
             center_errors.append(np.linalg.norm(hand.center_xyz - truth[index]) * 1000.0)
-    result = summarize_errors(np.array(rows).reshape(-1, NUM_JOINTS), thresholds_mm)
+            found['distance_m'].append(truth[index][2])
+            found['cut_by_border'].append(_cut_by_border(frame, k))
+            found['visible'].append(None if frame.visible is None else frame.visible[k])
+    errors = np.array(rows).reshape(-1, NUM_JOINTS)
+    result = summarize_errors(errors, thresholds_mm)
+    visible = found['visible']
+    result['breakdown'] = error_breakdown(
+        errors[np.isfinite(errors).any(axis=1)], found['distance_m'], found['cut_by_border'],
+        np.array(visible) if visible and all(v is not None for v in visible) else None)
     hands_total = len(rows)
     detected = result['hands']['evaluated']
     result.update({
