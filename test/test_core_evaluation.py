@@ -272,7 +272,7 @@ def test_error_breakdown_groups_hands_by_distance_border_and_visibility():
     by_distance = {tuple(row['range']): row for row in result['by_distance_m']}
     assert by_distance[(0.0, 0.4)] == {'range': [0.0, 0.4], 'hands': 1, 'mean_mm': 30.0}
     assert by_distance[(0.4, 0.55)]['mean_mm'] == 10.0
-    assert by_distance[(0.7, np.inf)]['hands'] == 2
+    assert by_distance[(0.7, None)]['hands'] == 2   # the open last bin
     assert by_distance[(0.55, 0.7)] == {'range': [0.55, 0.7], 'hands': 0, 'mean_mm': None}
     assert result['cut_by_border'] == {'hands': 1, 'mean_mm': 30.0}
     labelled = np.isfinite(errors)

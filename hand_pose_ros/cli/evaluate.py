@@ -246,8 +246,8 @@ def format_breakdown(breakdown):
         return f'{mm(values["mean_mm"])} ({values["hands"]})'
 
     def bins(rows, unit):
-        return ', '.join(f'{row["range"][0]:g}-{row["range"][1]:g}{unit} {group(row)}'
-                         for row in rows)
+        return ', '.join(f'{low:g}{"+" if high is None else f"-{high:g}"}{unit} {group(row)}'
+                         for row in rows for low, high in [row['range']])
 
     lines = [f'error by hand distance (hands): {bins(breakdown["by_distance_m"], " m")}',
              f'hands cut by the image border {group(breakdown["cut_by_border"])}, inside '

@@ -279,13 +279,13 @@ def error_breakdown(errors_mm, distance_m, cut_by_border, visible=None):
     :param distance_m: (H,) distance of each hand's oracle centre from the camera (its z).
     :param cut_by_border: (H,) bool, a labelled joint projects outside the image.
     :param visible: optional (H, 21) bool, joints not occluded.
-    :return: dict (None when no hand was evaluated).
+    :return: dict (None when no hand was evaluated); each bin's ``range`` is [low, high],
+        high None for the open last distance bin.
     """
     errors_mm = np.asarray(errors_mm, dtype=np.float64).reshape(-1, NUM_JOINTS)
     if not len(errors_mm):
         return None
-    with np.errstate(invalid='ignore'):
-        hand_mm = np.nanmean(errors_mm, axis=1)
+    hand_mm = np.nanmean(errors_mm, axis=1)
     distance_m = np.asarray(distance_m, dtype=np.float64)
     cut_by_border = np.asarray(cut_by_border, dtype=bool)
 
@@ -296,7 +296,7 @@ def error_breakdown(errors_mm, distance_m, cut_by_border, visible=None):
 
     def binned(values, edges):
         last = len(edges) - 2
-        return [{'range': [float(lo), float(hi)], **group(
+        return [{'range': [float(lo), _number(hi)], **group(
             (values >= lo) & ((values < hi) | ((i == last) & (values == hi))))}
             for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
 
