@@ -29,16 +29,28 @@ class Spinner:
     """Spin nodes in a background thread; tests wait on conditions with a deadline."""
 
     def __init__(self, context):
+        self.context = context
+        self.nodes = []
+        self._start()
+
+    def _start(self):
         import threading
 
         from rclpy.executors import MultiThreadedExecutor
 
-        self.context = context
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
-        self.nodes = []
-        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        for node in self.nodes:
+            self.executor.add_node(node)
         self._running = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def _stop(self):
+        self._running = False
+        self._thread.join(timeout=5.0)
+        # spin_once hands callbacks to the executor's threads and returns: let those still
+        # running finish before their nodes are destroyed under them.
+        self.executor.shutdown()
 
     def _spin(self):
         while self._running and self.context.ok():
@@ -48,6 +60,13 @@ class Spinner:
         self.nodes.append(node)
         self.executor.add_node(node)
         return node
+
+    def remove(self, node):
+        """Destroy one node while the others keep spinning (no callback of it in flight)."""
+        self._stop()
+        self.nodes.remove(node)
+        node.destroy_node()
+        self._start()
 
     def wait_for(self, predicate, timeout_s=30.0):
         import time
@@ -60,11 +79,7 @@ class Spinner:
         return predicate()
 
     def close(self):
-        self._running = False
-        self._thread.join(timeout=5.0)
-        # spin_once hands callbacks to the executor's threads and returns: let those still
-        # running finish before their nodes are destroyed under them.
-        self.executor.shutdown()
+        self._stop()
         for node in self.nodes:
             node.destroy_node()
 

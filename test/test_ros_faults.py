@@ -85,9 +85,7 @@ def test_filter_node_restart_while_estimator_publishes(
         spinner, tiny_model_card, depth_frames):
     rig = Rig(spinner, tiny_model_card)
     rig.frame(depth_frames[SR300][0], 1.0)
-    spinner.executor.remove_node(rig.filter)
-    spinner.nodes.remove(rig.filter)
-    rig.filter.destroy_node()
+    spinner.remove(rig.filter)
     rig.filter = spinner.add(HandFilterNode(context=spinner.context))
     assert spinner.wait_for(lambda: rig.filter.count_subscribers('hand_pose/keypoints') > 0, 10)
     rig.frame(depth_frames[SR300][1], 1.1)
