@@ -15,7 +15,7 @@ from hand_pose_ros.ros.bags import BagRecording, write_depth_bag
 
 INTRINSICS = CameraIntrinsics(130.0, 130.0, 80.0, 60.0, 160, 120)
 FAST = ['--steps', '2', '--batch-size', '2', '--threads', '1', '--iterations', '1',
-        '--no-onnx']
+        '--no-onnx', '--domain-fit-crops', '6']
 
 
 @pytest.fixture(scope='module')

@@ -95,7 +95,7 @@ class ReplayEstimator:
 def small_config(**changes):
     values = {'iterations': 1, 'holdout_fraction': 0.25, 'steps': 3, 'batch_size': 4,
               'chunk_size': 8, 'checkpoint_every': 2, 'warmup_steps': 1, 'num_threads': 1,
-              'min_pseudo_labels': 4, 'export_onnx': False}
+              'min_pseudo_labels': 4, 'export_onnx': False, 'domain_fit_crops': 6}
     values.update(changes)
     return SelfTrainConfig(**values)
 
@@ -151,11 +151,21 @@ def test_one_round_end_to_end_writes_a_loadable_adapted_model(world, tmp_path):
     assert used.isdisjoint(CORRUPT) and max(used) < split and len(used) >= 20
     training = state['rounds'][1]['training']
     assert training['pseudo_crops'] == len(used) and training['synthetic_crops'] >= len(used)
+    # The synthetic crops were rendered in a domain fitted to the recording: its camera, its
+    # hand distances, and the (clean) recording's depth noise.
+    domain = json.loads((out / 'domain.json').read_text())
+    camera = domain['data']['camera']
+    assert CameraIntrinsics(**camera) == INTRINSICS
+    low, high = domain['data']['scene']['distance_range_m']
+    assert low <= truth[:, :, 2].mean(axis=1).min() and high >= truth[:, :, 2].mean(axis=1).max()
+    assert domain['fitted']['sensor.noise_sigma_z2'] < 0.001
+    assert domain['recording']['frames'] >= 20
     for name in ('report.json', 'report.md', 'timeline.png'):
         assert (out / 'iter_01' / name).is_file()
     assert (out / 'progress.png').is_file() and (out / 'report.md').is_file()
     adapted = model_io.read_card(final)
     assert adapted['selftrain']['best_round'] in (0, 1)
+    assert adapted['selftrain']['synthetic_domain'] == domain['fitted']
     assert adapted['crop']['input_size'] == 32
     estimator = load_estimator(str(final), backend='torch', device='cpu')
     hands = estimator.estimate(next(iter(recording)).depth, INTRINSICS)

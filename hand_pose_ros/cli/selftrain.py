@@ -44,6 +44,10 @@ TUNABLES = (
      'fewer pseudo-labelled frames end the loop'),
     ('--min-improvement', 'min_improvement', float,
      'pass-rate gain a round needs to continue'),
+    ('--domain-fit-frames', 'domain_fit_frames', int,
+     'most recording frames measured by the domain fit'),
+    ('--domain-fit-crops', 'domain_fit_crops', int,
+     'rendered crops per evaluation of a setting in the domain fit'),
     ('--label-views', 'label_views', int, 'test-time views per crop for the pseudo-labels'),
     ('--backend', 'backend', str, "estimator backend during the rounds ('torch', "
      "'onnxruntime', 'auto')"),
@@ -71,6 +75,9 @@ def build_parser():
                         help='frame rate of a PNG folder whose names are not stamps')
     parser.add_argument('--filter', action='append', default=[], metavar='KEY=VALUE',
                         help='filter override, e.g. gates.palm_max_speed_m_s=2.0 (repeatable)')
+    parser.add_argument('--no-fit-domain', action='store_true',
+                        help="render the synthetic crops in the start model's training "
+                             'domain instead of one fitted to the recording')
     parser.add_argument('--no-onnx', action='store_true',
                         help='do not export the adapted model to ONNX')
     defaults = SelfTrainConfig()
@@ -99,6 +106,7 @@ def config_from_args(args):
     values = {key: getattr(args, key) for _, key, _, _ in TUNABLES}
     values['filter_overrides'] = _filter_overrides(args.filter)
     values['export_onnx'] = not args.no_onnx
+    values['fit_domain'] = not args.no_fit_domain
     return SelfTrainConfig(**values)
 
 
@@ -238,6 +246,7 @@ def run_experiment(args, config, stream):
                      'sensor': shift_b.sensor},
         'frames': {'adapt_unlabelled': args.adapt_frames, 'test_b': len(test_b),
                    'test_a': len(test_a)},
+        'fitted_domain': trainer.domain()['fitted'] if config.fit_domain else None,
         'config': config.to_dict(), 'before': before, 'after': after,
         'control_synthetic_only': control, 'rounds': rounds,
         'error_reduction_b': _reduction(b0['mean_error_mm'], b1['mean_error_mm']),
@@ -265,6 +274,8 @@ def format_experiment(results):
         f'Start model `{results["start_model"]}`, adapted model `{results["adapted_model"]}` '
         f'(round {results["best_round"]}; {results["stopped"]}).', '',
         f'Domain B: {results["domain_b"]}.', '',
+        f'Synthetic domain fitted to the unlabelled B recording: {results["fitted_domain"]}.',
+        '',
         f'Frames: {results["frames"]}.', '',
         '| round | pass rate | held-out pass | held-out residual mm | criterion | '
         'B mean error mm | B oracle-centre error mm | B detection rate | '

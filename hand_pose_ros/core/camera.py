@@ -70,6 +70,18 @@ class CameraIntrinsics:
             raise ValueError(f'unknown camera preset {name!r}; '
                              f'choose from {sorted(CAMERA_PRESETS)}') from None
 
+    @classmethod
+    def from_spec(cls, spec):
+        """Return intrinsics from a preset name or a mapping of the six fields."""
+        if isinstance(spec, str):
+            return cls.from_preset(spec)
+        try:
+            return cls(**{name: spec[name] for name in
+                          ('fx', 'fy', 'cx', 'cy', 'width', 'height')})
+        except (KeyError, TypeError):
+            raise ValueError(f'camera must be a preset name or a mapping of fx, fy, cx, cy, '
+                             f'width and height, got {spec!r}') from None
+
     @property
     def matrix(self):
         """Return the 3x3 camera matrix K."""

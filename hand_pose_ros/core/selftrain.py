@@ -6,9 +6,12 @@ learning" method (reference.md): run the estimator on every frame, drop poses th
 anatomy (bone lengths, hand size, joint angles, intersections), that come with too many
 hands or too little confidence, and those the offline temporal filter (two-way velocity
 gates, RTS smoothing, short-gap interpolation) rejects; the surviving smoothed poses are
-pseudo-labels. The model is fine-tuned on them, mixed with synthetic crops of its own
-training domain so it does not forget, and the loop repeats until the pass rate stops
-improving. The localiser is geometric (not learned), so only the network is retrained.
+pseudo-labels. The model is fine-tuned on them, mixed with synthetic crops so it does not
+forget, and the loop repeats until the pass rate stops improving. The synthetic crops are
+rendered to look like the recording (``fit_domain``, :mod:`hand_pose_ros.core.domain_fit`):
+the recording's camera and hand distances, and the depth noise and glove thickness whose
+rendered statistics match the recording's, measured around round 0's hands; no label is
+needed for that either. The hand finder is kept as it is: only the pose network is retrained.
 
 Rounds: round 0 runs the starting model; round ``r >= 1`` fine-tunes the model of round
 ``r - 1`` on that round's pseudo-labels and runs the result. The last ``holdout_fraction``
@@ -26,7 +29,10 @@ Output folder::
     iter_00/                   estimates.npz, report.json, report.md, timeline.png (start model)
     iter_01/                   pseudo_labels.npz, train/ (trainer run), iter_01.yaml/.safetensors,
     ...                        estimates.npz, report.json, report.md, timeline.png
-    synthetic_pool/            cached synthetic context crops (domain of the start model)
+    domain.json                the fitted synthetic domain (``fit_domain``): its settings and
+                               the statistics of the recording and of rendered crops
+    synthetic_pool/            cached synthetic context crops (the fitted domain, else the
+                               start model's training domain)
     NAME.yaml (+ .safetensors, .onnx)   the adapted model (best round), report.json,
                                report.md, progress.png
 """
@@ -99,6 +105,12 @@ class SelfTrainConfig:
     :param chunk_size: crops per pool file.
     :param checkpoint_every: steps between trainer checkpoints (resume points).
     :param seed: seed of fine-tuning and synthetic crops.
+    :param fit_domain: render the synthetic crops in the domain fitted to the recording
+        (:func:`hand_pose_ros.core.domain_fit.fit_domain`) instead of the start model's
+        training domain.
+    :param domain_fit_frames: most recording frames (of the pseudo-label part, with a hand in
+        round 0) measured by the domain fit.
+    :param domain_fit_crops: rendered crops per evaluation of a setting in the domain fit.
     :param label_views: test-time views per crop when estimating the recording (1, 2, 4
         or 8; the mean over the views is a better pseudo-label than one view).
     :param freeze_batchnorm: fine-tune with the start model's BatchNorm statistics (see
@@ -132,6 +144,9 @@ class SelfTrainConfig:
     chunk_size: int = 64
     checkpoint_every: int = 100
     seed: int = 0
+    fit_domain: bool = True
+    domain_fit_frames: int = 200
+    domain_fit_crops: int = 200
     label_views: int = 8
     freeze_batchnorm: bool = True
     backend: str = 'torch'
@@ -142,7 +157,8 @@ class SelfTrainConfig:
 
     def __post_init__(self):
         for key in ('iterations', 'max_hands', 'steps', 'batch_size', 'chunk_size',
-                    'checkpoint_every', 'min_pseudo_labels'):
+                    'checkpoint_every', 'min_pseudo_labels', 'domain_fit_frames',
+                    'domain_fit_crops'):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f'{key} must be >= 1, got {getattr(self, key)!r}')
         for key in ('max_frames', 'warmup_steps', 'num_threads', 'seed'):
@@ -640,9 +656,48 @@ class SelfTrainer:
         return record
 
     def _synthetic_data(self):
+        """Return the synthetic ``data`` dict of the fine-tuning crops."""
+        if self.config.fit_domain:
+            return self.domain()['data']
         training = self.start_card_values.get('training') or {}
         data = training.get('data') or {'type': 'synthetic', 'camera': 'sr300'}
         return dict(data)
+
+    def domain(self):
+        """Return the synthetic domain fitted to the recording: fitted once, then read back."""
+        from hand_pose_ros.core import domain_fit
+
+        path = self.output_dir / 'domain.json'
+        if path.is_file():
+            return json.loads(path.read_text(encoding='utf-8'))
+        training = self.start_card_values.get('training') or {}
+        base = dict(training.get('data') or {'type': 'synthetic', 'camera': 'sr300'})
+        estimates = self._estimates(0, self.start_card)
+        split = split_index(len(estimates['stamps_ns']), self.config.holdout_fraction)
+        centers = estimates['keypoints'][:split, 0].mean(axis=1)
+        found = np.flatnonzero(np.all(np.isfinite(centers), axis=1))
+        if len(found) == 0:
+            raise ValueError('round 0 found no hand in the recording: nothing to fit the '
+                             'synthetic domain to (fit_domain=False trains on the start '
+                             "model's own domain)")
+        chosen = found[np.unique(np.linspace(0, len(found) - 1, min(
+            len(found), self.config.domain_fit_frames)).round().astype(np.int64))]
+        wanted = dict(zip(estimates['frame_index'][chosen].tolist(), centers[chosen]))
+        frames, frame_centers = [], []
+        for index, frame in enumerate(self.recording):
+            if index in wanted:
+                frames.append(frame)
+                frame_centers.append(wanted[index])
+                if len(frames) == len(wanted):
+                    break
+        self._say(f'fitting the synthetic domain to {len(frames)} frames of the recording')
+        fit = domain_fit.fit_domain(
+            frames, np.array(frame_centers), base, self._context_spec(),
+            crops=self.config.domain_fit_crops, seed=self.config.seed,
+            progress=self._say)
+        _atomic_json(path, fit.to_dict())
+        self._say(f'fitted domain: {fit.fitted}')
+        return fit.to_dict()
 
     def _synthetic_chunks(self, count, context_spec):
         """Return paths of ``count`` cached synthetic chunks (rendered on first use)."""
@@ -852,6 +907,8 @@ class SelfTrainer:
                             'holdout_residual_mm': r['holdout']['residual_mm'],
                             'criterion': r['criterion']} for r in rounds],
                 'config': self.config.to_dict()}
+        if (self.output_dir / 'domain.json').is_file():
+            info['synthetic_domain'] = self.domain()['fitted']
         card_path = self._save_card(model, self.output_dir, self.config.name, info)
         if self.config.export_onnx:
             # Adapted from a card with an INT8 copy: the adapted model gets its own, so that

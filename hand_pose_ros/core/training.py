@@ -227,7 +227,8 @@ class SyntheticCrops:
 
     :param spec: crop spec of the crops to make.
     :param seed: generator seed.
-    :param camera: camera preset of the simulated sensor.
+    :param camera: camera preset of the simulated sensor, or a mapping of its intrinsics
+        (``fx``, ``fy``, ``cx``, ``cy``, ``width``, ``height``).
     :param scene: options of the synthetic scene sampler.
     :param sensor: options of the simulated sensor.
     :param color: also render and crop the colour image (``CropResult.color``).
@@ -240,7 +241,7 @@ class SyntheticCrops:
 
         self.spec = spec
         self.color = bool(color)
-        self.intrinsics = CameraIntrinsics.from_preset(camera)
+        self.intrinsics = CameraIntrinsics.from_spec(camera)
         self.generator = SyntheticGenerator(
             self.intrinsics, scene=dataclass_from_dict(SceneConfig, scene),
             sensor=dataclass_from_dict(SensorConfig, sensor), seed=seed)

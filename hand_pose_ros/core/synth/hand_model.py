@@ -68,6 +68,8 @@ class HandShapeConfig:
     :param radius_variation: standard deviation of the per-hand finger thickness factor.
     :param palm_thickness_mm: uniform range of the palm thickness of a 180 mm hand.
     :param forearm_radius_mm: uniform ranges (wrist end, elbow end) of the forearm capsule radii.
+    :param glove_mm: thickness of a glove over the hand: added to every joint's surface
+        radius and to both sides of the palm (0: bare hands).
     """
 
     hand_length_mm: tuple = (150.0, 215.0)
@@ -76,8 +78,11 @@ class HandShapeConfig:
     radius_variation: float = 0.07
     palm_thickness_mm: tuple = (24.0, 32.0)
     forearm_radius_mm: tuple = ((17.0, 22.0), (25.0, 33.0))
+    glove_mm: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.glove_mm <= 20.0:
+            raise ValueError(f'glove_mm must be in [0, 20], got {self.glove_mm}')
         lo, hi = self.hand_length_mm
         if not 0 < lo <= hi:
             raise ValueError(f'hand_length_mm must be an increasing positive range, got '
@@ -158,8 +163,9 @@ def sample_hand_shape(rng, handedness=None, config=HandShapeConfig()):
     bone_lengths_m = mean_mm * scale * factors * 1e-3
     size = target_mm / _REFERENCE_HAND_LENGTH_MM
     thickness = np.clip(rng.normal(1.0, config.radius_variation), 0.8, 1.2)
-    joint_radii_m = _JOINT_RADII_MM * size * thickness * 1e-3
-    palm_thickness_m = rng.uniform(*config.palm_thickness_mm) * size * 1e-3
+    joint_radii_m = (_JOINT_RADII_MM * size * thickness + config.glove_mm) * 1e-3
+    palm_thickness_m = (rng.uniform(*config.palm_thickness_mm) * size
+                        + 2.0 * config.glove_mm) * 1e-3
     forearm_radii_m = np.array([rng.uniform(*r) for r in config.forearm_radius_mm]) * 1e-3
     return HandShape(handedness, bone_lengths_m, joint_radii_m, palm_thickness_m,
                      forearm_radii_m, scale)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from hand_pose_ros.core import skeleton
+from hand_pose_ros.core.config_io import dataclass_from_dict
 from hand_pose_ros.core.synth.hand_model import (
     Articulation, ArticulationConfig, HandShapeConfig, POSTURES, sample_articulation,
     sample_hand_shape)
@@ -56,7 +57,8 @@ class SceneConfig:
     :param max_clutter: largest number of clutter objects.
     :param second_hand_prob: probability of a second hand.
     :param forearm_skin_prob: probability of a bare forearm (else a sleeve colour).
-    :param hand_shape: :class:`HandShapeConfig`.
+    :param hand_shape: :class:`HandShapeConfig` (or a mapping of its fields, as in YAML
+        data configs).
     :param articulation: :class:`ArticulationConfig`.
     """
 
@@ -77,6 +79,9 @@ class SceneConfig:
     articulation: ArticulationConfig = field(default_factory=ArticulationConfig)
 
     def __post_init__(self):
+        if isinstance(self.hand_shape, dict):
+            object.__setattr__(self, 'hand_shape', dataclass_from_dict(
+                HandShapeConfig, self.hand_shape, 'scene.hand_shape'))
         for name in ('out_of_frame_prob', 'facing_prob', 'object_prob', 'table_prob',
                      'body_prob', 'wall_prob', 'clutter_prob', 'second_hand_prob',
                      'forearm_skin_prob'):
