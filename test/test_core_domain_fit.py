@@ -130,3 +130,50 @@ def test_the_fit_recovers_a_glove_and_the_depth_noise():
     assert fits[0.0] <= 2.0 and fits[4.0] >= 3.0
     with pytest.raises(ValueError, match='fits the synthetic engine'):
         domain_fit.fit_domain(frames, centers, {'type': 'nyu', 'root': '/data'}, SPEC)
+
+
+def test_depth_away_from_the_estimated_bones_counts_as_unexplained():
+    depth, center = bar_frame()
+    # A hand whose joints run down the bar's axis (wrist on top): all of the bar is near a bone.
+    keypoints = np.zeros((21, 3))
+    keypoints[:, 1] = np.linspace(-0.07, 0.07, 21)
+    keypoints[:, 2] = 0.5
+    assert domain_fit.hand_region(depth, CAMERA, center, keypoints)['unexplained'] == 0.0
+    held = depth.copy()
+    held[55:65, 105:115] = 0.5  # 100 px, 5 cm beside the bar
+    share = domain_fit.hand_region(held, CAMERA, center, keypoints)['unexplained']
+    assert share == pytest.approx(100 / 900, rel=0.05)
+    assert np.isnan(domain_fit.hand_region(held, CAMERA, center)['unexplained'])
+    summary = domain_fit.summarise([domain_fit.hand_region(held, CAMERA, center, keypoints),
+                                    domain_fit.hand_region(depth, CAMERA, center, keypoints)])
+    assert summary['object_share'] == 0.5
+    assert np.isnan(domain_fit.summarise([domain_fit.hand_region(held, CAMERA, center)])[
+        'object_share'])
+
+
+def test_the_fit_finds_held_objects_with_the_estimator():
+    from hand_pose_ros.core.estimator import load_estimator
+
+    estimator = load_estimator('default', backend='onnxruntime')
+
+    def estimate(depth_mm, intrinsics, center):
+        return estimator.estimate(depth_mm, intrinsics, centers=center[None])[0].keypoints_xyz
+
+    base = {'type': 'synthetic', 'camera': 'icvl'}
+    fitted = {}
+    for object_prob in (0.0, 1.0):
+        generator = SyntheticGenerator(
+            CameraIntrinsics.from_preset('icvl'),
+            scene=SceneConfig(object_prob=object_prob, out_of_frame_prob=0.0,
+                              **domain_fit.FIT_SCENE), seed=11)
+        frames, joints = [], []
+        for index in range(60):
+            frame = generator.sample_frame()
+            center = frame.hands[0].joints_xyz.mean(axis=0)
+            frames.append(DepthFrame(index, frame.depth_mm, frame.intrinsics))
+            joints.append(estimate(frame.depth_mm, frame.intrinsics, center))
+        joints = np.array(joints)
+        fit = domain_fit.fit_domain(frames, joints.mean(axis=1), base, SPEC, crops=60,
+                                    passes=1, seed=2, keypoints=joints, estimate=estimate)
+        fitted[object_prob] = fit.fitted['scene.object_prob']
+    assert fitted[0.0] <= 0.35 and fitted[1.0] >= 0.65, fitted

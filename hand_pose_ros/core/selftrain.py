@@ -674,7 +674,8 @@ class SelfTrainer:
         base = dict(training.get('data') or {'type': 'synthetic', 'camera': 'sr300'})
         estimates = self._estimates(0, self.start_card)
         split = split_index(len(estimates['stamps_ns']), self.config.holdout_fraction)
-        centers = estimates['keypoints'][:split, 0].mean(axis=1)
+        keypoints = estimates['keypoints'][:split, 0]
+        centers = keypoints.mean(axis=1)
         found = np.flatnonzero(np.all(np.isfinite(centers), axis=1))
         if len(found) == 0:
             raise ValueError('round 0 found no hand in the recording: nothing to fit the '
@@ -682,19 +683,26 @@ class SelfTrainer:
                              "model's own domain)")
         chosen = found[np.unique(np.linspace(0, len(found) - 1, min(
             len(found), self.config.domain_fit_frames)).round().astype(np.int64))]
-        wanted = dict(zip(estimates['frame_index'][chosen].tolist(), centers[chosen]))
-        frames, frame_centers = [], []
+        wanted = dict(zip(estimates['frame_index'][chosen].tolist(), keypoints[chosen]))
+        frames, joints = [], []
         for index, frame in enumerate(self.recording):
             if index in wanted:
                 frames.append(frame)
-                frame_centers.append(wanted[index])
+                joints.append(wanted[index])
                 if len(frames) == len(wanted):
                     break
+        estimator = self.factory(self.start_card)
+
+        def estimate(depth_mm, intrinsics, center):
+            hands = estimator.estimate(depth_mm, intrinsics, centers=center[None])
+            return hands[0].keypoints_xyz if hands else np.full((NUM_JOINTS, 3), np.nan)
+
         self._say(f'fitting the synthetic domain to {len(frames)} frames of the recording')
+        joints = np.array(joints)
         fit = domain_fit.fit_domain(
-            frames, np.array(frame_centers), base, self._context_spec(),
-            crops=self.config.domain_fit_crops, seed=self.config.seed,
-            progress=self._say)
+            frames, joints.mean(axis=1), base, self._context_spec(),
+            crops=self.config.domain_fit_crops, seed=self.config.seed, progress=self._say,
+            keypoints=joints, estimate=estimate)
         _atomic_json(path, fit.to_dict())
         self._say(f'fitted domain: {fit.fitted}')
         return fit.to_dict()
