@@ -284,9 +284,11 @@ class DomainFit:
     curves: dict
 
     def to_dict(self):
-        """Return plain values (JSON)."""
-        return {'data': self.data, 'recording': self.recording, 'rendered': self.rendered,
-                'start': self.start, 'fitted': self.fitted, 'curves': self.curves}
+        """Return plain values (strict JSON: statistics not measured are None)."""
+        return {'data': self.data, 'fitted': self.fitted, 'curves': self.curves,
+                **{name: {key: _finite_or_none(value) for key, value in summary.items()}
+                   for name, summary in (('recording', self.recording),
+                                         ('rendered', self.rendered), ('start', self.start))}}
 
 
 def fit_domain(frames, centers, base_data, spec, crops=120, passes=2, seed=0,
@@ -339,10 +341,14 @@ def fit_domain(frames, centers, base_data, spec, crops=120, passes=2, seed=0,
                 values.append(rendered_statistics(
                     trial, spec, crops, seed,
                     estimate if statistic == 'object_share' else None)[statistic])
+            curves.setdefault(f'{section}.{key}', {'grid': list(grid), 'passes': []})[
+                'passes'].append([_finite_or_none(round(v, 5)) for v in values])
+            if not np.all(np.isfinite([target[statistic], *values])):
+                say(f'pass {number + 1}: {section}.{key} left as it was ({statistic} could '
+                    f'not be measured)')
+                continue
             chosen = round(interpolate(grid, values, target[statistic]), 5)
             set_value(data, section, key, chosen)
-            curves.setdefault(f'{section}.{key}', {'grid': list(grid), 'passes': []})[
-                'passes'].append([round(v, 5) for v in values])
             say(f'pass {number + 1}: {section}.{key} = {chosen:g} ({statistic} '
                 f'{target[statistic]:.4g} on the recording)')
     rendered = rendered_statistics(data, spec, crops, seed, estimate)
@@ -351,6 +357,10 @@ def fit_domain(frames, centers, base_data, spec, crops=120, passes=2, seed=0,
               for section, key, _, _ in fitted_settings}
     fitted['scene.distance_range_m'] = data['scene']['distance_range_m']
     return DomainFit(data, target, rendered, start, fitted, curves)
+
+
+def _finite_or_none(value):
+    return value if math.isfinite(value) else None
 
 
 def _format(summary):
