@@ -21,8 +21,8 @@ from hand_pose_ros.core.estimator import (
 from hand_pose_ros.core.hand_finder import FusedLocalizer
 from hand_pose_ros.core.recordings import DepthFrame, FolderRecording, write_folder_recording
 from hand_pose_ros.core.selftrain import (
-    ANATOMY, HAND_COUNT, KEPT, LOW_CONFIDENCE, NO_DETECTION, select_pseudo_labels,
-    SelfTrainConfig, SelfTrainer, spatial_problem, split_index, TEMPORAL)
+    ANATOMY, HAND_COUNT, in_start_domain, KEPT, LOW_CONFIDENCE, NO_DETECTION,
+    select_pseudo_labels, SelfTrainConfig, SelfTrainer, spatial_problem, split_index, TEMPORAL)
 from hand_pose_ros.core.synth import generate_motion, SensorConfig, SyntheticGenerator
 
 INTRINSICS = CameraIntrinsics(130.0, 130.0, 80.0, 60.0, 160, 120)
@@ -210,9 +210,19 @@ def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
     assert results[0] == results[1]
 
 
+def test_synthetic_chunks_mix_the_start_domain_at_its_share():
+    for share, every in ((0.5, 2), (0.25, 4), (1.0, 1)):
+        picks = [in_start_domain(index, share) for index in range(40)]
+        assert sum(picks) == 40 // every
+        assert picks[every - 1::every] == [True] * (40 // every)
+    assert not any(in_start_domain(index, 0.0) for index in range(40))
+
+
 def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match='holdout_fraction'):
         SelfTrainConfig(holdout_fraction=1.0)
+    with pytest.raises(ValueError, match='start_domain_fraction'):
+        SelfTrainConfig(start_domain_fraction=1.5)
     with pytest.raises(ValueError, match='unknown'):
         SelfTrainConfig.from_dict({'iteration': 3})
     with pytest.raises(ValueError, match='gates'):

@@ -44,6 +44,8 @@ TUNABLES = (
      'fewer pseudo-labelled frames end the loop'),
     ('--min-improvement', 'min_improvement', float,
      'pass-rate gain a round needs to continue'),
+    ('--start-domain-fraction', 'start_domain_fraction', float,
+     "share of synthetic crops in the start model's domain when fitting one"),
     ('--domain-fit-frames', 'domain_fit_frames', int,
      'most recording frames measured by the domain fit'),
     ('--domain-fit-crops', 'domain_fit_crops', int,

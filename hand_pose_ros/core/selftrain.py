@@ -108,6 +108,8 @@ class SelfTrainConfig:
     :param fit_domain: render the synthetic crops in the domain fitted to the recording
         (:func:`hand_pose_ros.core.domain_fit.fit_domain`) instead of the start model's
         training domain.
+    :param start_domain_fraction: with ``fit_domain``, the share of synthetic crops still
+        rendered in the start model's training domain, so that it is not forgotten.
     :param domain_fit_frames: most recording frames (of the pseudo-label part, with a hand in
         round 0) measured by the domain fit.
     :param domain_fit_crops: rendered crops per evaluation of a setting in the domain fit.
@@ -145,6 +147,7 @@ class SelfTrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     fit_domain: bool = True
+    start_domain_fraction: float = 0.5
     domain_fit_frames: int = 200
     domain_fit_crops: int = 200
     label_views: int = 8
@@ -166,6 +169,9 @@ class SelfTrainConfig:
                 raise ValueError(f'{key} must be >= 0, got {getattr(self, key)!r}')
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f'holdout_fraction must be in (0, 1), got {self.holdout_fraction}')
+        if not 0.0 <= self.start_domain_fraction <= 1.0:
+            raise ValueError(f'start_domain_fraction must be in [0, 1], '
+                             f'got {self.start_domain_fraction}')
         if not 0.0 <= self.synthetic_fraction < 1.0:
             raise ValueError(f'synthetic_fraction must be in [0, 1), '
                              f'got {self.synthetic_fraction}')
@@ -432,6 +438,11 @@ def estimate_recording(estimator, recording, config, progress_stream=None):
                 -1, slots, NUM_JOINTS)}
 
 
+def in_start_domain(index, share):
+    """Return whether synthetic chunk ``index`` is rendered in the start domain (``share``)."""
+    return math.floor((index + 1) * share) > math.floor(index * share)
+
+
 def split_index(count, holdout_fraction):
     """Return the first frame of the held-out part (the last ``holdout_fraction``)."""
     return count - max(1, int(round(count * holdout_fraction))) if count > 1 else count
@@ -655,13 +666,19 @@ class SelfTrainer:
                   f'{record["criterion"]:.3f}')
         return record
 
-    def _synthetic_data(self):
-        """Return the synthetic ``data`` dict of the fine-tuning crops."""
-        if self.config.fit_domain:
-            return self.domain()['data']
+    def _start_data(self):
+        """Return the synthetic ``data`` dict the start model was trained on."""
         training = self.start_card_values.get('training') or {}
-        data = training.get('data') or {'type': 'synthetic', 'camera': 'sr300'}
-        return dict(data)
+        return dict(training.get('data') or {'type': 'synthetic', 'camera': 'sr300'})
+
+    def _synthetic_data(self):
+        """Return the synthetic ``data`` dict of the fine-tuning crops (fitted or start)."""
+        return self.domain()['data'] if self.config.fit_domain else self._start_data()
+
+    def _chunk_data(self, index):
+        """Return the ``data`` dict of synthetic chunk ``index`` (start_domain_fraction mix)."""
+        share = self.config.start_domain_fraction if self.config.fit_domain else 1.0
+        return self._start_data() if in_start_domain(index, share) else self._synthetic_data()
 
     def domain(self):
         """Return the synthetic domain fitted to the recording: fitted once, then read back."""
@@ -670,8 +687,7 @@ class SelfTrainer:
         path = self.output_dir / 'domain.json'
         if path.is_file():
             return json.loads(path.read_text(encoding='utf-8'))
-        training = self.start_card_values.get('training') or {}
-        base = dict(training.get('data') or {'type': 'synthetic', 'camera': 'sr300'})
+        base = self._start_data()
         estimates = self._estimates(0, self.start_card)
         split = split_index(len(estimates['stamps_ns']), self.config.holdout_fraction)
         keypoints = estimates['keypoints'][:split, 0]
@@ -717,7 +733,7 @@ class SelfTrainer:
         for index in range(count):
             name = f'chunk_b_synth_{index:05d}.npz'
             if not (directory / name).is_file():
-                source = make_source(self._synthetic_data(), context_spec,
+                source = make_source(self._chunk_data(index), context_spec,
                                      self.config.seed * 100_003 + index + 1)
                 save_chunk(str(directory), name, render_chunk(source, self.config.chunk_size))
             paths.append(directory / name)
@@ -808,7 +824,9 @@ class SelfTrainer:
             frame_index, labels = stored['frame_index'], stored['keypoints_xyz']
         round_dir = self._round_dir(index)
         self._say(f'round {index}: cropping {len(frame_index)} pseudo-labelled frames, '
-                  f'adding synthetic crops of {self._synthetic_data()}')
+                  f'adding synthetic crops of {self._synthetic_data()}'
+                  + (f' ({self.config.start_domain_fraction:.0%} in the start domain)'
+                     if self.config.fit_domain else ''))
         pool = self._build_pool(round_dir, frame_index, labels)
         return self._train(round_dir, self._card_of(index - 1), pool, self.config.seed + index,
                            f'iter_{index:02d}', {'pseudo_labels': int(len(frame_index))})
