@@ -12,8 +12,8 @@ rendered to look like the recording (``fit_domain``, :mod:`hand_pose_ros.core.do
 the recording's camera and hand distances, and the depth noise, glove thickness and share
 of held objects whose rendered statistics match the recording's, measured around round 0's
 hands; no label is needed for that either. ``start_domain_fraction`` of them stay in the
-start model's own domain, which it must not forget. The hand finder is kept as it is: only the pose network is
-retrained.
+start model's own domain, which it must not forget. The hand finder is kept as it is: only
+the pose network is retrained.
 
 Rounds: round 0 runs the starting model; round ``r >= 1`` fine-tunes the model of round
 ``r - 1`` on that round's pseudo-labels and runs the result. The last ``holdout_fraction``
