@@ -39,7 +39,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from hand_pose_ros.core.skeleton import BONES, WRIST
+from hand_pose_ros.core.skeleton import BONES, MIDDLE_CHAIN, WRIST
 
 # Half the side of the cube around the hand centre whose depth counts as the hand region.
 HAND_HALF_CUBE_M = 0.125
@@ -64,7 +64,7 @@ OBJECT_FRACTION = 0.01
 # Points beyond the wrist by more than this share of the wrist-to-middle-knuckle length are
 # forearm.
 FOREARM_CUT = 0.05
-MIDDLE_MCP = 9
+MIDDLE_MCP = int(MIDDLE_CHAIN[1])
 # Scene settings of the rendered crops (a hand and its held object alone).
 FIT_SCENE = {'table_prob': 0.0, 'body_prob': 0.0, 'wall_prob': 0.0, 'clutter_prob': 0.0,
              'second_hand_prob': 0.0}
