@@ -33,12 +33,13 @@ recording with the engine.
 """
 
 import copy
-from dataclasses import dataclass
+import dataclasses
 import math
 
 import numpy as np
 from scipy import ndimage
 
+from hand_pose_ros.core.camera import depth_to_metres, uvd_from_xyz, xyz_from_uvd
 from hand_pose_ros.core.skeleton import BONES, MIDDLE_CHAIN, WRIST
 
 # Half the side of the cube around the hand centre whose depth counts as the hand region.
@@ -89,8 +90,7 @@ def hand_region(depth_m, intrinsics, center, keypoints=None):
     x, y, z = (float(v) for v in center)
     if not (math.isfinite(x) and math.isfinite(y) and z > 0.05):
         return None
-    u = x * intrinsics.fx / z + intrinsics.cx
-    v = y * intrinsics.fy / z + intrinsics.cy
+    u, v, _ = uvd_from_xyz((x, y, z), intrinsics)
     radius = HAND_HALF_CUBE_M * intrinsics.fx / z
     height, width = depth_m.shape
     u0, u1 = max(int(u - radius), 0), min(int(math.ceil(u + radius)) + 1, width)
@@ -137,8 +137,8 @@ def _unexplained(window, near, origin, intrinsics, keypoints):
         return math.nan
     rows, cols = np.nonzero(near)
     depth = window[rows, cols]
-    points = np.stack([(cols + origin[0] - intrinsics.cx) * depth / intrinsics.fx,
-                       (rows + origin[1] - intrinsics.cy) * depth / intrinsics.fy, depth], 1)
+    points = xyz_from_uvd(np.stack([cols + origin[0], rows + origin[1], depth], 1),
+                          intrinsics)
     axis = keypoints[WRIST] - keypoints[MIDDLE_MCP]
     length2 = float(axis @ axis)
     if length2 < 1e-6:
@@ -191,8 +191,6 @@ def recording_statistics(frames, centers, keypoints=None):
     :param keypoints: optional (N, 21, 3) estimated joints per frame (for ``object_share``).
     :return: (summary dict, (M,) depths of the centres used).
     """
-    from hand_pose_ros.core.camera import depth_to_metres
-
     regions, depths = [], []
     for index, (frame, center) in enumerate(zip(frames, np.asarray(centers, np.float64))):
         if not np.all(np.isfinite(center)):
@@ -263,7 +261,7 @@ def interpolate(grid, values, target):
     return float(grid[lower] + weight * (grid[upper] - grid[lower]))
 
 
-@dataclass
+@dataclasses.dataclass
 class DomainFit:
     """
     A fitted synthetic domain.
@@ -322,8 +320,7 @@ def fit_domain(frames, centers, base_data, spec, crops=120, passes=2, seed=0,
         estimate = None
     intrinsics = frames[0].intrinsics
     data = copy.deepcopy(base_data)
-    data['camera'] = {name: getattr(intrinsics, name)
-                      for name in ('fx', 'fy', 'cx', 'cy', 'width', 'height')}
+    data['camera'] = dataclasses.asdict(intrinsics)
     low, high = np.percentile(depths, [2.0, 98.0])
     data.setdefault('scene', {})['distance_range_m'] = [
         round(max(float(low) - DISTANCE_MARGIN_M, 0.1), 3),
