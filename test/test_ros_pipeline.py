@@ -98,8 +98,11 @@ def test_hand_structure_and_tf_tree(pipeline_run):
         hands = hands_from_cloud(cloud)
         assert all(h['keypoints_xyz'].shape == (21, 3) for h in hands)
         assert len(poses.poses) % 21 == 0
-    names = messages['hand_pose/joint_states'][-1].name
-    assert names and all(n.split('_')[0] in ('left', 'right', 'hand') for n in names)
+    # A frame where the filter holds no hand publishes an empty JointState; the single hand
+    # of the sequence is tracked in most of the last frames.
+    names = [m.name for m in messages['hand_pose/joint_states'][-10:]]
+    assert sum(bool(n) for n in names) >= 5
+    assert all(n.split('_')[0] in ('left', 'right', 'hand') for frame in names for n in frame)
     for msg in messages['/tf'][-10:]:
         children = [t.child_frame_id for t in msg.transforms]
         assert len(children) == len(set(children))   # one parent per frame: a tree
