@@ -36,9 +36,12 @@ class Spinner:
     def _start(self):
         import threading
 
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        # One thread, as `ros2 run` spins a node. A multi-threaded executor's shutdown destroys
+        # its guard condition before the handlers still queued in its pool have started, and
+        # each of them then dies on it ("exception was never retrieved" at exit).
+        self.executor = SingleThreadedExecutor(context=self.context)
         for node in self.nodes:
             self.executor.add_node(node)
         self._running = True
@@ -48,8 +51,6 @@ class Spinner:
     def _stop(self):
         self._running = False
         self._thread.join(timeout=5.0)
-        # spin_once hands callbacks to the executor's threads and returns: let those still
-        # running finish before their nodes are destroyed under them.
         self.executor.shutdown()
 
     def _spin(self):
