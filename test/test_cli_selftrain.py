@@ -79,9 +79,11 @@ def test_experiment_runs_end_to_end_at_a_tiny_size(inputs, tmp_path):
     _, _, card = inputs
     out = tmp_path / 'experiment'
     assert main(['--experiment', str(out), '--model', str(card), '--adapt-frames', '10',
-                 '--test-frames', '4', '--sequence-frames', '5', *FAST]) == 0
+                 '--test-frames', '4', '--sequence-frames', '5', '--test-sequence-frames', '2',
+                 *FAST]) == 0
     results = json.loads((out / 'experiment.json').read_text())
-    assert results['frames'] == {'adapt_unlabelled': 10, 'test_b': 4, 'test_a': 2}
+    assert results['frames'] == {'adapt_unlabelled': 10, 'test_b': 4,
+                                 'test_sequence_frames': 2, 'test_a': 2}
     assert len(BagRecording(out / 'domain_b_bag')) == 10
     before = results['before']['domain_b']
     assert before['frames'] == 4 and np.isfinite(before['mean_error_oracle_mm'])

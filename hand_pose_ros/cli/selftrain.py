@@ -91,10 +91,14 @@ def build_parser():
                             help='run the domain-shift experiment into OUTDIR')
     experiment.add_argument('--adapt-frames', type=int, default=400,
                             help='unlabelled domain B frames recorded for adaptation')
-    experiment.add_argument('--test-frames', type=int, default=200,
-                            help='labelled domain B frames for the evaluation')
+    experiment.add_argument('--test-frames', type=int, default=600,
+                            help='labelled domain B frames for the evaluation (domain A: '
+                                 'half as many)')
     experiment.add_argument('--sequence-frames', type=int, default=100,
-                            help='frames per recorded motion sequence')
+                            help='frames per recorded (unlabelled) motion sequence')
+    experiment.add_argument('--test-sequence-frames', type=int, default=25,
+                            help='frames per labelled test sequence: each sequence is another '
+                                 'hand, motion and scene, so short ones measure more hands')
     return parser
 
 
@@ -201,9 +205,11 @@ def run_experiment(args, config, stream):
         stream.write(f'[experiment] recording {args.adapt_frames} unlabelled domain B frames '
                      f'into {bag}\n')
         record_domain_bag(bag, shift_b, args.adapt_frames, args.sequence_frames, 100)
-    test_b = labelled_frames(shift_b, args.test_frames, args.sequence_frames, 900)
-    test_a = labelled_frames(shift_a, max(args.test_frames // 2, 1), args.sequence_frames,
-                             950)
+    test_b = labelled_frames(shift_b, args.test_frames, args.test_sequence_frames, 900)
+    # Domain A's sequences take the seeds after domain B's.
+    first_a = 900 + len(_sequences(args.test_frames, args.test_sequence_frames, 900))
+    test_a = labelled_frames(shift_a, max(args.test_frames // 2, 1), args.test_sequence_frames,
+                             first_a)
     base_card = snapshot_card(resolve_card(args.model), out / 'start_model')
 
     def measure(card):
@@ -247,6 +253,7 @@ def run_experiment(args, config, stream):
                      shift_b.palm_thickness_scale, 'tool_radius_m': shift_b.tool_radius_m,
                      'sensor': shift_b.sensor},
         'frames': {'adapt_unlabelled': args.adapt_frames, 'test_b': len(test_b),
+                   'test_sequence_frames': args.test_sequence_frames,
                    'test_a': len(test_a)},
         'fitted_domain': trainer.domain()['fitted'] if config.fit_domain else None,
         'config': config.to_dict(), 'before': before, 'after': after,
