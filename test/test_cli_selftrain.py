@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hand_pose_ros.cli.selftrain import _sequences, main, open_recording
+from hand_pose_ros.cli.train import main as train_main
 from hand_pose_ros.core import model_io
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.estimator import load_estimator
@@ -75,7 +76,7 @@ def test_png_folder_recordings_are_read_like_bags(inputs):
         assert a.intrinsics == b.intrinsics == INTRINSICS
 
 
-def test_experiment_runs_end_to_end_at_a_tiny_size(inputs, tmp_path):
+def test_experiment_runs_end_to_end_at_a_tiny_size(inputs, tmp_path, capsys):
     _, _, card = inputs
     out = tmp_path / 'experiment'
     assert main(['--experiment', str(out), '--model', str(card), '--adapt-frames', '10',
@@ -89,6 +90,27 @@ def test_experiment_runs_end_to_end_at_a_tiny_size(inputs, tmp_path):
     assert before['frames'] == 4 and np.isfinite(before['mean_error_oracle_mm'])
     assert results['rounds'][0]['round'] == 0
     assert (out / 'experiment.md').read_text().startswith('# Domain-shift experiment')
+
+    # --evaluate measures cards and checkpoints (of a fine-tune of --model) on the same
+    # test frames.
+    network = model_io.read_card(card)['config']
+    assert train_main([
+        '--output-dir', str(tmp_path / 'fine_tune'), '--steps', '1', '--set', f'init_from={card}',
+        '--set', f'model_cfg={json.dumps(network)}', '--set',
+        'crop={input_size: 32, cube_size_m: [0.25, 0.25, 0.3], interpolation: nearest}',
+        '--set', 'batch_size=2', '--set', 'pool_size=4', '--set', 'min_pool=2', '--set',
+        'chunk_size=2', '--set', 'render_workers=0', '--set', 'eval_frames=0', '--set',
+        'num_threads=1', '--set', 'checkpoint_every=1']) == 0
+    checkpoint = tmp_path / 'fine_tune' / 'checkpoint_last.pt'
+    capsys.readouterr()
+    assert main(['--evaluate', str(card), str(checkpoint), '--model', str(card),
+                 '--test-frames', '4', '--test-sequence-frames', '2', '--threads', '1']) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| /')]
+    assert [row.split(' | ')[0][2:] for row in rows] == [str(card), str(checkpoint)]
+    assert f"| {before['mean_error_mm']:.2f} | {before['mean_error_oracle_mm']:.2f} |" in rows[0]
+    written = checkpoint.parent / 'evaluated' / 'checkpoint_last.yaml'
+    assert model_io.read_card(written)['crop'] == model_io.read_card(card)['crop']
+    assert main(['--evaluate', str(card), '--experiment', str(out)]) == 2
 
 
 def test_bad_input_exits_with_a_message(inputs, tmp_path, capsys):

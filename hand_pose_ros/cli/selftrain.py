@@ -11,6 +11,11 @@ a noisier sensor, another camera; adapts on it; evaluates on labelled B frames t
 adaptation never saw)::
 
     hand_pose_selftrain --experiment runs/domain_shift
+
+Measure models on the experiment's labelled test frames (cards, or checkpoints of
+``hand_pose_train`` runs that fine-tuned ``--model``)::
+
+    hand_pose_selftrain --evaluate default runs/fitted/checkpoint_last.pt
 """
 
 import argparse
@@ -96,6 +101,11 @@ def build_parser():
                                  'half as many)')
     experiment.add_argument('--sequence-frames', type=int, default=100,
                             help='frames per recorded (unlabelled) motion sequence')
+    experiment.add_argument('--evaluate', nargs='+', metavar='MODEL',
+                            help="instead, measure models on the experiment's labelled test "
+                                 'frames: model names, cards, or hand_pose_train checkpoints '
+                                 "of fine-tunes of --model (kept with --model's finder, hand "
+                                 'score and views)')
     experiment.add_argument('--test-sequence-frames', type=int, default=25,
                             help='frames per labelled test sequence: each sequence is another '
                                  'hand, motion and scene, so short ones measure more hands')
@@ -191,34 +201,98 @@ def snapshot_card(card_path, directory):
     return copy
 
 
+def experiment_test_sets(args):
+    """Render the experiment's labelled test frames: (domain B, domain A)."""
+    from hand_pose_ros.core.selftrain import DomainShift
+
+    test_b = labelled_frames(DomainShift.gloved_tool(), args.test_frames,
+                             args.test_sequence_frames, 900)
+    # Domain A's sequences take the seeds after domain B's.
+    first_a = 900 + len(_sequences(args.test_frames, args.test_sequence_frames, 900))
+    test_a = labelled_frames(DomainShift(), max(args.test_frames // 2, 1),
+                             args.test_sequence_frames, first_a)
+    return test_b, test_a
+
+
+def measure_card(card, test_b, test_a, config):
+    """Measure a model card on the labelled test frames of both domains."""
+    from hand_pose_ros.core.estimator import load_estimator
+    from hand_pose_ros.core.selftrain import evaluate_labelled
+
+    options = {'device': config.device}
+    if config.num_threads:
+        options['threads'] = config.num_threads
+    estimator = load_estimator(str(card), backend='torch', max_hands=2, **options)
+    return {'domain_b': evaluate_labelled(estimator, test_b, config),
+            'domain_a': evaluate_labelled(estimator, test_a, config)}
+
+
+def card_of(model, start_model):
+    """
+    Return a card path for ``model``: a model name or card, or a training checkpoint.
+
+    A checkpoint (``hand_pose_train`` fine-tuning the start model, e.g. on a fitted
+    synthetic domain) gets a card beside it, ``evaluated/NAME.yaml``, that keeps the start
+    model's finder, hand score and test-time views, as an adapted model does.
+    """
+    from hand_pose_ros.core.estimator import resolve_card
+    from hand_pose_ros.core.selftrain import save_adapted_card
+    from hand_pose_ros.core.training import model_from_checkpoint
+
+    path = Path(model)
+    if path.suffix != '.pt':
+        return Path(resolve_card(model))
+    directory = path.parent / 'evaluated'
+    card = directory / f'{path.stem}.yaml'
+    if not card.is_file():
+        network, _, _ = model_from_checkpoint(path)
+        save_adapted_card(network.eval(), directory, path.stem, resolve_card(start_model),
+                          {'evaluated_checkpoint': str(path)})
+    return card
+
+
+def evaluate_models(args, config, stream):
+    """Measure models on the experiment's labelled test frames; return {model: metrics}."""
+    test_b, test_a = experiment_test_sets(args)
+    results = {}
+    for model in args.evaluate:
+        stream.write(f'[evaluate] {model}\n')
+        results[model] = measure_card(card_of(model, args.model), test_b, test_a, config)
+    return results
+
+
+def format_evaluation(results):
+    """Return a Markdown table of :func:`evaluate_models` results."""
+    lines = ['| model | B mean error mm | B oracle-centre error mm | B detection rate | '
+             'A mean error mm | A oracle-centre error mm |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for model, item in results.items():
+        b, a = item['domain_b'], item['domain_a']
+        lines.append(f'| {model} | {b["mean_error_mm"]:.2f} | {b["mean_error_oracle_mm"]:.2f} '
+                     f'| {b["detection_rate"]:.1%} | {a["mean_error_mm"]:.2f} | '
+                     f'{a["mean_error_oracle_mm"]:.2f} |')
+    return '\n'.join(lines)
+
+
 def run_experiment(args, config, stream):
     """Record domain B, adapt the model on it, evaluate before and after; return results."""
-    from hand_pose_ros.core.estimator import load_estimator, resolve_card
-    from hand_pose_ros.core.selftrain import DomainShift, evaluate_labelled, SelfTrainer
+    from hand_pose_ros.core.estimator import resolve_card
+    from hand_pose_ros.core.selftrain import DomainShift, SelfTrainer
     from hand_pose_ros.ros.bags import BagRecording
 
     out = Path(args.experiment)
     out.mkdir(parents=True, exist_ok=True)
-    shift_b, shift_a = DomainShift.gloved_tool(), DomainShift()
+    shift_b = DomainShift.gloved_tool()
     bag = out / 'domain_b_bag'
     if not (bag / 'metadata.yaml').is_file():
         stream.write(f'[experiment] recording {args.adapt_frames} unlabelled domain B frames '
                      f'into {bag}\n')
         record_domain_bag(bag, shift_b, args.adapt_frames, args.sequence_frames, 100)
-    test_b = labelled_frames(shift_b, args.test_frames, args.test_sequence_frames, 900)
-    # Domain A's sequences take the seeds after domain B's.
-    first_a = 900 + len(_sequences(args.test_frames, args.test_sequence_frames, 900))
-    test_a = labelled_frames(shift_a, max(args.test_frames // 2, 1), args.test_sequence_frames,
-                             first_a)
+    test_b, test_a = experiment_test_sets(args)
     base_card = snapshot_card(resolve_card(args.model), out / 'start_model')
 
     def measure(card):
-        options = {'device': config.device}
-        if config.num_threads:
-            options['threads'] = config.num_threads
-        estimator = load_estimator(str(card), backend='torch', max_hands=2, **options)
-        return {'domain_b': evaluate_labelled(estimator, test_b, config),
-                'domain_a': evaluate_labelled(estimator, test_a, config)}
+        return measure_card(card, test_b, test_a, config)
 
     started = time.monotonic()
     stream.write('[experiment] evaluating the start model on labelled test frames\n')
@@ -329,6 +403,11 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     try:
         config = config_from_args(args)
+        if args.evaluate:
+            if args.recording or args.output or args.experiment:
+                raise ValueError('--evaluate takes no recording, --output or --experiment')
+            print(format_evaluation(evaluate_models(args, config, sys.stderr)))
+            return 0
         if args.experiment:
             if args.recording or args.output:
                 raise ValueError('--experiment takes no recording or --output')

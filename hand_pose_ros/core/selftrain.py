@@ -538,6 +538,41 @@ def _json_default(value):
     raise TypeError(f'{type(value).__name__} is not JSON serialisable')
 
 
+def save_adapted_card(model, directory, name, start_card, extra):
+    """
+    Write a fine-tuned network as a model card that keeps its start model's settings.
+
+    The crop, localiser, test-time views and hand score carry over, and so does the
+    learned hand finder (its ONNX file is copied beside the new card): fine-tuning
+    changes the pose network only, and without the finder the adapted model would
+    find fewer hands than the one it started from. The hand score was fitted on the
+    start network's confidences; refit it where labelled frames exist
+    (``hand_pose_evaluate --fit-hand-score``).
+
+    :param model: the fine-tuned network (a model of the start card's kind).
+    :param directory: output folder.
+    :param name: model name (file stem).
+    :param start_card: path of the start model's card.
+    :param extra: more card sections (e.g. ``{'selftrain': ...}``).
+    :return: path of the new card.
+    """
+    from hand_pose_ros.core import model_io
+
+    start_card = Path(start_card)
+    start = model_io.read_card(start_card, verify=True)
+    kept = {key: start[key] for key in ('crop', 'localizer', 'inference', 'hand_score',
+                                        'training') if key in start}
+    card_path = model_io.save_model(model, directory, name, extra={**kept, **extra})
+    if 'finder' in start:
+        finder = Path(directory) / f'{name}_finder.onnx'
+        shutil.copyfile(start_card.parent / start['finder']['onnx'], finder)
+        model_io.register_file(card_path, finder)
+        card = model_io.read_card(card_path)
+        card['finder'] = {**start['finder'], 'onnx': finder.name}
+        model_io.write_card(card_path, card)
+    return card_path
+
+
 def default_estimator_factory(config):
     """Return ``card_path -> HandPoseEstimator`` with the config's backend, hands and views."""
     from hand_pose_ros.core.estimator import load_estimator
@@ -813,7 +848,8 @@ class SelfTrainer:
         training = {'start_model': os.path.basename(str(start_card)), **info, **pool,
                     'steps': self.config.steps, 'lr': self.config.lr,
                     'batch_size': self.config.batch_size, 'seed': seed}
-        card_path = self._save_card(trainer.model.cpu().eval(), directory, name, training)
+        card_path = save_adapted_card(trainer.model.cpu().eval(), directory, name,
+                                      self.start_card, {'selftrain': training})
         if self.config.backend != 'torch':
             from hand_pose_ros.core import export
 
@@ -854,33 +890,6 @@ class SelfTrainer:
                             f'control_{index:02d}', {'pseudo_labels': 0})
             card = done
         return card
-
-    def _save_card(self, model, directory, name, selftrain_info):
-        """
-        Write a fine-tuned network as a model card that keeps the start model's settings.
-
-        The crop, localiser, test-time views and hand score carry over, and so does the
-        learned hand finder (its ONNX file is copied beside the new card): fine-tuning
-        changes the pose network only, and without the finder the adapted model would
-        find fewer hands than the one it started from. The hand score was fitted on the
-        start network's confidences; refit it where labelled frames exist
-        (``hand_pose_evaluate --fit-hand-score``).
-        """
-        from hand_pose_ros.core import model_io
-
-        start = self.start_card_values
-        extra = {key: start[key] for key in ('crop', 'localizer', 'inference', 'hand_score',
-                                             'training') if key in start}
-        card_path = model_io.save_model(model, directory, name,
-                                        extra={**extra, 'selftrain': selftrain_info})
-        if 'finder' in start:
-            finder = Path(directory) / f'{name}_finder.onnx'
-            shutil.copyfile(self.start_card.parent / start['finder']['onnx'], finder)
-            model_io.register_file(card_path, finder)
-            card = model_io.read_card(card_path)
-            card['finder'] = {**start['finder'], 'onnx': finder.name}
-            model_io.write_card(card_path, card)
-        return card_path
 
     # ----- public
 
@@ -937,7 +946,8 @@ class SelfTrainer:
                 'config': self.config.to_dict()}
         if (self.output_dir / 'domain.json').is_file():
             info['synthetic_domain'] = self.domain()['fitted']
-        card_path = self._save_card(model, self.output_dir, self.config.name, info)
+        card_path = save_adapted_card(model, self.output_dir, self.config.name, self.start_card,
+                                      {'selftrain': info})
         if self.config.export_onnx:
             # Adapted from a card with an INT8 copy: the adapted model gets its own, so that
             # ONNX Runtime on the CPU runs it as fast as the model it replaces.
