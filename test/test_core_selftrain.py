@@ -196,7 +196,7 @@ def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
     with pytest.raises(ValueError, match='resume'):
         SelfTrainer(recording, card, tmp_path / 'cut', config, estimator_factory=factory)
     with pytest.raises(ValueError, match='differs'):
-        SelfTrainer(recording, card, tmp_path / 'cut', small_config(iterations=3),
+        SelfTrainer(recording, card, tmp_path / 'cut', small_config(iterations=2, steps=4),
                     estimator_factory=factory, resume=True)
     SelfTrainer(recording, card, tmp_path / 'cut', config, estimator_factory=factory,
                 resume=True).run()
@@ -208,6 +208,15 @@ def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
         weights_sha = files['iter_02.safetensors']['sha256']
         results.append(([r['train'] for r in state['rounds']], state['best'], weights_sha))
     assert results[0] == results[1]
+    # A finished run resumed with more iterations goes on from its last round.
+    longer = SelfTrainer(recording, card, tmp_path / 'whole', small_config(
+        iterations=3, min_improvement=-1.0), estimator_factory=factory, resume=True)
+    assert longer.state['stopped'] is None
+    longer.run()
+    state = json.loads((tmp_path / 'whole' / 'state.json').read_text())
+    assert [r['round'] for r in state['rounds']] == [0, 1, 2, 3]
+    assert state['rounds'][2]['train'] == results[0][0][2]
+    assert state['stopped'] == '3 iterations done'
 
 
 def test_synthetic_chunks_mix_the_start_domain_at_its_share():

@@ -628,6 +628,7 @@ class SelfTrainer:
                 raise ValueError(f'{self.output_dir} holds a self-training run; pass '
                                  f'resume=True (--resume) or choose another folder')
             self.state = json.loads(state_path.read_text(encoding='utf-8'))
+            self._extend_iterations(identity['config']['iterations'])
             for key, value in identity.items():
                 if self.state.get(key) != value:
                     raise ValueError(f'cannot resume {self.output_dir}: its {key} '
@@ -640,6 +641,20 @@ class SelfTrainer:
             self._save_state()
 
     # ----- helpers
+
+    def _extend_iterations(self, iterations):
+        """
+        Let a resumed run change its number of iterations (every other setting must match).
+
+        A run that stopped at its old count goes on to the new one; the rounds done stay.
+        """
+        before = (self.state.get('config') or {}).get('iterations')
+        if before is None or before == iterations:
+            return
+        self.state['config']['iterations'] = iterations
+        if self.state['stopped'] == f'{before} iterations done':
+            self.state.update(stopped=None, best=None, final_card=None)
+        self._say(f'iterations {before} -> {iterations}')
 
     def _say(self, text):
         self.stream.write(f'[selftrain] {text}\n')
