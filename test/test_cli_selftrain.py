@@ -94,14 +94,18 @@ def test_experiment_runs_end_to_end_at_a_tiny_size(inputs, tmp_path, capsys):
     # --evaluate measures cards and checkpoints (of a fine-tune of --model) on the same
     # test frames.
     network = model_io.read_card(card)['config']
-    assert train_main([
-        '--output-dir', str(tmp_path / 'fine_tune'), '--steps', '1', '--set', f'init_from={card}',
-        '--set', f'model_cfg={json.dumps(network)}', '--set',
-        'crop={input_size: 32, cube_size_m: [0.25, 0.25, 0.3], interpolation: nearest}',
-        '--set', 'batch_size=2', '--set', 'pool_size=4', '--set', 'min_pool=2', '--set',
-        'chunk_size=2', '--set', 'render_workers=0', '--set', 'eval_frames=0', '--set',
-        'num_threads=1', '--set', 'checkpoint_every=1']) == 0
-    checkpoint = tmp_path / 'fine_tune' / 'checkpoint_last.pt'
+
+    def fine_tune(name, cube, start=card):
+        assert train_main([
+            '--output-dir', str(tmp_path / name), '--steps', '1', '--set', f'init_from={start}',
+            '--set', f'model_cfg={json.dumps(network)}', '--set',
+            f'crop={{input_size: 32, cube_size_m: {cube}, interpolation: nearest}}',
+            '--set', 'batch_size=2', '--set', 'pool_size=4', '--set', 'min_pool=2', '--set',
+            'chunk_size=2', '--set', 'render_workers=0', '--set', 'eval_frames=0', '--set',
+            'num_threads=1', '--set', 'checkpoint_every=1']) == 0
+        return tmp_path / name / 'checkpoint_last.pt'
+
+    checkpoint = fine_tune('fine_tune', [0.25, 0.25, 0.3])
     capsys.readouterr()
     assert main(['--evaluate', str(card), str(checkpoint), '--model', str(card),
                  '--test-frames', '4', '--test-sequence-frames', '2', '--threads', '1']) == 0
@@ -111,6 +115,10 @@ def test_experiment_runs_end_to_end_at_a_tiny_size(inputs, tmp_path, capsys):
     written = checkpoint.parent / 'evaluated' / 'checkpoint_last.yaml'
     assert model_io.read_card(written)['crop'] == model_io.read_card(card)['crop']
     assert main(['--evaluate', str(card), '--experiment', str(out)]) == 2
+    # A checkpoint trained on other crops than --model's is refused, not mislabelled.
+    other = fine_tune('other_crops', [0.3, 0.3, 0.3], start='null')
+    assert main(['--evaluate', str(other), '--model', str(card), '--test-frames', '2']) == 2
+    assert 'trained on crops' in capsys.readouterr().err
 
 
 def test_bad_input_exits_with_a_message(inputs, tmp_path, capsys):

@@ -235,7 +235,9 @@ def card_of(model, start_model):
     synthetic domain) gets a card beside it, ``evaluated/NAME.yaml``, that keeps the start
     model's finder, hand score and test-time views, as an adapted model does.
     """
+    from hand_pose_ros.core.crop import CropSpec
     from hand_pose_ros.core.estimator import resolve_card
+    from hand_pose_ros.core.model_io import read_card
     from hand_pose_ros.core.selftrain import save_adapted_card
     from hand_pose_ros.core.training import model_from_checkpoint
 
@@ -245,8 +247,14 @@ def card_of(model, start_model):
     directory = path.parent / 'evaluated'
     card = directory / f'{path.stem}.yaml'
     if not card.is_file():
-        network, _, _ = model_from_checkpoint(path)
-        save_adapted_card(network.eval(), directory, path.stem, resolve_card(start_model),
+        network, config, _ = model_from_checkpoint(path)
+        start_card = resolve_card(start_model)
+        start_crop = read_card(start_card)['crop']
+        if config.crop_spec.to_dict() != CropSpec.from_dict(start_crop).to_dict():
+            raise ValueError(f'{path} was trained on crops {config.crop_spec.to_dict()}, '
+                             f'not those of {start_card} ({start_crop}): give the model it '
+                             f'fine-tuned as --model')
+        save_adapted_card(network.eval(), directory, path.stem, start_card,
                           {'evaluated_checkpoint': str(path)})
     return card
 
