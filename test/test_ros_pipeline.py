@@ -180,3 +180,4 @@ def test_pipeline_in_a_separate_process(ros_context):
         executor.shutdown()
         node.destroy_node()
     assert process.returncode == 0, output
+    assert 'never retrieved' not in output   # executors stopped before their nodes went

@@ -135,9 +135,9 @@ def write_gif(path, frames, intrinsics, fps, size_px=360):
 def main(argv=None):
     """Run the demo and print its figures."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
 
     from hand_pose_ros.core.camera import CameraIntrinsics
+    from hand_pose_ros.ros.node_utils import NodeSpinner
     from hand_pose_ros.ros.pipeline import create_nodes, default_params_file
 
     options = parse_args(sys.argv[1:] if argv is None else argv)
@@ -149,11 +149,7 @@ def main(argv=None):
     nodes = create_nodes(default_params_file(), synthetic=True, extra_ros_args=overrides)
     monitor_node = rclpy.create_node('hand_pose_demo_monitor')
     monitor = Monitor(monitor_node, options.gif_frames)
-    executor = MultiThreadedExecutor(num_threads=4)
-    for node in nodes + [monitor_node]:
-        executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
+    spinner = NodeSpinner(nodes + [monitor_node])
     print(f'hand_pose_demo: synthetic {options.camera} camera at {options.rate:g} Hz, '
           f'model {options.model}, {options.duration:g} s', flush=True)
     start = time.monotonic()
@@ -170,8 +166,7 @@ def main(argv=None):
     elapsed = time.monotonic() - start
     final = monitor.summary()
     status = nodes[1].status()
-    executor.shutdown()
-    spin.join(timeout=10.0)
+    spinner.stop()
     for node in nodes + [monitor_node]:
         node.destroy_node()
     rclpy.try_shutdown()

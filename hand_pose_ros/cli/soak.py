@@ -112,8 +112,8 @@ def parse_args(argv):
 def main(argv=None):
     """Run the soak test and print its figures."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
 
+    from hand_pose_ros.ros.node_utils import NodeSpinner
     from hand_pose_ros.ros.pipeline import default_params_file
 
     options = parse_args(sys.argv[1:] if argv is None else argv)
@@ -126,9 +126,7 @@ def main(argv=None):
     rclpy.init(args=[])
     node = rclpy.create_node('hand_pose_soak')
     monitors = {ns: CameraMonitor(node, ns) for ns in namespaces}
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = NodeSpinner([node])
     print(f'hand_pose_soak: {options.cameras} camera(s) at {options.rate:g} Hz for '
           f'{options.duration_s:g} s; node output in {options.log}', flush=True)
     start = time.monotonic()
@@ -172,7 +170,7 @@ def main(argv=None):
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
-        executor.shutdown()
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
         log.close()

@@ -161,3 +161,57 @@ def run(node_class, args=None):
             node.destroy_node()
         rclpy.try_shutdown()
     return code
+
+
+class NodeSpinner:
+    """
+    Spin several nodes in one process: each on its own single-threaded executor and thread.
+
+    A node's callbacks run one at a time, as under ``ros2 run``, and the nodes run side by
+    side, as separate processes would. Stopping is clean. rclpy's ``MultiThreadedExecutor``
+    is not: its ``shutdown`` destroys its guard condition before the handlers still queued
+    in its thread pool have started, and each of them then fails on it ("The following
+    exception was never retrieved: cannot use Destroyable ..." at exit).
+
+    :param nodes: nodes to spin (destroying them stays with the caller, after :meth:`stop`).
+    :param context: their rclpy context (default: the global one).
+    """
+
+    def __init__(self, nodes, context=None):
+        import threading
+
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._running = True
+        self._executors = []
+        self._threads = []
+        for node in nodes:
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            thread = threading.Thread(target=self._spin, args=(executor,),
+                                      name=f'spin {node.get_name()}', daemon=True)
+            self._executors.append(executor)
+            self._threads.append(thread)
+        for thread in self._threads:
+            thread.start()
+
+    def _spin(self, executor):
+        try:
+            while self._running and executor.context.ok():
+                executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+
+    def wait(self):
+        """Block until the context shuts down (Ctrl-C) or :meth:`stop` is called."""
+        for thread in self._threads:
+            while thread.is_alive():
+                thread.join(timeout=0.2)
+
+    def stop(self, timeout_s=10.0):
+        """Stop spinning: callbacks in progress finish first; then shut the executors down."""
+        self._running = False
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+        for executor in self._executors:
+            executor.shutdown()

@@ -2,8 +2,8 @@
 ``hand_pose_pipeline``: the whole pipeline in one process (no ``ros2 launch`` needed).
 
 Spins ``hand_pose_node`` and ``hand_filter_node`` (and ``synthetic_camera_node`` with
-``--synthetic``) with a multi-threaded executor, reading the same YAML parameter file that
-the launch file uses.
+``--synthetic``), each in its own thread, reading the same YAML parameter file that the
+launch file uses.
 """
 
 import argparse
@@ -11,10 +11,11 @@ import os
 import sys
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 
 from hand_pose_ros.ros.hand_filter_node import HandFilterNode
 from hand_pose_ros.ros.hand_pose_node import HandPoseNode
+from hand_pose_ros.ros.node_utils import NodeSpinner
 from hand_pose_ros.ros.synthetic_camera_node import SyntheticCameraNode
 
 
@@ -65,7 +66,6 @@ def parse_args(argv):
     parser.add_argument('--synthetic', action='store_true',
                         help='start the synthetic camera instead of using a real one')
     parser.add_argument('--namespace', default='', help='namespace of all nodes')
-    parser.add_argument('--threads', type=int, default=4, help='executor threads')
     return parser.parse_args(argv)
 
 
@@ -84,22 +84,22 @@ def main(args=None):
     options = parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
     nodes = []
     code = 0
-    executor = MultiThreadedExecutor(num_threads=options.threads)
+    spinner = None
     try:
         # Command-line parameters come after the YAML so that they win, as with ros2 run.
         nodes = create_nodes(options.params_file or default_params_file(), options.synthetic,
                              options.namespace, extra_ros_args=ros_arguments(argv))
-        for node in nodes:
-            executor.add_node(node)
-        executor.spin()
+        spinner = NodeSpinner(nodes)
+        spinner.wait()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, OSError) as error:
         print(f'hand_pose_pipeline: error: {error}', file=sys.stderr)
         code = 1
     finally:
-        # Callbacks still running in the executor's threads finish before their nodes go.
-        executor.shutdown()
+        # Callbacks in progress finish before their nodes go.
+        if spinner is not None:
+            spinner.stop()
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
