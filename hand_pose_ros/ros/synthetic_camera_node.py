@@ -6,10 +6,12 @@ Publishes ``depth/image_raw`` (16UC1), ``depth/camera_info``, optionally ``color
 layout; confidence 1 for visible joints, 0 for occluded ones), all with the same header.
 A new motion sequence starts whenever one ends, so the camera runs forever.
 
-Frames are stamped like a hardware camera's: on a fixed grid of ``1 / rate_hz`` from the
-first frame, whatever the timer's jitter. A tick that comes late stands for the newest grid
-slot, and the frames of the slots it missed are dropped (the hand keeps moving in real
-time, as in front of a camera whose host fell behind); ``dropped`` counts them.
+Frames are stamped like a hardware camera's: on a fixed grid of ``1 / rate_hz``, the
+timer's own schedule, whatever the timer's jitter. A frame's stamp is the grid time its tick
+was due, never later than the tick itself (a camera stamps the exposure, which comes before
+the image). A tick that comes late stands for the newest grid slot, and the frames of the
+slots it missed are dropped (the hand keeps moving in real time, as in front of a camera
+whose host fell behind); ``dropped`` counts them.
 """
 
 from rclpy.duration import Duration
@@ -58,7 +60,7 @@ class SyntheticCameraNode(Node):
                            if self._values['publish_color'] else None)
         self.published = 0
         self.dropped = 0
-        self.create_timer(1.0 / self._values['rate_hz'], self._tick)
+        self._timer = self.create_timer(1.0 / self._values['rate_hz'], self._tick)
         self.get_logger().info(
             f"synthetic {self._values['camera']} camera at {self._values['rate_hz']} Hz, "
             f"frame_id {self._values['frame_id']!r}")
@@ -86,8 +88,12 @@ class SyntheticCameraNode(Node):
         now = self.get_clock().now()
         period_ns = round(1e9 / self._values['rate_hz'])
         if self._first_stamp is None:
-            self._first_stamp = now
-        slot = max(self._slot + 1, round((now - self._first_stamp).nanoseconds / period_ns))
+            # The grid is the timer's schedule: this tick was due one period before the next.
+            due_in_ns = self._timer.time_until_next_call() or 0
+            self._first_stamp = now - Duration(nanoseconds=max(0, period_ns - due_in_ns))
+        slot = (now - self._first_stamp).nanoseconds // period_ns
+        if slot <= self._slot:
+            return  # no new slot is due yet: its stamp would lie in the future
         skip = slot - self._slot - 1
         self._slot = slot
         self.dropped += skip
