@@ -86,7 +86,9 @@ class SyntheticCameraNode(Node):
 
     def _tick(self):
         now = self.get_clock().now()
-        period_ns = round(1e9 / self._values['rate_hz'])
+        # The timer's own period (whole nanoseconds): a grid of another period would drift
+        # from the ticks by a nanosecond a frame and, hours later, stamp a tick a slot late.
+        period_ns = self._timer.timer_period_ns
         if self._first_stamp is None:
             # The grid is the timer's schedule: this tick was due one period before the next.
             due_in_ns = self._timer.time_until_next_call() or 0
