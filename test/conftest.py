@@ -26,48 +26,31 @@ def ros_context():
 
 
 class Spinner:
-    """Spin nodes in a background thread; tests wait on conditions with a deadline."""
+    """
+    Spin nodes in the background; tests wait on conditions with a deadline.
+
+    Each node spins on its own thread, as in the pipeline
+    (:class:`~hand_pose_ros.ros.node_utils.NodeSpinner`).
+    """
 
     def __init__(self, context):
         self.context = context
-        self.nodes = []
-        self._start()
-
-    def _start(self):
-        import threading
-
-        from rclpy.executors import SingleThreadedExecutor
-
-        # One thread, as `ros2 run` spins a node. A multi-threaded executor's shutdown destroys
-        # its guard condition before the handlers still queued in its pool have started, and
-        # each of them then dies on it ("exception was never retrieved" at exit).
-        self.executor = SingleThreadedExecutor(context=self.context)
-        for node in self.nodes:
-            self.executor.add_node(node)
-        self._running = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _stop(self):
-        self._running = False
-        self._thread.join(timeout=5.0)
-        self.executor.shutdown()
-
-    def _spin(self):
-        while self._running and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.05)
+        self._spinners = {}
 
     def add(self, node):
-        self.nodes.append(node)
-        self.executor.add_node(node)
+        from hand_pose_ros.ros.node_utils import NodeSpinner
+
+        self._spinners[node] = NodeSpinner([node], context=self.context)
         return node
+
+    def spinning(self):
+        """Return whether every node still spins: a callback that raised ends its thread."""
+        return all(spinner.spinning() for spinner in self._spinners.values())
 
     def remove(self, node):
         """Destroy one node while the others keep spinning (no callback of it in flight)."""
-        self._stop()
-        self.nodes.remove(node)
+        self._spinners.pop(node).stop()
         node.destroy_node()
-        self._start()
 
     def wait_for(self, predicate, timeout_s=30.0):
         import time
@@ -80,8 +63,9 @@ class Spinner:
         return predicate()
 
     def close(self):
-        self._stop()
-        for node in self.nodes:
+        for spinner in self._spinners.values():
+            spinner.stop()
+        for node in self._spinners:
             node.destroy_node()
 
 

@@ -114,7 +114,7 @@ def test_node_fuzz_over_dds(spinner, tiny_model_card):
     run()
     assert len(tried) == 1000
     assert counts['internal_errors'] == 0          # no exception escaped the frame path
-    assert node._worker.is_alive() and spinner._thread.is_alive()
+    assert node._worker.is_alive() and spinner.spinning()
     # The next valid frame gives a correct output: processed, no error, published.
     bad_before = counts['bad_input']
     header = Header(frame_id='fuzz')

@@ -202,6 +202,10 @@ class NodeSpinner:
         except ExternalShutdownException:
             pass
 
+    def spinning(self):
+        """Return whether every node still spins: a callback that raised ends its thread."""
+        return all(thread.is_alive() for thread in self._threads)
+
     def wait(self):
         """Block until the context shuts down (Ctrl-C) or :meth:`stop` is called."""
         for thread in self._threads:
