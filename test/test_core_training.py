@@ -102,6 +102,62 @@ def test_resume_continues_to_the_same_weights(tmp_path):
     assert [r['step'] for r in rows] == list(range(2, 41, 2))
 
 
+def test_augment_workers_give_the_same_run_and_resume(tmp_path):
+    # The same batches with or without workers, so the same weights; stopping at a step that
+    # is no refresh or checkpoint boundary (14) and resuming changes nothing either.
+    serial = training.Trainer(tiny_config(tmp_path, 'serial', eval_frames=0, steps=30))
+    serial.train()
+    workers = training.Trainer(tiny_config(tmp_path, 'workers', eval_frames=0, steps=30,
+                                           augment_workers=2))
+    workers.train(stop_at=14)
+    import multiprocessing
+    assert not multiprocessing.active_children()
+    workers = training.Trainer(tiny_config(tmp_path, 'workers', eval_frames=0, steps=30,
+                                           augment_workers=2), resume=True)
+    workers.train()
+    assert workers.step == 30
+    for key, value in serial.model.state_dict().items():
+        torch.testing.assert_close(workers.model.state_dict()[key], value, msg=key,
+                                   rtol=0, atol=0)
+
+
+def test_augment_workers_return_batches_in_request_order_and_report_failures(tmp_path):
+    from hand_pose_ros.core import augment_workers
+    import multiprocessing
+    config = tiny_config(tmp_path, chunk_size=6)
+    allocator = augment_workers.SharedAllocator(multiprocessing.get_context('spawn'))
+    pool = training.CropPool(str(tmp_path), 6, 48, allocate=allocator)
+    rng = np.random.default_rng(0)
+    pool.add(rng.uniform(-1, 1, (6, 48, 48)).astype(np.float16),
+             rng.uniform(-0.5, 0.5, (6, 21, 3)), np.ones((6, 21), bool))
+    workers = augment_workers.AugmentWorkers(pool.arrays, allocator, config, 2, slots=3)
+    try:
+        requests = [augment_workers.draw_batch(rng, len(pool), config.batch_size)
+                    for _ in range(6)]
+        # Three slots for six batches: slots are reused once taken batches are released.
+        issued, taken = 0, []
+        while len(taken) < len(requests):
+            while workers.free and issued < len(requests):
+                workers.request(*requests[issued])
+                issued += 1
+            inputs, joints, valid = workers.take()
+            taken.append((inputs['depth'].copy(), joints.copy(), valid.copy()))
+        for (indices, seed), (depth, joints, valid) in zip(requests, taken):
+            out = {name: np.empty(shape, dtype) for name, (shape, dtype) in
+                   augment_workers.batch_shapes(config.batch_size, 32, False).items()}
+            augment_workers.augment_batch(pool.arrays, indices, seed, config, out)
+            np.testing.assert_array_equal(depth, out['depth'])
+            np.testing.assert_array_equal(joints, out['joints'])
+            np.testing.assert_array_equal(valid, out['valid'])
+        # A crop index outside the pool fails in the worker: the trainer gets its traceback.
+        workers.request(np.array([100]), 0)
+        with pytest.raises(RuntimeError, match='(?s)augmentation worker failed.*IndexError'):
+            workers.take()
+    finally:
+        workers.close()
+    assert not multiprocessing.active_children()
+
+
 def test_resume_refuses_a_different_network(tmp_path):
     training.Trainer(tiny_config(tmp_path, eval_frames=0)).train(stop_at=2)
     other = tiny_config(tmp_path, eval_frames=0, model_cfg=dict(TINY_MODEL, head_channels=16))
@@ -212,6 +268,7 @@ def test_init_widen_starts_a_wider_network_computing_the_same_joints(tmp_path):
 @pytest.mark.parametrize('overrides, message', [
     ({'lr_schedule': 'warm'}, 'lr_schedule must be one of'),
     ({'steps': 0}, 'steps must be a positive integer'),
+    ({'augment_workers': -1}, 'augment_workers must be >= 0'),
     ({'min_pool': 100}, 'exceeds pool_size'),
     ({'crop': {'input_size': 1}}, 'input_size must be an integer'),
     ({'colour': 'red'}, 'unknown training config keys'),

@@ -29,6 +29,7 @@ OVERRIDES = (
     ('--seed', 'seed', int),
     ('--device', 'device', str),
     ('--render-workers', 'render_workers', int),
+    ('--augment-workers', 'augment_workers', int),
     ('--pool-size', 'pool_size', int),
     ('--checkpoint-every', 'checkpoint_every', int),
     ('--eval-frames', 'eval_frames', int),

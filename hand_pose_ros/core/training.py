@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from hand_pose_ros.core import augment
+from hand_pose_ros.core import augment, augment_workers
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.config_io import dataclass_from_dict
 from hand_pose_ros.core.crop import color_input, crop_color, crop_depth, CropSpec, \
@@ -43,6 +43,8 @@ LOG = logging.getLogger(__name__)
 LR_SCHEDULES = ('cosine', 'step', 'constant')
 CHECKPOINT_LAST = 'checkpoint_last.pt'
 CHECKPOINT_BEST = 'checkpoint_best.pt'
+# Steps between loads of newly rendered chunks into the crop pool.
+REFRESH_EVERY = 20
 TRAIN_FIELDS = ('step', 'loss', 'lr', 'samples_per_s', 'pool_size', 'elapsed_s')
 
 
@@ -70,6 +72,9 @@ class TrainConfig:
     :param fresh_ratio: new crops rendered per trained sample (after ``min_pool``); workers
         pause when ahead, leaving the CPU to training (each crop is then reused under about
         1 / fresh_ratio augmentations).
+    :param augment_workers: processes that augment batches ahead of the training step (0:
+        the trainer's own process does it); the same batches either way. For GPUs, whose
+        steps outrun one process's augmentation.
     :param chunk_size: crops per pool file.
     :param steps: total optimisation steps.
     :param batch_size: crops per step.
@@ -111,6 +116,7 @@ class TrainConfig:
     min_pool: int = 256
     render_workers: int = 1
     fresh_ratio: float = 0.25
+    augment_workers: int = 0
     chunk_size: int = 64
     steps: int = 20000
     batch_size: int = 32
@@ -141,7 +147,8 @@ class TrainConfig:
                      'checkpoint_every', 'log_every'):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f'{name} must be a positive integer, got {getattr(self, name)}')
-        for name in ('render_workers', 'eval_frames', 'warmup_steps', 'num_threads'):
+        for name in ('render_workers', 'augment_workers', 'eval_frames', 'warmup_steps',
+                     'num_threads'):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
         if not self.lr > 0 or not self.weight_decay >= 0:
@@ -411,15 +418,18 @@ class CropPool:
     :param size: context patch side.
     :param color: the crops carry colour (chunks with ``colors``), for models with a
         ``color`` input.
+    :param allocate: ``allocate(shape, dtype)`` makes the ring's arrays (default
+        ``numpy.empty``; a :class:`~hand_pose_ros.core.augment_workers.SharedAllocator`
+        for augmentation workers).
     """
 
-    def __init__(self, directory, capacity, size, color=False):
+    def __init__(self, directory, capacity, size, color=False, allocate=np.empty):
         self.directory = directory
         self.capacity = capacity
-        self.patches = np.empty((capacity, size, size), dtype=np.float16)
-        self.joints = np.empty((capacity, 21, 3), dtype=np.float32)
-        self.masks = np.empty((capacity, 21), dtype=bool)
-        self.colors = np.empty((capacity, size, size, 3), dtype=np.uint8) if color else None
+        self.patches = allocate((capacity, size, size), np.float16)
+        self.joints = allocate((capacity, 21, 3), np.float32)
+        self.masks = allocate((capacity, 21), bool)
+        self.colors = allocate((capacity, size, size, 3), np.uint8) if color else None
         self.count = 0
         self._next = 0
         self._seen = set()
@@ -472,31 +482,26 @@ class CropPool:
             self.count = min(self.count + 1, self.capacity)
         return len(masks)
 
+    @property
+    def arrays(self):
+        """Return the ring's arrays by name (see :func:`augment_workers.augment_batch`)."""
+        arrays = {'patches': self.patches, 'joints': self.joints, 'masks': self.masks}
+        if self.colors is not None:
+            arrays['colors'] = self.colors
+        return arrays
+
     def batch(self, rng, batch_size, config):
         """
         Return an augmented batch: inputs, joints (B, 21, 3), valid (B, 21).
 
         ``inputs`` is {'depth': (B, 1, S, S)} plus 'color': (B, 3, S, S) from a colour pool.
         """
-        spec = config.crop_spec
-        size = spec.input_size
-        inputs = {'depth': np.empty((batch_size, 1, size, size), dtype=np.float32)}
-        if self.colors is not None:
-            inputs['color'] = np.empty((batch_size, 3, size, size), dtype=np.float32)
-        joints = np.empty((batch_size, 21, 3), dtype=np.float32)
-        valid = np.empty((batch_size, 21), dtype=np.float32)
-        for i, index in enumerate(rng.integers(0, self.count, batch_size)):
-            patch, joints_norm, color = augment.augment_crop(
-                self.patches[index].astype(np.float32), self.joints[index], rng,
-                config.augment_config, spec, config.context,
-                None if self.colors is None else self.colors[index])
-            inputs['depth'][i, 0] = patch
-            if color is not None:
-                inputs['color'][i] = color
-            mask = self.masks[index] & np.all(np.isfinite(joints_norm), axis=-1)
-            joints[i] = np.where(mask[:, None], joints_norm, 0.0)
-            valid[i] = mask
-        return inputs, joints, valid
+        out = {name: np.empty(shape, dtype) for name, (shape, dtype) in
+               augment_workers.batch_shapes(batch_size, config.crop_spec.input_size,
+                                            self.colors is not None).items()}
+        indices, seed = augment_workers.draw_batch(rng, self.count, batch_size)
+        augment_workers.augment_batch(self.arrays, indices, seed, config, out)
+        return augment_workers.split_batch(out)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -763,6 +768,8 @@ class Trainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
+        # The crop size is fixed: let cuDNN pick its fastest kernels once.
+        torch.backends.cudnn.benchmark = self.device.type == 'cuda'
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.model = build_training_model(config).to(self.device)
@@ -780,8 +787,11 @@ class Trainer:
         self.progress = ProgressBar(config.steps, progress_stream)
         self.context_spec = augment.context_spec(config.crop_spec, config.context)
         self.color = 'color' in self.model.input_names
+        self._allocator = augment_workers.SharedAllocator(
+            multiprocessing.get_context('spawn')) if config.augment_workers else None
         self.pool = CropPool(self.pool_dir, config.pool_size, self.context_spec.input_size,
-                             self.color)
+                             self.color, allocate=self._allocator or np.empty)
+        self._augmenter = None
         self._workers = []
         self._stop = None
         self.eval_set = self._load_eval_set()
@@ -949,17 +959,21 @@ class Trainer:
         first_step = self.step
         metrics = {}
         try:
+            if self._allocator is not None:
+                self._augmenter = augment_workers.AugmentWorkers(
+                    self.pool.arrays, self._allocator, config, config.augment_workers)
             self._train_mode()
             window_start, window_samples, loss_ema = time.monotonic(), 0, None
             run_start = time.monotonic() - (self.train_rows[-1]['elapsed_s']
                                             if self.train_rows else 0.0)
             loss_sum, loss_count = 0.0, 0
             while self.step < stop_at:
-                if self.step % 20 == 0 and self._workers:
+                if self.step % REFRESH_EVERY == 0 and self._workers:
                     self.pool.refresh()
                     self._allowed.value = config.min_pool + int(
-                        (self.step - first_step + 20) * config.batch_size * config.fresh_ratio)
-                inputs, joints, valid = self.pool.batch(self.rng, config.batch_size, config)
+                        (self.step - first_step + REFRESH_EVERY) * config.batch_size
+                        * config.fresh_ratio)
+                inputs, joints, valid = self._next_batch(stop_at)
                 lr = learning_rate(self.step, config)
                 for group in self.optimizer.param_groups:
                     group['lr'] = lr
@@ -997,8 +1011,24 @@ class Trainer:
                 if self.step % config.checkpoint_every == 0 or self.step == stop_at:
                     metrics = self.checkpoint()
         finally:
+            if self._augmenter is not None:
+                self._augmenter.close()
+                self._augmenter = None
             self._stop_rendering()
         return metrics
+
+    def _next_batch(self, stop_at):
+        """Return the augmented batch of this step (see :mod:`augment_workers`)."""
+        config = self.config
+        if self._augmenter is None:
+            return self.pool.batch(self.rng, config.batch_size, config)
+        # Request ahead, but not past the next pool refresh, checkpoint or stop.
+        sync = min(stop_at, (self.step // REFRESH_EVERY + 1) * REFRESH_EVERY,
+                   (self.step // config.checkpoint_every + 1) * config.checkpoint_every)
+        while self._augmenter.free and self.step + self._augmenter.pending < sync:
+            self._augmenter.request(*augment_workers.draw_batch(
+                self.rng, len(self.pool), config.batch_size))
+        return self._augmenter.take()
 
     def _train_mode(self):
         """Put the network in training mode (BatchNorm in inference mode when frozen)."""
