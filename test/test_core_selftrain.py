@@ -312,10 +312,16 @@ def test_one_round_end_to_end_writes_a_loadable_adapted_model(world, tmp_path):
     estimator = load_estimator(str(final), backend='torch', device='cpu')
     hands = estimator.estimate(next(iter(recording)).depth, INTRINSICS)
     assert all(h.keypoints_xyz.shape == (21, 3) for h in hands)
-    # The synthetic-only control trains the start model on a pool without pseudo-labels.
+    # The synthetic-only control trains the start model on a pool without pseudo-labels;
+    # its round 1 renders the synthetic crops of adaptation round 1 (the same seeds).
     control = model_io.read_card(trainer.control_run(1, 16))
     assert control['selftrain']['pseudo_crops'] == 0
     assert control['selftrain']['synthetic_crops'] == 16
+    name = 'chunk_b_synth_r01_00000.npz'
+    with np.load(out / 'iter_01' / 'train' / 'pool' / name) as adapted_chunk, \
+            np.load(out / 'control' / 'iter_01' / 'train' / 'pool' / name) as control_chunk:
+        np.testing.assert_array_equal(adapted_chunk['patches'], control_chunk['patches'])
+    assert not (out / 'control' / 'iter_01' / 'synthetic').exists()
 
 
 def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
@@ -345,6 +351,18 @@ def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
         weights_sha = files['iter_02.safetensors']['sha256']
         results.append(([r['train'] for r in state['rounds']], state['best'], weights_sha))
     assert results[0] == results[1]
+    # Each round trained on synthetic crops of its own, and kept them in its trainer pool
+    # only (the rendering folder goes once the pool is built).
+    pools = [tmp_path / 'whole' / f'iter_{r:02d}' / 'train' / 'pool' for r in (1, 2)]
+    for r, pool in enumerate(pools, 1):
+        names = [path.name for path in pool.glob('chunk_b_*')]
+        assert names and all(name.startswith(f'chunk_b_synth_r{r:02d}_') for name in names)
+    with np.load(pools[0] / 'chunk_b_synth_r01_00000.npz') as first, \
+            np.load(pools[1] / 'chunk_b_synth_r02_00000.npz') as second:
+        assert first['patches'].shape == second['patches'].shape
+        assert np.abs(first['patches'].astype(np.float32) - second['patches']).mean() > 0.01
+    for name in ('whole', 'cut'):
+        assert not list((tmp_path / name).glob('**/synthetic'))
     # A finished run resumed with more iterations goes on from its last round.
     longer = SelfTrainer(recording, card, tmp_path / 'whole', small_config(
         iterations=3, min_improvement=-1.0), estimator_factory=factory, resume=True)

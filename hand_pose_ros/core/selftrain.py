@@ -16,8 +16,8 @@ start model's own domain, which it must not forget. The hand finder is kept as i
 the pose network is retrained.
 
 Rounds: round 0 runs the starting model; round ``r >= 1`` fine-tunes the model of round
-``r - 1`` on that round's pseudo-labels and runs the result. A held-out part never gives
-pseudo-labels:
+``r - 1`` on that round's pseudo-labels, mixed with synthetic crops of its own (rendered
+for that round), and runs the result. A held-out part never gives pseudo-labels:
 ``holdout_blocks`` contiguous blocks spread evenly over the recording, together
 ``holdout_fraction`` of its frames (:func:`holdout_mask`), so that no single hand, motion or
 scene of the recording decides alone. The model kept is the round with the best label-free
@@ -37,12 +37,14 @@ Output folder::
     iter_00/                   estimates.npz, pseudo_labels.npz, report.json (its
                                ``holdout_spans``: the held-out blocks, [start, end) among the
                                frames read), report.md, timeline.png (start model)
-    iter_01/                   the same for round 1's model; train/ (trainer run),
-    ...                        iter_01.yaml/.safetensors
+    iter_01/                   the same for round 1's model; train/ (trainer run; train/pool:
+    ...                        the round's pseudo-labelled and synthetic crops),
+                               pool_info.json, iter_01.yaml/.safetensors; synthetic/ while
+                               the pool is built (the round's synthetic crops: the fitted
+                               domain, else the start model's training domain)
     domain.json                the fitted synthetic domain (``fit_domain``): its settings and
                                the statistics of the recording and of rendered crops
-    synthetic_pool/            cached synthetic context crops (the fitted domain, else the
-                               start model's training domain)
+    control/iter_01/ ...       :meth:`SelfTrainer.control_run` rounds (synthetic crops only)
     NAME.yaml (+ .safetensors, .onnx)   the adapted model (best round), report.json,
                                report.md, progress.png
 """
@@ -864,18 +866,23 @@ class SelfTrainer:
         self._say(f'fitted domain: {fit.fitted}')
         return fit.to_dict()
 
-    def _synthetic_chunks(self, count, context_spec):
-        """Return paths of ``count`` cached synthetic chunks (rendered on first use)."""
+    def _synthetic_chunks(self, directory, round_index, count, context_spec):
+        """
+        Return paths of round ``round_index``'s ``count`` synthetic chunks in ``directory``.
+
+        Each chunk is rendered once, from a seed of (``seed``, round, chunk), so each round
+        trains on crops of its own and an interrupted pool build renders only the missing.
+        """
         from hand_pose_ros.core.training import make_source, render_chunk, save_chunk
 
-        directory = self.output_dir / 'synthetic_pool'
         directory.mkdir(exist_ok=True)
         paths = []
         for index in range(count):
-            name = f'chunk_b_synth_{index:05d}.npz'
+            name = f'chunk_b_synth_r{round_index:02d}_{index:05d}.npz'
             if not (directory / name).is_file():
+                seed = np.random.SeedSequence([self.config.seed, round_index, index])
                 source = make_source(self._chunk_data(index), context_spec,
-                                     self.config.seed * 100_003 + index + 1)
+                                     int(seed.generate_state(1)[0]))
                 save_chunk(str(directory), name, render_chunk(source, self.config.chunk_size))
             paths.append(directory / name)
         return paths
@@ -909,16 +916,25 @@ class SelfTrainer:
         return augment.context_spec(spec, float((card.get('training') or {}).get(
             'context', 1.5)))
 
-    def _build_pool(self, directory, frame_index, labels, synthetic_crops=None):
+    def _build_pool(self, directory, round_index, frame_index, labels, synthetic_crops=None):
         """
-        Fill a trainer pool folder with pseudo-labelled and synthetic crops (once).
+        Fill a round's trainer pool folder with pseudo-labelled and synthetic crops (once).
 
+        The synthetic crops are rendered into ``directory/synthetic`` first, and that
+        folder goes once they are copied into the pool: the trainer (and its resumption)
+        reads the pool only.
+
+        :param directory: the round's folder (``train/pool`` is the trainer's pool).
+        :param round_index: round number (seeds the round's synthetic crops).
+        :param frame_index: (N,) recording indices of the pseudo-labelled frames.
+        :param labels: (N, 21, 3) pseudo-labels, metres.
         :param synthetic_crops: synthetic crop count; default: ``synthetic_fraction`` of
             the pool.
         """
         config = self.config
         pool_dir = directory / 'train' / 'pool'
         info_path = directory / 'pool_info.json'
+        synthetic_dir = directory / 'synthetic'
         if not info_path.is_file():
             if pool_dir.exists():
                 shutil.rmtree(pool_dir)  # an interrupted pool build
@@ -930,12 +946,14 @@ class SelfTrainer:
                 ratio = config.synthetic_fraction / (1.0 - config.synthetic_fraction)
                 synthetic_crops = pseudo * ratio
             synthetic_chunks = math.ceil(synthetic_crops / config.chunk_size)
-            for path in self._synthetic_chunks(synthetic_chunks, context):
+            for path in self._synthetic_chunks(synthetic_dir, round_index, synthetic_chunks,
+                                               context):
                 shutil.copyfile(path, pool_dir / path.name)
             files = len(list(pool_dir.glob('*.npz')))
             _atomic_json(info_path, {'pseudo_crops': pseudo,
                                      'synthetic_crops': synthetic_chunks * config.chunk_size,
                                      'pool_size': files * config.chunk_size})
+        shutil.rmtree(synthetic_dir, ignore_errors=True)
         return json.loads(info_path.read_text(encoding='utf-8'))
 
     def _train(self, directory, start_card, pool, seed, name, info):
@@ -969,7 +987,7 @@ class SelfTrainer:
                   f'adding synthetic crops of {self._synthetic_data()}'
                   + (f' ({self.config.start_domain_fraction:.0%} in the start domain)'
                      if self.config.fit_domain else ''))
-        pool = self._build_pool(round_dir, frame_index, labels)
+        pool = self._build_pool(round_dir, index, frame_index, labels)
         return self._train(round_dir, self._card_of(index - 1), pool, self.config.seed + index,
                            f'iter_{index:02d}', {'pseudo_labels': int(len(frame_index))})
 
@@ -978,8 +996,10 @@ class SelfTrainer:
         Fine-tune the start model on synthetic crops only, as long as ``rounds`` rounds.
 
         The ablation that separates adaptation from plain extra training: same steps, same
-        schedule per round, a pool of ``crops`` synthetic crops, no pseudo-labels.
-        Resumable; returns the control model card.
+        schedule per round, a pool of ``crops`` synthetic crops, no pseudo-labels. Control
+        round ``r`` renders its own synthetic crops from the seeds of adaptation round
+        ``r``: its first chunks are those of that round. Resumable; returns the control
+        model card.
         """
         directory = self.output_dir / 'control'
         card = self.start_card
@@ -988,7 +1008,7 @@ class SelfTrainer:
             round_dir.mkdir(parents=True, exist_ok=True)
             done = round_dir / f'control_{index:02d}.yaml'
             if not done.is_file():
-                pool = self._build_pool(round_dir, np.zeros(0, np.int64),
+                pool = self._build_pool(round_dir, index, np.zeros(0, np.int64),
                                         np.zeros((0, NUM_JOINTS, 3)), crops)
                 self._train(round_dir, card, pool, self.config.seed + index,
                             f'control_{index:02d}', {'pseudo_labels': 0})
