@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from hand_pose_ros.cli.selftrain import _sequences, main, open_recording
+from hand_pose_ros.cli.selftrain import (
+    _sequences, build_parser, config_from_args, main, open_recording)
 from hand_pose_ros.cli.train import main as train_main
 from hand_pose_ros.core import model_io
 from hand_pose_ros.core.camera import CameraIntrinsics
@@ -54,6 +55,7 @@ def test_run_on_a_bag_writes_reports_and_a_loadable_model(inputs, tmp_path, caps
     report = json.loads((out / 'report.json').read_text())
     assert report['rounds'][0]['round'] == 0
     assert report['details'][0]['frames_seen'] == 12
+    assert report['details'][0]['holdout_spans'] == [[10, 12]]  # 20 % of 12 frames
     assert (out / 'iter_00' / 'timeline.png').is_file()
     estimator = load_estimator(final, backend='torch', device='cpu')
     frame = next(iter(BagRecording(bag)))
@@ -133,6 +135,11 @@ def test_bad_input_exits_with_a_message(inputs, tmp_path, capsys):
     assert 'no .png' in capsys.readouterr().err
     assert main([str(bag), '-o', str(tmp_path / 'd'), '--model', str(tmp_path / 'no.yaml')]) \
         == 2
+    assert main([str(bag), '-o', str(tmp_path / 'e'), '--model', str(card),
+                 '--holdout-blocks', '0']) == 2
+    assert 'holdout_blocks must be >= 1' in capsys.readouterr().err
+    assert config_from_args(build_parser().parse_args(['--holdout-blocks', '3'])) \
+        .holdout_blocks == 3
     with pytest.raises(SystemExit):
         main(['--model', str(card)])
     assert _sequences(250, 100, 7) == [(7, 100), (8, 100), (9, 50)]

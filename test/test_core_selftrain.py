@@ -11,9 +11,10 @@ import json
 import shutil
 
 import numpy as np
+from PIL import Image
 import pytest
 
-from hand_pose_ros.core import export, model_io
+from hand_pose_ros.core import domain_fit, export, model_io
 from hand_pose_ros.core.backends import OnnxRuntimeBackend
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.estimator import (
@@ -21,8 +22,9 @@ from hand_pose_ros.core.estimator import (
 from hand_pose_ros.core.hand_finder import FusedLocalizer
 from hand_pose_ros.core.recordings import DepthFrame, FolderRecording, write_folder_recording
 from hand_pose_ros.core.selftrain import (
-    ANATOMY, HAND_COUNT, in_start_domain, KEPT, LOW_CONFIDENCE, NO_DETECTION,
-    select_pseudo_labels, SelfTrainConfig, SelfTrainer, spatial_problem, split_index, TEMPORAL)
+    ANATOMY, consistency_metrics, HAND_COUNT, holdout_mask, HOLDOUT_SHADE, holdout_spans,
+    in_start_domain, KEPT, LOW_CONFIDENCE, NO_DETECTION, select_pseudo_labels, SelfTrainConfig,
+    SelfTrainer, spatial_problem, STATE_FILE, TEMPORAL)
 from hand_pose_ros.core.synth import generate_motion, SensorConfig, SyntheticGenerator
 
 INTRINSICS = CameraIntrinsics(130.0, 130.0, 80.0, 60.0, 160, 120)
@@ -126,6 +128,141 @@ def test_pseudo_label_filter_keeps_good_frames_and_drops_corrupted_ones(world):
     assert np.all(np.isnan(selection.labels[~kept]))
 
 
+def test_held_out_blocks_spread_over_the_recording():
+    # The experiment's 400 frames (four 100-frame hands): the last 20 frames of each.
+    assert holdout_spans(holdout_mask(400, 0.2, 4)) == [[80, 100], [180, 200], [280, 300],
+                                                        [380, 400]]
+    # One block is the last part, as before blocks existed.
+    assert holdout_spans(holdout_mask(400, 0.2, 1)) == [[320, 400]]
+    mask = holdout_mask(1000, 0.2, 4)
+    assert mask.sum() == 200 and holdout_spans(mask)[0] == [200, 250]
+    # Too few held-out frames for blocks of MIN_HOLDOUT_BLOCK_FRAMES (10): fewer blocks.
+    assert holdout_spans(holdout_mask(45, 0.5, 3)) == [[11, 22], [34, 45]]
+    assert holdout_spans(holdout_mask(40, 0.25, 4)) == [[30, 40]]
+    assert holdout_spans(holdout_mask(12, 0.2, 4)) == [[10, 12]]
+    assert holdout_spans(holdout_mask(1, 0.2, 4)) == []
+
+
+def still_hand(frames, offset_m, noise_m, seed, scale=1.0):
+    """Return (T, 21, 3) joints of one hand held still at offset_m (T, 3), with noise."""
+    hand = generate_motion(1, seed=1).joints_xyz[0]
+    rng = np.random.default_rng(seed)
+    return (hand.mean(axis=0) + scale * (hand - hand.mean(axis=0)))[None] \
+        + np.asarray(offset_m)[:, None] + rng.normal(0.0, noise_m, (frames, 21, 3))
+
+
+def test_the_temporal_filter_runs_on_each_stretch_of_a_part_apart():
+    # The hand rests, moves 15 cm during a 4-frame held-out block (shorter than the
+    # filter's max_gap_s), then rests: smoothed across the block, the frames next to it
+    # would be pulled 2-4 cm towards each other and fail the residual bound.
+    offset = np.zeros((28, 3))
+    offset[12:16, 0] = np.linspace(0.0, 0.15, 6)[1:-1]
+    offset[16:, 0] = 0.15
+    parts = np.r_[np.zeros(12), np.ones(4), np.zeros(12)].astype(bool)
+    keypoints = still_hand(28, offset, 0.002, seed=0)
+    selection = select_pseudo_labels(np.arange(28) / 30.0, keypoints, np.full((28, 21), 0.9),
+                                     SelfTrainConfig(score_quantile=0.0), parts=parts)
+    assert np.all(selection.status == KEPT), selection.status
+    assert np.nanmax(selection.residual_m[~parts]) < 0.005
+    np.testing.assert_allclose(selection.labels[[11, 16]].mean(axis=1),
+                               keypoints[[11, 16]].mean(axis=1), atol=0.003)
+
+
+def test_held_out_metrics_count_the_frames_of_all_blocks():
+    # Two held-out blocks, 10 and 20 frames, of two people 30 cm apart; half the second
+    # block has no hand. The frames between them are not measured.
+    count = 60
+    part = np.zeros(count, bool)
+    part[10:20] = part[40:60] = True
+    offset = np.zeros((count, 3))
+    offset[20:, 0] = 0.3
+    keypoints = np.where(np.arange(count)[:, None, None] < 20,
+                         still_hand(count, offset, 0.0005, seed=1),
+                         still_hand(count, offset, 0.0005, seed=2, scale=1.2))
+    keypoints[40:50] = np.nan
+    keypoints[20:40] += np.random.default_rng(3).normal(0.0, 0.05, (20, 21, 3))
+    selection = select_pseudo_labels(np.arange(count) / 30.0, keypoints,
+                                     np.full((count, 21), 0.9),
+                                     SelfTrainConfig(score_quantile=0.0), parts=part)
+    metrics = consistency_metrics(selection, part)
+    assert metrics['frames'] == 30 and metrics['detections'] == 20
+    assert metrics['kept'] == 20 and metrics['pass_rate'] == pytest.approx(20 / 30)
+    assert metrics['rejected']['no_detection'] == 10
+    # Second differences and bone lengths within each block: the 0.5 mm noise, not the
+    # 30 cm between the blocks (accel_mm about 2) nor the 20 % between the two hands' bones
+    # (bone_cv about 0.02; over both blocks at once 0.09).
+    assert metrics['accel_mm'] < 3.0
+    assert metrics['bone_cv'] < 0.03
+    assert metrics['residual_mm'] < 1.0
+
+
+def test_round_zero_labels_only_the_frames_between_held_out_blocks(world, tmp_path,
+                                                                   monkeypatch):
+    recording, truth, card = world
+    out = tmp_path / 'run'
+    trainer = SelfTrainer(recording, card, out, small_config(holdout_fraction=0.5,
+                                                             holdout_blocks=2),
+                          estimator_factory=lambda path: ReplayEstimator(recording, truth))
+    assert trainer.run(stop_after=0) is None
+    round0 = json.loads((out / STATE_FILE).read_text())['rounds'][0]
+    assert round0['holdout_spans'] == [[10, 20], [30, 40]]
+    train, holdout = round0['train'], round0['holdout']
+    assert train['frames'] == holdout['frames'] == 20
+    # Frames 4 (stretched finger), 22 (two hands) and 27 (missing) are pseudo-label
+    # frames; 10 (a jump, the first frame of a block) and 16 (low confidence) held out.
+    assert (train['rejected']['anatomy'], train['rejected']['hand_count'],
+            train['rejected']['no_detection']) == (1, 1, 1)
+    assert (holdout['rejected']['temporal'], holdout['rejected']['low_confidence']) == (1, 1)
+    assert holdout['kept'] == 18
+    with np.load(out / 'iter_00' / 'pseudo_labels.npz') as labels:
+        used = labels['frame_index'].tolist()
+        error_m = np.linalg.norm(labels['keypoints_xyz'] - truth[used], axis=-1).mean()
+    assert used == [0, 1, 2, 3, 5, 6, 7, 8, 9, 20, 21, 23, 24, 25, 26, 28, 29]
+    assert error_m < 0.005  # each label with its frame (the hand moves centimetres apart)
+    # The timeline shades the held-out blocks (x of frame t: 60 + 920 t / 40).
+    with Image.open(out / 'iter_00' / 'timeline.png') as timeline:
+        assert timeline.getpixel((405, 200)) == HOLDOUT_SHADE  # frame 15
+        assert timeline.getpixel((175, 200)) == (255, 255, 255)  # frame 5
+    # The synthetic domain is fitted to pseudo-label frames only.
+    given = []
+
+    class Given(Exception):
+        pass
+
+    def fit_domain(frames, centers, *args, **kwargs):
+        given.append(([frame.stamp_ns for frame in frames], centers))
+        raise Given
+
+    monkeypatch.setattr(domain_fit, 'fit_domain', fit_domain)
+    with pytest.raises(Given):
+        trainer.domain()
+    stamps, centers = given[0]
+    frames = [*range(10), *range(20, 27), 28, 29]  # 27: no hand
+    assert stamps == [frame.stamp_ns for i, frame in enumerate(recording) if i in frames]
+    np.testing.assert_allclose(centers, truth[frames].mean(axis=1), atol=0.003)
+
+
+def test_a_run_made_before_held_out_blocks_resumes_with_one_block(world, tmp_path):
+    recording, truth, card = world
+    out = tmp_path / 'run'
+
+    def factory(path):
+        return ReplayEstimator(recording, truth)
+
+    SelfTrainer(recording, card, out, small_config(holdout_blocks=1),
+                estimator_factory=factory).run(stop_after=0)
+    state = json.loads((out / STATE_FILE).read_text())
+    del state['config']['holdout_blocks']
+    (out / STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"\{'holdout_blocks': 1\} differs from "
+                                         r"\{'holdout_blocks': 4\}"):
+        SelfTrainer(recording, card, out, small_config(), estimator_factory=factory,
+                    resume=True)
+    resumed = SelfTrainer(recording, card, out, small_config(holdout_blocks=1),
+                          estimator_factory=factory, resume=True)
+    assert resumed.state['rounds'] == state['rounds']
+
+
 def test_spatial_problem_rejects_a_tiny_hand():
     truth = generate_motion(1, seed=1).joints_xyz[0]
     config = SelfTrainConfig()
@@ -143,14 +280,14 @@ def test_one_round_end_to_end_writes_a_loadable_adapted_model(world, tmp_path):
     final = trainer.run()
     state = json.loads((out / 'state.json').read_text())
     assert [r['round'] for r in state['rounds']] == [0, 1]
-    split = split_index(NUM_FRAMES, 0.25)
     round0 = state['rounds'][0]
-    assert round0['frames_seen'] == NUM_FRAMES and round0['holdout_start_frame'] == split
+    # 40 frames hold 10 held-out ones: one block of 10 (too few for four), at the end.
+    assert round0['frames_seen'] == NUM_FRAMES and round0['holdout_spans'] == [[30, 40]]
     assert round0['train']['rejected']['anatomy'] == 1
     assert round0['train']['rejected']['hand_count'] == 1
     with np.load(out / 'iter_00' / 'pseudo_labels.npz') as labels:
         used = set(labels['frame_index'].tolist())
-    assert used.isdisjoint(CORRUPT) and max(used) < split and len(used) >= 20
+    assert used.isdisjoint(CORRUPT) and max(used) < 30 and len(used) >= 20
     training = state['rounds'][1]['training']
     assert training['pseudo_crops'] == len(used) and training['synthetic_crops'] >= len(used)
     # The synthetic crops were rendered in a domain fitted to the recording: its camera, its
@@ -175,10 +312,16 @@ def test_one_round_end_to_end_writes_a_loadable_adapted_model(world, tmp_path):
     estimator = load_estimator(str(final), backend='torch', device='cpu')
     hands = estimator.estimate(next(iter(recording)).depth, INTRINSICS)
     assert all(h.keypoints_xyz.shape == (21, 3) for h in hands)
-    # The synthetic-only control trains the start model on a pool without pseudo-labels.
+    # The synthetic-only control trains the start model on a pool without pseudo-labels;
+    # its round 1 renders the synthetic crops of adaptation round 1 (the same seeds).
     control = model_io.read_card(trainer.control_run(1, 16))
     assert control['selftrain']['pseudo_crops'] == 0
     assert control['selftrain']['synthetic_crops'] == 16
+    name = 'chunk_b_synth_r01_00000.npz'
+    with np.load(out / 'iter_01' / 'train' / 'pool' / name) as adapted_chunk, \
+            np.load(out / 'control' / 'iter_01' / 'train' / 'pool' / name) as control_chunk:
+        np.testing.assert_array_equal(adapted_chunk['patches'], control_chunk['patches'])
+    assert not (out / 'control' / 'iter_01' / 'synthetic').exists()
 
 
 def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
@@ -208,6 +351,18 @@ def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
         weights_sha = files['iter_02.safetensors']['sha256']
         results.append(([r['train'] for r in state['rounds']], state['best'], weights_sha))
     assert results[0] == results[1]
+    # Each round trained on synthetic crops of its own, and kept them in its trainer pool
+    # only (the rendering folder goes once the pool is built).
+    pools = [tmp_path / 'whole' / f'iter_{r:02d}' / 'train' / 'pool' for r in (1, 2)]
+    for r, pool in enumerate(pools, 1):
+        names = [path.name for path in pool.glob('chunk_b_*')]
+        assert names and all(name.startswith(f'chunk_b_synth_r{r:02d}_') for name in names)
+    with np.load(pools[0] / 'chunk_b_synth_r01_00000.npz') as first, \
+            np.load(pools[1] / 'chunk_b_synth_r02_00000.npz') as second:
+        assert first['patches'].shape == second['patches'].shape
+        assert np.abs(first['patches'].astype(np.float32) - second['patches']).mean() > 0.01
+    for name in ('whole', 'cut'):
+        assert not list((tmp_path / name).glob('**/synthetic'))
     # A finished run resumed with more iterations goes on from its last round.
     longer = SelfTrainer(recording, card, tmp_path / 'whole', small_config(
         iterations=3, min_improvement=-1.0), estimator_factory=factory, resume=True)
@@ -230,6 +385,8 @@ def test_synthetic_chunks_mix_the_start_domain_at_its_share():
 def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match='holdout_fraction'):
         SelfTrainConfig(holdout_fraction=1.0)
+    with pytest.raises(ValueError, match='holdout_blocks must be >= 1'):
+        SelfTrainConfig(holdout_blocks=0)
     with pytest.raises(ValueError, match='start_domain_fraction'):
         SelfTrainConfig(start_domain_fraction=1.5)
     with pytest.raises(ValueError, match='unknown'):

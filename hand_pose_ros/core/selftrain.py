@@ -16,25 +16,35 @@ start model's own domain, which it must not forget. The hand finder is kept as i
 the pose network is retrained.
 
 Rounds: round 0 runs the starting model; round ``r >= 1`` fine-tunes the model of round
-``r - 1`` on that round's pseudo-labels and runs the result. The last ``holdout_fraction``
-of the recording never gives pseudo-labels; the model kept is the round with the best
-label-free criterion on it::
+``r - 1`` on that round's pseudo-labels, mixed with synthetic crops of its own (rendered
+for that round), and runs the result. A held-out part never gives pseudo-labels:
+``holdout_blocks`` contiguous blocks spread evenly over the recording, together
+``holdout_fraction`` of its frames (:func:`holdout_mask`), so that no single hand, motion or
+scene of the recording decides alone. The model kept is the round with the best label-free
+criterion on the held-out part::
 
     criterion = pass rate - smoothing residual (mm) / 100
 
 (one percent of pass rate is worth one millimetre of mean distance between the raw and the
-temporally smoothed keypoints, i.e. jitter and outliers the filter had to remove).
+temporally smoothed keypoints, i.e. jitter and outliers the filter had to remove). The
+temporal filter runs on each stretch of consecutive frames of one part on its own (each
+held-out block, each pseudo-label stretch between them), so no smoothing reaches across a
+block; the metrics of a part count its frames together.
 
 Output folder::
 
     state.json                 resumable run state (updated after every stage)
-    iter_00/                   estimates.npz, report.json, report.md, timeline.png (start model)
-    iter_01/                   pseudo_labels.npz, train/ (trainer run), iter_01.yaml/.safetensors,
-    ...                        estimates.npz, report.json, report.md, timeline.png
+    iter_00/                   estimates.npz, pseudo_labels.npz, report.json (its
+                               ``holdout_spans``: the held-out blocks, [start, end) among the
+                               frames read), report.md, timeline.png (start model)
+    iter_01/                   the same for round 1's model; train/ (trainer run; train/pool:
+    ...                        the round's pseudo-labelled and synthetic crops),
+                               pool_info.json, iter_01.yaml/.safetensors; synthetic/ while
+                               the pool is built (the round's synthetic crops: the fitted
+                               domain, else the start model's training domain)
     domain.json                the fitted synthetic domain (``fit_domain``): its settings and
                                the statistics of the recording and of rendered crops
-    synthetic_pool/            cached synthetic context crops (the fitted domain, else the
-                               start model's training domain)
+    control/iter_01/ ...       :meth:`SelfTrainer.control_run` rounds (synthetic crops only)
     NAME.yaml (+ .safetensors, .onnx)   the adapted model (best round), report.json,
                                report.md, progress.png
 """
@@ -65,8 +75,15 @@ STATUS_NAMES = ('kept', 'no_detection', 'hand_count', 'low_confidence', 'anatomy
 KEPT, NO_DETECTION, HAND_COUNT, LOW_CONFIDENCE, ANATOMY, TEMPORAL = range(len(STATUS_NAMES))
 STATUS_COLOURS = ((44, 160, 44), (200, 200, 200), (148, 103, 189), (255, 127, 14),
                   (214, 39, 40), (31, 119, 180))
+HOLDOUT_SHADE = (225, 225, 240)
 _ESTIMATE_KEYS = ('frame_index', 'stamps_ns', 'keypoints', 'scores')
 FILTER_DEFAULTS = {'min_score': 0.0}
+# A third of a second at 30 Hz: the two-way gates of a block need a few frames to predict
+# from in each direction, and a block of a few frames would be measured mostly at its edges.
+MIN_HOLDOUT_BLOCK_FRAMES = 10
+# Settings added after runs were made, at the values that reproduce those runs (a resumed
+# run's stored settings are completed with them): one held-out block, at the end.
+_SETTINGS_OF_OLDER_RUNS = {'holdout_blocks': 1}
 
 
 @dataclass
@@ -77,7 +94,11 @@ class SelfTrainConfig:
     :param iterations: most fine-tuning rounds.
     :param min_improvement: a round whose pass rate (pseudo-label part) is not at least
         this much above the previous round's ends the loop.
-    :param holdout_fraction: last part of the recording used only for model selection.
+    :param holdout_fraction: share of the recording's frames held out for model selection
+        (never pseudo-labelled).
+    :param holdout_blocks: contiguous blocks the held-out frames form, spread evenly over
+        the recording (fewer on a recording too short for blocks of
+        ``MIN_HOLDOUT_BLOCK_FRAMES``; see :func:`holdout_mask`).
     :param max_frames: frames read from the recording (0: all).
     :param max_hands: hands expected per frame; frames with more confident hands are
         dropped (the poses of crowded frames are ambiguous).
@@ -134,6 +155,7 @@ class SelfTrainConfig:
     iterations: int = 3
     min_improvement: float = 0.005
     holdout_fraction: float = 0.2
+    holdout_blocks: int = 4
     max_frames: int = 0
     max_hands: int = 1
     min_detection_score: float = 0.3
@@ -164,8 +186,8 @@ class SelfTrainConfig:
     export_onnx: bool = True
 
     def __post_init__(self):
-        for key in ('iterations', 'max_hands', 'steps', 'batch_size', 'chunk_size',
-                    'checkpoint_every', 'min_pseudo_labels', 'domain_fit_frames',
+        for key in ('iterations', 'holdout_blocks', 'max_hands', 'steps', 'batch_size',
+                    'chunk_size', 'checkpoint_every', 'min_pseudo_labels', 'domain_fit_frames',
                     'domain_fit_crops'):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f'{key} must be >= 1, got {getattr(self, key)!r}')
@@ -215,7 +237,7 @@ class SelfTrainConfig:
 @dataclass
 class Selection:
     """
-    Result of the pseudo-label filter over one part of a recording.
+    Result of the pseudo-label filter over a recording (or a part of one).
 
     :param status: (T,) int codes, index into ``STATUS_NAMES`` (0: kept).
     :param keypoints: (T, 21, 3) raw pose of the chosen hand per frame (the one that passed
@@ -299,7 +321,7 @@ def choose_hands(keypoints, scores, config):
     return status, chosen, chosen_scores
 
 
-def select_pseudo_labels(stamps_s, keypoints, scores, config):
+def select_pseudo_labels(stamps_s, keypoints, scores, config, parts=None):
     """
     Run the spatial and offline temporal filters; return a :class:`Selection`.
 
@@ -313,7 +335,12 @@ def select_pseudo_labels(stamps_s, keypoints, scores, config):
         NaN where there is none; (T, 21, 3) for one candidate per frame.
     :param scores: (T, K, 21) or (T, 21) joint confidences.
     :param config: :class:`SelfTrainConfig`.
+    :param parts: (T,) part of each frame (e.g. the held-out mask of :func:`holdout_mask`;
+        default: one part). Each part gets its own confidence threshold (``score_quantile``
+        of its candidates), and the temporal filter runs on each stretch of consecutive
+        frames of one part on its own: no gate or smoothing reaches across another part.
     """
+    stamps_s = np.asarray(stamps_s, dtype=np.float64)
     keypoints = np.asarray(keypoints, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     if keypoints.ndim == 3:
@@ -322,8 +349,17 @@ def select_pseudo_labels(stamps_s, keypoints, scores, config):
             or scores.shape != keypoints.shape[:3]:
         raise ValueError(f'expected keypoints (T, K, 21, 3) and scores (T, K, 21), got '
                          f'{keypoints.shape} and {scores.shape}')
-    status, chosen, chosen_scores = choose_hands(keypoints, scores, config)
-    count = len(status)
+    count = len(keypoints)
+    parts = np.zeros(count, np.int64) if parts is None else np.asarray(parts)
+    if parts.shape != (count,):
+        raise ValueError(f'expected parts ({count},), got {parts.shape}')
+    status = np.empty(count, np.int64)
+    chosen = np.empty((count, NUM_JOINTS, 3))
+    chosen_scores = np.empty((count, NUM_JOINTS))
+    for part in np.unique(parts):
+        rows = parts == part
+        status[rows], chosen[rows], chosen_scores[rows] = choose_hands(
+            keypoints[rows], scores[rows], config)
     spatial_ok = status == KEPT
     residual = np.full(count, np.nan)
     smoothed = np.full(chosen.shape, np.nan)
@@ -331,7 +367,11 @@ def select_pseudo_labels(stamps_s, keypoints, scores, config):
         return Selection(status, chosen, chosen_scores, smoothed.copy(), smoothed, residual,
                          spatial_ok)
     observed = np.where(spatial_ok[:, None, None], chosen, np.nan)
-    smoothed, valid = offline_filter(stamps_s, observed, chosen_scores, config.filter_config)
+    valid = np.zeros((count, NUM_JOINTS), bool)
+    for start, stop in _runs(parts):
+        smoothed[start:stop], valid[start:stop] = offline_filter(
+            stamps_s[start:stop], observed[start:stop], chosen_scores[start:stop],
+            config.filter_config)
     with np.errstate(invalid='ignore'):
         residual = np.mean(np.linalg.norm(observed - smoothed, axis=-1), axis=1)
         temporal_bad = spatial_ok & ~(np.all(valid, axis=1) & (residual <= config.max_residual_m))
@@ -345,20 +385,27 @@ def select_pseudo_labels(stamps_s, keypoints, scores, config):
     return Selection(status, chosen, chosen_scores, labels, smoothed, residual, spatial_ok)
 
 
-def consistency_metrics(selection):
+def consistency_metrics(selection, part=None):
     """
     Return the label-free metrics of one part of a recording (dict of plain values).
 
     Keys: frames, detections, detection_rate, kept, pass_rate, rejected (per reason),
     mean_score, residual_mm (mean raw-to-smoothed joint distance over frames that passed
     the spatial checks and got a smoothed pose), accel_mm (mean second difference of the
-    joints over three consecutive spatially valid frames, mm/frame^2), bone_cv (median
-    over bones of the coefficient of variation of the bone length; a person's bones do
-    not change), criterion (see the module docstring).
+    joints over three consecutive spatially valid frames of the part, mm/frame^2), bone_cv
+    (median over bones of the coefficient of variation of the bone length within each
+    stretch of consecutive frames, averaged over the stretches weighted by their valid
+    frames; a person's bones do not change, but another stretch may show another person),
+    criterion (see the module docstring). Rates and means are over all frames of the part,
+    whatever stretch they are in.
+
+    :param selection: :class:`Selection` of T frames.
+    :param part: (T,) bool, the frames measured, e.g. the held-out blocks (default: all).
     """
-    keypoints, scores = selection.keypoints, selection.scores
-    frames = len(keypoints)
-    status = selection.status
+    keypoints = selection.keypoints
+    part = np.ones(len(keypoints), bool) if part is None else np.asarray(part, bool)
+    frames = int(np.count_nonzero(part))
+    status = selection.status[part]
     detected = status != NO_DETECTION
     kept = int(np.count_nonzero(status == KEPT))
     out = {'frames': frames, 'detections': int(detected.sum()),
@@ -366,23 +413,27 @@ def consistency_metrics(selection):
            'kept': kept, 'pass_rate': kept / frames if frames else 0.0,
            'rejected': {name: int(np.count_nonzero(status == code))
                         for code, name in enumerate(STATUS_NAMES) if code != KEPT},
-           'mean_score': float(np.mean(scores[detected])) if detected.any() else 0.0}
-    ok = selection.spatial_ok
+           'mean_score': float(np.mean(selection.scores[part][detected]))
+           if detected.any() else 0.0}
+    ok = selection.spatial_ok & part
     distance = np.linalg.norm(keypoints[ok] - selection.smoothed[ok], axis=-1)
     out['residual_mm'] = float(np.nanmean(distance) * 1000.0) \
         if np.isfinite(distance).any() else math.nan
-    triple = ok[:-2] & ok[1:-1] & ok[2:] if frames >= 3 else np.zeros(0, bool)
+    triple = ok[:-2] & ok[1:-1] & ok[2:]
     if triple.any():
         second = keypoints[:-2] - 2.0 * keypoints[1:-1] + keypoints[2:]
         out['accel_mm'] = float(np.mean(np.linalg.norm(second[triple], axis=-1)) * 1000.0)
     else:
         out['accel_mm'] = math.nan
-    if np.count_nonzero(ok) >= 2:
-        bones = np.linalg.norm(keypoints[ok][:, BONES[:, 1]] - keypoints[ok][:, BONES[:, 0]],
-                               axis=-1)
-        out['bone_cv'] = float(np.median(bones.std(axis=0) / bones.mean(axis=0)))
-    else:
-        out['bone_cv'] = math.nan
+    variation, weights = [], []
+    for start, stop in _runs(part):
+        valid = keypoints[start:stop][ok[start:stop]]
+        if len(valid) >= 2:
+            bones = np.linalg.norm(valid[:, BONES[:, 1]] - valid[:, BONES[:, 0]], axis=-1)
+            variation.append(bones.std(axis=0) / bones.mean(axis=0))
+            weights.append(len(valid))
+    out['bone_cv'] = float(np.median(np.average(variation, axis=0, weights=weights))) \
+        if variation else math.nan
     residual = out['residual_mm'] if math.isfinite(out['residual_mm']) else 0.0
     out['criterion'] = out['pass_rate'] - residual / 100.0
     return out
@@ -448,27 +499,59 @@ def in_start_domain(index, share):
     return math.floor((index + 1) * share) > math.floor(index * share)
 
 
-def split_index(count, holdout_fraction):
-    """Return the first frame of the held-out part (the last ``holdout_fraction``)."""
-    return count - max(1, int(round(count * holdout_fraction))) if count > 1 else count
+def holdout_mask(count, holdout_fraction, blocks):
+    """
+    Return which frames of a recording are held out for model selection.
+
+    ``round(count * holdout_fraction)`` frames (at least one when there are two or more)
+    in ``blocks`` contiguous blocks, one at the end of each of ``blocks`` equal stretches of
+    the recording (one block: the last frames). A recording too short for blocks of
+    ``MIN_HOLDOUT_BLOCK_FRAMES`` gets fewer, and at least one (shorter when the held-out
+    frames are fewer than that). At fractions near 1, a block longer than its stretch is
+    cut to it.
+
+    :param count: frames of the recording.
+    :param holdout_fraction: share held out, in (0, 1).
+    :param blocks: most blocks (>= 1).
+    :return: (count,) bool, True: held out.
+    """
+    held_out = np.zeros(count, bool)
+    frames = max(1, int(round(count * holdout_fraction))) if count > 1 else 0
+    blocks = max(1, min(blocks, frames // MIN_HOLDOUT_BLOCK_FRAMES))
+    for block in range(blocks if frames else 0):
+        stop = (block + 1) * count // blocks
+        length = (block + 1) * frames // blocks - block * frames // blocks
+        held_out[max(stop - length, block * count // blocks):stop] = True
+    return held_out
+
+
+def _runs(values):
+    """Return the (start, stop) of each run of equal consecutive values of a (T,) array."""
+    values = np.asarray(values)
+    edges = [0, *(np.flatnonzero(values[1:] != values[:-1]) + 1).tolist(), len(values)]
+    return [(start, stop) for start, stop in zip(edges[:-1], edges[1:]) if stop > start]
+
+
+def holdout_spans(held_out):
+    """Return the held-out blocks of a :func:`holdout_mask` as [start, stop) lists."""
+    return [[start, stop] for start, stop in _runs(held_out) if held_out[start]]
 
 
 def evaluate_parts(estimates, config):
     """
-    Filter the pseudo-label part and the held-out part separately.
+    Filter a round's estimates (pseudo-label and held-out parts apart) and measure both.
 
-    :return: (selection of the pseudo-label part, metrics of both parts as a dict).
+    :param estimates: dict of :func:`estimate_recording` (T frames).
+    :param config: :class:`SelfTrainConfig`.
+    :return: (:class:`Selection` of the T frames, held-out mask (T,) bool, metrics of both
+        parts: ``{'train': ..., 'holdout': ...}``).
     """
-    split = split_index(len(estimates['stamps_ns']), config.holdout_fraction)
-    stamps_s = estimates['stamps_ns'] * 1e-9
-    parts = {}
-    selections = {}
-    for name, span in (('train', slice(0, split)), ('holdout', slice(split, None))):
-        selection = select_pseudo_labels(stamps_s[span], estimates['keypoints'][span],
-                                         estimates['scores'][span], config)
-        selections[name] = selection
-        parts[name] = consistency_metrics(selection)
-    return selections, parts
+    held_out = holdout_mask(len(estimates['stamps_ns']), config.holdout_fraction,
+                            config.holdout_blocks)
+    selection = select_pseudo_labels(estimates['stamps_ns'] * 1e-9, estimates['keypoints'],
+                                     estimates['scores'], config, parts=held_out)
+    return selection, held_out, {'train': consistency_metrics(selection, ~held_out),
+                                 'holdout': consistency_metrics(selection, held_out)}
 
 
 # --------------------------------------------------------------------------- fine-tuning data
@@ -631,11 +714,18 @@ class SelfTrainer:
                 raise ValueError(f'{self.output_dir} holds a self-training run; pass '
                                  f'resume=True (--resume) or choose another folder')
             self.state = json.loads(state_path.read_text(encoding='utf-8'))
+            self.state['config'] = {**_SETTINGS_OF_OLDER_RUNS, **self.state['config']}
             self._extend_iterations(identity['config']['iterations'])
             for key, value in identity.items():
-                if self.state.get(key) != value:
-                    raise ValueError(f'cannot resume {self.output_dir}: its {key} '
-                                     f'{self.state.get(key)!r} differs from {value!r}')
+                stored = self.state.get(key)
+                if stored == value:
+                    continue
+                if key == 'config':  # name the settings that differ, not all of them
+                    changed = sorted(k for k in {*stored, *value}
+                                     if stored.get(k) != value.get(k))
+                    stored, value = ({k: d.get(k) for k in changed} for d in (stored, value))
+                raise ValueError(f'cannot resume {self.output_dir}: its {key} {stored!r} '
+                                 f'differs from {value!r}')
             self._say(f'resuming {self.output_dir} after {len(self.state["rounds"])} '
                       f'evaluated round(s)')
         else:
@@ -695,24 +785,20 @@ class SelfTrainer:
     def _evaluate_round(self, index, card, training=None):
         started = time.monotonic()
         estimates = self._estimates(index, card)
-        selections, parts = evaluate_parts(estimates, self.config)
-        split = split_index(len(estimates['stamps_ns']), self.config.holdout_fraction)
-        kept = np.flatnonzero(selections['train'].status == KEPT)
+        selection, held_out, parts = evaluate_parts(estimates, self.config)
+        kept = np.flatnonzero((selection.status == KEPT) & ~held_out)
         round_dir = self._round_dir(index)
         np.savez(round_dir / 'pseudo_labels.npz', frame_index=estimates['frame_index'][kept],
-                 stamps_ns=estimates['stamps_ns'][kept],
-                 keypoints_xyz=selections['train'].labels[kept])
+                 stamps_ns=estimates['stamps_ns'][kept], keypoints_xyz=selection.labels[kept])
+        spans = holdout_spans(held_out)
         record = {'round': index, 'card': os.path.relpath(card, self.output_dir)
                   if index else str(card), 'frames_seen': int(len(estimates['stamps_ns'])),
-                  'holdout_start_frame': int(split), 'train': parts['train'],
+                  'holdout_spans': spans, 'train': parts['train'],
                   'holdout': parts['holdout'], 'criterion': parts['holdout']['criterion'],
                   'training': training, 'elapsed_s': round(time.monotonic() - started, 1)}
         _atomic_json(round_dir / 'report.json', record)
         (round_dir / 'report.md').write_text(format_rounds([record]), encoding='utf-8')
-        status = np.concatenate([selections['train'].status, selections['holdout'].status])
-        mean_scores = np.concatenate([selections['train'].scores.mean(axis=1),
-                                      selections['holdout'].scores.mean(axis=1)])
-        plot_timeline(status, mean_scores, split,
+        plot_timeline(selection.status, selection.scores.mean(axis=1), spans,
                       round_dir / 'timeline.png', f'round {index}: {card.name}')
         self._say(f'round {index}: pass rate {parts["train"]["pass_rate"]:.1%} '
                   f'(held-out {parts["holdout"]["pass_rate"]:.1%}), detections '
@@ -744,8 +830,10 @@ class SelfTrainer:
             return json.loads(path.read_text(encoding='utf-8'))
         base = self._start_data()
         estimates = self._estimates(0, self.start_card)
-        split = split_index(len(estimates['stamps_ns']), self.config.holdout_fraction)
-        keypoints = estimates['keypoints'][:split, 0]
+        train = np.flatnonzero(~holdout_mask(len(estimates['stamps_ns']),
+                                             self.config.holdout_fraction,
+                                             self.config.holdout_blocks))
+        keypoints = estimates['keypoints'][train, 0]
         centers = keypoints.mean(axis=1)
         found = np.flatnonzero(np.all(np.isfinite(centers), axis=1))
         if len(found) == 0:
@@ -754,7 +842,7 @@ class SelfTrainer:
                              "model's own domain)")
         chosen = found[np.unique(np.linspace(0, len(found) - 1, min(
             len(found), self.config.domain_fit_frames)).round().astype(np.int64))]
-        wanted = dict(zip(estimates['frame_index'][chosen].tolist(), keypoints[chosen]))
+        wanted = dict(zip(estimates['frame_index'][train[chosen]].tolist(), keypoints[chosen]))
         frames, joints = [], []
         for index, frame in enumerate(self.recording):
             if index in wanted:
@@ -778,18 +866,23 @@ class SelfTrainer:
         self._say(f'fitted domain: {fit.fitted}')
         return fit.to_dict()
 
-    def _synthetic_chunks(self, count, context_spec):
-        """Return paths of ``count`` cached synthetic chunks (rendered on first use)."""
+    def _synthetic_chunks(self, directory, round_index, count, context_spec):
+        """
+        Return paths of round ``round_index``'s ``count`` synthetic chunks in ``directory``.
+
+        Each chunk is rendered once, from a seed of (``seed``, round, chunk), so each round
+        trains on crops of its own and an interrupted pool build renders only the missing.
+        """
         from hand_pose_ros.core.training import make_source, render_chunk, save_chunk
 
-        directory = self.output_dir / 'synthetic_pool'
         directory.mkdir(exist_ok=True)
         paths = []
         for index in range(count):
-            name = f'chunk_b_synth_{index:05d}.npz'
+            name = f'chunk_b_synth_r{round_index:02d}_{index:05d}.npz'
             if not (directory / name).is_file():
+                seed = np.random.SeedSequence([self.config.seed, round_index, index])
                 source = make_source(self._chunk_data(index), context_spec,
-                                     self.config.seed * 100_003 + index + 1)
+                                     int(seed.generate_state(1)[0]))
                 save_chunk(str(directory), name, render_chunk(source, self.config.chunk_size))
             paths.append(directory / name)
         return paths
@@ -823,16 +916,25 @@ class SelfTrainer:
         return augment.context_spec(spec, float((card.get('training') or {}).get(
             'context', 1.5)))
 
-    def _build_pool(self, directory, frame_index, labels, synthetic_crops=None):
+    def _build_pool(self, directory, round_index, frame_index, labels, synthetic_crops=None):
         """
-        Fill a trainer pool folder with pseudo-labelled and synthetic crops (once).
+        Fill a round's trainer pool folder with pseudo-labelled and synthetic crops (once).
 
+        The synthetic crops are rendered into ``directory/synthetic`` first, and that
+        folder goes once they are copied into the pool: the trainer (and its resumption)
+        reads the pool only.
+
+        :param directory: the round's folder (``train/pool`` is the trainer's pool).
+        :param round_index: round number (seeds the round's synthetic crops).
+        :param frame_index: (N,) recording indices of the pseudo-labelled frames.
+        :param labels: (N, 21, 3) pseudo-labels, metres.
         :param synthetic_crops: synthetic crop count; default: ``synthetic_fraction`` of
             the pool.
         """
         config = self.config
         pool_dir = directory / 'train' / 'pool'
         info_path = directory / 'pool_info.json'
+        synthetic_dir = directory / 'synthetic'
         if not info_path.is_file():
             if pool_dir.exists():
                 shutil.rmtree(pool_dir)  # an interrupted pool build
@@ -844,12 +946,14 @@ class SelfTrainer:
                 ratio = config.synthetic_fraction / (1.0 - config.synthetic_fraction)
                 synthetic_crops = pseudo * ratio
             synthetic_chunks = math.ceil(synthetic_crops / config.chunk_size)
-            for path in self._synthetic_chunks(synthetic_chunks, context):
+            for path in self._synthetic_chunks(synthetic_dir, round_index, synthetic_chunks,
+                                               context):
                 shutil.copyfile(path, pool_dir / path.name)
             files = len(list(pool_dir.glob('*.npz')))
             _atomic_json(info_path, {'pseudo_crops': pseudo,
                                      'synthetic_crops': synthetic_chunks * config.chunk_size,
                                      'pool_size': files * config.chunk_size})
+        shutil.rmtree(synthetic_dir, ignore_errors=True)
         return json.loads(info_path.read_text(encoding='utf-8'))
 
     def _train(self, directory, start_card, pool, seed, name, info):
@@ -883,7 +987,7 @@ class SelfTrainer:
                   f'adding synthetic crops of {self._synthetic_data()}'
                   + (f' ({self.config.start_domain_fraction:.0%} in the start domain)'
                      if self.config.fit_domain else ''))
-        pool = self._build_pool(round_dir, frame_index, labels)
+        pool = self._build_pool(round_dir, index, frame_index, labels)
         return self._train(round_dir, self._card_of(index - 1), pool, self.config.seed + index,
                            f'iter_{index:02d}', {'pseudo_labels': int(len(frame_index))})
 
@@ -892,8 +996,10 @@ class SelfTrainer:
         Fine-tune the start model on synthetic crops only, as long as ``rounds`` rounds.
 
         The ablation that separates adaptation from plain extra training: same steps, same
-        schedule per round, a pool of ``crops`` synthetic crops, no pseudo-labels.
-        Resumable; returns the control model card.
+        schedule per round, a pool of ``crops`` synthetic crops, no pseudo-labels. Control
+        round ``r`` renders its own synthetic crops from the seeds of adaptation round
+        ``r``: its first chunks are those of that round. Resumable; returns the control
+        model card.
         """
         directory = self.output_dir / 'control'
         card = self.start_card
@@ -902,7 +1008,7 @@ class SelfTrainer:
             round_dir.mkdir(parents=True, exist_ok=True)
             done = round_dir / f'control_{index:02d}.yaml'
             if not done.is_file():
-                pool = self._build_pool(round_dir, np.zeros(0, np.int64),
+                pool = self._build_pool(round_dir, index, np.zeros(0, np.int64),
                                         np.zeros((0, NUM_JOINTS, 3)), crops)
                 self._train(round_dir, card, pool, self.config.seed + index,
                             f'control_{index:02d}', {'pseudo_labels': 0})
@@ -1003,8 +1109,17 @@ def format_rounds(rounds):
     return '\n'.join(lines) + '\n'
 
 
-def plot_timeline(status, mean_scores, split, path, title, width=1000, height=260):
-    """Draw per-frame filter status (colour band) and mean joint score into a PNG."""
+def plot_timeline(status, mean_scores, spans, path, title, width=1000, height=260):
+    """
+    Draw per-frame filter status (colour band) and mean joint score into a PNG.
+
+    :param status: (T,) status codes (``STATUS_NAMES``).
+    :param mean_scores: (T,) mean joint confidence per frame.
+    :param spans: held-out blocks, [start, stop) frame positions (:func:`holdout_spans`):
+        shaded, and marked above the band.
+    :param path: output PNG.
+    :param title: text at the top.
+    """
     from PIL import Image, ImageDraw
 
     image = Image.new('RGB', (width, height), 'white')
@@ -1016,10 +1131,13 @@ def plot_timeline(status, mean_scores, split, path, title, width=1000, height=26
     def x_of(t):
         return left + (right - left) * t / count
 
+    top, bottom = 100, height - 50
+    for start, stop in spans:
+        draw.rectangle([x_of(start), top, x_of(stop), bottom], fill=HOLDOUT_SHADE)
+        draw.rectangle([x_of(start), band_top - 8, x_of(stop), band_top - 4], fill='black')
     for t, code in enumerate(status):
         draw.rectangle([x_of(t), band_top, max(x_of(t + 1) - 1, x_of(t)), band_bottom],
                        fill=STATUS_COLOURS[int(code)])
-    top, bottom = 100, height - 50
     draw.rectangle([left, top, right, bottom], outline='black')
     draw.text((5, top - 6), '1.0', fill='black')
     draw.text((5, bottom - 6), '0.0', fill='black')
@@ -1028,10 +1146,8 @@ def plot_timeline(status, mean_scores, split, path, title, width=1000, height=26
               for t, s in enumerate(mean_scores)]
     if len(points) > 1:
         draw.line(points, fill=(80, 80, 80), width=1)
-    draw.line([x_of(split), band_top - 5, x_of(split), bottom], fill='black', width=2)
-    draw.text((x_of(split) + 3, band_top - 18), 'held-out', fill='black')
     x = left
-    for name, colour in zip(STATUS_NAMES, STATUS_COLOURS):
+    for name, colour in zip(STATUS_NAMES + ('held-out',), STATUS_COLOURS + (HOLDOUT_SHADE,)):
         draw.rectangle([x, height - 22, x + 12, height - 10], fill=colour)
         draw.text((x + 16, height - 24), name, fill='black')
         x += 30 + 7 * len(name)
