@@ -83,3 +83,40 @@ def test_cli_benchmark_prints_figures(tiny_yaml, tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'context crops/s' in out and 'samples/s on cpu (batch 4)' in out
     assert not (tmp_path / 'run').exists()  # a benchmark writes no run folder
+
+
+def test_ctrl_c_stops_the_run_and_its_workers_quietly(tiny_yaml, tmp_path):
+    # Ctrl-C in a terminal interrupts the whole process group: render and augmentation
+    # workers included. Only the trainer handles it; it stops the workers and keeps the
+    # last checkpoint.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    err_path = tmp_path / 'stderr.txt'
+    with open(err_path, 'w') as err:
+        process = subprocess.Popen(
+            [sys.executable, '-m', 'hand_pose_ros.cli.train', '--config', str(tiny_yaml),
+             '--steps', '100000', '--render-workers', '1', '--augment-workers', '2',
+             '--set', 'eval_frames=0', '--set', 'checkpoint_every=5'],
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.isfile(tmp_path / 'run' / 'checkpoint_last.pt'):
+            assert process.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    stderr = err_path.read_text()
+    assert 'interrupted; continue with --resume' in stderr
+    assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr, stderr
+    assert training.load_checkpoint(str(tmp_path / 'run' / 'checkpoint_last.pt'))['step'] >= 5
+    time.sleep(1.0)
+    states = subprocess.run(['ps', '-o', 'stat=,args=', '-s', str(process.pid)],
+                            capture_output=True, text=True).stdout.splitlines()
+    assert all(state.startswith('Z') for state in states), states  # only exited ones left

@@ -18,6 +18,7 @@ that of the steps it trained.
 from collections import deque
 import os
 import queue
+import signal
 import traceback
 
 import numpy as np
@@ -118,10 +119,21 @@ def mapped(handle):
     return np.frombuffer(raw, dtype=np.dtype(dtype), count=int(np.prod(shape))).reshape(shape)
 
 
+def ignore_interrupts():
+    """
+    Let Ctrl-C reach only the trainer (call first in a worker process).
+
+    Ctrl-C interrupts the terminal's whole process group; the trainer then stops its
+    workers itself, so they would only print tracebacks.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _augment_worker(crop_handles, slot_handles, config_dict, requests, done):
     """Build requested batches into their slots until told to stop (process target)."""
     from hand_pose_ros.core.training import TrainConfig
 
+    ignore_interrupts()
     config = TrainConfig.from_dict(config_dict)
     crops = {name: mapped(handle) for name, handle in crop_handles.items()}
     slots = [{name: mapped(handle) for name, handle in slot.items()} for slot in slot_handles]

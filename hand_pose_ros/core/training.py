@@ -389,6 +389,7 @@ def render_worker(data, spec_dict, seed, tag, directory, chunk_size, stop, allow
     :param rendered: shared counter of crops all workers have rendered (claimed).
     :param color: render colour crops too (see :func:`make_source`).
     """
+    augment_workers.ignore_interrupts()
     spec = CropSpec.from_dict(spec_dict)
     source = make_source(data, spec, seed, color)
     index = next_chunk_index(directory, tag)
