@@ -920,9 +920,9 @@ class SelfTrainer:
         """
         Fill a round's trainer pool folder with pseudo-labelled and synthetic crops (once).
 
-        The synthetic crops are rendered into ``directory/synthetic`` first, and that
-        folder goes once they are copied into the pool: the trainer (and its resumption)
-        reads the pool only.
+        The synthetic crops are rendered into ``directory/synthetic`` first (an interrupted
+        build keeps those already rendered), then moved into the pool, and that folder
+        goes: the trainer (and its resumption) reads the pool only.
 
         :param directory: the round's folder (``train/pool`` is the trainer's pool).
         :param round_index: round number (seeds the round's synthetic crops).
@@ -948,7 +948,7 @@ class SelfTrainer:
             synthetic_chunks = math.ceil(synthetic_crops / config.chunk_size)
             for path in self._synthetic_chunks(synthetic_dir, round_index, synthetic_chunks,
                                                context):
-                shutil.copyfile(path, pool_dir / path.name)
+                os.replace(path, pool_dir / path.name)
             files = len(list(pool_dir.glob('*.npz')))
             _atomic_json(info_path, {'pseudo_crops': pseudo,
                                      'synthetic_crops': synthetic_chunks * config.chunk_size,
