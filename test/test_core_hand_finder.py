@@ -122,7 +122,8 @@ def test_onnx_export_matches_torch(finder_run, tmp_path):
 
 
 @pytest.fixture
-def card_with_finder(finder_run, tmp_path):
+def bare_card(tmp_path):
+    """Return a copy of the default card without its finder (as ``hand_pose_train`` writes)."""
     from hand_pose_ros.core import model_io
     from hand_pose_ros.core.estimator import PACKAGE_MODELS_DIR
 
@@ -133,8 +134,13 @@ def card_with_finder(finder_run, tmp_path):
     card.pop('finder', None)
     card['files'] = {k: v for k, v in card['files'].items() if not k.endswith('_finder.onnx')}
     model_io.write_card(tmp_path / 'default.yaml', card)
-    finder_training.attach_finder(finder_run, tmp_path / 'default.yaml')
     return tmp_path / 'default.yaml'
+
+
+@pytest.fixture
+def card_with_finder(finder_run, bare_card):
+    finder_training.attach_finder(finder_run, bare_card)
+    return bare_card
 
 
 def synthetic_frame(seed):
@@ -175,6 +181,34 @@ def test_broken_finder_entries_name_the_problem(card_with_finder):
     onnx.write_bytes(onnx.read_bytes()[:-10])
     with pytest.raises(ModelFileError, match='default_finder.onnx: truncated'):
         load_estimator(card_with_finder, backend='onnxruntime')
+
+
+def test_another_cards_finder_is_copied_with_its_fusion(bare_card, tmp_path, capsys):
+    from hand_pose_ros.cli import train_finder
+    from hand_pose_ros.core import load_estimator, model_io
+    from hand_pose_ros.core.estimator import PACKAGE_MODELS_DIR
+
+    shipped = model_io.read_card(PACKAGE_MODELS_DIR / 'default.yaml')
+    mine = bare_card.with_name('mine.yaml')
+    card = model_io.read_card(bare_card)
+    model_io.write_card(mine, {**card, 'name': 'mine'})
+    assert train_finder.main(['--attach', 'default', '--model', str(mine)]) == 0
+    assert 'fit the fusion and hand score next' in capsys.readouterr().out
+    card = model_io.read_card(mine)
+    assert card['finder'] == {**shipped['finder'], 'onnx': 'mine_finder.onnx'}
+    assert (tmp_path / 'mine_finder.onnx').read_bytes() == \
+        (PACKAGE_MODELS_DIR / shipped['finder']['onnx']).read_bytes()
+    assert card['files']['mine_finder.onnx'] == shipped['files'][shipped['finder']['onnx']]
+    assert isinstance(load_estimator(mine, backend='onnxruntime').localizer, FusedLocalizer)
+
+    assert train_finder.main(['--attach', str(bare_card), '--model', str(mine)]) == 2
+    assert 'has no learned hand finder' in capsys.readouterr().err
+    assert train_finder.main(['--attach', str(mine), '--model', str(mine)]) == 2
+    assert 'cannot take the finder from itself' in capsys.readouterr().err
+    (tmp_path / 'mine_finder.onnx').write_bytes(b'not a network')
+    assert train_finder.main(['--attach', str(mine), '--model', str(bare_card)]) == 2
+    assert 'mine_finder.onnx' in capsys.readouterr().err
+    assert 'finder' not in model_io.read_card(bare_card)
 
 
 def test_fused_proposals_merge_both_sources(card_with_finder):

@@ -18,7 +18,7 @@ from hand_pose_ros.core import domain_fit, export, model_io
 from hand_pose_ros.core.backends import OnnxRuntimeBackend
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.estimator import (
-    HandPose, load_estimator, PACKAGE_MODELS_DIR, resolve_card)
+    HandPose, load_estimator, resolve_card)
 from hand_pose_ros.core.hand_finder import FusedLocalizer
 from hand_pose_ros.core.recordings import DepthFrame, FolderRecording, write_folder_recording
 from hand_pose_ros.core.selftrain import (
@@ -411,6 +411,8 @@ def test_a_colour_network_is_refused_with_a_clear_error(world, tmp_path):
 
 
 def test_adapted_cards_keep_the_finder_hand_score_and_views(world, tmp_path):
+    from hand_pose_ros.core.finder_training import copy_finder
+
     recording, truth, card = world
     start = tmp_path / 'start'
     start.mkdir()
@@ -418,12 +420,9 @@ def test_adapted_cards_keep_the_finder_hand_score_and_views(world, tmp_path):
         shutil.copy(card.parent / name, start / name)
     start_card = start / card.name
     shipped = model_io.read_card(resolve_card('default'))
-    finder = start / 'tiny_finder.onnx'
-    shutil.copy(PACKAGE_MODELS_DIR / shipped['finder']['onnx'], finder)
-    model_io.register_file(start_card, finder)
+    copy_finder(resolve_card('default'), start_card)
     values = model_io.read_card(start_card)
-    values.update(finder={**shipped['finder'], 'onnx': finder.name},
-                  hand_score=shipped['hand_score'], inference={'views': 2})
+    values.update(hand_score=shipped['hand_score'], inference={'views': 2})
     model_io.write_card(start_card, values)
     export.export_card(start_card, int8=True)
     out = tmp_path / 'run'

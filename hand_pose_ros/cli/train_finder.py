@@ -8,11 +8,15 @@ Examples::
     hand_pose_train_finder --attach runs/hand_finder/checkpoint.pt --model default
     hand_pose_evaluate --dataset synthetic --model default --fit-hand-score --seed 3000 \\
         --frames 1500
+    # give a model you trained yourself the shipped finder, then fit its hand score
+    hand_pose_train_finder --attach default --model runs/mine/mine.yaml
+    hand_pose_evaluate --dataset synthetic --model runs/mine/mine.yaml --fit-hand-score
 """
 
 import argparse
 from dataclasses import fields
 import logging
+from pathlib import Path
 import sys
 
 from hand_pose_ros.core.finder_training import FinderTrainConfig
@@ -29,9 +33,10 @@ def build_parser():
                             help=f'(default {field.default})')
     parser.add_argument('--resume', action='store_true',
                         help='continue from <output-dir>/checkpoint.pt')
-    parser.add_argument('--attach', metavar='CHECKPOINT',
-                        help='instead of training, export CHECKPOINT beside the --model card '
-                             'and record it there')
+    parser.add_argument('--attach', metavar='CHECKPOINT|CARD',
+                        help='instead of training, export a finder checkpoint (.pt) beside '
+                             'the --model card and record it there, or copy the finder of '
+                             'another model card (a name or a .yaml path)')
     parser.add_argument('--model', default='default', help='model (name or card) of --attach')
     return parser
 
@@ -47,7 +52,11 @@ def main(argv=None):
         if args.attach:
             from hand_pose_ros.core.estimator import resolve_card
 
-            path = finder_training.attach_finder(args.attach, resolve_card(args.model))
+            card = resolve_card(args.model)
+            if Path(args.attach).suffix == '.pt':
+                path = finder_training.attach_finder(args.attach, card)
+            else:
+                path = finder_training.copy_finder(resolve_card(args.attach), card)
             print(f'wrote {path}; fit the fusion and hand score next: hand_pose_evaluate '
                   f'--dataset synthetic --model {args.model} --fit-hand-score')
             return 0

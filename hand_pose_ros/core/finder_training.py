@@ -15,6 +15,7 @@ random, left-right and up-down (a camera can look at a hand from any side).
 from dataclasses import asdict, dataclass
 import math
 from pathlib import Path
+import shutil
 
 import numpy as np
 import torch
@@ -387,5 +388,37 @@ def attach_finder(checkpoint_path, card_path):
     card = model_io.read_card(card_path)
     card['finder'] = {'onnx': onnx_path.name, 'fusion_weights': list(INITIAL_FUSION_WEIGHTS),
                       'training': {**state['config'], 'steps_done': state['step']}}
+    model_io.write_card(card_path, card)
+    return onnx_path
+
+
+def copy_finder(source_card_path, card_path):
+    """
+    Give a model card the learned hand finder of another card.
+
+    The source card is verified first (a finder file that does not match its checksum is
+    not copied). Its finder file is copied beside ``card_path`` as ``<card name>_finder.onnx``
+    and listed there, and the card gets the source's ``finder`` section, fusion weights and
+    training run included. The fusion depends on the localiser and the finder only, so it
+    carries over; the hand score reads the pose network's confidences, so refit it for a
+    different network (``hand_pose_evaluate --fit-hand-score``).
+
+    :return: path of the copied ONNX file.
+    :raises ValueError: the source card has no finder, or is the card itself.
+    """
+    from hand_pose_ros.core import model_io
+
+    source_card_path, card_path = Path(source_card_path), Path(card_path)
+    if source_card_path.resolve() == card_path.resolve():
+        raise ValueError(f'{card_path}: a card cannot take the finder from itself')
+    source = model_io.read_card(source_card_path, verify=True)
+    if 'finder' not in source:
+        raise ValueError(f'model card {source_card_path} has no learned hand finder')
+    card = model_io.read_card(card_path, verify=False)
+    onnx_path = card_path.parent / f'{card["name"]}_finder.onnx'
+    shutil.copyfile(source_card_path.parent / source['finder']['onnx'], onnx_path)
+    model_io.register_file(card_path, onnx_path)
+    card = model_io.read_card(card_path, verify=False)
+    card['finder'] = {**source['finder'], 'onnx': onnx_path.name}
     model_io.write_card(card_path, card)
     return onnx_path

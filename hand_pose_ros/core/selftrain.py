@@ -643,19 +643,14 @@ def save_adapted_card(model, directory, name, start_card, extra):
     :return: path of the new card.
     """
     from hand_pose_ros.core import model_io
+    from hand_pose_ros.core.finder_training import copy_finder
 
-    start_card = Path(start_card)
     start = model_io.read_card(start_card, verify=True)
     kept = {key: start[key] for key in ('crop', 'localizer', 'inference', 'hand_score',
                                         'training') if key in start}
     card_path = model_io.save_model(model, directory, name, extra={**kept, **extra})
     if 'finder' in start:
-        finder = Path(directory) / f'{name}_finder.onnx'
-        shutil.copyfile(start_card.parent / start['finder']['onnx'], finder)
-        model_io.register_file(card_path, finder)
-        card = model_io.read_card(card_path)
-        card['finder'] = {**start['finder'], 'onnx': finder.name}
-        model_io.write_card(card_path, card)
+        copy_finder(start_card, card_path)
     return card_path
 
 
