@@ -1,7 +1,8 @@
-"""Shared fixtures: an isolated rclpy context per test on a private, localhost-only domain."""
+"""Shared fixtures: a private rclpy context per test (localhost-only domain), model cards."""
 
 import os
 import random
+import shutil
 
 import pytest
 
@@ -115,3 +116,19 @@ def tiny_model_card(tmp_path_factory):
                                extra={'crop': spec.to_dict()})
     export.export_card(card)
     return card
+
+
+@pytest.fixture
+def bare_card(tmp_path):
+    """Return a copy of the default card without its finder (as ``hand_pose_train`` writes)."""
+    from hand_pose_ros.core import model_io
+    from hand_pose_ros.core.estimator import PACKAGE_MODELS_DIR
+
+    card = model_io.read_card(PACKAGE_MODELS_DIR / 'default.yaml', verify=False)
+    for name in card['files']:
+        if not name.endswith('_finder.onnx'):
+            shutil.copy(PACKAGE_MODELS_DIR / name, tmp_path / name)
+    card.pop('finder', None)
+    card['files'] = {k: v for k, v in card['files'].items() if not k.endswith('_finder.onnx')}
+    model_io.write_card(tmp_path / 'default.yaml', card)
+    return tmp_path / 'default.yaml'

@@ -1,7 +1,5 @@
 """The learned hand finder: input, targets and decoding, training, export, fusion, loading."""
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -122,22 +120,6 @@ def test_onnx_export_matches_torch(finder_run, tmp_path):
 
 
 @pytest.fixture
-def bare_card(tmp_path):
-    """Return a copy of the default card without its finder (as ``hand_pose_train`` writes)."""
-    from hand_pose_ros.core import model_io
-    from hand_pose_ros.core.estimator import PACKAGE_MODELS_DIR
-
-    card = model_io.read_card(PACKAGE_MODELS_DIR / 'default.yaml', verify=False)
-    for name in card['files']:
-        if not name.endswith('_finder.onnx'):
-            shutil.copy(PACKAGE_MODELS_DIR / name, tmp_path / name)
-    card.pop('finder', None)
-    card['files'] = {k: v for k, v in card['files'].items() if not k.endswith('_finder.onnx')}
-    model_io.write_card(tmp_path / 'default.yaml', card)
-    return tmp_path / 'default.yaml'
-
-
-@pytest.fixture
 def card_with_finder(finder_run, bare_card):
     finder_training.attach_finder(finder_run, bare_card)
     return bare_card
@@ -183,17 +165,16 @@ def test_broken_finder_entries_name_the_problem(card_with_finder):
         load_estimator(card_with_finder, backend='onnxruntime')
 
 
-def test_another_cards_finder_is_copied_with_its_fusion(bare_card, tmp_path, capsys):
-    from hand_pose_ros.cli import train_finder
+def test_another_cards_finder_is_copied_with_its_fusion(bare_card, tmp_path):
     from hand_pose_ros.core import load_estimator, model_io
     from hand_pose_ros.core.estimator import PACKAGE_MODELS_DIR
+    from hand_pose_ros.core.model_io import ModelFileError
 
-    shipped = model_io.read_card(PACKAGE_MODELS_DIR / 'default.yaml')
+    shipped_card = PACKAGE_MODELS_DIR / 'default.yaml'
+    shipped = model_io.read_card(shipped_card)
     mine = bare_card.with_name('mine.yaml')
-    card = model_io.read_card(bare_card)
-    model_io.write_card(mine, {**card, 'name': 'mine'})
-    assert train_finder.main(['--attach', 'default', '--model', str(mine)]) == 0
-    assert 'fit the fusion and hand score next' in capsys.readouterr().out
+    model_io.write_card(mine, {**model_io.read_card(bare_card), 'name': 'mine'})
+    assert finder_training.copy_finder(shipped_card, mine) == tmp_path / 'mine_finder.onnx'
     card = model_io.read_card(mine)
     assert card['finder'] == {**shipped['finder'], 'onnx': 'mine_finder.onnx'}
     assert (tmp_path / 'mine_finder.onnx').read_bytes() == \
@@ -201,13 +182,13 @@ def test_another_cards_finder_is_copied_with_its_fusion(bare_card, tmp_path, cap
     assert card['files']['mine_finder.onnx'] == shipped['files'][shipped['finder']['onnx']]
     assert isinstance(load_estimator(mine, backend='onnxruntime').localizer, FusedLocalizer)
 
-    assert train_finder.main(['--attach', str(bare_card), '--model', str(mine)]) == 2
-    assert 'has no learned hand finder' in capsys.readouterr().err
-    assert train_finder.main(['--attach', str(mine), '--model', str(mine)]) == 2
-    assert 'cannot take the finder from itself' in capsys.readouterr().err
+    with pytest.raises(ValueError, match='has no learned hand finder'):
+        finder_training.copy_finder(bare_card, mine)
+    with pytest.raises(ValueError, match='cannot take the finder from itself'):
+        finder_training.copy_finder(mine, mine)
     (tmp_path / 'mine_finder.onnx').write_bytes(b'not a network')
-    assert train_finder.main(['--attach', str(mine), '--model', str(bare_card)]) == 2
-    assert 'mine_finder.onnx' in capsys.readouterr().err
+    with pytest.raises(ModelFileError, match='mine_finder.onnx'):
+        finder_training.copy_finder(mine, bare_card)
     assert 'finder' not in model_io.read_card(bare_card)
 
 
