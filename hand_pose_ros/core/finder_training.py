@@ -384,8 +384,7 @@ def attach_finder(checkpoint_path, card_path):
     card = model_io.read_card(card_path)
     state = torch.load(checkpoint_path, weights_only=True)
     onnx_path = export_finder(checkpoint_path, card_path.parent / f'{card["name"]}_finder.onnx')
-    model_io.register_file(card_path, onnx_path)
-    card = model_io.read_card(card_path)
+    card['files'][onnx_path.name] = model_io.file_record(onnx_path)
     card['finder'] = {'onnx': onnx_path.name, 'fusion_weights': list(INITIAL_FUSION_WEIGHTS),
                       'training': {**state['config'], 'steps_done': state['step']}}
     model_io.write_card(card_path, card)
@@ -417,8 +416,7 @@ def copy_finder(source_card_path, card_path):
     card = model_io.read_card(card_path, verify=False)
     onnx_path = card_path.parent / f'{card["name"]}_finder.onnx'
     shutil.copyfile(source_card_path.parent / source['finder']['onnx'], onnx_path)
-    model_io.register_file(card_path, onnx_path)
-    card = model_io.read_card(card_path, verify=False)
+    card['files'][onnx_path.name] = model_io.file_record(onnx_path)
     card['finder'] = {**source['finder'], 'onnx': onnx_path.name}
     model_io.write_card(card_path, card)
     return onnx_path
