@@ -13,7 +13,7 @@ from hand_pose_ros.core.synth import (
 from hand_pose_ros.core.synth.generator import hand_crop_intrinsics, VISIBILITY_MARGIN_M
 from hand_pose_ros.core.synth.pose import HandPose
 from hand_pose_ros.core.synth.render import ray_grid, ZBuffer
-from hand_pose_ros.core.synth.scene import PART_OBJECT
+from hand_pose_ros.core.synth.scene import PART_OBJECT, sample_scene
 from hand_pose_ros.core.synth.sensor import apply_sensor
 
 SMALL = CameraIntrinsics(240.0, 240.0, 79.5, 59.5, 160, 120)
@@ -263,9 +263,30 @@ def test_colour_frames_show_skin_on_the_hand():
     assert np.mean(hand[:, 0] >= hand[:, 2]) > 0.9
 
 
+@pytest.mark.parametrize('seed', range(4))
+def test_grasp_blend_sets_how_far_a_hand_holding_an_object_closes(seed):
+    def fingers(blend):
+        config = SceneConfig(object_prob=1.0, grasp_blend=blend)
+        scene = sample_scene(np.random.default_rng(seed), SMALL, config)
+        assert any(item.part == PART_OBJECT for item in scene.items)
+        return scene.hands[0].articulation.angles_deg
+
+    free, half, grasp = (fingers(blend) for blend in ((0.0, 0.0), (0.5, 0.5), (1.0, 1.0)))
+    # The same draws each time: only the blend between the hand's own posture and the
+    # grasp changes.
+    assert any(np.allclose(grasp, POSTURES[name].angles_deg)
+               for name in ('power_grasp', 'pinch', 'tripod', 'relaxed'))
+    assert not np.allclose(free, grasp)
+    np.testing.assert_allclose(half, (free + grasp) / 2.0)
+
+
 def test_configs_reject_bad_values():
     with pytest.raises(ValueError, match='object_prob'):
         SceneConfig(object_prob=1.5)
+    with pytest.raises(ValueError, match='grasp_blend'):
+        SceneConfig(grasp_blend=(0.9, 0.5))
+    with pytest.raises(ValueError, match='grasp_blend'):
+        SceneConfig(grasp_blend=(0.5, 1.2))
     with pytest.raises(ValueError, match='dropout_prob'):
         SensorConfig(dropout_prob=2.0)
     with pytest.raises(ValueError, match='intrinsics'):

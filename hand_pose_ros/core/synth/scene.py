@@ -50,6 +50,9 @@ class SceneConfig:
     :param facing_prob: probability of a palm facing the camera or facing away.
     :param object_prob: probability of a held object (cylinder, box or sphere).
     :param object_size_m: range of the held object's radius / half size.
+    :param grasp_blend: range of how far a hand holding an object closes its fingers from
+        its own random posture towards a grasp: 0 leaves the fingers free (a tool strapped
+        to the palm, a controller), 1 is the grasp itself.
     :param table_prob: probability of a table under the hand.
     :param body_prob: probability of a torso, head and upper arm behind the hand.
     :param wall_prob: probability of a background wall.
@@ -68,6 +71,7 @@ class SceneConfig:
     facing_prob: float = 0.5
     object_prob: float = 0.25
     object_size_m: tuple = (0.02, 0.06)
+    grasp_blend: tuple = (0.5, 0.9)
     table_prob: float = 0.25
     body_prob: float = 0.4
     wall_prob: float = 0.5
@@ -88,6 +92,10 @@ class SceneConfig:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f'scene.{name} must be a probability, got {value}')
+        lo, hi = self.grasp_blend
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f'scene.grasp_blend must be an increasing range in [0, 1], got '
+                             f'{self.grasp_blend}')
         lo, hi = self.distance_range_m
         if not 0.05 <= lo <= hi:
             raise ValueError(f'scene.distance_range_m must be increasing and >= 0.05 m, got '
@@ -269,7 +277,8 @@ def sample_scene(rng, intrinsics, config=SceneConfig()):
     articulation = sample_articulation(rng, config.articulation)
     if holds:
         grasp = POSTURES[_GRASPS[int(rng.integers(len(_GRASPS)))]]
-        articulation = Articulation(articulation.lerp(grasp, rng.uniform(0.5, 0.9)).angles_deg)
+        articulation = Articulation(articulation.lerp(grasp, rng.uniform(*config.grasp_blend))
+                                    .angles_deg)
     pose = sample_hand_pose(rng, shape, articulation, intrinsics, config.wrist_pose())
     hands = [pose]
     if rng.random() < config.second_hand_prob:
