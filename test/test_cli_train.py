@@ -108,7 +108,15 @@ def test_ctrl_c_stops_the_run_and_its_workers_quietly(tiny_yaml, tmp_path):
             assert time.monotonic() < deadline, err_path.read_text()
             time.sleep(0.2)
         os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=60) == 130
+        try:
+            # The trainer gives its augmentation, then its render workers STOP_TIMEOUT_S each.
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            tree = subprocess.run(['ps', '-o', 'pid,stat,wchan:20,args', '-s', str(process.pid)],
+                                  capture_output=True, text=True).stdout
+            pytest.fail(f'no exit 120 s after Ctrl-C; processes:\n{tree}\n'
+                        f'stderr:\n{err_path.read_text()}')
+        assert code == 130
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

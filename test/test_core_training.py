@@ -158,6 +158,20 @@ def test_augment_workers_return_batches_in_request_order_and_report_failures(tmp
     assert not multiprocessing.active_children()
 
 
+def test_workers_that_do_not_stop_in_time_are_terminated():
+    from hand_pose_ros.core import augment_workers
+    import multiprocessing
+    import time
+    context = multiprocessing.get_context('spawn')
+    stuck = context.Process(target=time.sleep, args=(60,), daemon=True)
+    quick = context.Process(target=time.sleep, args=(0,), daemon=True)
+    stuck.start()
+    quick.start()
+    augment_workers.stop_processes([stuck, quick], timeout_s=2.0)
+    assert not stuck.is_alive() and stuck.exitcode == -15  # terminated
+    assert not quick.is_alive() and quick.exitcode == 0  # stopped by itself
+
+
 def test_resume_refuses_a_different_network(tmp_path):
     training.Trainer(tiny_config(tmp_path, eval_frames=0)).train(stop_at=2)
     other = tiny_config(tmp_path, eval_frames=0, model_cfg=dict(TINY_MODEL, head_channels=16))

@@ -19,6 +19,7 @@ from collections import deque
 import os
 import queue
 import signal
+import time
 import traceback
 
 import numpy as np
@@ -28,6 +29,9 @@ from hand_pose_ros.core.skeleton import NUM_JOINTS
 
 # Seconds a worker waits for a request before checking that its trainer still lives.
 _POLL_S = 1.0
+# Workers told to stop and still alive this long after (all together) are terminated: the
+# work they had in flight is lost (chunk files are written atomically, batches are dropped).
+STOP_TIMEOUT_S = 15.0
 
 
 def draw_batch(rng, pool_count, batch_size):
@@ -127,6 +131,17 @@ def ignore_interrupts():
     workers itself, so they would only print tracebacks.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_processes(processes, timeout_s=STOP_TIMEOUT_S):
+    """Wait for worker processes told to stop; terminate those still alive after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=_POLL_S)
 
 
 def _augment_worker(crop_handles, slot_handles, config_dict, requests, done):
@@ -238,10 +253,7 @@ class AugmentWorkers:
         """Stop the workers (requests not taken are dropped)."""
         for _ in self._processes:
             self._requests.put(None)
-        for process in self._processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
+        stop_processes(self._processes)
         self._processes = []
         self._requests.close()
         self._done.close()

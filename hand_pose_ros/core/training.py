@@ -936,10 +936,7 @@ class Trainer:
     def _stop_rendering(self):
         if self._stop is not None:
             self._stop.set()
-        for process in self._workers:
-            process.join(timeout=60)
-            if process.is_alive():
-                process.terminate()
+        augment_workers.stop_processes(self._workers)
         self._workers = []
 
     # ----- loop
