@@ -100,7 +100,10 @@ def test_ctrl_c_stops_the_run_and_its_workers_quietly(tiny_yaml, tmp_path):
             [sys.executable, '-m', 'hand_pose_ros.cli.train', '--config', str(tiny_yaml),
              '--steps', '100000', '--render-workers', '1', '--augment-workers', '2',
              '--set', 'eval_frames=0', '--set', 'checkpoint_every=5'],
-            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            # A shell that starts the suite in the background (`make test &`) leaves SIGINT
+            # ignored in it, and so in the trainer: give the trainer Ctrl-C as a terminal would.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not os.path.isfile(tmp_path / 'run' / 'checkpoint_last.pt'):
