@@ -113,11 +113,11 @@ def test_ctrl_c_stops_the_run_and_its_workers_quietly(tiny_yaml, tmp_path):
         os.killpg(process.pid, signal.SIGINT)
         try:
             # The trainer gives its augmentation, then its render workers STOP_TIMEOUT_S each.
-            code = process.wait(timeout=120)
+            code = process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             tree = subprocess.run(['ps', '-o', 'pid,stat,wchan:20,args', '-s', str(process.pid)],
                                   capture_output=True, text=True).stdout
-            pytest.fail(f'no exit 120 s after Ctrl-C; processes:\n{tree}\n'
+            pytest.fail(f'no exit 60 s after Ctrl-C; processes:\n{tree}\n'
                         f'stderr:\n{err_path.read_text()}')
         assert code == 130
     finally:
