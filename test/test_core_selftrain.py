@@ -17,14 +17,15 @@ import pytest
 from hand_pose_ros.core import domain_fit, export, model_io
 from hand_pose_ros.core.backends import OnnxRuntimeBackend
 from hand_pose_ros.core.camera import CameraIntrinsics
+from hand_pose_ros.core.crop import CropSpec
 from hand_pose_ros.core.estimator import (
     HandPose, load_estimator, resolve_card)
 from hand_pose_ros.core.hand_finder import FusedLocalizer
 from hand_pose_ros.core.recordings import DepthFrame, FolderRecording, write_folder_recording
 from hand_pose_ros.core.selftrain import (
-    ANATOMY, consistency_metrics, HAND_COUNT, holdout_mask, HOLDOUT_SHADE, holdout_spans,
-    in_start_domain, KEPT, LOW_CONFIDENCE, NO_DETECTION, select_pseudo_labels, SelfTrainConfig,
-    SelfTrainer, spatial_problem, STATE_FILE, TEMPORAL)
+    ANATOMY, confident_joints, consistency_metrics, HAND_COUNT, holdout_mask, HOLDOUT_SHADE,
+    holdout_spans, in_start_domain, KEPT, LOW_CONFIDENCE, NO_DETECTION, select_pseudo_labels,
+    SelfTrainConfig, SelfTrainer, spatial_problem, STATE_FILE, TEMPORAL, write_pseudo_chunks)
 from hand_pose_ros.core.synth import generate_motion, SensorConfig, SyntheticGenerator
 
 INTRINSICS = CameraIntrinsics(130.0, 130.0, 80.0, 60.0, 160, 120)
@@ -263,6 +264,38 @@ def test_a_run_made_before_held_out_blocks_resumes_with_one_block(world, tmp_pat
     assert resumed.state['rounds'] == state['rounds']
 
 
+def test_confident_joints_drops_the_least_confident_share_of_all_joints():
+    scores = np.arange(2 * 21, dtype=float).reshape(2, 21) / 42.0
+    assert confident_joints(scores, 0.0).all()
+    mask = confident_joints(scores, 0.25)
+    # The threshold is over every joint of every pose: the first 11 of 42 fall below it.
+    assert mask.sum() == 31 and not mask[0, :11].any() and mask[0, 11:].all() and mask[1].all()
+    with pytest.raises(ValueError, match='joint_score_quantile must be in'):
+        SelfTrainConfig(joint_score_quantile=1.0)
+
+
+def test_masked_pseudo_label_joints_are_unlabelled_in_the_same_crops(world, tmp_path):
+    recording, truth, _ = world
+    spec = CropSpec(32, (0.25, 0.25, 0.3))
+    frames = np.array([3, 5, 8])
+    mask = np.ones((3, 21), bool)
+    mask[0, [4, 8]] = mask[2, 20] = False
+    chunks = {}
+    for name, joint_mask in (('all', np.ones((3, 21), bool)), ('masked', mask)):
+        (tmp_path / name).mkdir()
+        assert write_pseudo_chunks(recording, frames, truth[frames], joint_mask, spec,
+                                   str(tmp_path / name), 8) == 3
+        with np.load(tmp_path / name / 'chunk_a_pseudo_00000.npz') as chunk:
+            chunks[name] = {key: chunk[key] for key in chunk.files}
+    masked, full = chunks['masked'], chunks['all']
+    np.testing.assert_array_equal(masked['mask'], mask)
+    assert np.isnan(masked['joints'][~mask]).all()
+    # Dropping joints moves neither the crop nor the joints that stay labels.
+    np.testing.assert_array_equal(masked['patches'], full['patches'])
+    np.testing.assert_array_equal(masked['joints'][mask], full['joints'][mask])
+    assert np.isfinite(full['joints']).all()
+
+
 def test_spatial_problem_rejects_a_tiny_hand():
     truth = generate_motion(1, seed=1).joints_xyz[0]
     config = SelfTrainConfig()
@@ -287,8 +320,10 @@ def test_one_round_end_to_end_writes_a_loadable_adapted_model(world, tmp_path):
     assert round0['train']['rejected']['hand_count'] == 1
     with np.load(out / 'iter_00' / 'pseudo_labels.npz') as labels:
         used = set(labels['frame_index'].tolist())
+        assert labels['joint_mask'].shape == (len(used), 21) and labels['joint_mask'].all()
     assert used.isdisjoint(CORRUPT) and max(used) < 30 and len(used) >= 20
     training = state['rounds'][1]['training']
+    assert training['masked_joints'] == 0
     assert training['pseudo_crops'] == len(used) and training['synthetic_crops'] >= len(used)
     # The synthetic crops were rendered in a domain fitted to the recording: its camera, its
     # hand distances, and the (clean) recording's depth noise.

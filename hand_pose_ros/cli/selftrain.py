@@ -43,6 +43,8 @@ TUNABLES = (
     ('--max-hands', 'max_hands', int, 'hands expected per frame'),
     ('--score-quantile', 'score_quantile', float,
      'drop this least confident share of detections'),
+    ('--joint-score-quantile', 'joint_score_quantile', float,
+     'leave this least confident share of pseudo-label joints out of the loss'),
     ('--max-residual', 'max_residual_m', float,
      'largest mean raw-to-smoothed joint distance of a pseudo-label, metres'),
     ('--synthetic-fraction', 'synthetic_fraction', float,

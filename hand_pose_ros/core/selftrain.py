@@ -108,6 +108,9 @@ class SelfTrainConfig:
     :param score_quantile: also drop the least confident detections of each part of the
         recording: the pass threshold is at least this quantile of their mean joint
         confidences (confidence scales differ between models, a quantile does not).
+    :param joint_score_quantile: leave the least confident joints of the kept poses out of
+        the fine-tuning loss: a joint below this quantile of all kept joints' confidences
+        is unlabelled in its crop (0: every joint of a kept pose is a label).
     :param max_residual_m: largest mean distance between the raw joints and their
         temporally smoothed positions for the frame to pass (jitter and outliers).
     :param pose_checks: also apply the joint-angle, finger-intersection and tight bone
@@ -161,6 +164,7 @@ class SelfTrainConfig:
     min_detection_score: float = 0.3
     min_mean_score: float = 0.0
     score_quantile: float = 0.25
+    joint_score_quantile: float = 0.0
     max_residual_m: float = 0.02
     pose_checks: bool = False
     filter_overrides: dict = field(default_factory=dict)
@@ -213,8 +217,9 @@ class SelfTrainConfig:
             check_views(self.label_views)
         except ValueError as error:
             raise ValueError(f'label_{error}') from None
-        if not 0.0 <= self.score_quantile < 1.0:
-            raise ValueError(f'score_quantile must be in [0, 1), got {self.score_quantile}')
+        for key in ('score_quantile', 'joint_score_quantile'):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f'{key} must be in [0, 1), got {getattr(self, key)}')
         self.filter_config = config_from_dict({**FILTER_DEFAULTS, **self.filter_overrides},
                                               base=FilterConfig())
 
@@ -383,6 +388,19 @@ def select_pseudo_labels(stamps_s, keypoints, scores, config, parts=None):
                 status[t] = ANATOMY
     labels = np.where((status == KEPT)[:, None, None], smoothed, np.nan)
     return Selection(status, chosen, chosen_scores, labels, smoothed, residual, spatial_ok)
+
+
+def confident_joints(scores, quantile):
+    """
+    Return the (N, 21) mask of the pseudo-label joints that stay labels.
+
+    :param scores: (N, 21) joint confidences of the kept poses.
+    :param quantile: joints below this quantile of all of them are dropped (0: none).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if quantile <= 0 or scores.size == 0:
+        return np.ones(scores.shape, bool)
+    return scores >= np.quantile(scores, quantile)
 
 
 def consistency_metrics(selection, part=None):
@@ -557,14 +575,19 @@ def evaluate_parts(estimates, config):
 # --------------------------------------------------------------------------- fine-tuning data
 
 
-def write_pseudo_chunks(recording, frame_index, labels_xyz, context_spec, directory,
-                        chunk_size, prefix='chunk_a_pseudo'):
+def write_pseudo_chunks(recording, frame_index, labels_xyz, joint_mask, context_spec,
+                        directory, chunk_size, prefix='chunk_a_pseudo'):
     """
     Crop the pseudo-labelled frames around their labels and write trainer pool chunks.
+
+    Each crop is centred on the mean of all its label's joints, masked ones included (the
+    hand's centre, as the localiser finds it), whatever joints the mask drops.
 
     :param recording: the recording (iterated once).
     :param frame_index: (N,) recording indices of the pseudo-labelled frames.
     :param labels_xyz: (N, 21, 3) pseudo-labels, metres.
+    :param joint_mask: (N, 21) bool, the joints that are labels (see
+        :func:`confident_joints`).
     :param context_spec: context :class:`CropSpec` of the trainer.
     :param directory: trainer pool folder.
     :return: number of crops written.
@@ -574,7 +597,6 @@ def write_pseudo_chunks(recording, frame_index, labels_xyz, context_spec, direct
     wanted = {int(i): n for n, i in enumerate(frame_index)}
     size = context_spec.input_size
     patches, joints, masks, written, part = [], [], [], 0, 0
-    mask = np.ones(NUM_JOINTS, bool)
 
     def flush():
         nonlocal patches, joints, masks, part
@@ -591,9 +613,10 @@ def write_pseudo_chunks(recording, frame_index, labels_xyz, context_spec, direct
             break
         if index not in wanted:
             continue
+        label, mask = labels_xyz[wanted[index]], joint_mask[wanted[index]]
         try:
-            result, norm = crop_labelled(depth_to_metres(frame.depth), frame.intrinsics,
-                                         labels_xyz[wanted[index]], mask, context_spec)
+            result, norm = crop_labelled(depth_to_metres(frame.depth), frame.intrinsics, label,
+                                         mask, context_spec, center_xyz=label.mean(axis=0))
         except ValueError:
             continue  # label centre outside the image
         patches.append(result.patch)
@@ -784,7 +807,9 @@ class SelfTrainer:
         kept = np.flatnonzero((selection.status == KEPT) & ~held_out)
         round_dir = self._round_dir(index)
         np.savez(round_dir / 'pseudo_labels.npz', frame_index=estimates['frame_index'][kept],
-                 stamps_ns=estimates['stamps_ns'][kept], keypoints_xyz=selection.labels[kept])
+                 stamps_ns=estimates['stamps_ns'][kept], keypoints_xyz=selection.labels[kept],
+                 joint_mask=confident_joints(selection.scores[kept],
+                                             self.config.joint_score_quantile))
         spans = holdout_spans(held_out)
         record = {'round': index, 'card': os.path.relpath(card, self.output_dir)
                   if index else str(card), 'frames_seen': int(len(estimates['stamps_ns'])),
@@ -911,7 +936,8 @@ class SelfTrainer:
         return augment.context_spec(spec, float((card.get('training') or {}).get(
             'context', 1.5)))
 
-    def _build_pool(self, directory, round_index, frame_index, labels, synthetic_crops=None):
+    def _build_pool(self, directory, round_index, frame_index, labels, joint_mask,
+                    synthetic_crops=None):
         """
         Fill a round's trainer pool folder with pseudo-labelled and synthetic crops (once).
 
@@ -923,6 +949,7 @@ class SelfTrainer:
         :param round_index: round number (seeds the round's synthetic crops).
         :param frame_index: (N,) recording indices of the pseudo-labelled frames.
         :param labels: (N, 21, 3) pseudo-labels, metres.
+        :param joint_mask: (N, 21) bool, the joints of ``labels`` that are labels.
         :param synthetic_crops: synthetic crop count; default: ``synthetic_fraction`` of
             the pool.
         """
@@ -935,8 +962,8 @@ class SelfTrainer:
                 shutil.rmtree(pool_dir)  # an interrupted pool build
             pool_dir.mkdir(parents=True)
             context = self._context_spec()
-            pseudo = write_pseudo_chunks(self.recording, frame_index, labels, context,
-                                         str(pool_dir), config.chunk_size)
+            pseudo = write_pseudo_chunks(self.recording, frame_index, labels, joint_mask,
+                                         context, str(pool_dir), config.chunk_size)
             if synthetic_crops is None:
                 ratio = config.synthetic_fraction / (1.0 - config.synthetic_fraction)
                 synthetic_crops = pseudo * ratio
@@ -976,15 +1003,17 @@ class SelfTrainer:
     def _fine_tune(self, index):
         """Fine-tune the model of round ``index - 1``; return (card path, training info)."""
         with np.load(self._round_dir(index - 1) / 'pseudo_labels.npz') as stored:
-            frame_index, labels = stored['frame_index'], stored['keypoints_xyz']
+            frame_index, labels, mask = (stored['frame_index'], stored['keypoints_xyz'],
+                                         stored['joint_mask'])
         round_dir = self._round_dir(index)
         self._say(f'round {index}: cropping {len(frame_index)} pseudo-labelled frames, '
                   f'adding synthetic crops of {self._synthetic_data()}'
                   + (f' ({self.config.start_domain_fraction:.0%} in the start domain)'
                      if self.config.fit_domain else ''))
-        pool = self._build_pool(round_dir, index, frame_index, labels)
+        pool = self._build_pool(round_dir, index, frame_index, labels, mask)
         return self._train(round_dir, self._card_of(index - 1), pool, self.config.seed + index,
-                           f'iter_{index:02d}', {'pseudo_labels': int(len(frame_index))})
+                           f'iter_{index:02d}', {'pseudo_labels': int(len(frame_index)),
+                                                 'masked_joints': int((~mask).sum())})
 
     def control_run(self, rounds, crops):
         """
@@ -1004,7 +1033,8 @@ class SelfTrainer:
             done = round_dir / f'control_{index:02d}.yaml'
             if not done.is_file():
                 pool = self._build_pool(round_dir, index, np.zeros(0, np.int64),
-                                        np.zeros((0, NUM_JOINTS, 3)), crops)
+                                        np.zeros((0, NUM_JOINTS, 3)),
+                                        np.zeros((0, NUM_JOINTS), bool), crops)
                 self._train(round_dir, card, pool, self.config.seed + index,
                             f'control_{index:02d}', {'pseudo_labels': 0})
             card = done
