@@ -7,6 +7,7 @@ injected into known frames, so the test knows which frames must become pseudo-la
 which must not; the fine-tuning runs the real trainer on a tiny untrained A2J card.
 """
 
+from dataclasses import replace
 import json
 import shutil
 
@@ -294,6 +295,32 @@ def test_masked_pseudo_label_joints_are_unlabelled_in_the_same_crops(world, tmp_
     np.testing.assert_array_equal(masked['patches'], full['patches'])
     np.testing.assert_array_equal(masked['joints'][mask], full['joints'][mask])
     assert np.isfinite(full['joints']).all()
+
+
+def test_a_run_made_before_joint_masks_resumes_and_labels_every_joint(world, tmp_path):
+    recording, truth, card = world
+    out = tmp_path / 'run'
+
+    def factory(path):
+        return ReplayEstimator(recording, truth)
+
+    config = small_config(min_improvement=-1.0)
+    SelfTrainer(recording, card, out, config, estimator_factory=factory).run(stop_after=0)
+    # What such a run left: no joint_score_quantile setting, pseudo-labels without masks.
+    state = json.loads((out / STATE_FILE).read_text())
+    del state['config']['joint_score_quantile']
+    (out / STATE_FILE).write_text(json.dumps(state))
+    labels_path = out / 'iter_00' / 'pseudo_labels.npz'
+    with np.load(labels_path) as stored:
+        old = {key: stored[key] for key in stored.files if key != 'joint_mask'}
+    np.savez(labels_path, **old)
+    with pytest.raises(ValueError, match='joint_score_quantile'):
+        SelfTrainer(recording, card, out, replace(config, joint_score_quantile=0.2),
+                    estimator_factory=factory, resume=True)
+    SelfTrainer(recording, card, out, config, estimator_factory=factory, resume=True).run()
+    training = json.loads((out / STATE_FILE).read_text())['rounds'][1]['training']
+    assert training['pseudo_labels'] == len(old['frame_index'])
+    assert training['masked_joints'] == 0
 
 
 def test_spatial_problem_rejects_a_tiny_hand():

@@ -82,8 +82,9 @@ FILTER_DEFAULTS = {'min_score': 0.0}
 # from in each direction, and a block of a few frames would be measured mostly at its edges.
 MIN_HOLDOUT_BLOCK_FRAMES = 10
 # Settings added after runs were made, at the values that reproduce those runs (a resumed
-# run's stored settings are completed with them): one held-out block, at the end.
-_SETTINGS_OF_OLDER_RUNS = {'holdout_blocks': 1}
+# run's stored settings are completed with them): one held-out block, at the end; every
+# joint of a kept pose a label.
+_SETTINGS_OF_OLDER_RUNS = {'holdout_blocks': 1, 'joint_score_quantile': 0.0}
 
 
 @dataclass
@@ -1003,8 +1004,10 @@ class SelfTrainer:
     def _fine_tune(self, index):
         """Fine-tune the model of round ``index - 1``; return (card path, training info)."""
         with np.load(self._round_dir(index - 1) / 'pseudo_labels.npz') as stored:
-            frame_index, labels, mask = (stored['frame_index'], stored['keypoints_xyz'],
-                                         stored['joint_mask'])
+            frame_index, labels = stored['frame_index'], stored['keypoints_xyz']
+            # Pseudo-labels of a run made before joint masks label every joint.
+            mask = stored['joint_mask'] if 'joint_mask' in stored.files \
+                else np.ones(labels.shape[:2], bool)
         round_dir = self._round_dir(index)
         self._say(f'round {index}: cropping {len(frame_index)} pseudo-labelled frames, '
                   f'adding synthetic crops of {self._synthetic_data()}'
