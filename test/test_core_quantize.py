@@ -47,8 +47,19 @@ def test_the_copy_is_quantised_registered_and_near_the_float_export(int8_card):
     assert card['quantization']['source']['sha256'] == card['files']['tiny.onnx']['sha256']
     assert card['quantization']['calibration']['crops'] == CALIBRATION
     assert card['quantization']['calibration']['seed'] == export.CALIBRATION_SEED
-    operators = {node.op_type for node in onnx.load(str(result.path)).graph.node}
+    graph = onnx.load(str(result.path)).graph
+    operators = {node.op_type for node in graph.node}
     assert {'QuantizeLinear', 'DequantizeLinear', 'Softmax'} <= operators  # decode in float
+    # The convolution of the depth crop reads the float input and float weights; every other
+    # one reads dequantised activations and weights.
+    convs = {node.name: node for node in graph.node if node.op_type == 'Conv'}
+    assert card['quantization']['float_nodes'] == result.float_nodes == list(
+        export.input_convs(onnx.load(str(card_path.parent / 'tiny.onnx')).graph))
+    assert len(result.float_nodes) == 1
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    for name, node in convs.items():
+        kinds = {producers.get(value) for value in node.input[:2]}
+        assert kinds == ({None} if name in result.float_nodes else {'DequantizeLinear'}), name
     assert result.within_tolerance and 'OK' in result.summary()
     crops = export.calibration_inputs(card, 6, seed=123)['depth']
     float_out = OnnxRuntimeBackend(card_path, device='cpu', precision='fp32')(crops)
