@@ -53,8 +53,8 @@ def test_the_copy_is_quantised_registered_and_near_the_float_export(int8_card):
     # The convolution of the depth crop reads the float input and float weights; every other
     # one reads dequantised activations and weights.
     convs = {node.name: node for node in graph.node if node.op_type == 'Conv'}
-    assert card['quantization']['float_nodes'] == result.float_nodes == list(
-        export.input_convs(onnx.load(str(card_path.parent / 'tiny.onnx')).graph))
+    assert card['quantization']['float_nodes'] == result.float_nodes == export.input_convs(
+        onnx.load(str(card_path.parent / 'tiny.onnx')).graph)
     assert len(result.float_nodes) == 1
     producers = {output: node.op_type for node in graph.node for output in node.output}
     for name, node in convs.items():
