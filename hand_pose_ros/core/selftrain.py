@@ -85,6 +85,8 @@ MIN_HOLDOUT_BLOCK_FRAMES = 10
 # run's stored settings are completed with them): one held-out block, at the end; every
 # joint of a kept pose a label.
 _SETTINGS_OF_OLDER_RUNS = {'holdout_blocks': 1, 'joint_score_quantile': 0.0}
+# Settings a resumed run may change: where and how fast it computes, not what.
+_EXECUTION_SETTINGS = ('device', 'num_threads')
 
 
 @dataclass
@@ -735,6 +737,8 @@ class SelfTrainer:
             self.state = json.loads(state_path.read_text(encoding='utf-8'))
             self.state['config'] = {**_SETTINGS_OF_OLDER_RUNS, **self.state['config']}
             self._extend_iterations(identity['config']['iterations'])
+            self.state['config'].update(
+                {key: identity['config'][key] for key in _EXECUTION_SETTINGS})
             for key, value in identity.items():
                 stored = self.state.get(key)
                 if stored == value:
@@ -756,7 +760,9 @@ class SelfTrainer:
 
     def _extend_iterations(self, iterations):
         """
-        Let a resumed run change its number of iterations (every other setting must match).
+        Let a resumed run change its number of iterations.
+
+        Of the other settings only the execution ones (device, threads) may change.
 
         A run that stopped at its old count goes on to the new one; the rounds done stay.
         """
