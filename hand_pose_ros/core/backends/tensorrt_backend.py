@@ -11,7 +11,8 @@ Written to the documented ``tensorrt`` Python API and handling the 8.x / 10.x di
 
 Device memory and the CUDA stream come from PyTorch (no pycuda needed). INT8 uses an
 entropy calibrator fed by an iterator of crops (synthetic or recorded), with the
-calibration cache kept beside the engine. Engines live in the
+calibration cache kept beside the engine; the convolutions that read the input crop stay in
+FP16 (:func:`pin_input_convs`). Engines live in the
 :mod:`~hand_pose_ros.core.backends.engine_cache` (rebuilt once when the key changes).
 Building takes minutes on a Jetson: do it offline (``hand_pose_export --engine``) or at node
 configure time, never inside an image callback.
@@ -90,6 +91,25 @@ def _make_calibrator(trt, torch, batches, input_shapes, batch_size, cache_path):
     return CropCalibrator()
 
 
+def pin_input_convs(trt, network):
+    """
+    Keep the convolutions that read a network input in FP16; return their names.
+
+    Quantising the normalised depth crop itself to 8 bits costs an INT8 copy most of its
+    accuracy, so the ONNX Runtime copy keeps these convolutions in float too
+    (:func:`~hand_pose_ros.core.export.input_convs`).
+    """
+    inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    pinned = []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type == trt.LayerType.CONVOLUTION and layer.get_input(0).name in inputs:
+            layer.precision = trt.float16
+            layer.set_output_type(0, trt.float16)
+            pinned.append(layer.name)
+    return pinned
+
+
 def build_serialized_engine(onnx_path, key, calibration_batches=None, calibration_cache=None,
                             workspace_bytes=WORKSPACE_BYTES):
     """
@@ -133,6 +153,11 @@ def build_serialized_engine(onnx_path, key, calibration_batches=None, calibratio
         if calibration_batches is None:
             raise ValueError('INT8 engines need calibration crops (calibration_batches)')
         config.set_flag(trt.BuilderFlag.INT8)
+        pinned = pin_input_convs(trt, network)
+        # 8.2+ and 10.x; older 8.x names the same constraint STRICT_TYPES.
+        config.set_flag(getattr(trt.BuilderFlag, 'PREFER_PRECISION_CONSTRAINTS', None)
+                        or trt.BuilderFlag.STRICT_TYPES)
+        LOGGER.info('INT8 engine: %s kept in FP16 (they read the input crop)', pinned)
         config.int8_calibrator = _make_calibrator(
             trt, torch, calibration_batches, input_shapes, key.max_batch,
             Path(calibration_cache))
