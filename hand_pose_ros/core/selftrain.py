@@ -85,7 +85,8 @@ MIN_HOLDOUT_BLOCK_FRAMES = 10
 # run's stored settings are completed with them): one held-out block, at the end; every
 # joint of a kept pose a label.
 _SETTINGS_OF_OLDER_RUNS = {'holdout_blocks': 1, 'joint_score_quantile': 0.0}
-# Settings a resumed run may change: where and how fast it computes, not what.
+# Settings a resumed run may change besides its iterations (every other one must match):
+# where and how fast it computes, not what.
 _EXECUTION_SETTINGS = ('device', 'num_threads')
 
 
@@ -761,8 +762,6 @@ class SelfTrainer:
     def _extend_iterations(self, iterations):
         """
         Let a resumed run change its number of iterations.
-
-        Of the other settings only the execution ones (device, threads) may change.
 
         A run that stopped at its old count goes on to the new one; the rounds done stay.
         """
