@@ -13,10 +13,18 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+
+def pose_node(context, params_file, namespace, remappings):
+    """Return ``hand_pose_node``: the ``backend`` argument overrides the YAML when given."""
+    backend = LaunchConfiguration('backend').perform(context)
+    parameters = [params_file, {'model.backend': backend}] if backend else [params_file]
+    return [Node(package='hand_pose_ros', executable='hand_pose_node', name='hand_pose_node',
+                 namespace=namespace, remappings=remappings, parameters=parameters)]
 
 
 def generate_launch_description():
@@ -41,17 +49,16 @@ def generate_launch_description():
                                           'only by models with a colour input).'),
         DeclareLaunchArgument('namespace', default_value='',
                               description='Namespace of all nodes.'),
-        DeclareLaunchArgument('backend', default_value='auto',
-                              description='auto, onnxruntime, torch or tensorrt.'),
+        DeclareLaunchArgument('backend', default_value='',
+                              description='auto, onnxruntime, torch or tensorrt (default: '
+                                          'model.backend of params_file).'),
         DeclareLaunchArgument('synthetic', default_value='false',
                               description='Start the synthetic camera instead of a real one.'),
         DeclareLaunchArgument('rviz', default_value='false', description='Start RViz.'),
         Node(package='hand_pose_ros', executable='synthetic_camera_node',
              name='synthetic_camera_node', namespace=namespace, parameters=[params_file],
              remappings=camera_remaps, condition=IfCondition(synthetic)),
-        Node(package='hand_pose_ros', executable='hand_pose_node', name='hand_pose_node',
-             namespace=namespace, remappings=camera_remaps,
-             parameters=[params_file, {'model.backend': LaunchConfiguration('backend')}]),
+        OpaqueFunction(function=pose_node, args=[params_file, namespace, camera_remaps]),
         Node(package='hand_pose_ros', executable='hand_filter_node', name='hand_filter_node',
              namespace=namespace, parameters=[params_file]),
         Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,

@@ -86,6 +86,44 @@ def test_images_without_any_camera_info_are_skipped(tmp_path):
     assert recording.unpaired == 2
 
 
+def test_unusable_frames_are_skipped_and_counted(tmp_path):
+    from rosbags.typesys import get_typestore, Stores
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    types = store.types
+    written = frames(5)
+    with DepthBagWriter(tmp_path / 'bag', storage='sqlite3') as writer:
+        for i, frame in enumerate(written):
+            if i not in (1, 3):
+                writer.write(frame)
+                continue
+            header = types['std_msgs/msg/Header'](stamp=types['builtin_interfaces/msg/Time'](
+                sec=frame.stamp_ns // 10 ** 9, nanosec=frame.stamp_ns % 10 ** 9),
+                frame_id='cam')
+            image = types['sensor_msgs/msg/Image'](
+                header=header, height=60, width=80, encoding='16UC1', is_bigendian=False,
+                step=160, data=frame.depth.view(np.uint8).ravel())
+            info = types['sensor_msgs/msg/CameraInfo'](
+                header=header, height=60, width=80, distortion_model='plumb_bob',
+                d=np.zeros(5), k=frame.intrinsics.matrix.ravel(), r=np.eye(3).ravel(),
+                p=np.zeros(12), binning_x=0, binning_y=0,
+                roi=types['sensor_msgs/msg/RegionOfInterest'](
+                    x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+            if i == 1:
+                image.encoding = 'rgb8'            # not a depth encoding
+            else:
+                info.k = np.zeros(9)               # no camera matrix
+            for connection, msg in ((writer.info_connection, info),
+                                    (writer.image_connection, image)):
+                writer.writer.write(connection, frame.stamp_ns,
+                                    store.serialize_cdr(msg, connection.msgtype))
+    recording = BagRecording(tmp_path / 'bag')
+    read = list(recording)
+    assert [f.stamp_ns for f in read] == [written[i].stamp_ns for i in (0, 2, 4)]
+    np.testing.assert_array_equal(read[2].depth, written[4].depth)
+    assert recording.rejected == 2 and recording.unpaired == 0
+
+
 def test_topic_choice_and_bad_paths_raise_clear_errors(tmp_path):
     with DepthBagWriter(tmp_path / 'two', depth_topic='/left/image',
                         info_topic='/left/camera_info') as writer:

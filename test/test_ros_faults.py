@@ -16,7 +16,7 @@ from hand_pose_ros.core.synth import SyntheticGenerator
 from hand_pose_ros.ros.conversions import camera_info_from_intrinsics, image_from_array
 from hand_pose_ros.ros.hand_filter_node import HandFilterNode
 from hand_pose_ros.ros.hand_pose_node import HandPoseNode
-from hand_pose_ros.ros.node_utils import OUTPUT_QOS, stamp_ns
+from hand_pose_ros.ros.node_utils import NodeSpinner, OUTPUT_QOS, run, stamp_ns
 
 SR300 = CameraIntrinsics.from_preset('sr300')
 ICVL = CameraIntrinsics.from_preset('icvl')
@@ -105,3 +105,35 @@ def test_switching_to_sim_time_keeps_input_stamps(spinner, tiny_model_card, dept
     assert (raw.header.stamp.sec, raw.header.stamp.nanosec) == (3, 0)
     assert rig.pose._counts['internal_errors'] == 0
     assert np.isfinite([rig.pose._latency_ms.percentile(50)]).all()
+
+
+def test_a_node_that_stops_on_an_error_ends_the_wait_with_its_traceback(ros_context):
+    # The pipeline process waits on its nodes: one that stopped must not go unnoticed.
+    healthy = rclpy.create_node('healthy', context=ros_context)
+    failing = rclpy.create_node('failing', context=ros_context)
+
+    def fail():
+        raise RuntimeError('callback bug')
+
+    failing.create_timer(0.05, fail)
+    spinner = NodeSpinner([healthy, failing], context=ros_context)
+    try:
+        spinner.wait()     # returns: Ctrl-C is not needed
+        assert not spinner.spinning()
+        assert len(spinner.errors) == 1 and 'spin failing' in spinner.errors[0]
+        assert 'RuntimeError: callback bug' in spinner.errors[0]
+    finally:
+        spinner.stop()
+        healthy.destroy_node()
+        failing.destroy_node()
+
+
+@pytest.mark.parametrize('value, message', [('1000.0', 'out of range'),
+                                            ('2', "of type 'INTEGER', expecting type 'DOUBLE'")])
+def test_a_bad_start_up_parameter_is_one_error_line(capsys, value, message):
+    # rclpy's own range and type checks at declaration, not only ours.
+    code = run(HandFilterNode, ['hand_filter_node', '--ros-args', '-p',
+                                f'filter.one_euro.beta:={value}'])
+    err = capsys.readouterr().err
+    assert code == 1 and 'Traceback' not in err
+    assert err.startswith('HandFilterNode: error: ') and message in err

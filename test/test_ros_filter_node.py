@@ -20,7 +20,7 @@ from hand_pose_ros.core.skeleton import JOINT_NAMES
 from hand_pose_ros.core.synth import generate_motion
 from hand_pose_ros.ros.hand_filter_node import HandFilterNode
 from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, keypoint_cloud
-from hand_pose_ros.ros.node_utils import OUTPUT_QOS
+from hand_pose_ros.ros.node_utils import LogThrottle, OUTPUT_QOS
 
 FRAME = 'test_camera_optical_frame'
 
@@ -120,6 +120,18 @@ def test_dynamic_parameters_validated_by_the_core(spinner):
     assert node._filter.config.smoother != 'bogus'
 
 
+def test_log_throttle_holds_repeats_per_kind_and_follows_a_new_period():
+    now = [0.0]
+    throttle = LogThrottle(clock=lambda: now[0])
+    logged = []
+    for key, period_s, at in (('a', 5.0, 0.0), ('a', 5.0, 0.1), ('b', 5.0, 0.2),
+                              ('a', 5.0, 0.9), ('a', 0.5, 1.0), ('a', 0.5, 1.2)):
+        now[0] = at
+        throttle.log(logged.append, key, f'{key} at {at}', period_s)
+    # 'b' is not hidden by 'a'; the shorter period applies from the next message on.
+    assert logged == ['a at 0.0', 'b at 0.2', 'a at 1.0 (2 more held back)']
+
+
 def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):
     node = spinner.add(HandFilterNode(context=spinner.context))
     probe, recorder, publisher = make_probe(spinner)
@@ -128,12 +140,14 @@ def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):
     bad.fields = bad.fields[:3]
     publisher.publish(bad)
     assert spinner.wait_for(lambda: node._counts['bad_input'] == 1, 10), node._counts
+    assert node.set_parameters([Parameter('log_throttle_s', value=0.5)])[0].successful
     truncated = deserialize_message(raw_cloud(5.1, [np.zeros((21, 3))]), PointCloud2)
     truncated.data = truncated.data[:40]
     publisher.publish(truncated)
     assert spinner.wait_for(lambda: node._counts['bad_input'] == 2, 10), node._counts
     motion = generate_motion(2, seed=1)
     publish_and_wait(spinner, publisher, recorder, raw_cloud(5.2, [motion.joints_xyz[0]]), 1)
+    assert spinner.spinning()
     status = node.status()
     assert status.level == DiagnosticStatus.WARN and 'raw keypoints rejected' in status.message
 

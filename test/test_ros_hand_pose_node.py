@@ -96,6 +96,23 @@ def test_float_depth_and_unsynchronised_info(node_and_camera, frames):
     assert node._counts['unsynchronised_info'] == 1
 
 
+def test_lens_distortion_is_reported_and_frames_still_flow(node_and_camera, frames):
+    node, camera = node_and_camera
+    depth = image_from_array(frames[0].depth_mm, '16UC1')
+
+    def distortion():
+        return {kv.key: kv.value for kv in node.status().values}['lens distortion']
+
+    camera.send_and_wait(depth, 30.0)
+    assert distortion() == 'none'
+    info = camera_info_from_intrinsics(CAMERA, header(30.5))
+    info.d = [0.1, -0.05, 0.0, 0.0, 0.01]
+    camera.info_pub.publish(info)
+    assert len(hands_from_cloud(camera.send_and_wait(depth, 30.5, info=False))) >= 1
+    assert distortion().startswith('ignored: camera_info has D = [0.1, -0.05, 0.0, 0.0, 0.01]')
+    assert node._counts['bad_input'] == 0
+
+
 def test_bad_frames_warn_and_the_next_good_frame_is_processed(node_and_camera, frames):
     node, camera = node_and_camera
     good = image_from_array(frames[0].depth_mm, '16UC1')
@@ -105,6 +122,8 @@ def test_bad_frames_warn_and_the_next_good_frame_is_processed(node_and_camera, f
     camera.send(image_from_array(frames[0].depth_mm, '16UC1'), 1.0, info=False)
     assert camera.spinner.wait_for(lambda: node._counts['no_camera_info'] == 1, 10)
     assert node.status().level == DiagnosticStatus.WARN
+    # The throttle period changes while warnings keep coming (rclpy's own throttle raised).
+    assert node.set_parameters([Parameter('log_throttle_s', value=0.5)])[0].successful
 
     bad_frames = [
         image_from_array(frames[0].color if frames[0].color is not None
@@ -130,6 +149,7 @@ def test_bad_frames_warn_and_the_next_good_frame_is_processed(node_and_camera, f
         stamp += 0.1
     assert node._counts['bad_input'] == 3          # encoding, size mismatch, huge
     assert node._counts['processed'] >= 7          # all-invalid frames give empty results
+    assert node._counts['internal_errors'] == 0
 
     # A jump back in time (bag loop) is reported and frames keep flowing.
     out = camera.send_and_wait(good, 0.5)

@@ -17,7 +17,8 @@ from hand_pose_ros.core.skeleton import BONES, JOINT_NAMES, palm_center
 from hand_pose_ros.core.synth import generate_motion
 from hand_pose_ros.ros import cdr
 from hand_pose_ros.ros.messages import (encoding_matches_rclpy, frame_outputs, hand_geometry,
-                                        hands_from_cloud, joint_state, OUTPUT_TYPES)
+                                        hands_from_cloud, joint_state, keypoint_cloud,
+                                        OUTPUT_TYPES)
 from hand_pose_ros.ros.node_utils import OUTPUT_QOS, publish_encoded
 
 
@@ -77,6 +78,18 @@ def test_each_distribution_reads_every_output_whole(distribution):
             type_name = f'{msg_type.__module__.split(".")[0]}/msg/{msg_type.__name__}'
             theirs = typestore.deserialize_cdr(data, type_name)
             assert same_message(deserialize_message(data, msg_type), theirs), name
+
+
+def test_the_keypoint_cloud_is_dense_only_without_nan_points():
+    joints = generate_motion(1, seed=2).joints_xyz[0]
+    unseen = joints.copy()
+    unseen[8] = np.nan     # a joint a new track has not seen yet
+    for xyz, dense in ((joints, True), (unseen, False)):
+        hand = SimpleNamespace(hand_id=0, keypoints_xyz=xyz, scores=np.ones(21),
+                               valid=np.isfinite(xyz).all(axis=1))
+        data = keypoint_cloud([hand], Header(frame_id='cam'))
+        assert cdr.matches_rclpy(data, PointCloud2)
+        assert deserialize_message(data, PointCloud2).is_dense == dense
 
 
 def test_outputs_carry_the_hands():

@@ -88,10 +88,12 @@ def start_pipeline(namespace, params_file, rate_hz, seed, bindir, log):
     processes = {}
     for name in NODES:
         args = [os.path.join(bindir, name), '--ros-args', '-r', f'__ns:=/{namespace}',
-                '--params-file', params_file, '-p', f'rate_hz:={float(rate_hz)}',
-                '-p', f'seed:={seed}'] if name == 'synthetic_camera_node' else [
-                os.path.join(bindir, name), '--ros-args', '-r', f'__ns:=/{namespace}',
                 '--params-file', params_file]
+        if name == 'synthetic_camera_node':
+            args += ['-p', f'rate_hz:={float(rate_hz)}', '-p', f'seed:={seed}']
+        elif name == 'hand_filter_node':
+            # Each camera's hands get their own TF frames (cam0/hand_0, ...).
+            args += ['-p', f'output.tf_prefix:={namespace}/']
         processes[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     return processes
 

@@ -93,7 +93,9 @@ class BagRecording:
             self.num_frames = int(reader.topics[self.depth_topic].msgcount)
         self.max_stamp_diff_ns = int(max_stamp_diff_ns)
         self.lookahead = int(lookahead)
-        self.unpaired = 0
+        # Frames of the last pass without a camera_info, and frames that could not be read
+        # (an unsupported encoding, a camera_info without a camera matrix, ...).
+        self.unpaired = self.rejected = 0
         self.description = (f'bag {self.path} ({self.depth_topic} + {self.info_topic}, '
                             f'{self.num_frames} frames)')
 
@@ -107,7 +109,7 @@ class BagRecording:
         pairer = StampPairer(self.max_stamp_diff_ns, history=max(8, 4 * self.lookahead))
         pending = deque()
         intrinsics_cache = {}
-        self.unpaired = 0
+        self.unpaired = self.rejected = 0
 
         def ready(flush):
             while pending:
@@ -123,11 +125,19 @@ class BagRecording:
                                        'skipped', self.path)
                     continue
                 key = id(info)
-                if key not in intrinsics_cache:
-                    intrinsics_cache.clear()
-                    intrinsics_cache[key] = (info, intrinsics_from_camera_info(info))
-                yield DepthFrame(stamp_ns, np.array(depth_from_image(image)),
-                                 intrinsics_cache[key][1])
+                try:
+                    if key not in intrinsics_cache:
+                        intrinsics_cache.clear()
+                        intrinsics_cache[key] = (info, intrinsics_from_camera_info(info))
+                    frame = DepthFrame(stamp_ns, np.array(depth_from_image(image)),
+                                       intrinsics_cache[key][1])
+                except ValueError as error:
+                    self.rejected += 1
+                    if self.rejected == 1:
+                        LOGGER.warning('%s: unusable depth frames are skipped (the first, '
+                                       'at %d ns: %s)', self.path, stamp_ns, error)
+                    continue
+                yield frame
 
         with Reader(self.path) as reader:
             connections = [c for c in reader.connections

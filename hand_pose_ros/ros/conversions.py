@@ -130,6 +130,12 @@ def intrinsics_from_camera_info(msg):
                             width=int(msg.width), height=int(msg.height))
 
 
+def distortion_of(msg):
+    """Return a ``CameraInfo``'s non-zero distortion coefficients as a list (empty: none)."""
+    d = [float(v) for v in msg.d]
+    return d if any(v != 0.0 for v in d) else []
+
+
 def camera_info_from_intrinsics(intrinsics, header=None):
     """Return a ``sensor_msgs/CameraInfo`` (plumb_bob, no distortion) for intrinsics."""
     from sensor_msgs.msg import CameraInfo

@@ -19,8 +19,8 @@ from hand_pose_ros.core.stats import LatencyWindow, RateMeter
 from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, OUTPUT_TYPES, \
     visible_hands
 from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
-                                          diagnostic_status, input_qos, publish_encoded, run,
-                                          stamp_ns, start_diagnostics)
+                                          diagnostic_status, input_qos, LogThrottle,
+                                          publish_encoded, run, stamp_ns, start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_FILTER_NODE_PARAMS
 
 # Topic of each output of frame_outputs.
@@ -49,6 +49,7 @@ class HandFilterNode(Node):
         self._marker_ids = set()
         self._counts = {'received': 0, 'bad_input': 0}
         self._last_error = ''
+        self._throttle = LogThrottle()
         self._last_hands = 0
         self._input_rate = RateMeter()
         self._latency_ms = LatencyWindow()
@@ -73,14 +74,15 @@ class HandFilterNode(Node):
         except ValueError as error:
             self._counts['bad_input'] += 1
             self._last_error = f'raw keypoints rejected: {error}'
-            self.get_logger().warning(self._last_error,
-                                      throttle_duration_sec=self._values['log_throttle_s'])
+            self._throttle.log(self.get_logger().warning, 'bad_input', self._last_error,
+                               self._values['log_throttle_s'])
             return
         resets = self._filter.stats.get('resets', 0)
         tracks = self._filter.update(stamp_ns(msg.header) * 1e-9, observations)
         if self._filter.stats.get('resets', 0) > resets:
-            self.get_logger().warning('filter reset (time jumped back or stream went stale)',
-                                      throttle_duration_sec=self._values['log_throttle_s'])
+            self._throttle.log(self.get_logger().warning, 'reset',
+                               'filter reset (time jumped back or stream went stale)',
+                               self._values['log_throttle_s'])
         self.publish_hands(msg.header, tracks)
         self._last_hands = len(tracks)
         self._latency_ms.add((time.monotonic() - start) * 1000.0)

@@ -25,11 +25,13 @@ from hand_pose_ros.core.overlay import depth_to_gray, draw_skeletons
 from hand_pose_ros.core.pairing import StampPairer
 from hand_pose_ros.core.stats import LatencyWindow, RateMeter
 from hand_pose_ros.ros.conversions import (color_from_image, depth_from_image,
-                                           image_from_array, intrinsics_from_camera_info)
+                                           distortion_of, image_from_array,
+                                           intrinsics_from_camera_info)
 from hand_pose_ros.ros.messages import keypoint_cloud
 from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
-                                          diagnostic_status, input_qos, OUTPUT_QOS,
-                                          publish_encoded, run, stamp_ns, start_diagnostics)
+                                          diagnostic_status, input_qos, LogThrottle,
+                                          OUTPUT_QOS, publish_encoded, run, stamp_ns,
+                                          start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 
 
@@ -114,6 +116,8 @@ class HandPoseNode(Node):
                         'no_camera_info': 0, 'unsynchronised_info': 0, 'no_color': 0,
                         'time_jumps': 0, 'internal_errors': 0}
         self._last_error = ''
+        self._throttle = LogThrottle()
+        self._distortion = ''
         self._last_hands = 0
         self._last_stamp_ns = None
         self._input_rate = RateMeter()
@@ -143,7 +147,7 @@ class HandPoseNode(Node):
         with self._lock:
             self._counts[key] += 1
             self._last_error = text
-        self.get_logger().warning(text, throttle_duration_sec=self._values['log_throttle_s'])
+        self._throttle.log(self.get_logger().warning, key, text, self._values['log_throttle_s'])
 
     def _on_info(self, msg):
         self._pairer.add(stamp_ns(msg.header), msg)
@@ -166,8 +170,8 @@ class HandPoseNode(Node):
                 self._process(msg)
             except Exception as error:  # noqa: B902 - a bug must not stop the worker thread
                 self._warn('internal_errors', f'internal error on a frame: {error!r}')
-                self.get_logger().error(traceback.format_exc(),
-                                        throttle_duration_sec=self._values['log_throttle_s'])
+                self._throttle.log(self.get_logger().error, 'traceback', traceback.format_exc(),
+                                   self._values['log_throttle_s'])
 
     def _process(self, msg):
         start = time.monotonic()
@@ -200,6 +204,7 @@ class HandPoseNode(Node):
             depth = depth_from_image(msg, self._values['input.max_pixels'])
             intrinsics = intrinsics_from_camera_info(info)
             intrinsics.check_image(depth)
+            self._check_distortion(info)
             color = None if color_msg is None else color_from_image(
                 color_msg, self._values['input.max_pixels'])
             poses = self._tracker.estimate(depth, intrinsics, color=color)
@@ -216,6 +221,17 @@ class HandPoseNode(Node):
             self._last_hands = len(hands)
         self._output_rate.tick(time.monotonic())
         self._latency_ms.add((time.monotonic() - start) * 1000.0)
+
+    def _check_distortion(self, info):
+        """Say once that lens distortion is ignored: joints need a rectified depth topic."""
+        if self._distortion or not distortion_of(info):
+            return
+        self._distortion = (f'ignored: camera_info has D = {distortion_of(info)} '
+                            f'({info.distortion_model}); use a rectified depth topic')
+        self.get_logger().warning(
+            f'{self.resolve_topic_name("depth/camera_info")}: lens distortion is not '
+            'modelled, so joints far from the image centre are off; subscribe to a rectified '
+            'depth image (e.g. image_rect_raw) and its camera_info')
 
     def _publish_debug(self, header, depth, intrinsics, hands):
         overlay = draw_skeletons(depth_to_gray(depth), intrinsics,
@@ -242,6 +258,7 @@ class HandPoseNode(Node):
             'model': describe(self._estimator),
             'hands detected': hands,
             'frames dropped': self._slot.dropped,
+            'lens distortion': self._distortion or 'none',
             **{k.replace('_', ' '): v for k, v in counts.items()},
             'last problem': last_error,
         }

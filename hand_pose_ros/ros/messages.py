@@ -114,7 +114,9 @@ def keypoint_cloud(hands, header):
     # point_step, row_step, then the data as a uint8 sequence
     writer.uint32(KEYPOINT_DTYPE.itemsize, len(data), len(data))
     writer.put(data)
-    writer.put(b'\x01')  # is_dense
+    # is_dense: no NaN point (a joint a track has not seen yet is NaN until it is).
+    finite = all(np.isfinite(points[axis]).all() for axis in 'xyz')
+    writer.put(b'\x01' if finite else b'\x00')
     return writer.getvalue()
 
 

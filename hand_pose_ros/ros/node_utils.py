@@ -1,11 +1,16 @@
 """Shared node plumbing: parameters from specs, QoS, publishing, diagnostics, ``main``."""
 
+import collections
 import functools
 import sys
+import threading
+import time
+import traceback
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -133,9 +138,50 @@ def start_diagnostics(node, period_s, status):
     return node.create_timer(period_s, publish)
 
 
+class LogThrottle:
+    """
+    Throttle repeated log messages per kind, with a period that may change at run time.
+
+    rclpy's own ``throttle_duration_sec`` fixes a call site's period at its first message
+    and raises ``ValueError`` when a later call passes another, so it cannot follow the
+    dynamic ``log_throttle_s`` parameter; it also throttles by call site, so one frequent
+    warning would hide every other one logged from the same line.
+
+    :param clock: ``callable() -> seconds`` (monotonic).
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last = {}
+        self._held = collections.Counter()
+
+    def admit(self, key, period_s):
+        """Return None to hold a message of ``key`` back, else how many were held since."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < period_s:
+                self._held[key] += 1
+                return None
+            self._last[key] = now
+            return self._held.pop(key, 0)
+
+    def log(self, log, key, text, period_s):
+        """Log ``text`` with ``log`` (a logger method) unless held back; say how many were."""
+        held = self.admit(key, period_s)
+        if held is not None:
+            log(f'{text} ({held} more held back)' if held else text)
+
+
 def stamp_ns(header):
     """Return a header's stamp in integer nanoseconds."""
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+# Configuration errors at start-up, reported in one line: bad values (ours or rclpy's range
+# and type checks on declared parameters), missing or corrupted model files.
+STARTUP_ERRORS = (ValueError, OSError, ParameterException)
 
 
 def run(node_class, args=None):
@@ -153,7 +199,7 @@ def run(node_class, args=None):
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, OSError) as error:
+    except STARTUP_ERRORS as error:
         print(f'{node_class.__name__}: error: {error}', file=sys.stderr)
         code = 1
     finally:
@@ -183,6 +229,7 @@ class NodeSpinner:
         from rclpy.executors import SingleThreadedExecutor
 
         self._running = True
+        self.errors = []
         self._executors = []
         self._threads = []
         for node in nodes:
@@ -201,16 +248,21 @@ class NodeSpinner:
                 executor.spin_once(timeout_sec=0.1)
         except ExternalShutdownException:
             pass
+        except Exception:  # noqa: B902 - kept for wait()'s caller; the node stops spinning
+            self.errors.append(f'{threading.current_thread().name}: {traceback.format_exc()}')
 
     def spinning(self):
         """Return whether every node still spins: a callback that raised ends its thread."""
         return all(thread.is_alive() for thread in self._threads)
 
     def wait(self):
-        """Block until the context shuts down (Ctrl-C) or :meth:`stop` is called."""
-        for thread in self._threads:
-            while thread.is_alive():
-                thread.join(timeout=0.2)
+        """
+        Block until the context shuts down (Ctrl-C), :meth:`stop` is called, or a node stops.
+
+        A node stops when one of its callbacks raises; :attr:`errors` holds the traceback.
+        """
+        while self._threads and self.spinning():
+            self._threads[0].join(timeout=0.2)
 
     def stop(self, timeout_s=10.0):
         """Stop spinning: callbacks in progress finish first; then shut the executors down."""

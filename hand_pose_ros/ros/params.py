@@ -81,7 +81,7 @@ COMMON_PARAMS = (
               'QoS reliability of input subscriptions (best_effort matches both kinds of '
               'publisher).', None, RELIABILITY),
     ParamSpec('input.history_depth', 1, 'QoS history depth of input subscriptions.', (1, 100)),
-    ParamSpec('log_throttle_s', 5.0, 'Minimum period between repeated per-frame warnings (s).',
+    ParamSpec('log_throttle_s', 5.0, 'Minimum period between repeated warnings of one kind (s).',
               (0.1, 600.0), None, True),
 )
 
@@ -151,7 +151,8 @@ SYNTHETIC_CAMERA_PARAMS = (
 )
 
 OUTPUT_PARAMS = (
-    ParamSpec('output.tf_prefix', '', 'Prefix of published TF frames (<prefix>hand_<id>...).'),
+    ParamSpec('output.tf_prefix', '', 'Prefix of published TF frames (<prefix>hand_<id>...); '
+              'give each camera its own (e.g. cam1/) when several publish on one /tf.'),
     ParamSpec('output.publish_tf', True, 'Publish a TF frame per hand and joint on /tf.', None,
               None, True),
     ParamSpec('output.marker_lifetime_s', 0.5,
@@ -213,11 +214,13 @@ def yaml_document():
     """Return the ROS parameter YAML of every node's defaults (``config/hand_pose.yaml``)."""
     import yaml
 
-    document = {node: {'ros__parameters': _nest(defaults(specs))}
+    # '/**/' matches the node in any namespace; a bare name matches only the root one.
+    document = {f'/**/{node}': {'ros__parameters': _nest(defaults(specs))}
                 for node, specs in NODE_PARAMS.items()}
     header = ('# Default parameters of hand_pose_ros, generated from hand_pose_ros/ros/params.py\n'
               '# (python -m hand_pose_ros.ros.params --yaml). Used by pose.launch.py and\n'
-              '# hand_pose_pipeline; copy and edit for your camera.\n')
+              '# hand_pose_pipeline; copy and edit for your camera. The /**/ before each node\n'
+              '# name applies its section in any namespace (namespace:=cam1 and the like).\n')
     return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 

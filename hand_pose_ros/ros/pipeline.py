@@ -15,7 +15,7 @@ from rclpy.executors import ExternalShutdownException
 
 from hand_pose_ros.ros.hand_filter_node import HandFilterNode
 from hand_pose_ros.ros.hand_pose_node import HandPoseNode
-from hand_pose_ros.ros.node_utils import NodeSpinner
+from hand_pose_ros.ros.node_utils import NodeSpinner, STARTUP_ERRORS
 from hand_pose_ros.ros.synthetic_camera_node import SyntheticCameraNode
 
 
@@ -91,9 +91,14 @@ def main(args=None):
                              options.namespace, extra_ros_args=ros_arguments(argv))
         spinner = NodeSpinner(nodes)
         spinner.wait()
+        if spinner.errors:
+            # One node stopped on an error: stop the others too rather than run without it.
+            print('hand_pose_pipeline: error: a node stopped on an error; stopping.\n'
+                  + ''.join(spinner.errors), file=sys.stderr)
+            code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, OSError) as error:
+    except STARTUP_ERRORS as error:
         print(f'hand_pose_pipeline: error: {error}', file=sys.stderr)
         code = 1
     finally:
