@@ -145,11 +145,16 @@ def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):
     truncated.data = truncated.data[:40]
     publisher.publish(truncated)
     assert spinner.wait_for(lambda: node._counts['bad_input'] == 2, 10), node._counts
+    status = node.status()
+    assert status.level == DiagnosticStatus.WARN and 'raw keypoints rejected' in status.message
     motion = generate_motion(2, seed=1)
     publish_and_wait(spinner, publisher, recorder, raw_cloud(5.2, [motion.joints_xyz[0]]), 1)
     assert spinner.spinning()
+    # A good message ends the warning; the count and the last problem stay.
     status = node.status()
-    assert status.level == DiagnosticStatus.WARN and 'raw keypoints rejected' in status.message
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.OK and values['bad input'] == '2'
+    assert 'raw keypoints rejected' in values['last problem']
 
 
 def test_markers_are_built_only_when_asked():

@@ -50,6 +50,7 @@ class HandFilterNode(Node):
         self._counts = {'received': 0, 'bad_input': 0}
         self._last_error = ''
         self._throttle = LogThrottle()
+        self._latest_rejected = False
         self._last_hands = 0
         self._input_rate = RateMeter()
         self._latency_ms = LatencyWindow()
@@ -74,9 +75,11 @@ class HandFilterNode(Node):
         except ValueError as error:
             self._counts['bad_input'] += 1
             self._last_error = f'raw keypoints rejected: {error}'
+            self._latest_rejected = True
             self._throttle.log(self.get_logger().warning, 'bad_input', self._last_error,
                                self._values['log_throttle_s'])
             return
+        self._latest_rejected = False
         resets = self._filter.stats.get('resets', 0)
         tracks = self._filter.update(stamp_ns(msg.header) * 1e-9, observations)
         if self._filter.stats.get('resets', 0) > resets:
@@ -121,7 +124,8 @@ class HandFilterNode(Node):
         }
         if silent_s > self._values['diagnostics.stale_timeout_s']:
             level, text = DiagnosticStatus.ERROR, f'no raw estimates for {silent_s:.1f} s'
-        elif self._counts['bad_input']:
+        elif self._latest_rejected:
+            # Until the next good message: the count and the last problem stay in the values.
             level, text = DiagnosticStatus.WARN, self._last_error
         else:
             level, text = DiagnosticStatus.OK, 'running'
