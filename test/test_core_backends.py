@@ -152,6 +152,18 @@ def test_backend_selection_and_auto_fallback(cards, tmp_path):
         create_backend('onnxruntime', bare)
 
 
+def test_tensorrt_bindings_without_onnx_fall_back_instead_of_crashing(monkeypatch):
+    # TensorRT's bindings can come with the system (JetPack) while the Python packages the
+    # backend also needs are missing: 'auto' must then choose ONNX Runtime.
+    import types
+
+    monkeypatch.setitem(sys.modules, 'tensorrt', types.ModuleType('tensorrt'))
+    monkeypatch.setitem(sys.modules, 'onnx', None)      # import onnx raises ImportError
+    available, reason = tensorrt_available()
+    assert not available and 'needs torch and onnx' in reason
+    assert resolve_backend_name('auto') == 'onnxruntime'
+
+
 def test_export_result_tolerance_verdict(tmp_path):
     result = export.ExportResult(tmp_path / 'm.onnx', True, 1, {'joints': 2e-3}, 1e-3)
     assert not result.within_tolerance and 'ABOVE TOLERANCE' in result.summary()

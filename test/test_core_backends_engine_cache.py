@@ -91,6 +91,32 @@ def test_missing_or_corrupt_key_file_triggers_rebuild(tmp_path):
         cache.load_or_build('m', replace(KEY, max_batch=8), lambda: b'')
 
 
+def test_a_damaged_or_replaced_engine_is_rebuilt(tmp_path):
+    cache = EngineCache(tmp_path)
+    build = Builder()
+    cache.load_or_build('m', KEY, build)
+    path = cache.engine_path('m', KEY)
+    path.write_bytes(b'engine-1'[:5])                     # cut short; its key file intact
+    assert cache.check('m', KEY)[1] == 'engine file does not match its key file'
+    assert cache.load_or_build('m', KEY, build) == (b'engine-2', 'rebuilt')
+    assert cache.load_or_build('m', KEY, build) == (b'engine-2', 'hit')
+
+
+def test_int8_calibration_tables_belong_to_one_key(tmp_path):
+    cache = EngineCache(tmp_path)
+    int8 = replace(KEY, precision='int8')
+    table = cache.calibration_path('m', int8)
+    assert table.parent == cache.directory and table.suffix == '.calib'
+    table.write_bytes(b'scales of model 1')
+    assert cache.calibration_path('m', int8) == table and table.is_file()    # kept
+    retrained = replace(int8, onnx_sha256='b' * 64)
+    new_table = cache.calibration_path('m', retrained)
+    assert new_table != table and not table.exists()      # the old model's scales go
+    new_table.write_bytes(b'scales of model 2')
+    assert cache.calibration_path('m', retrained, fresh=True) == new_table
+    assert not new_table.exists()                         # force_rebuild calibrates again
+
+
 def test_unusable_cache_directories_raise_clear_errors(tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('x')

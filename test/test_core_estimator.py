@@ -129,6 +129,25 @@ def test_empty_and_invalid_images_give_no_hands():
     noisy[::7, ::5] = np.nan
     assert est.estimate(noisy, INTRINSICS) == []
     assert est.backend.batches == []
+    # Given centres where the crop has no depth in its cube: nothing to estimate from.
+    centers = np.stack([CENTER, CENTER + [0.0, 0.0, 0.5]])   # the second far behind the disc
+    assert est.estimate(np.zeros((480, 640), np.uint16), INTRINSICS, centers=centers) == []
+    hands = est.estimate(hand_scene(), INTRINSICS, centers=centers)
+    assert len(hands) == 1 and np.allclose(hands[0].center_xyz, CENTER)
+
+
+def test_joints_decoded_behind_the_camera_are_dropped():
+    # A centre 8 cm away with a 15 cm half-depth cube: the cube's near face is behind the
+    # camera, and joints decoded there are not a hand.
+    center = np.array([0.0, 0.0, 0.08])
+    norm = np.zeros((1, 21, 3))
+    norm[0, :, 2] = -0.9                              # z = 0.08 - 0.135 < 0
+    depth = np.full((480, 640), 0.07, np.float32)
+    est = estimator(OracleBackend(norm))
+    assert est.estimate(depth, INTRINSICS, centers=center[None]) == []
+    norm[0, :, 2] = 0.0
+    assert len(estimator(OracleBackend(norm)).estimate(depth, INTRINSICS,
+                                                       centers=center[None])) == 1
 
 
 @pytest.mark.parametrize('depth, message', [
@@ -275,7 +294,7 @@ def test_candidates_on_one_hand_are_reported_once():
     near = [candidate(CENTER, 0.6), candidate(CENTER + [0.03, 0, 0], 0.9),
             candidate(CENTER + [-0.2, 0, 0], 0.5)]
     est = HandPoseEstimator(FixedLocalizer(near), SPEC, backend, max_hands=3)
-    hands = est.estimate(hand_scene(), INTRINSICS)
+    hands = est.estimate(np.fmin(hand_scene(), hand_scene(CENTER + [-0.2, 0, 0])), INTRINSICS)
     assert [h.detection_score for h in hands] == [0.9, 0.5]
     np.testing.assert_allclose(hands[0].center_xyz, CENTER + [0.03, 0, 0])
 

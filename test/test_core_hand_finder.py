@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
+from hand_pose_ros.core.crop import check_center
 from hand_pose_ros.core.hand_finder import (decode_peaks, finder_input, FusedLocalizer,
                                             FUSION_FEATURES, heat_at, LearnedHandFinder)
 from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig, logit
@@ -52,6 +53,23 @@ def test_targets_decode_back_to_the_hand_centres():
     assert [score for score, _ in found] == [1.0, 1.0]
     decoded = sorted((c for _, c in found), key=lambda c: c[2])
     np.testing.assert_allclose(decoded, centers, atol=1e-5)
+
+
+def test_peaks_that_no_crop_could_take_are_skipped():
+    # The last cell's offset puts the centre in the image's last half pixel, where a crop
+    # centre is refused (crop.check_center); so does a depth under its minimum.
+    heat = np.zeros((30, 40), np.float32)
+    offset = np.zeros((2, 30, 40), np.float32)
+    depth = np.zeros((30, 40), np.float32)
+    heat[10, 39], offset[:, 10, 39] = 0.9, (0.95, 0.5)       # u = 159.8 of 160 px
+    heat[20, 5], offset[:, 20, 5] = 0.8, (0.5, 0.5)
+    depth[[10, 20], [39, 5]] = 1.0                            # both far enough
+    found = decode_peaks(heat, offset, depth, 1, SR300.scaled(0.25), 0.5, 5)
+    assert [score for score, _ in found] == [pytest.approx(0.8)]
+    for _, center in found:
+        check_center(center, SR300.scaled(0.25))
+    depth[20, 5] = -50.0                                     # z under MIN_CENTER_DEPTH_M
+    assert decode_peaks(heat, offset, depth, 1, SR300.scaled(0.25), 0.5, 5) == []
 
 
 def test_hands_hidden_behind_objects_are_neither_positive_nor_negative():
@@ -158,6 +176,12 @@ def test_broken_finder_entries_name_the_problem(card_with_finder):
     with pytest.raises(ModelFileError, match='fusion_weights'):
         load_estimator(card_with_finder, backend='onnxruntime')
     card['finder']['fusion_weights'] = [0.0, 0.0, 1.0, 1.0]
+    # A finder elsewhere, even one named like a listed file, is not loaded unchecked.
+    card['finder']['onnx'] = '../other/default_finder.onnx'
+    model_io.write_card(card_with_finder, card)
+    with pytest.raises(ModelFileError, match='onnx must name a file beside the card'):
+        load_estimator(card_with_finder, backend='onnxruntime')
+    card['finder']['onnx'] = 'default_finder.onnx'
     model_io.write_card(card_with_finder, card)
     onnx = card_with_finder.parent / 'default_finder.onnx'
     onnx.write_bytes(onnx.read_bytes()[:-10])

@@ -87,6 +87,29 @@ def test_malformed_card_and_wrong_network_weights(saved, tmp_path):
         model_io.load_model(card_path)
 
 
+def test_a_card_loads_only_files_it_lists_beside_it(saved, tmp_path):
+    _, card_path = saved
+    original = yaml.safe_load(card_path.read_text())
+    outside = tmp_path / 'elsewhere'
+    outside.mkdir()
+    (outside / 'tiny.safetensors').write_bytes((tmp_path / 'tiny.safetensors').read_bytes())
+    changes = [
+        ({'weights': '../elsewhere/tiny.safetensors'}, 'weights must name a file beside'),
+        ({'weights': str(outside / 'tiny.safetensors')}, 'weights must name a file beside'),
+        ({'weights': 'other.safetensors'}, 'weights file other.safetensors is not listed'),
+        ({'files': None}, 'files must map names of files beside the card'),
+        ({'files': {'tiny.safetensors': {'bytes': 10}}}, 'files must map names'),
+        ({'files': {'../x': {'bytes': 1, 'sha256': 'a'}}}, 'files must map names'),
+    ]
+    for change, message in changes:
+        model_io.write_card(card_path, {**original, **change})
+        with pytest.raises(model_io.ModelFileError, match=message) as error:
+            model_io.load_model(card_path)
+        assert str(card_path) in str(error.value)
+    model_io.write_card(card_path, original)
+    model_io.load_model(card_path)
+
+
 def test_save_rejects_reserved_fields_and_bad_names(tmp_path):
     model = build_model('a2j', **CFG)
     with pytest.raises(ValueError, match='written by save_model'):

@@ -24,8 +24,8 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, check_depth, depth_to_metres
 from hand_pose_ros.core.crop import (
-    batch_views, check_center, check_color, check_views, color_batch, crop_batch, CropSpec,
-    merge_views)
+    BACKGROUND_VALUE, batch_views, check_center, check_color, check_views, color_batch,
+    crop_batch, CropSpec, merge_views)
 from hand_pose_ros.core.localizer import DepthHandLocalizer, LocalizerConfig, logit, sigmoid
 from hand_pose_ros.core.skeleton import NUM_JOINTS
 
@@ -390,10 +390,16 @@ class HandPoseEstimator:
         joints, confidence = self._network(inputs, timings)
         now = time.perf_counter()
         hands, kept = [], []
+        # A crop without one depth sample in its cube shows nothing to estimate a hand from
+        # (e.g. given centres on an all-invalid image).
+        seen = (batch < BACKGROUND_VALUE).reshape(len(batch), -1).any(axis=1)
         for i, transform in enumerate(transforms):
             keypoints = transform.xyz_from_normalized(joints[i])
-            if not np.all(np.isfinite(keypoints)):
-                LOGGER.warning('%s: non-finite joints for hand %d dropped', self.name, i)
+            if not seen[i]:
+                continue
+            if not np.all(np.isfinite(keypoints)) or keypoints[:, 2].min() <= 0.0:
+                LOGGER.warning('%s: hand %d dropped: joints not finite or not in front of '
+                               'the camera', self.name, i)
                 continue
             hands.append(HandPose(keypoints_xyz=keypoints,
                                   scores=np.clip(confidence[i], 0.0, 1.0),
@@ -684,10 +690,7 @@ def card_localizer(card_path, card, config, use_finder=True, threads=None):
             f'model card {card_path}: finder fusion_weights must be {len(FUSION_FEATURES)} '
             f'finite numbers ({", ".join(FUSION_FEATURES)}), got '
             f'{section.get("fusion_weights")!r}')
-    path = card_file(card_path, section, 'onnx')
-    if path.name not in card['files']:
-        raise ModelFileError(f'model card {card_path}: finder file {path.name} is not listed '
-                             f'(with its checksum) under files')
+    path = card_file(card_path, card, 'onnx', section)
     try:
         finder = LearnedHandFinder(path, threads=threads)
     except Exception as error:  # onnxruntime raises its own exception types

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
 from hand_pose_ros.core.hand_finder import (CELL_PX, DEPTH_OFFSET_M, DEPTH_UNIT_M,
                                             finder_input, MIN_DEPTH_M, OUTPUT_NAMES)
+from hand_pose_ros.core.model_io import atomic_file
 from hand_pose_ros.core.skeleton import NUM_JOINTS
 
 # Hand extent used to size the heat-map blobs (CenterNet: sigma = diameter / 6).
@@ -227,9 +228,8 @@ def training_frames(config, progress_stream=None):
         path = directory / f'chunk_{size}_{chunk:04d}.npz'
         if not path.is_file():
             x, c, n = render_frames(size, config.seed + 10 * chunk)
-            partial = path.with_name(path.stem + '.partial.npz')
-            np.savez(partial, inputs=x, centers=c, counts=n)
-            partial.replace(path)
+            with atomic_file(path) as stream:
+                np.savez(stream, inputs=x, centers=c, counts=n)
         with np.load(path) as stored:
             inputs.append(stored['inputs'])
             rows.append(stored['centers'])
@@ -325,10 +325,10 @@ def train_finder(config, resume=False, progress_stream=None):
         bar.update(step, f'loss {total.item():.3f} (heat {heat.item():.3f}, offset '
                          f'{offset.item():.3f}, depth {depth.item():.3f}) lr {lr:.2e}')
         if step % config.checkpoint_every == 0 or step == config.steps:
-            torch.save({'model': net.state_dict(), 'optimizer': optimizer.state_dict(),
-                        'step': step, 'log': log, 'rng': rng.bit_generator.state,
-                        'config': asdict(config)}, path.with_suffix('.partial'))
-            path.with_suffix('.partial').replace(path)
+            with atomic_file(path) as stream:
+                torch.save({'model': net.state_dict(), 'optimizer': optimizer.state_dict(),
+                            'step': step, 'log': log, 'rng': rng.bit_generator.state,
+                            'config': asdict(config)}, stream)
             write_csv(Path(config.output_dir) / 'train.csv', list(log[0]), log)
             plot_curves(log, [], Path(config.output_dir) / 'curves.png')
     return path

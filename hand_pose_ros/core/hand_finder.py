@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from hand_pose_ros.core.camera import uvd_from_xyz, xyz_from_uvd
+from hand_pose_ros.core.crop import MIN_CENTER_DEPTH_M
 from hand_pose_ros.core.localizer import logit, sigmoid
 
 LOGGER = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ def decode_peaks(heat, offset, depth, stride, intrinsics, min_score, max_peaks):
         u = (col + float(offset[0, row, col])) * CELL_PX * stride
         v = (row + float(offset[1, row, col])) * CELL_PX * stride
         z = DEPTH_OFFSET_M + float(depth[row, col]) * DEPTH_UNIT_M
-        if not (0 <= u < intrinsics.width and 0 <= v < intrinsics.height and z > 0):
+        # The bounds a crop centre must meet (crop.check_center).
+        if not (-0.5 <= u < intrinsics.width - 0.5 and -0.5 <= v < intrinsics.height - 0.5
+                and z >= MIN_CENTER_DEPTH_M):
             continue
         found.append((float(heat[row, col]), xyz_from_uvd((u, v, z), intrinsics)))
     return found

@@ -13,10 +13,12 @@ A model directory holds, for a model called ``name``:
 The module imports torch and safetensors only inside the functions that need them.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
 from pathlib import Path
+import threading
 
 import yaml
 
@@ -126,21 +128,33 @@ def write_card(card_path, card):
     write_atomic(Path(card_path), text.encode('utf-8'))
 
 
-def write_atomic(path, data):
+@contextlib.contextmanager
+def atomic_file(path):
     """
-    Write bytes to a file via a temporary file and a rename (no half-written files).
+    Yield a binary stream that replaces ``path`` when the block ends (no half-written files).
 
-    On failure (e.g. a full disk) the temporary file is removed and the error re-raised;
-    an existing ``path`` is left as it was.
+    The data goes to a temporary beside ``path``, named for this process and thread so that
+    two writers of one file never share it, is flushed to disk, and is renamed over ``path``.
+    On an error (e.g. a full disk) the temporary is removed and the error re-raised; an
+    existing ``path`` is left as it was.
     """
-    temporary = path.with_name(path.name + '.partial')
+    path = Path(path)
+    temporary = path.with_name(f'{path.name}.{os.getpid()}.{threading.get_ident()}.partial')
     try:
-        with open(temporary, 'wb') as handle:
-            handle.write(data)
+        with open(temporary, 'wb') as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except OSError:
+    except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path, data):
+    """Write bytes to a file with :func:`atomic_file`."""
+    with atomic_file(path) as stream:
+        stream.write(data)
 
 
 def register_file(card_path, file_path, key=None):
@@ -178,6 +192,13 @@ def read_card(card_path, verify=True):
     if not isinstance(card, dict) or any(key not in card for key in required):
         raise ModelFileError(
             f'model card {card_path}: not a model card (needs fields {", ".join(required)})')
+    files = card['files']
+    if not isinstance(files, dict) or not all(
+            _plain_file_name(name) and isinstance(record, dict)
+            and isinstance(record.get('bytes'), int) and isinstance(record.get('sha256'), str)
+            for name, record in files.items()):
+        raise ModelFileError(f'model card {card_path}: files must map names of files beside '
+                             'the card to their bytes and sha256')
     if verify:
         verify_card_files(card_path, card)
     return card
@@ -201,11 +222,30 @@ def verify_card_files(card_path, card):
                 f'{card_path} expects {record["sha256"]})')
 
 
-def card_file(card_path, card, key):
-    """Return the path of the file a card field names (e.g. 'weights', 'onnx')."""
-    if key not in card:
+def card_file(card_path, card, key, section=None):
+    """
+    Return the path of the file a card field names (e.g. 'weights', 'onnx').
+
+    The name must be a file beside the card that the card lists under ``files``, so that its
+    size and checksum are verified: a card cannot point at another directory's files.
+
+    :param section: a section of the card holding the field instead (e.g. its finder).
+    """
+    holder = card if section is None else section
+    if key not in holder:
         raise ModelFileError(f'model card {card_path}: no {key!r} file recorded')
-    return Path(card_path).parent / card[key]
+    name = holder[key]
+    if not _plain_file_name(name):
+        raise ModelFileError(f'model card {card_path}: {key} must name a file beside the '
+                             f'card, got {name!r}')
+    if name not in card['files']:
+        raise ModelFileError(f'model card {card_path}: {key} file {name} is not listed (with '
+                             f'its checksum) under files')
+    return Path(card_path).parent / name
+
+
+def _plain_file_name(name):
+    return isinstance(name, str) and name not in ('', '.', '..') and Path(name).name == name
 
 
 def load_model(card_path, device='cpu', verify=True):

@@ -66,6 +66,7 @@ from hand_pose_ros.core.crop import check_views
 from hand_pose_ros.core.filters import anatomy
 from hand_pose_ros.core.filters.config import config_from_dict, FilterConfig
 from hand_pose_ros.core.filters.offline import offline_filter
+from hand_pose_ros.core.model_io import atomic_file, write_atomic
 from hand_pose_ros.core.skeleton import BONES, NUM_JOINTS
 
 LOGGER = logging.getLogger(__name__)
@@ -637,10 +638,7 @@ def write_pseudo_chunks(recording, frame_index, labels_xyz, joint_mask, context_
 
 
 def _atomic_json(path, values):
-    path = Path(path)
-    temporary = path.with_name(path.name + '.partial')
-    temporary.write_text(json.dumps(values, indent=2, default=_json_default), encoding='utf-8')
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(values, indent=2, default=_json_default).encode('utf-8'))
 
 
 def _json_default(value):
@@ -801,9 +799,8 @@ class SelfTrainer:
         self._say(f'round {index}: estimating {len(self.recording)} frames with {card.name}')
         estimates = estimate_recording(self.factory(card), self.recording, self.config,
                                        self.stream)
-        with open(str(path) + '.partial', 'wb') as handle:
-            np.savez(handle, **estimates)
-        os.replace(str(path) + '.partial', path)
+        with atomic_file(path) as stream:
+            np.savez(stream, **estimates)
         return estimates
 
     def _evaluate_round(self, index, card, training=None):

@@ -37,6 +37,7 @@ from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.config_io import dataclass_from_dict
 from hand_pose_ros.core.crop import color_input, crop_color, crop_depth, CropSpec, \
     CropTransform, make_transform
+from hand_pose_ros.core.model_io import atomic_file
 
 LOG = logging.getLogger(__name__)
 
@@ -367,10 +368,8 @@ def render_chunk(source, count):
 
 def save_chunk(directory, name, chunk):
     """Write a chunk atomically (readers never see a half-written file)."""
-    path = os.path.join(directory, name)
-    with open(path + '.tmp', 'wb') as stream:
+    with atomic_file(os.path.join(directory, name)) as stream:
         np.savez(stream, **chunk)
-    os.replace(path + '.tmp', path)
 
 
 def next_chunk_index(directory, tag):
@@ -877,8 +876,8 @@ class Trainer:
                  'config': json.dumps(self.config.to_dict()),
                  'numpy_rng': json.dumps(self.rng.bit_generator.state),
                  'torch_rng': torch.get_rng_state()}
-        torch.save(state, path + '.tmp')
-        os.replace(path + '.tmp', path)
+        with atomic_file(path) as stream:
+            torch.save(state, stream)
 
     def _load_eval_set(self):
         if not self.config.eval_frames:

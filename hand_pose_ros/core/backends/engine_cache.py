@@ -18,13 +18,14 @@ import logging
 import os
 from pathlib import Path
 
-from hand_pose_ros.core.model_io import write_atomic
+from hand_pose_ros.core.model_io import sha256_file, write_atomic
 
 LOGGER = logging.getLogger(__name__)
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
 ENGINE_SUFFIX = '.engine'
 KEY_SUFFIX = '.key.json'
+CALIBRATION_SUFFIX = '.calib'
 
 
 def default_cache_dir():
@@ -130,6 +131,21 @@ class EngineCache:
         """Return the engine path for a model stem and key."""
         return self.directory / f'{stem}_{key.precision}_b{key.max_batch}{ENGINE_SUFFIX}'
 
+    def calibration_path(self, stem, key, fresh=False):
+        """
+        Return the INT8 calibration table of an engine, named for its key.
+
+        A table is only valid for the model and inputs it was measured on: any other
+        table of the same engine name is removed, and with ``fresh`` this one too, so
+        TensorRT calibrates again instead of reusing old scales.
+        """
+        engine = self.engine_path(stem, key)
+        path = engine.with_name(f'{engine.stem}.{key.digest()[:16]}{CALIBRATION_SUFFIX}')
+        for old in self.directory.glob(f'{engine.stem}.*{CALIBRATION_SUFFIX}'):
+            if old != path or fresh:
+                old.unlink(missing_ok=True)
+        return path
+
     def key_path(self, engine_path):
         """Return the key file that sits beside an engine."""
         return Path(str(engine_path)[:-len(ENGINE_SUFFIX)] + KEY_SUFFIX)
@@ -138,7 +154,8 @@ class EngineCache:
         """
         Return (engine_path, reason): reason None when the cached engine matches ``key``.
 
-        Reasons: 'missing', 'no key file', 'unreadable key file', or 'stale: <fields> changed'.
+        Reasons: 'missing', 'no key file', 'unreadable key file', 'stale: <fields> changed',
+        or 'engine file does not match its key file' (damaged, or replaced by another writer).
         """
         path = self.engine_path(stem, key)
         if not path.is_file():
@@ -153,6 +170,8 @@ class EngineCache:
             return path, 'unreadable key file'
         if stored.get('digest') != key.digest() or stored_key != key:
             return path, f'stale: {", ".join(key.changed_fields(stored_key)) or "digest"} changed'
+        if stored.get('engine_sha256') != sha256_file(path):
+            return path, 'engine file does not match its key file'
         return path, None
 
     def store(self, stem, key, engine_bytes):
@@ -163,7 +182,8 @@ class EngineCache:
             key file of ``stem`` is then left behind, so the next start rebuilds.
         """
         path = self.engine_path(stem, key)
-        record = {'digest': key.digest(), 'key': key.to_dict()}
+        record = {'digest': key.digest(), 'key': key.to_dict(),
+                  'engine_sha256': hashlib.sha256(bytes(engine_bytes)).hexdigest()}
         try:
             write_atomic(path, bytes(engine_bytes))
             write_atomic(self.key_path(path), json.dumps(record, indent=2).encode('utf-8'))

@@ -20,6 +20,7 @@ configure time, never inside an image callback.
 
 import logging
 from pathlib import Path
+import threading
 
 import numpy as np
 
@@ -38,8 +39,13 @@ def tensorrt_available():
         import tensorrt  # noqa: F401
     except ImportError as error:
         return False, f'tensorrt is not installed ({error})'
-    import torch
-
+    # The backend also needs torch (CUDA buffers) and onnx (input shapes): a Jetson can
+    # have TensorRT's system bindings without them.
+    try:
+        import onnx  # noqa: F401
+        import torch
+    except ImportError as error:
+        return False, f'the tensorrt backend needs torch and onnx ({error})'
     if not torch.cuda.is_available():
         return False, 'no CUDA device visible to torch'
     return True, ''
@@ -86,7 +92,7 @@ def _make_calibrator(trt, torch, batches, input_shapes, batch_size, cache_path):
             return None
 
         def write_calibration_cache(self, cache):
-            cache_path.write_bytes(bytes(cache))
+            model_io.write_atomic(cache_path, bytes(cache))
 
     return CropCalibrator()
 
@@ -225,7 +231,7 @@ class TensorRTBackend:
             gpu_name=torch.cuda.get_device_name())
         cache = EngineCache(cache_dir)
         stem = self.onnx_path.stem
-        calibration_cache = cache.engine_path(stem, key).with_suffix('.calib')
+        calibration_cache = cache.calibration_path(stem, key, fresh=force_rebuild)
         engine_bytes, self.cache_status = cache.load_or_build(
             stem, key,
             lambda: build_serialized_engine(
@@ -242,6 +248,8 @@ class TensorRTBackend:
         self.context = self.engine.create_execution_context()
         self.tensor_api = hasattr(self.engine, 'num_io_tensors')
         self.stream = torch.cuda.Stream()
+        # The execution context holds the shapes and addresses of one call at a time.
+        self._lock = threading.Lock()
         self.precision = precision
         LOGGER.info('tensorrt backend: %s, %s, max batch %d, engine %s (TensorRT %s, %s)',
                     self.onnx_path, precision, self.max_batch, self.cache_status,
@@ -261,14 +269,15 @@ class TensorRTBackend:
     def _run(self, feeds):
         import torch
 
-        with torch.cuda.stream(self.stream):
-            inputs = {name: torch.from_numpy(array).cuda(non_blocking=False)
-                      for name, array in feeds.items()}
-            if self.tensor_api:
-                outputs = self._execute_tensors(inputs)
-            else:
-                outputs = self._execute_bindings(inputs)
-        self.stream.synchronize()
+        with self._lock:
+            with torch.cuda.stream(self.stream):
+                inputs = {name: torch.from_numpy(array).cuda(non_blocking=False)
+                          for name, array in feeds.items()}
+                if self.tensor_api:
+                    outputs = self._execute_tensors(inputs)
+                else:
+                    outputs = self._execute_bindings(inputs)
+            self.stream.synchronize()
         return {name: outputs[name].float().cpu().numpy() for name in OUTPUT_NAMES}
 
     def _execute_tensors(self, inputs):

@@ -1,6 +1,7 @@
 """PyTorch backend: CPU or CUDA; FP16, channels-last, CUDA graphs, ``torch.compile`` on demand."""
 
 import logging
+import threading
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class TorchBackend:
             raise ValueError('cuda_graphs needs a CUDA device')
         self.cuda_graphs = on_gpu if cuda_graphs is None else bool(cuda_graphs)
         self._graphs = {}  # input shapes -> (graph, static inputs, static outputs)
+        self._graph_lock = threading.Lock()
         use_channels_last = on_gpu if channels_last is None else bool(channels_last)
         self.memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
         if threads is not None:
@@ -109,6 +111,13 @@ class TorchBackend:
             tensors = [torch.from_numpy(feeds[name]).to(self.device).to(
                 dtype=self.dtype, memory_format=self.memory_format)
                 for name, _, _ in self.input_shapes]
-            outputs = self._replay(tensors) if self.cuda_graphs else self.network(*tensors)
-            return {name: outputs[name].float().cpu().numpy().astype(np.float32, copy=False)
-                    for name in OUTPUT_NAMES}
+            if not self.cuda_graphs:
+                return _numpy_outputs(self.network(*tensors))
+            # A graph's static inputs and outputs are shared: one caller at a time.
+            with self._graph_lock:
+                return _numpy_outputs(self._replay(tensors))
+
+
+def _numpy_outputs(outputs):
+    return {name: outputs[name].float().cpu().numpy().astype(np.float32, copy=False)
+            for name in OUTPUT_NAMES}
