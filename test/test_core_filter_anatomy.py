@@ -52,6 +52,20 @@ def test_single_outlier_does_not_reject_the_hand_but_is_blamed():
     assert np.flatnonzero(blamed['bone_ratio']).tolist() == [INDEX_PIP]
 
 
+def test_a_fingertip_collapsed_onto_its_parent_is_blamed():
+    # The noise margin puts the lower bounds of short bones below zero: a collapsed bone
+    # must still fail.
+    cfg = FilterConfig().anatomy
+    for tip in (4, 8, 20):
+        hand = _hand()
+        hand[tip] = hand[tip - 1] + 0.001
+        assert np.flatnonzero(anatomy.check_bones(cfg, hand, ALL)['bone_length']).tolist() \
+            == [tip]
+        shortened = _hand()
+        shortened[tip] = shortened[tip - 1] + 0.5 * (shortened[tip] - shortened[tip - 1])
+        assert not anatomy.check_bones(cfg, shortened, ALL)['bone_length'].any()
+
+
 def test_knuckle_breadth_check():
     cfg = FilterConfig().anatomy
     hand = _hand()
@@ -124,6 +138,21 @@ def test_repair_restores_calibrated_bone_lengths_along_observed_directions():
     assert np.flatnonzero(blamed).tolist() == [MIDDLE_TIP]
     repaired, _, _ = anatomy.repair(cfg, stretched, blamed, 'right', target)
     np.testing.assert_allclose(repaired, hand, atol=1e-9)
+
+
+def test_segment_distances_match_brute_force_also_for_point_segments():
+    rng = np.random.default_rng(3)
+    p0, p1, q0, q1 = rng.uniform(-0.05, 0.05, (4, 300, 3))
+    q1[:100] = q0[:100]                    # the second segment a point
+    p1[100:200] = p0[100:200]              # the first one a point
+    grid = np.linspace(0.0, 1.0, 401)
+    for k in range(300):
+        a = p0[k] + grid[:, None] * (p1[k] - p0[k])
+        b = q0[k] + grid[:, None] * (q1[k] - q0[k])
+        brute = np.min(np.linalg.norm(a[:, None] - b[None], axis=2))
+        exact = anatomy._segment_distances(p0[k:k + 1], p1[k:k + 1], q0[k:k + 1],
+                                           q1[k:k + 1])[0]
+        assert exact <= brute + 1e-12 and brute - exact < 2e-4, k
 
 
 def test_self_intersection_is_detected():

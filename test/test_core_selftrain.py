@@ -171,6 +171,23 @@ def test_the_temporal_filter_runs_on_each_stretch_of_a_part_apart():
                                keypoints[[11, 16]].mean(axis=1), atol=0.003)
 
 
+def test_pose_checks_accept_a_plausible_left_hand():
+    # Flexion angles change sign between hands and a recording does not say which it shows.
+    from hand_pose_ros.core.filters import anatomy, FilterConfig
+    from hand_pose_ros.core.kinematics import ANGLE_NAMES, hand_from_angles, REST_ANGLES_DEG
+
+    angles = np.radians([REST_ANGLES_DEG[name] + (45.0 if name.endswith('pip_flexion')
+                                                  else 0.0) for name in ANGLE_NAMES])
+    left = hand_from_angles(angles, handedness='left') + np.array([0.0, 0.0, 0.5])
+    checks = FilterConfig().anatomy
+    blamed = anatomy.check_pose(checks, left, 'right')
+    assert any(mask.any() for mask in blamed.values())    # as a right hand it is not
+    keypoints = np.repeat(left[None], 20, axis=0)
+    selection = select_pseudo_labels(np.arange(20) / 30.0, keypoints, np.full((20, 21), 0.9),
+                                     SelfTrainConfig(score_quantile=0.0, pose_checks=True))
+    assert np.all(selection.status == KEPT), selection.status
+
+
 def test_held_out_metrics_count_the_frames_of_all_blocks():
     # Two held-out blocks, 10 and 20 frames, of two people 30 cm apart; half the second
     # block has no hand. The frames between them are not measured.
@@ -385,6 +402,17 @@ def test_one_round_end_to_end_writes_a_loadable_adapted_model(world, tmp_path):
             np.load(out / 'control' / 'iter_01' / 'train' / 'pool' / name) as control_chunk:
         np.testing.assert_array_equal(adapted_chunk['patches'], control_chunk['patches'])
     assert not (out / 'control' / 'iter_01' / 'synthetic').exists()
+    # A card left without its done marker (stopped between the card and its finder) is
+    # made again; a finished round is not.
+    marker = out / 'control' / 'iter_01' / 'done.json'
+    assert json.loads(marker.read_text())['pseudo_crops'] == 0
+    marker.unlink()
+    card_file = out / 'control' / 'iter_01' / 'control_01.yaml'
+    card_file.write_text('interrupted: true\n')
+    assert model_io.read_card(trainer.control_run(1, 16))['selftrain']['pseudo_crops'] == 0
+    written = card_file.stat().st_mtime_ns
+    trainer.control_run(1, 16)
+    assert card_file.stat().st_mtime_ns == written
 
 
 def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
@@ -440,6 +468,33 @@ def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
     assert [r['round'] for r in state['rounds']] == [0, 1, 2, 3]
     assert state['rounds'][2]['train'] == results[0][0][2]
     assert state['stopped'] == '3 iterations done'
+
+
+def test_a_run_resumes_only_with_the_model_it_started_from(world, tmp_path):
+    # An update can put another model at the same path (the installed 'default').
+    from hand_pose_ros.core.models import build_model
+
+    recording, truth, card = world
+    start = tmp_path / 'model' / card.name
+    start.parent.mkdir()
+    for name in model_io.read_card(card)['files']:
+        shutil.copy(card.parent / name, start.parent / name)
+    shutil.copy(card, start)
+
+    def factory(path):
+        return ReplayEstimator(recording, truth)
+
+    SelfTrainer(recording, start, tmp_path / 'run', small_config(), estimator_factory=factory)
+    SelfTrainer(recording, start, tmp_path / 'run', small_config(), estimator_factory=factory,
+                resume=True)
+    torch.manual_seed(1)
+    other = build_model('a2j', backbone='resnet18', width=0.125, input_size=32,
+                        head_channels=16)
+    model_io.save_model(other, start.parent, start.stem, extra={
+        k: v for k, v in model_io.read_card(start).items() if k in ('crop', 'training')})
+    with pytest.raises(ValueError, match='its start_model_files'):
+        SelfTrainer(recording, start, tmp_path / 'run', small_config(),
+                    estimator_factory=factory, resume=True)
 
 
 def test_synthetic_chunks_mix_the_start_domain_at_its_share():

@@ -11,7 +11,8 @@ Folder layout::
     recording/
       intrinsics.yaml        # fx, fy, cx, cy, width, height (also .yml or .json), or a
                              # ROS camera_info YAML (camera_matrix.data, image_width/height)
-      000000.png ...         # 16-bit PNG, millimetres, 0 = invalid; sorted by name
+      000000.png ...         # 16-bit PNG, millimetres, 0 = invalid; sorted by name,
+                             # numbers in names by value (frame_2 before frame_10)
 
 Stamps: when every file stem is an integer of at least 16 digits it is read as nanoseconds
 (the name ``rosbag``-to-PNG exporters write); otherwise frame ``i`` is stamped ``i / fps``.
@@ -20,6 +21,7 @@ Stamps: when every file stem is an integer of at least 16 digits it is read as n
 from dataclasses import dataclass
 import json
 from pathlib import Path
+import re
 
 import numpy as np
 
@@ -120,6 +122,11 @@ def write_depth_png(path, depth):
     Image.fromarray(depth_to_millimetres(depth_to_metres(depth))).save(path)
 
 
+def _natural_key(path):
+    return [(0, int(part), '') if part.isdigit() else (1, 0, part)
+            for part in re.split(r'(\d+)', path.name)]
+
+
 class FolderRecording:
     """
     A folder of 16-bit depth PNGs with an intrinsics file (layout in the module docstring).
@@ -136,7 +143,8 @@ class FolderRecording:
             raise ValueError(f'recording folder {self.path} does not exist')
         if not fps > 0:
             raise ValueError(f'fps must be positive, got {fps!r}')
-        self.files = sorted(self.path.glob('*.png'))
+        # Numbers in names by value: frame_2 before frame_10 (unpadded counters).
+        self.files = sorted(self.path.glob('*.png'), key=_natural_key)
         if not self.files:
             raise ValueError(f'recording folder {self.path} holds no .png depth image')
         if intrinsics is None:

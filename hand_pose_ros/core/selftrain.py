@@ -389,7 +389,10 @@ def select_pseudo_labels(stamps_s, keypoints, scores, config, parts=None):
     if config.pose_checks:
         checks = config.filter_config.anatomy
         for t in np.flatnonzero(status == KEPT):
-            if _any_blamed(anatomy.check_pose(checks, smoothed[t], 'unknown')):
+            # The recording does not say which hand it shows, and flexion angles change sign
+            # between the two: a pose plausible as either hand passes.
+            if all(_any_blamed(anatomy.check_pose(checks, smoothed[t], side))
+                   for side in ('right', 'left')):
                 status[t] = ANATOMY
     labels = np.where((status == KEPT)[:, None, None], smoothed, np.nan)
     return Selection(status, chosen, chosen_scores, labels, smoothed, residual, spatial_ok)
@@ -727,6 +730,9 @@ class SelfTrainer:
         state_path = self.output_dir / STATE_FILE
         identity = {'config': json.loads(json.dumps(self.config.to_dict())),
                     'start_model': str(self.start_card),
+                    # The same path may hold another model after an update: its checksums.
+                    'start_model_files': {name: record['sha256'] for name, record in
+                                          self.start_card_values['files'].items()},
                     'recording': getattr(recording, 'description', type(recording).__name__),
                     'frames': len(recording)}
         if state_path.is_file():
@@ -735,6 +741,8 @@ class SelfTrainer:
                                  f'resume=True (--resume) or choose another folder')
             self.state = json.loads(state_path.read_text(encoding='utf-8'))
             self.state['config'] = {**_SETTINGS_OF_OLDER_RUNS, **self.state['config']}
+            # Runs made before the start model's checksums were recorded.
+            self.state.setdefault('start_model_files', identity['start_model_files'])
             self._extend_iterations(identity['config']['iterations'])
             self.state['config'].update(
                 {key: identity['config'][key] for key in _EXECUTION_SETTINGS})
@@ -1035,14 +1043,16 @@ class SelfTrainer:
         for index in range(1, rounds + 1):
             round_dir = directory / f'iter_{index:02d}'
             round_dir.mkdir(parents=True, exist_ok=True)
-            done = round_dir / f'control_{index:02d}.yaml'
+            # Written once the card has every file (finder, exports), which come after it.
+            done = round_dir / 'done.json'
             if not done.is_file():
                 pool = self._build_pool(round_dir, index, np.zeros(0, np.int64),
                                         np.zeros((0, NUM_JOINTS, 3)),
                                         np.zeros((0, NUM_JOINTS), bool), crops)
-                self._train(round_dir, card, pool, self.config.seed + index,
-                            f'control_{index:02d}', {'pseudo_labels': 0})
-            card = done
+                _, training = self._train(round_dir, card, pool, self.config.seed + index,
+                                          f'control_{index:02d}', {'pseudo_labels': 0})
+                _atomic_json(done, training)
+            card = round_dir / f'control_{index:02d}.yaml'
         return card
 
     # ----- public

@@ -77,6 +77,8 @@ def _segment_distances(p0, p1, q0, q1):
     outside = (t < 0.0) | (t > 1.0)
     t = _unit_interval(t)
     s = np.where(outside & (a > 1e-12), _unit_interval((t * b - c) / np.maximum(a, 1e-18)), s)
+    # q a point: the nearest point of p to it (the general formula above leaves s at 0).
+    s = np.where((e <= 1e-12) & (a > 1e-12), _unit_interval(-c / np.maximum(a, 1e-18)), s)
     gap = p0 + s[:, None] * d1 - (q0 + t[:, None] * d2)
     return np.sqrt((gap * gap).sum(axis=1))
 
@@ -89,6 +91,10 @@ def _finger_bone_pairs():
 
 
 _FINGER_BONE_PAIRS = _finger_bone_pairs()
+# A bone shorter than this share of its smallest adult length has collapsed (a joint put on
+# its neighbour, a common estimator failure): keypoint noise alone seldom does that, while
+# the noise margin takes the other bounds of short bones below zero.
+COLLAPSED_FRACTION = 0.25
 _IS_DISTAL = np.isin(BONES[:, 1], FINGER_JOINTS[:, 3])
 _DISTAL_CORE = 0.7
 
@@ -259,9 +265,10 @@ def check_bones(config, keypoints_xyz, present, calibrated_lengths_m=None):
         return blamed
     lengths, both, scale = _bone_scale(keypoints_xyz, present, config.keypoint_noise_m)
     margin = config.noise_margin_m
-    mean = MEAN_BONE_LENGTHS_M
-    absolute = both & ((lengths < mean * config.bone_scale_min - margin)
-                       | (lengths > mean * config.bone_scale_max + margin))
+    shortest = MEAN_BONE_LENGTHS_M * config.bone_scale_min
+    absolute = both & (
+        (lengths < np.maximum(shortest - margin, COLLAPSED_FRACTION * shortest))
+        | (lengths > MEAN_BONE_LENGTHS_M * config.bone_scale_max + margin))
     blamed['bone_length'] = _blame_bones(absolute)
     if scale is not None:
         blamed['bone_ratio'] = _blame_bones(
