@@ -436,6 +436,26 @@ def test_tracker_follows_a_hand_and_searches_every_interval_or_when_it_is_lost()
     assert tracker.last_localized and localizer.calls == 7
 
 
+def test_tracker_pairs_each_followed_hand_with_itself_when_their_order_changes():
+    from hand_pose_ros.core import HandTracker
+
+    other = CENTER + [0.15, 0.0, 0.0]
+    localizer = CountingLocalizer([candidate(CENTER, 0.8), candidate(other, 0.8)])
+    backend = OracleBackend(np.zeros((2, 21, 3)), confidence=np.array([0.9, 0.8]))
+    est = HandPoseEstimator(localizer, SPEC, backend, max_hands=2,
+                            hand_score=HandScore(bias=-8.0, localizer_weight=0.5,
+                                                 joint_weight=15.0))
+    tracker = HandTracker(est, redetect_interval=10)
+    depth = np.fmin(hand_scene(), hand_scene(other))
+    first = tracker.estimate(depth, INTRINSICS)
+    assert len(first) == 2 and np.allclose(first[0].center_xyz, CENTER)
+    backend.confidence = np.array([0.8, 0.9])     # the other hand now scores higher
+    followed = tracker.estimate(depth, INTRINSICS)
+    assert not tracker.last_localized and np.allclose(followed[0].center_xyz, other)
+    # Neither hand moved: no motion is carried into the next frame's crops.
+    assert np.abs(tracker._motion).max() < 1e-9
+
+
 def test_tracker_searches_every_frame_without_a_hand_score_or_when_the_hand_leaves():
     from hand_pose_ros.core import HandTracker
 

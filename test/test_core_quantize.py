@@ -109,6 +109,25 @@ def test_a_new_export_quantises_again_and_a_stale_copy_is_refused(tmp_path):
     assert OnnxRuntimeBackend(card_path, precision='fp32').precision == 'fp32'
 
 
+def test_exports_that_fail_their_check_are_not_used(tmp_path, monkeypatch):
+    card_path = save(tmp_path)
+    export.quantize_card(card_path, calibration_crops=CALIBRATION, check_crops=CHECK)
+    before = model_io.read_card(card_path)
+    kept = {name: (tmp_path / name).read_bytes() for name in ('tiny.onnx', 'tiny_int8.onnx')}
+    # A float export that differs from PyTorch at all (tolerance 0) and an INT8 copy held to
+    # the same: both are written aside, the card and the files it lists stay as they were.
+    monkeypatch.setattr(export, 'INT8_TOLERANCE', 0.0)
+    results = export.export_card(card_path, tolerance=0.0, int8=True)
+    assert [r.within_tolerance for r in results] == [False, False]
+    assert (tmp_path / 'tiny.unchecked.onnx').is_file()
+    assert model_io.read_card(card_path) == before
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+    export.quantize_card(card_path, calibration_crops=CALIBRATION, check_crops=CHECK)
+    assert (tmp_path / 'tiny_int8.unchecked.onnx').is_file()
+    assert model_io.read_card(card_path) == before
+    load_estimator(str(card_path), backend='onnxruntime')     # checksums still hold
+
+
 def test_export_command_writes_the_copy(tmp_path, capsys):
     card = save(tmp_path)
     assert export_main(['--card', str(card), '--int8']) == 0

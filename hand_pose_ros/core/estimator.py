@@ -513,8 +513,13 @@ class HandTracker:
             self._motion = [np.zeros(3)] * len(hands)
         else:
             self._since_localized += 1
-            self._motion = [now.keypoints_xyz.mean(axis=0) - before.keypoints_xyz.mean(axis=0)
-                            for now, before in zip(hands, self._hands)]
+            # Hands come back best first, which need not be the order they were followed in.
+            before = np.array([hand.keypoints_xyz.mean(axis=0) for hand in self._hands])
+            self._motion = []
+            for hand in hands:
+                now = hand.keypoints_xyz.mean(axis=0)
+                self._motion.append(
+                    now - before[np.argmin(np.linalg.norm(before - now, axis=1))])
         self._hands = hands
         self.last_timings = timings
         return hands

@@ -20,6 +20,7 @@ is compared with the float export on crops the calibration did not see.
 
 from dataclasses import dataclass, field
 import logging
+import os
 from pathlib import Path
 import tempfile
 import warnings
@@ -367,11 +368,14 @@ def quantize_card(card_path, crops=None, calibration_crops=CALIBRATION_CROPS,
         check_crops = count // 3
         calibration_crops = count - check_crops
         data = {'data': 'crops given to hand_pose_export (--calibration-crops)'}
+    path = card_path.parent / f'{card.get("name", card_path.stem)}_int8.onnx'
     result = quantize_onnx(
-        onnx_path, card_path.parent / f'{card.get("name", card_path.stem)}_int8.onnx',
+        onnx_path, _unchecked(path),
         {name: array[:calibration_crops] for name, array in crops.items()},
         {name: array[calibration_crops:] for name, array in crops.items()})
     result.calibration.update(data)
+    if not _install_checked(result, path):
+        return result
     model_io.register_file(card_path, result.path, 'onnx_int8')
     card = model_io.read_card(card_path, verify=False)
     card['quantization'] = {
@@ -382,6 +386,27 @@ def quantize_card(card_path, crops=None, calibration_crops=CALIBRATION_CROPS,
         'max_abs_error': result.max_abs_error, 'mean_difference': result.mean_difference}
     model_io.write_card(card_path, card)
     return result
+
+
+def _unchecked(path):
+    """Return where an export is written until it passes its check (beside ``path``)."""
+    return path.with_name(f'{path.stem}.unchecked{path.suffix}')
+
+
+def _install_checked(result, path):
+    """
+    Move an export that passed its check to ``path``; return whether it did.
+
+    One that failed stays at its ``.unchecked`` name for inspection, and whatever ``path``
+    held (and its card entry) stays as it was: a card never points at a failed export.
+    """
+    if not result.within_tolerance:
+        LOGGER.warning('%s failed its check against the reference and is not used: %s',
+                       result.path, result.summary())
+        return False
+    os.replace(result.path, path)
+    result.path = path
+    return True
 
 
 def export_card(card_path, out_dir=None, dynamic_batch=True, static_batch_sizes=(),
@@ -401,7 +426,9 @@ def export_card(card_path, out_dir=None, dynamic_batch=True, static_batch_sizes=
     :param int8: also write the INT8 copy of the dynamic export (:func:`quantize_card`;
         beside the card only). A card that has one gets it again from the new export.
     :param int8_crops: the crops that calibrate it (see :func:`quantize_card`).
-    :return: list of :class:`ExportResult`, then the :class:`QuantizeResult` if any.
+    :return: list of :class:`ExportResult`, then the :class:`QuantizeResult` if any. An
+        export outside its tolerance is left at ``<name>.unchecked.onnx``, not registered,
+        and the file it would have replaced stays (:func:`_install_checked`).
     """
     card_path = Path(card_path)
     model, card = model_io.load_model(card_path)
@@ -416,9 +443,9 @@ def export_card(card_path, out_dir=None, dynamic_batch=True, static_batch_sizes=
         raise ValueError('the INT8 copy is made from the dynamic-batch export beside the card')
     results = []
     for dynamic, batch in jobs:
-        result = export_onnx(model, out_dir / onnx_file_name(name, dynamic, batch), dynamic,
-                             batch, tolerance)
-        if in_card_dir:
+        path = out_dir / onnx_file_name(name, dynamic, batch)
+        result = export_onnx(model, _unchecked(path), dynamic, batch, tolerance)
+        if _install_checked(result, path) and in_card_dir:
             model_io.register_file(card_path, result.path, 'onnx' if dynamic else None)
         results.append(result)
     if int8 or (in_card_dir and dynamic_batch and 'onnx_int8' in card):
