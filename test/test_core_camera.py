@@ -21,6 +21,9 @@ def test_projection_round_trip_vectorised():
     ({'cx': float('nan')}, 'cx must be a finite number'),
     ({'width': 0}, 'width must be a positive integer'),
     ({'height': 10.5}, 'height must be a positive integer'),
+    ({'width': float('inf')}, 'width must be a positive integer'),
+    ({'height': None}, 'height must be a positive integer'),
+    ({'width': '640'}, 'width must be a positive integer'),
 ])
 def test_intrinsics_validation(kwargs, message):
     values = {'fx': 500.0, 'fy': 500.0, 'cx': 320.0, 'cy': 240.0, 'width': 640, 'height': 480}

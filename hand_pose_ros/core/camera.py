@@ -55,7 +55,9 @@ class CameraIntrinsics:
                              f'got fx={self.fx}, fy={self.fy}')
         for name in ('width', 'height'):
             value = getattr(self, name)
-            if int(value) != value or value <= 0:
+            if not isinstance(value, (int, float, np.floating, np.integer)) \
+                    or isinstance(value, bool) or not math.isfinite(value) \
+                    or int(value) != value or value <= 0:
                 raise ValueError(f'camera intrinsics: {name} must be a positive integer, '
                                  f'got {value!r}')
         object.__setattr__(self, 'width', int(self.width))
