@@ -587,3 +587,21 @@ def test_load_estimator_runs_an_rgb_card(tmp_path):
         assert len(hands) == 1 and np.all(np.isfinite(hands[0].keypoints_xyz))
         with pytest.raises(ValueError, match='takes a colour image'):
             est.estimate(hand_scene(), INTRINSICS, centers=[CENTER])
+
+
+def test_estimate_gives_the_same_hands_from_several_threads(tiny_model_card):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hand_pose_ros.core.synth import SyntheticGenerator
+
+    est = load_estimator(str(tiny_model_card), backend='onnxruntime')
+    generator = SyntheticGenerator(INTRINSICS, seed=3)
+    frames = [generator.sample_frame().depth_mm for _ in range(6)]
+    alone = [est.estimate(depth, INTRINSICS) for depth in frames]
+    assert sum(map(len, alone)) >= len(frames)
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda depth: est.estimate(depth, INTRINSICS), frames * 3))
+    for hands, expected in zip(together, alone * 3):
+        assert len(hands) == len(expected)
+        for hand, reference in zip(hands, expected):
+            np.testing.assert_array_equal(hand.keypoints_xyz, reference.keypoints_xyz)
