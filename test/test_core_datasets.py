@@ -122,6 +122,8 @@ def test_msra_reader(tmp_path):
             stream.write(' '.join(f'{v:.5f}' for v in row.ravel()) + '\n')
     dataset = open_dataset('msra', str(tmp_path))
     assert len(dataset) == 2
+    # One subject named alone (--option subjects=P0 gives a string).
+    assert len(open_dataset('msra', str(tmp_path), subjects='P0')) == 2
     for frame, joints in enumerate(hands):
         sample = dataset[frame]
         check_sample(sample, joints, 'msra', cam)
@@ -169,6 +171,10 @@ def test_fpha_reader(tmp_path):
             stream.write(f'{frame} ' + ' '.join(f'{v:.4f}' for v in values.ravel()) + '\n')
     dataset = open_dataset('fpha', str(tmp_path))
     assert len(dataset) == 2
+    # One subject named alone is that subject, not the letters of its name.
+    assert len(open_dataset('fpha', str(tmp_path), subjects='Subject_1')) == 2
+    with pytest.raises(ValueError, match=r"skeleton.txt of subjects \['Subject'\]"):
+        open_dataset('fpha', str(tmp_path), subjects='Subject')
     for frame, joints in enumerate(hands):
         check_sample(dataset[frame], joints, 'fpha', cam)
     assert [s.name.endswith(f'depth_{i:04d}.png') for i, s in enumerate(dataset)] == [True] * 2

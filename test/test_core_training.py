@@ -293,6 +293,15 @@ def test_config_validation(tmp_path, overrides, message):
         tiny_config(tmp_path, **overrides)
 
 
+def test_recorded_training_data_needs_a_held_out_split_of_its_own(tmp_path):
+    # A dataset reader ignores the seed: without eval_data the held-out frames would be the
+    # training frames.
+    config = tiny_config(tmp_path, eval_data=None)
+    with pytest.raises(ValueError, match='needs eval_data, a held-out split of its own'):
+        training.Trainer(config)
+    training.Trainer(tiny_config(tmp_path, 'no_eval', eval_data=None, eval_frames=0))
+
+
 def test_learning_rate_schedules(tmp_path):
     cosine = tiny_config(tmp_path, steps=100, warmup_steps=10, lr=1.0)
     assert training.learning_rate(0, cosine) == pytest.approx(0.1)
@@ -305,12 +314,14 @@ def test_learning_rate_schedules(tmp_path):
         [1.0, 1.0, 0.1, 0.01])
 
 
-def test_synthetic_source_with_a_render_worker(tmp_path):
+# Rendered in the training process too, with the training seed equal to the held-out one.
+@pytest.mark.parametrize('render_workers, seed', [(1, 3), (0, 1000)])
+def test_synthetic_source_with_a_render_worker(tmp_path, render_workers, seed):
     config = tiny_config(
         tmp_path, data={'type': 'synthetic', 'camera': 'sr300',
                         'scene': {'distance_range_m': [0.3, 0.6]}},
-        eval_data=None, eval_frames=3, eval_seed=1000, render_workers=1, chunk_size=4,
-        pool_size=8, min_pool=4, steps=3, checkpoint_every=3)
+        eval_data=None, eval_frames=3, eval_seed=1000, render_workers=render_workers,
+        seed=seed, chunk_size=4, pool_size=8, min_pool=4, steps=3, checkpoint_every=3)
     trainer = training.Trainer(config, progress_stream=io.StringIO())
     metrics = trainer.train()
     assert not trainer._workers
@@ -330,6 +341,11 @@ def test_synthetic_source_with_a_render_worker(tmp_path):
     # The held-out set is rendered from its own seed: its crops differ from the pool's.
     for patch in held_out_patches:
         assert not any(np.array_equal(patch[8:24, 8:24], p[16:32, 16:32]) for p in patches)
+    # Even with the training seed equal to the held-out seed: the scene stream that seed
+    # gives the generator is not the one the pool was rendered from.
+    direct = training.render_chunk(training.make_source(config.data, trainer.context_spec,
+                                                        seed), 4)
+    assert not np.array_equal(direct['patches'], patches)
 
 
 def test_colour_model_trains_on_registered_colour_crops(tmp_path):

@@ -185,9 +185,20 @@ class TrainConfig:
         return cls.from_dict(values)
 
     def held_out_data(self):
-        """Return the held-out source description."""
+        """
+        Return the held-out source description.
+
+        :raises ValueError: recorded training data without ``eval_data``: a dataset reader
+            ignores the seed, so the held-out frames would be training frames.
+        """
         if self.eval_data is not None:
             return self.eval_data
+        kind = self.data.get('type', 'synthetic')
+        if kind != 'synthetic':
+            raise ValueError(
+                f'training on {kind} data needs eval_data, a held-out split of its own '
+                '(another root, label file or subjects); without it the held-out error would '
+                'be measured on training frames. Or set eval_frames: 0')
         return dict(self.data, seed=self.eval_seed)
 
 
@@ -325,6 +336,17 @@ class DatasetCrops:
                 continue  # centre outside the image
             return result, joints, sample.joint_mask, sample.joints_xyz
         raise ValueError('no frame of the dataset gives a valid crop')
+
+
+def render_seed(seed, step, worker):
+    """
+    Return the scene seed of one renderer of a run (re)started at ``step``.
+
+    Hashed from (seed, step, worker): each worker of each (re)start renders scenes of its
+    own, and no training seed renders the scenes of the evaluation seeds (1000, 2000, ...),
+    which the generator would draw from ``seed`` itself.
+    """
+    return int(np.random.SeedSequence([seed, step, worker]).generate_state(1)[0])
 
 
 def make_source(data, spec, seed, color=False):
@@ -815,6 +837,9 @@ class Trainer:
         self.start_model = json.loads(checkpoint.get('start_model', 'null'))
         self.rng.bit_generator.state = json.loads(checkpoint['numpy_rng'])
         torch.set_rng_state(checkpoint['torch_rng'])
+        # Dropout and Gumbel noise on a GPU draw from the CUDA generators.
+        if 'cuda_rng' in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint['cuda_rng'])
         self.train_rows = [r for r in read_csv(os.path.join(self.output_dir, 'train.csv'))
                            if r['step'] <= self.step]
         self.eval_rows = [r for r in read_csv(os.path.join(self.output_dir, 'eval.csv'))
@@ -876,6 +901,8 @@ class Trainer:
                  'config': json.dumps(self.config.to_dict()),
                  'numpy_rng': json.dumps(self.rng.bit_generator.state),
                  'torch_rng': torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state['cuda_rng'] = torch.cuda.get_rng_state_all()
         with atomic_file(path) as stream:
             torch.save(state, stream)
 
@@ -892,7 +919,8 @@ class Trainer:
                     return {k: stored[k] for k in stored.files if k != 'key'}
         source = make_source(data, self.config.crop_spec, self.config.eval_seed, self.color)
         eval_set = make_eval_set(source, self.config.eval_frames)
-        np.savez(path, key=key, **eval_set)
+        with atomic_file(path) as stream:
+            np.savez(stream, key=key, **eval_set)
         return eval_set
 
     # ----- data
@@ -903,7 +931,8 @@ class Trainer:
         if config.render_workers == 0:
             missing = config.pool_size - len(glob.glob(os.path.join(self.pool_dir, '*.npz'))) \
                 * config.chunk_size
-            source = make_source(config.data, self.context_spec, config.seed, self.color)
+            source = make_source(config.data, self.context_spec,
+                                 render_seed(config.seed, self.step, 0), self.color)
             first = next_chunk_index(self.pool_dir, 'main')
             for index in range(first, first + max(0, math.ceil(missing / config.chunk_size))):
                 save_chunk(self.pool_dir, f'chunk_main_{index:06d}.npz',
@@ -914,10 +943,8 @@ class Trainer:
         self._stop = context.Event()
         self._allowed = context.Value('q', config.min_pool)
         rendered = context.Value('q', 0)
-        # Each worker of each (re)start renders its own scenes: seeds from (seed, step, worker).
         for worker in range(config.render_workers):
-            sequence = np.random.SeedSequence([config.seed, self.step, worker])
-            seed = int(sequence.generate_state(1)[0])
+            seed = render_seed(config.seed, self.step, worker)
             process = context.Process(
                 target=render_worker, daemon=True,
                 args=(config.data, spec, seed, f's{self.step}w{worker}', self.pool_dir,
@@ -1112,7 +1139,10 @@ def write_model(checkpoint_path, directory, name, export_onnx=True, views=1, ref
         metrics = evaluate(model, eval_set, 'cpu')
         extra['metrics'] = {
             'held_out': {'data': config.held_out_data(), 'frames': len(eval_set['mask']),
-                         'center': 'oracle'},
+                         'center': 'oracle',
+                         # It chose the checkpoint, so it flatters the model a little.
+                         'role': 'validation: chose the checkpoint; test figures come '
+                                 'from hand_pose_evaluate'},
             'mean_3d_error_mm': round(metrics['mean_mm'], 3),
             'median_3d_error_mm': round(metrics['median_mm'], 3),
             'per_joint_error_mm': [round(v, 3) for v in metrics['per_joint_mm']]}

@@ -52,20 +52,6 @@ def sample_from_layout(depth, intrinsics, joints_xyz_m, layout, name):
     return DepthSample(depth_m, intrinsics, joints, mask, name)
 
 
-def read_png16(path):
-    """Read a 16-bit single-channel PNG as uint16 millimetres."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        array = np.asarray(image)
-    if array.ndim != 2:
-        raise ValueError(f'{path}: expected a single-channel 16-bit depth PNG, '
-                         f'got shape {array.shape}')
-    if array.dtype != np.uint16:
-        array = array.astype(np.uint16)
-    return array
-
-
 def parse_label_rows(path, num_values, name_column):
     """
     Parse a whitespace-separated label file into names and float rows.
@@ -102,6 +88,13 @@ def require_dir(root):
     if not os.path.isdir(root):
         raise ValueError(f'dataset root {root!r} is not a directory')
     return root
+
+
+def subject_names(subjects):
+    """Return ``subjects`` as a list of names (one name given alone, e.g. ``subjects=P0``)."""
+    if subjects is None:
+        return None
+    return [subjects] if isinstance(subjects, str) else [str(s) for s in subjects]
 
 
 class LabelledFrames:

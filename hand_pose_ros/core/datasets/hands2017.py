@@ -16,7 +16,8 @@ import os
 
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.datasets.base import (
-    LabelledFrames, parse_label_rows, read_png16, require_dir, sample_from_layout)
+    LabelledFrames, parse_label_rows, require_dir, sample_from_layout, subject_names)
+from hand_pose_ros.core.recordings import read_depth_png
 
 
 class Hands2017Dataset(LabelledFrames):
@@ -41,7 +42,7 @@ class Hands2017Dataset(LabelledFrames):
         self._joints_m = rows.reshape(-1, 21, 3) * 1e-3
 
     def _read(self, index):
-        depth = read_png16(os.path.join(self.root, self.image_dir, self._names[index]))
+        depth = read_depth_png(os.path.join(self.root, self.image_dir, self._names[index]))
         return sample_from_layout(depth, self.intrinsics, self._joints_m[index], 'hands2017',
                                   self._names[index])
 
@@ -58,6 +59,7 @@ class FPHADataset(LabelledFrames):
 
     def __init__(self, root, subjects=None):
         require_dir(root)
+        subjects = subject_names(subjects)
         label_root = os.path.join(root, 'Hand_pose_annotation_v1')
         require_dir(label_root)
         self.root = root
@@ -72,11 +74,12 @@ class FPHADataset(LabelledFrames):
                     'Video_files', sequence, 'depth', f'depth_{int(float(frame)):04d}.png'))
                 joints.append(row.reshape(21, 3) * 1e-3)
         if not self._names:
+            which = '' if subjects is None else f' of subjects {subjects}'
             raise ValueError(f'FPHA root {root!r} holds no <subject>/<action>/<seq>/'
-                             f'skeleton.txt under Hand_pose_annotation_v1')
+                             f'skeleton.txt{which} under Hand_pose_annotation_v1')
         self._joints_m = joints
 
     def _read(self, index):
-        depth = read_png16(os.path.join(self.root, self._names[index]))
+        depth = read_depth_png(os.path.join(self.root, self._names[index]))
         return sample_from_layout(depth, self.intrinsics, self._joints_m[index], 'fpha',
                                   self._names[index])

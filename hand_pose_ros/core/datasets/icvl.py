@@ -13,7 +13,8 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, xyz_from_uvd
 from hand_pose_ros.core.datasets.base import (
-    LabelledFrames, parse_label_rows, read_png16, require_dir, sample_from_layout)
+    LabelledFrames, parse_label_rows, require_dir, sample_from_layout)
+from hand_pose_ros.core.recordings import read_depth_png
 
 
 class ICVLDataset(LabelledFrames):
@@ -36,6 +37,6 @@ class ICVLDataset(LabelledFrames):
         self._uvd = rows.reshape(-1, 16, 3) * np.array([1.0, 1.0, 1e-3])
 
     def _read(self, index):
-        depth = read_png16(os.path.join(self.root, 'Depth', self._names[index]))
+        depth = read_depth_png(os.path.join(self.root, 'Depth', self._names[index]))
         joints = xyz_from_uvd(self._uvd[index], self.intrinsics)
         return sample_from_layout(depth, self.intrinsics, joints, 'icvl', self._names[index])

@@ -146,13 +146,9 @@ class SyntheticDataset:
 
     def depth_mm(self, index):
         """Return frame ``index``'s (H, W) uint16 depth in millimetres."""
-        from PIL import Image
+        from hand_pose_ros.core.recordings import read_depth_png
 
-        with Image.open(os.path.join(self.root, DEPTH_DIR, frame_name(index))) as image:
-            depth = np.array(image)
-        if depth.dtype != np.uint16:
-            depth = depth.astype(np.uint16)
-        return depth
+        return read_depth_png(os.path.join(self.root, DEPTH_DIR, frame_name(index)))
 
     def color(self, index):
         """Return frame ``index``'s (H, W, 3) uint8 colour image, or None."""
