@@ -208,6 +208,12 @@ def test_wrong_image_size_is_reported(tmp_path):
     (tmp_path / 'Training_Annotation.txt').write_text('a.png ' + ' '.join(['500'] * 63))
     with pytest.raises(ValueError, match='image is 10x10 but camera intrinsics are 640x480'):
         open_dataset('hands2017', str(tmp_path))[0]
+    # An 8-bit preview is not depth in millimetres.
+    from PIL import Image
+
+    Image.fromarray(np.full((480, 640), 90, np.uint8)).save(tmp_path / 'images' / 'a.png')
+    with pytest.raises(ValueError, match='must be 16-bit single channel'):
+        open_dataset('hands2017', str(tmp_path))[0]
 
 
 def test_synthetic_folder_reader(tmp_path):
