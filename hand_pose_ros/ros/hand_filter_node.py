@@ -19,8 +19,9 @@ from hand_pose_ros.core.stats import LatencyWindow, RateMeter
 from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, OUTPUT_TYPES, \
     visible_hands
 from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
-                                          diagnostic_status, input_qos, LogThrottle,
-                                          publish_encoded, run, stamp_ns, start_diagnostics)
+                                          diagnostic_status, exit_process, input_qos,
+                                          LogThrottle, publish_encoded, run, stamp_ns,
+                                          start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_FILTER_NODE_PARAMS
 
 # Topic of each output of frame_outputs.
@@ -135,4 +136,4 @@ class HandFilterNode(Node):
 
 def main(args=None):
     """Run ``hand_filter_node``."""
-    return run(HandFilterNode, args)
+    exit_process(run(HandFilterNode, args))

@@ -29,9 +29,9 @@ from hand_pose_ros.ros.conversions import (color_from_image, depth_from_image,
                                            intrinsics_from_camera_info)
 from hand_pose_ros.ros.messages import keypoint_cloud
 from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
-                                          diagnostic_status, input_qos, LogThrottle,
-                                          OUTPUT_QOS, publish_encoded, run, stamp_ns,
-                                          start_diagnostics)
+                                          diagnostic_status, exit_process, input_qos,
+                                          LogThrottle, OUTPUT_QOS, publish_encoded, run,
+                                          stamp_ns, start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 
 
@@ -169,6 +169,8 @@ class HandPoseNode(Node):
             try:
                 self._process(msg)
             except Exception as error:  # noqa: B902 - a bug must not stop the worker thread
+                if not self.context.ok():
+                    return  # shut down (Ctrl-C) while the frame was being published
                 self._warn('internal_errors', f'internal error on a frame: {error!r}')
                 self._throttle.log(self.get_logger().error, 'traceback', traceback.format_exc(),
                                    self._values['log_throttle_s'])
@@ -285,4 +287,4 @@ class HandPoseNode(Node):
 
 def main(args=None):
     """Run ``hand_pose_node``."""
-    return run(HandPoseNode, args)
+    exit_process(run(HandPoseNode, args))

@@ -2,6 +2,7 @@
 
 import collections
 import functools
+import os
 import sys
 import threading
 import time
@@ -184,6 +185,24 @@ def stamp_ns(header):
 STARTUP_ERRORS = (ValueError, OSError, ParameterException)
 
 
+def exit_process(code):
+    """
+    End a node's process with ``code`` once everything of ours has stopped.
+
+    rclpy's C++ state (its signal-handling thread, the DDS participants) is otherwise torn
+    down by static destructors at interpreter exit; after a Ctrl-C that teardown races and
+    can abort the process ("terminate called without an active exception", exit -6; see
+    ros2/rclpy#1484). The nodes are destroyed and rclpy shut down by now, so the process
+    flushes its output and leaves without it.
+    """
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run(node_class, args=None):
     """
     Run one node until shutdown (Humble-compatible ``main`` form).
@@ -249,7 +268,11 @@ class NodeSpinner:
         except ExternalShutdownException:
             pass
         except Exception:  # noqa: B902 - kept for wait()'s caller; the node stops spinning
-            self.errors.append(f'{threading.current_thread().name}: {traceback.format_exc()}')
+            # A callback in flight when the context shuts down (Ctrl-C) fails to publish: that
+            # is the shutdown, not an error of the node.
+            if self._running and executor.context.ok():
+                self.errors.append(f'{threading.current_thread().name}: '
+                                   f'{traceback.format_exc()}')
 
     def spinning(self):
         """Return whether every node still spins: a callback that raised ends its thread."""

@@ -15,7 +15,7 @@ from rclpy.executors import ExternalShutdownException
 
 from hand_pose_ros.ros.hand_filter_node import HandFilterNode
 from hand_pose_ros.ros.hand_pose_node import HandPoseNode
-from hand_pose_ros.ros.node_utils import NodeSpinner, STARTUP_ERRORS
+from hand_pose_ros.ros.node_utils import exit_process, NodeSpinner, STARTUP_ERRORS
 from hand_pose_ros.ros.synthetic_camera_node import SyntheticCameraNode
 
 
@@ -78,7 +78,7 @@ def ros_arguments(argv):
 
 
 def main(args=None):
-    """Run the pipeline until Ctrl-C."""
+    """Run the pipeline until Ctrl-C; end the process with its exit status."""
     argv = sys.argv if args is None else args
     rclpy.init(args=argv)
     options = parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
@@ -108,4 +108,4 @@ def main(args=None):
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    exit_process(code)

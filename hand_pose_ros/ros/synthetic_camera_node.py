@@ -24,7 +24,7 @@ from hand_pose_ros.core.synth import generate_motion, SyntheticGenerator
 from hand_pose_ros.ros.conversions import camera_info_from_intrinsics, image_from_array
 from hand_pose_ros.ros.messages import keypoint_cloud
 from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
-                                          OUTPUT_QOS, publish_encoded, run)
+                                          exit_process, OUTPUT_QOS, publish_encoded, run)
 from hand_pose_ros.ros.params import SYNTHETIC_CAMERA_PARAMS
 
 
@@ -113,4 +113,4 @@ class SyntheticCameraNode(Node):
 
 def main(args=None):
     """Run ``synthetic_camera_node``."""
-    return run(SyntheticCameraNode, args)
+    exit_process(run(SyntheticCameraNode, args))
