@@ -101,6 +101,13 @@ def test_icvl_reader(tmp_path):
     dataset = open_dataset('icvl', str(tmp_path))
     assert len(dataset) == 1
     check_sample(dataset[0], joints, 'icvl', cam)
+    # Several label files (the test set comes in two), read in the order given.
+    (tmp_path / 'test_seq_2.txt').write_text((tmp_path / 'labels.txt').read_text())
+    both = open_dataset('icvl', str(tmp_path), labels=['labels.txt', 'test_seq_2.txt'])
+    assert len(both) == 2
+    check_sample(both[1], joints, 'icvl', cam)
+    with pytest.raises(ValueError, match="no label file 'test_seq_1.txt'"):
+        open_dataset('icvl', str(tmp_path), labels=['test_seq_1.txt'])
 
 
 def test_msra_reader(tmp_path):

@@ -43,8 +43,8 @@ def build_parser():
                              'set on the fly')
     parser.add_argument('--root', help='dataset folder (required except for synthetic)')
     parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
-                        help='dataset reader option, repeatable (e.g. labels=test.txt, '
-                             'kinect=1, subjects=P0,P1)')
+                        help='dataset reader option, repeatable (e.g. '
+                             'labels=test_seq_1.txt,test_seq_2.txt, kinect=1, subjects=P0,P1)')
     parser.add_argument('--model', default='default', help='model name or model card path')
     parser.add_argument('--center', choices=evaluation.CENTER_MODES, default='oracle',
                         help='oracle: crop at the ground-truth joint centroid; detect: find '

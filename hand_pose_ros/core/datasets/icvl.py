@@ -19,22 +19,30 @@ from hand_pose_ros.core.recordings import read_depth_png
 
 class ICVLDataset(LabelledFrames):
     """
-    Frames listed in one ICVL label file.
+    Frames listed in ICVL label files.
 
-    :param root: dataset folder holding ``Depth/`` and the label file.
-    :param labels: label file name inside ``root``.
+    :param root: dataset folder holding ``Depth/`` and the label files.
+    :param labels: label file name inside ``root``, or a list of them (the test set is
+        ``[test_seq_1.txt, test_seq_2.txt]``).
     """
 
     intrinsics = CameraIntrinsics.from_preset('icvl')
 
     def __init__(self, root, labels='labels.txt'):
         require_dir(root)
-        path = os.path.join(root, labels)
-        if not os.path.isfile(path):
-            raise ValueError(f'ICVL root {root!r} has no label file {labels!r}')
         self.root = root
-        self._names, rows = parse_label_rows(path, 16 * 3, name_column=True)
-        self._uvd = rows.reshape(-1, 16, 3) * np.array([1.0, 1.0, 1e-3])
+        self._names, uvd = [], []
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        if not labels:
+            raise ValueError('ICVL: name at least one label file')
+        for name in labels:
+            path = os.path.join(root, name)
+            if not os.path.isfile(path):
+                raise ValueError(f'ICVL root {root!r} has no label file {name!r}')
+            names, rows = parse_label_rows(path, 16 * 3, name_column=True)
+            self._names += list(names)
+            uvd.append(rows.reshape(-1, 16, 3))
+        self._uvd = np.concatenate(uvd) * np.array([1.0, 1.0, 1e-3])
 
     def _read(self, index):
         depth = read_depth_png(os.path.join(self.root, 'Depth', self._names[index]))
