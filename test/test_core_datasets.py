@@ -223,7 +223,8 @@ def test_wrong_image_size_is_reported(tmp_path):
         open_dataset('hands2017', str(tmp_path))[0]
 
 
-def test_synthetic_folder_reader(tmp_path):
+def test_synthetic_folder_reader(tmp_path, caplog):
+    from hand_pose_ros.core.synth import SceneConfig
     from hand_pose_ros.core.synth.dataset import write_dataset
     from hand_pose_ros.core.synth.generator import SyntheticGenerator
     cam = CameraIntrinsics.from_preset('sr300')
@@ -231,6 +232,12 @@ def test_synthetic_folder_reader(tmp_path):
     frames = [generator.sample_frame() for _ in range(2)]
     write_dataset(str(tmp_path), frames, cam)
     dataset = open_dataset('synthetic', str(tmp_path))
+    assert 'second hand' not in caplog.text
+    # A second hand the folder does not label is said, not silently counted as false.
+    two = SyntheticGenerator(cam, scene=SceneConfig(second_hand_prob=1.0), seed=7)
+    write_dataset(str(tmp_path / 'two'), [two.sample_frame() for _ in range(2)], cam)
+    open_dataset('synthetic', str(tmp_path / 'two'))
+    assert 'of 2 frames show a second hand that the folder does not label' in caplog.text
     assert len(dataset) == 2 and dataset.intrinsics == cam
     for frame, sample in zip(frames, dataset):
         assert sample.joint_mask.all()

@@ -14,13 +14,16 @@ import time
 
 from hand_pose_ros.core import skeleton
 from hand_pose_ros.core.camera import CAMERA_PRESETS, CameraIntrinsics
+from hand_pose_ros.core.evaluation import synthetic_scene_config
 from hand_pose_ros.core.synth import (
     generate_motion, SceneConfig, SensorConfig, SyntheticGenerator)
 from hand_pose_ros.core.synth.dataset import (
     contact_sheet, depth_preview, ProgressBar, write_dataset)
 from hand_pose_ros.core.synth.generator import hand_crop_intrinsics
 
-SCENES = {'default': SceneConfig, 'hand_only': SceneConfig.hand_only}
+# The evaluation's scene types (a folder labels only the first hand of each frame:
+# single_hand and hand_only folders have no unlabelled second hand).
+SCENES = ('default', 'single_hand', 'hand_only')
 SENSORS = {'default': SensorConfig, 'clean': SensorConfig.clean}
 
 
@@ -32,8 +35,9 @@ def build_parser():
     parser.add_argument('--seed', type=int, default=0, help='random seed')
     parser.add_argument('--camera', default='sr300', choices=sorted(CAMERA_PRESETS),
                         help='camera preset')
-    parser.add_argument('--scene', default='default', choices=sorted(SCENES),
-                        help='scene contents')
+    parser.add_argument('--scene', default='default', choices=SCENES,
+                        help='scene contents (the folder labels the first hand of each frame; '
+                             'default scenes sometimes show a second hand)')
     parser.add_argument('--sensor', default='default', choices=sorted(SENSORS),
                         help='sensor artefacts (clean: exact depth)')
     parser.add_argument('--motion', action='store_true',
@@ -146,7 +150,7 @@ def main(argv=None):
             return 0
     if not args.out:
         raise SystemExit('hand_pose_synth: --out is required (unless --benchmark)')
-    scene = SCENES[args.scene]()
+    scene = synthetic_scene_config(args.scene)
     sensor = SENSORS[args.sensor]()
     generator = SyntheticGenerator(intrinsics, scene=scene, sensor=sensor, seed=args.seed)
     frames = _PreviewCollector(_frames(args, generator, intrinsics),
