@@ -4,7 +4,7 @@
 Starts the synthetic camera, ``hand_pose_node`` and ``hand_filter_node`` in one process,
 prints the live rate, end-to-end latency (image stamp to filtered keypoints) and 3D error
 against the synthetic ground truth every second, and writes an animated GIF of the filtered
-skeleton (coloured) over the depth image with the ground truth (white) so a person sees it.
+skeleton (coloured) over the depth image with the ground truth (cyan) so a person sees it.
 """
 
 import argparse
