@@ -23,6 +23,10 @@ CAMERA_PRESETS = {
 }
 
 
+def _finite_number(value):
+    return isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class CameraIntrinsics:
     """
@@ -46,8 +50,7 @@ class CameraIntrinsics:
     def __post_init__(self):
         for name in ('fx', 'fy', 'cx', 'cy'):
             value = getattr(self, name)
-            if not isinstance(value, (int, float, np.floating, np.integer)) \
-                    or not math.isfinite(value):
+            if not _finite_number(value):
                 raise ValueError(f'camera intrinsics: {name} must be a finite number, '
                                  f'got {value!r}')
         if self.fx <= 0 or self.fy <= 0:
@@ -55,9 +58,8 @@ class CameraIntrinsics:
                              f'got fx={self.fx}, fy={self.fy}')
         for name in ('width', 'height'):
             value = getattr(self, name)
-            if not isinstance(value, (int, float, np.floating, np.integer)) \
-                    or isinstance(value, bool) or not math.isfinite(value) \
-                    or int(value) != value or value <= 0:
+            if not _finite_number(value) or isinstance(value, bool) or int(value) != value \
+                    or value <= 0:
                 raise ValueError(f'camera intrinsics: {name} must be a positive integer, '
                                  f'got {value!r}')
         object.__setattr__(self, 'width', int(self.width))

@@ -271,8 +271,9 @@ class NodeSpinner:
             # A callback in flight when the context shuts down (Ctrl-C) fails to publish: that
             # is the shutdown, not an error of the node.
             if self._running and executor.context.ok():
-                self.errors.append(f'{threading.current_thread().name}: '
-                                   f'{traceback.format_exc()}')
+                error = f'{threading.current_thread().name}: {traceback.format_exc()}'
+                print(error, file=sys.stderr, flush=True)   # as an uncaught one would be
+                self.errors.append(error)
 
     def spinning(self):
         """Return whether every node still spins: a callback that raised ends its thread."""

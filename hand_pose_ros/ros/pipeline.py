@@ -93,8 +93,8 @@ def main(args=None):
         spinner.wait()
         if spinner.errors:
             # One node stopped on an error: stop the others too rather than run without it.
-            print('hand_pose_pipeline: error: a node stopped on an error; stopping.\n'
-                  + ''.join(spinner.errors), file=sys.stderr)
+            print('hand_pose_pipeline: error: a node stopped on the error above; stopping',
+                  file=sys.stderr)
             code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

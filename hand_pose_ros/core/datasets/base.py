@@ -90,11 +90,16 @@ def require_dir(root):
     return root
 
 
-def subject_names(subjects):
-    """Return ``subjects`` as a list of names (one name given alone, e.g. ``subjects=P0``)."""
-    if subjects is None:
+def name_list(names):
+    """
+    Return a reader option naming one or several things as a list of names.
+
+    One name given alone (``--option subjects=P0`` gives a string) is a list of one; None
+    (the reader's default) stays None.
+    """
+    if names is None:
         return None
-    return [subjects] if isinstance(subjects, str) else [str(s) for s in subjects]
+    return [names] if isinstance(names, str) else [str(name) for name in names]
 
 
 class LabelledFrames:

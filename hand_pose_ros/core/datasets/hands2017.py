@@ -16,7 +16,7 @@ import os
 
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.datasets.base import (
-    LabelledFrames, parse_label_rows, require_dir, sample_from_layout, subject_names)
+    LabelledFrames, name_list, parse_label_rows, require_dir, sample_from_layout)
 from hand_pose_ros.core.recordings import read_depth_png
 
 
@@ -59,7 +59,7 @@ class FPHADataset(LabelledFrames):
 
     def __init__(self, root, subjects=None):
         require_dir(root)
-        subjects = subject_names(subjects)
+        subjects = name_list(subjects)
         label_root = os.path.join(root, 'Hand_pose_annotation_v1')
         require_dir(label_root)
         self.root = root

@@ -13,7 +13,7 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, xyz_from_uvd
 from hand_pose_ros.core.datasets.base import (
-    LabelledFrames, parse_label_rows, require_dir, sample_from_layout)
+    LabelledFrames, name_list, parse_label_rows, require_dir, sample_from_layout)
 from hand_pose_ros.core.recordings import read_depth_png
 
 
@@ -32,7 +32,7 @@ class ICVLDataset(LabelledFrames):
         require_dir(root)
         self.root = root
         self._names, uvd = [], []
-        labels = [labels] if isinstance(labels, str) else list(labels)
+        labels = name_list(labels)
         if not labels:
             raise ValueError('ICVL: name at least one label file')
         for name in labels:

@@ -15,7 +15,7 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.datasets.base import (
-    LabelledFrames, require_dir, sample_from_layout, subject_names)
+    LabelledFrames, name_list, require_dir, sample_from_layout)
 
 _HEADER = np.dtype([('width', '<i4'), ('height', '<i4'), ('left', '<i4'), ('top', '<i4'),
                     ('right', '<i4'), ('bottom', '<i4')])
@@ -66,7 +66,7 @@ class MSRADataset(LabelledFrames):
 
     def __init__(self, root, subjects=None):
         require_dir(root)
-        subjects = subject_names(subjects)
+        subjects = name_list(subjects)
         if subjects is None:
             subjects = sorted(d for d in os.listdir(root)
                               if d.startswith('P') and os.path.isdir(os.path.join(root, d)))
