@@ -127,7 +127,9 @@ def test_log_throttle_holds_repeats_per_kind_and_follows_a_new_period():
     for key, period_s, at in (('a', 5.0, 0.0), ('a', 5.0, 0.1), ('b', 5.0, 0.2),
                               ('a', 5.0, 0.9), ('a', 0.5, 1.0), ('a', 0.5, 1.2)):
         now[0] = at
-        throttle.log(logged.append, key, f'{key} at {at}', period_s)
+        message = throttle.message(key, f'{key} at {at}', period_s)
+        if message:
+            logged.append(message)
     # 'b' is not hidden by 'a'; the shorter period applies from the next message on.
     assert logged == ['a at 0.0', 'b at 0.2', 'a at 1.0 (2 more held back)']
 

@@ -96,6 +96,47 @@ def test_float_depth_and_unsynchronised_info(node_and_camera, frames):
     assert node._counts['unsynchronised_info'] == 1
 
 
+class FailingOnce:
+    """A real estimator whose next ``estimate`` raises once (a bug on one frame)."""
+
+    def __init__(self, estimator):
+        self.__dict__.update(estimator=estimator, fail=False)
+
+    def __getattr__(self, name):
+        return getattr(self.estimator, name)
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__:
+            self.__dict__[name] = value
+        else:
+            setattr(self.estimator, name, value)
+
+    def estimate(self, *args, **kwargs):
+        if self.fail:
+            self.fail = False
+            raise RuntimeError('a bug on one frame')
+        return self.estimator.estimate(*args, **kwargs)
+
+
+def test_an_internal_error_is_an_error_until_a_frame_goes_through(
+        spinner, tiny_model_card, frames):
+    estimator = FailingOnce(load_estimator(str(tiny_model_card), backend='onnxruntime'))
+    node = spinner.add(HandPoseNode(estimator=estimator, context=spinner.context))
+    camera = Camera(spinner, qos_profile_sensor_data)
+    assert spinner.wait_for(lambda: camera.depth_pub.get_subscription_count() > 0, 10)
+    depth = image_from_array(frames[0].depth_mm, '16UC1')
+    estimator.fail = True
+    camera.send(depth, 40.0)
+    assert spinner.wait_for(lambda: node._counts['internal_errors'] == 1, 10)
+    assert node.status().level == DiagnosticStatus.ERROR
+    camera.send_and_wait(depth, 40.5)
+    status = node.status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.OK and values['internal errors'] == '1'
+    assert 'a bug on one frame' in values['last problem']
+    assert node._worker.is_alive()
+
+
 def test_lens_distortion_is_reported_and_frames_still_flow(node_and_camera, frames):
     node, camera = node_and_camera
     depth = image_from_array(frames[0].depth_mm, '16UC1')

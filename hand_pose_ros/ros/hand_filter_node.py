@@ -77,16 +77,20 @@ class HandFilterNode(Node):
             self._counts['bad_input'] += 1
             self._last_error = f'raw keypoints rejected: {error}'
             self._latest_rejected = True
-            self._throttle.log(self.get_logger().warning, 'bad_input', self._last_error,
-                               self._values['log_throttle_s'])
+            message = self._throttle.message('bad_input', self._last_error,
+                                             self._values['log_throttle_s'])
+            if message:
+                self.get_logger().warning(message)
             return
         self._latest_rejected = False
         resets = self._filter.stats.get('resets', 0)
         tracks = self._filter.update(stamp_ns(msg.header) * 1e-9, observations)
         if self._filter.stats.get('resets', 0) > resets:
-            self._throttle.log(self.get_logger().warning, 'reset',
-                               'filter reset (time jumped back or stream went stale)',
-                               self._values['log_throttle_s'])
+            message = self._throttle.message(
+                'reset', 'filter reset (time jumped back or stream went stale)',
+                self._values['log_throttle_s'])
+            if message:
+                self.get_logger().warning(message)
         self.publish_hands(msg.header, tracks)
         self._last_hands = len(tracks)
         self._latency_ms.add((time.monotonic() - start) * 1000.0)

@@ -117,6 +117,7 @@ class HandPoseNode(Node):
                         'time_jumps': 0, 'internal_errors': 0}
         self._last_error = ''
         self._throttle = LogThrottle()
+        self._latest_failed = False
         self._distortion = ''
         self._last_hands = 0
         self._last_stamp_ns = None
@@ -147,7 +148,9 @@ class HandPoseNode(Node):
         with self._lock:
             self._counts[key] += 1
             self._last_error = text
-        self._throttle.log(self.get_logger().warning, key, text, self._values['log_throttle_s'])
+        message = self._throttle.message(key, text, self._values['log_throttle_s'])
+        if message:
+            self.get_logger().warning(message)
 
     def _on_info(self, msg):
         self._pairer.add(stamp_ns(msg.header), msg)
@@ -172,8 +175,11 @@ class HandPoseNode(Node):
                 if not self.context.ok():
                     return  # shut down (Ctrl-C) while the frame was being published
                 self._warn('internal_errors', f'internal error on a frame: {error!r}')
-                self._throttle.log(self.get_logger().error, 'traceback', traceback.format_exc(),
-                                   self._values['log_throttle_s'])
+                self._latest_failed = True
+                message = self._throttle.message('traceback', traceback.format_exc(),
+                                                 self._values['log_throttle_s'])
+                if message:
+                    self.get_logger().error(message)
 
     def _process(self, msg):
         start = time.monotonic()
@@ -217,6 +223,7 @@ class HandPoseNode(Node):
         publish_encoded(self._raw_pub, keypoint_cloud(hands, msg.header))
         if self._debug_pub.get_subscription_count() > 0:
             self._publish_debug(msg.header, depth, intrinsics, hands)
+        self._latest_failed = False
         with self._lock:
             self._counts['processed'] += 1
             self._counts['localised'] += self._tracker.last_localized
@@ -266,7 +273,8 @@ class HandPoseNode(Node):
         }
         if silent_s > self._values['diagnostics.stale_timeout_s']:
             level, text = DiagnosticStatus.ERROR, f'no depth images for {silent_s:.1f} s'
-        elif counts['internal_errors']:
+        elif self._latest_failed:
+            # Until a frame goes through again: the count and the last problem stay.
             level, text = DiagnosticStatus.ERROR, f'internal errors: {last_error}'
         elif counts['processed'] and self._slot.dropped > counts['processed']:
             level = DiagnosticStatus.WARN

@@ -146,7 +146,9 @@ class LogThrottle:
     rclpy's own ``throttle_duration_sec`` fixes a call site's period at its first message
     and raises ``ValueError`` when a later call passes another, so it cannot follow the
     dynamic ``log_throttle_s`` parameter; it also throttles by call site, so one frequent
-    warning would hide every other one logged from the same line.
+    warning would hide every other one logged from the same line. The caller logs what
+    :meth:`message` returns, each severity from a line of its own: rclpy remembers the
+    severity of each line that logs and raises when it changes.
 
     :param clock: ``callable() -> seconds`` (monotonic).
     """
@@ -157,8 +159,8 @@ class LogThrottle:
         self._last = {}
         self._held = collections.Counter()
 
-    def admit(self, key, period_s):
-        """Return None to hold a message of ``key`` back, else how many were held since."""
+    def message(self, key, text, period_s):
+        """Return ``text`` to log (saying how many were held back since), or None to hold it."""
         now = self._clock()
         with self._lock:
             last = self._last.get(key)
@@ -166,13 +168,8 @@ class LogThrottle:
                 self._held[key] += 1
                 return None
             self._last[key] = now
-            return self._held.pop(key, 0)
-
-    def log(self, log, key, text, period_s):
-        """Log ``text`` with ``log`` (a logger method) unless held back; say how many were."""
-        held = self.admit(key, period_s)
-        if held is not None:
-            log(f'{text} ({held} more held back)' if held else text)
+            held = self._held.pop(key, 0)
+        return f'{text} ({held} more held back)' if held else text
 
 
 def stamp_ns(header):
