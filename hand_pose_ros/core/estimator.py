@@ -394,9 +394,9 @@ class HandPoseEstimator:
         # (e.g. given centres on an all-invalid image).
         seen = (batch < BACKGROUND_VALUE).reshape(len(batch), -1).any(axis=1)
         for i, transform in enumerate(transforms):
-            keypoints = transform.xyz_from_normalized(joints[i])
             if not seen[i]:
                 continue
+            keypoints = transform.xyz_from_normalized(joints[i])
             if not np.all(np.isfinite(keypoints)) or keypoints[:, 2].min() <= 0.0:
                 LOGGER.warning('%s: hand %d dropped: joints not finite or not in front of '
                                'the camera', self.name, i)
