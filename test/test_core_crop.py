@@ -6,7 +6,7 @@ import pytest
 from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz, xyz_from_uvd
 from hand_pose_ros.core.crop import (
     BACKGROUND_VALUE, batch_views, crop_batch, crop_depth, CropSpec, make_transform,
-    merge_views, VIEW_SETS)
+    merge_views, VIEW_CONFIDENCE_POWER, VIEW_SETS)
 
 INTRINSICS = CameraIntrinsics.from_preset('sr300')
 SPEC = CropSpec(input_size=96, cube_size_m=(0.2, 0.2, 0.3))
@@ -190,6 +190,21 @@ def test_views_map_back_to_the_original_crop(views):
     joints, merged_confidence = merge_views(*nearest_point_network(seen), views)
     np.testing.assert_allclose(joints, expected)
     np.testing.assert_allclose(merged_confidence, confidence)
+
+
+def test_views_are_weighted_by_their_confidence():
+    # Two views (the crop and its half turn) of one hand: the turned view's (u, v) are negated.
+    joints = np.zeros((2, 21, 3))
+    joints[0, :, 2], joints[1, :, 2] = 0.1, 0.4
+    confidence = np.ones((2, 21))
+    confidence[1, 0] = 0.5  # the second view is unsure of the wrist
+    confidence[:, 1] = 0.0  # neither is sure of the thumb CMC
+    merged, merged_confidence = merge_views(joints, confidence, 2)
+    weight = 0.5 ** VIEW_CONFIDENCE_POWER
+    assert merged[0, 0, 2] == pytest.approx((0.1 + weight * 0.4) / (1.0 + weight))
+    assert merged[0, 1, 2] == pytest.approx(0.25)  # no weight at all: the plain mean
+    assert merged[0, 2, 2] == pytest.approx(0.25)
+    assert merged_confidence[0, 0] == pytest.approx(0.75)
 
 
 def test_unknown_view_counts_raise():

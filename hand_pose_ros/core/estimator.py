@@ -144,10 +144,10 @@ class HandPoseEstimator:
         with a ``hand_score``; the localiser applies its own ``min_score``).
     :param views: test-time views of each reported hand (1, 2, 4 or 8; see
         :data:`~hand_pose_ros.core.crop.VIEW_SETS`): after the last pass and the hand score,
-        the network sees each kept hand's crop turned (and mirrored) too and the joints and
-        confidences are averaged over the views; more accurate, ``views - 1`` more crops per
-        reported hand. The hand score is computed before, on the single view it was fitted
-        on.
+        the network sees each kept hand's crop turned (and mirrored) too and the views are
+        merged (:func:`~hand_pose_ros.core.crop.merge_views`); more accurate, ``views - 1``
+        more crops per reported hand. The hand score is computed before, on the single view
+        it was fitted on.
     :param input_names: the network's inputs: ``('depth',)``, or with ``'color'`` for an RGB
         network (:class:`~hand_pose_ros.core.models.JointGroupsRGB`): each hand's window is
         then also cut out of a colour image registered to the depth image (same camera and
@@ -343,7 +343,7 @@ class HandPoseEstimator:
 
     def _with_views(self, rows, crops, timings):
         """
-        Average each reported hand's joints over its crop's views.
+        Merge each reported hand's joints over its crop's views.
 
         :param rows: (index, hand) pairs; index into ``crops``, the last pass's
             (network inputs, transforms, normalised joints, confidences) of its hands. The

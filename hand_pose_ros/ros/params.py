@@ -97,8 +97,8 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
               'default model does), tensorrt and torch on a GPU run fp16; fp32, fp16 (GPU) or '
               'int8 to choose.', None, PRECISIONS),
     ParamSpec('model.views', 0,
-              'Test-time views per hand crop, averaged (turned and mirrored): 0 = the model '
-              "card's choice (default model: 4), 1 = fastest.", None, (0, 1, 2, 4, 8)),
+              'Test-time views per hand crop (turned and mirrored), merged by confidence: 0 = the '
+              "model card's choice (default model: 8), 1 = fastest.", None, (0, 1, 2, 4, 8)),
     ParamSpec('model.refine_passes', -1,
               'Re-centring passes per found hand, each cropping again at the joint centroid '
               "of the last: -1 = the model card's choice (default model: 2), 0 = fastest.",
