@@ -9,7 +9,9 @@ which must not; the fine-tuning runs the real trainer on a tiny untrained A2J ca
 
 from dataclasses import replace
 import json
+import os
 import shutil
+import time
 
 import numpy as np
 from PIL import Image
@@ -29,6 +31,7 @@ from hand_pose_ros.core.selftrain import (
     holdout_spans, in_start_domain, KEPT, LOW_CONFIDENCE, NO_DETECTION, select_pseudo_labels,
     SelfTrainConfig, SelfTrainer, spatial_problem, STATE_FILE, TEMPORAL, write_pseudo_chunks)
 from hand_pose_ros.core.synth import generate_motion, SensorConfig, SyntheticGenerator
+from hand_pose_ros.core.training import CropPool
 
 INTRINSICS = CameraIntrinsics(130.0, 130.0, 80.0, 60.0, 160, 120)
 NUM_FRAMES = 40
@@ -413,6 +416,29 @@ def test_one_round_end_to_end_writes_a_loadable_adapted_model(world, tmp_path):
     written = card_file.stat().st_mtime_ns
     trainer.control_run(1, 16)
     assert card_file.stat().st_mtime_ns == written
+
+
+def test_an_interrupted_pool_build_loads_its_crops_in_the_same_order(world, tmp_path):
+    recording, truth, card = world
+    config, rings = small_config(fit_domain=False, synthetic_fraction=0.5), []
+    for name in ('whole', 'cut'):
+        trainer = SelfTrainer(recording, card, tmp_path / name, config,
+                              estimator_factory=lambda path: ReplayEstimator(recording, truth))
+        directory = tmp_path / name / 'iter_01'
+        (directory / 'train' / 'pool').mkdir(parents=True)
+        context = trainer._context_spec()
+        if name == 'cut':
+            # The build stopped after rendering a synthetic chunk, a minute before it was
+            # resumed and wrote the pseudo-labelled chunks again.
+            for path in trainer._synthetic_chunks(directory / 'synthetic', 1, 1, context):
+                os.utime(path, (time.time() - 60.0,) * 2)
+        trainer._build_pool(directory, 1, np.arange(16), truth[:16], np.ones((16, 21), bool))
+        pool = CropPool(str(directory / 'train' / 'pool'), 1000, context.input_size)
+        pool.refresh()
+        rings.append({key: array[:len(pool)] for key, array in pool.arrays.items()})
+    assert len(rings[0]['joints']) == 32
+    for key in rings[0]:
+        np.testing.assert_array_equal(rings[0][key], rings[1][key])
 
 
 def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):

@@ -982,6 +982,9 @@ class SelfTrainer:
             for path in self._synthetic_chunks(synthetic_dir, round_index, synthetic_chunks,
                                                context):
                 os.replace(path, pool_dir / path.name)
+                # The trainer loads chunks oldest first: a chunk rendered before an
+                # interruption must still come after the pseudo-labels written since.
+                os.utime(pool_dir / path.name)
             files = len(list(pool_dir.glob('*.npz')))
             _atomic_json(info_path, {'pseudo_crops': pseudo,
                                      'synthetic_crops': synthetic_chunks * config.chunk_size,
