@@ -21,6 +21,7 @@ from pathlib import Path
 import sys
 
 from hand_pose_ros.core import export, model_io
+from hand_pose_ros.core.backends.tensorrt_backend import DEFAULT_MAX_BATCH
 
 
 def parse_args(argv=None):
@@ -45,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument('--engine', action='store_true',
                         help='build (or refresh) the TensorRT engine of the dynamic export')
     parser.add_argument('--precision', choices=('fp32', 'fp16', 'int8'), default='fp16')
-    parser.add_argument('--max-batch', type=int, default=4, help='engine max batch (hands)')
+    parser.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH,
+                        help='engine max batch (crops)')
     parser.add_argument('--engine-cache', type=Path, default=None,
                         help='engine directory (default ~/.cache/hand_pose_ros/engines)')
     parser.add_argument('--force-engine-rebuild', action='store_true')

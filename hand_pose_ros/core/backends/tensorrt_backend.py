@@ -31,6 +31,9 @@ from hand_pose_ros.core.backends.engine_cache import EngineCache, EngineKey
 
 LOGGER = logging.getLogger(__name__)
 WORKSPACE_BYTES = 1 << 30
+# Default largest batch of an engine: the extra test-time views of two hands (the default
+# model merges 8 views, so 7 more crops each) go through in one call.
+DEFAULT_MAX_BATCH = 16
 
 
 def tensorrt_available():
@@ -144,7 +147,7 @@ def build_serialized_engine(onnx_path, key, calibration_batches=None, calibratio
     else:
         config.max_workspace_size = workspace_bytes
     input_shapes = onnx_input_shapes(onnx_path)
-    # Tuned for one hand per frame (opt batch 1), valid up to max_batch hands.
+    # Tuned for one crop per call (opt batch 1), valid up to max_batch crops.
     profile = builder.create_optimization_profile()
     for name, fixed, chw in input_shapes:
         low = fixed or 1
@@ -201,7 +204,8 @@ class TensorRTBackend:
 
     :param model_path: model card (``.yaml``, uses its ONNX export) or ``.onnx`` file.
     :param precision: 'fp32', 'fp16' or 'int8'; 'auto' is 'fp16'.
-    :param max_batch: largest batch (hands per call) the engine accepts.
+    :param max_batch: largest batch (crops per call) the engine accepts; larger batches
+        are split.
     :param cache_dir: engine directory (default ``~/.cache/hand_pose_ros/engines``).
     :param force_rebuild: rebuild the engine even when the cached one matches.
     :param calibration_batches: iterable of crop batches for INT8 calibration (default for
@@ -210,7 +214,7 @@ class TensorRTBackend:
 
     name = 'tensorrt'
 
-    def __init__(self, model_path, precision='fp16', max_batch=4, cache_dir=None,
+    def __init__(self, model_path, precision='fp16', max_batch=DEFAULT_MAX_BATCH, cache_dir=None,
                  force_rebuild=False, calibration_batches=None):
         available, reason = tensorrt_available()
         if not available:
