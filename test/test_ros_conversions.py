@@ -101,8 +101,12 @@ def test_camera_info_round_trip_and_rejections():
     with pytest.raises(ValueError, match='all zeros'):
         intrinsics_from_camera_info(CameraInfo(width=640, height=480))
     bad = camera_info_from_intrinsics(cam)
+    bad.p[0] = float('nan')
+    with pytest.raises(ValueError, match='P contains NaN or inf'):
+        intrinsics_from_camera_info(bad)
+    bad.p = [0.0] * 12  # P not set: K
     bad.k[0] = float('nan')
-    with pytest.raises(ValueError, match='NaN or inf'):
+    with pytest.raises(ValueError, match='K contains NaN or inf'):
         intrinsics_from_camera_info(bad)
     bad.k[0] = -400.0
     with pytest.raises(ValueError, match='focal lengths must be positive'):
@@ -111,3 +115,24 @@ def test_camera_info_round_trip_and_rejections():
     bad.width = 0
     with pytest.raises(ValueError, match='width must be a positive integer'):
         intrinsics_from_camera_info(bad)
+
+
+def test_camera_info_is_read_as_its_message_defines_it():
+    info = camera_info_from_intrinsics(CameraIntrinsics(580.0, 581.0, 321.0, 242.0, 640, 480))
+    # A rectified image's camera is P; K is the raw (distorted) image's.
+    info.p = [545.0, 0.0, 318.0, 0.0, 0.0, 547.0, 236.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert intrinsics_from_camera_info(info) == CameraIntrinsics(545.0, 547.0, 318.0, 236.0,
+                                                                 640, 480)
+    info.p = [0.0] * 12
+    assert intrinsics_from_camera_info(info) == CameraIntrinsics(580.0, 581.0, 321.0, 242.0,
+                                                                 640, 480)
+    # Binning 2 halves the image and the matrix; a region of interest moves the centre.
+    info.binning_x = info.binning_y = 2
+    assert intrinsics_from_camera_info(info) == CameraIntrinsics(290.0, 290.5, 160.5, 121.0,
+                                                                 320, 240)
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 100, 40, 400, 300
+    assert intrinsics_from_camera_info(info) == CameraIntrinsics(290.0, 290.5, 110.5, 101.0,
+                                                                 200, 150)
+    info.roi.x_offset = 300
+    with pytest.raises(ValueError, match=r'roi 400x300 at \(300, 40\) is outside'):
+        intrinsics_from_camera_info(info)

@@ -150,7 +150,8 @@ def test_lens_distortion_is_reported_and_frames_still_flow(node_and_camera, fram
     info.d = [0.1, -0.05, 0.0, 0.0, 0.01]
     camera.info_pub.publish(info)
     assert len(hands_from_cloud(camera.send_and_wait(depth, 30.5, info=False))) >= 1
-    assert distortion().startswith('ignored: camera_info has D = [0.1, -0.05, 0.0, 0.0, 0.01]')
+    assert distortion().startswith(
+        'assumed rectified: camera_info has D = [0.1, -0.05, 0.0, 0.0, 0.01]')
     assert node._counts['bad_input'] == 0
 
 

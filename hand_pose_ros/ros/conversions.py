@@ -114,20 +114,38 @@ def image_from_array(array, encoding, header=None):
 
 def intrinsics_from_camera_info(msg):
     """
-    Return :class:`CameraIntrinsics` from a ``sensor_msgs/CameraInfo``.
+    Return :class:`CameraIntrinsics` of the image a ``sensor_msgs/CameraInfo`` describes.
 
-    :raises ValueError: for an all-zero or non-finite K, non-positive focal lengths, or a
-        zero image size.
+    As ``sensor_msgs/CameraInfo`` defines them: the focal lengths and principal point are
+    those of P (the rectified image's camera matrix), or of K when P is not set (all zero);
+    a region of interest and binning shrink the image and move and scale these with it.
+
+    :raises ValueError: for an all-zero or non-finite matrix, non-positive focal lengths, a
+        zero image size, or a region of interest outside the image.
     """
     k = np.asarray(msg.k, dtype=np.float64)
-    if k.shape != (9,):
-        raise ValueError(f'camera_info K must have 9 elements, got {k.shape}')
-    if not np.any(k):
-        raise ValueError('camera_info K is all zeros (uncalibrated camera)')
-    if not np.all(np.isfinite(k)):
-        raise ValueError('camera_info K contains NaN or inf')
-    return CameraIntrinsics(fx=float(k[0]), fy=float(k[4]), cx=float(k[2]), cy=float(k[5]),
-                            width=int(msg.width), height=int(msg.height))
+    p = np.asarray(msg.p, dtype=np.float64)
+    if k.shape != (9,) or p.shape != (12,):
+        raise ValueError(f'camera_info K and P must have 9 and 12 elements, got {k.size} '
+                         f'and {p.size}')
+    if not np.any(k) and not np.any(p):
+        raise ValueError('camera_info K and P are all zeros (uncalibrated camera)')
+    matrix = p.reshape(3, 4)[:, :3] if np.any(p) else k.reshape(3, 3)
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(f'camera_info {"P" if np.any(p) else "K"} contains NaN or inf')
+    roi = msg.roi
+    x_offset, y_offset, width, height = 0, 0, int(msg.width), int(msg.height)
+    if roi.width or roi.height:  # all zero: the full image
+        x_offset, y_offset, width, height = (int(roi.x_offset), int(roi.y_offset),
+                                             int(roi.width), int(roi.height))
+        if x_offset + width > msg.width or y_offset + height > msg.height:
+            raise ValueError(f'camera_info roi {width}x{height} at ({x_offset}, {y_offset}) '
+                             f'is outside the {msg.width}x{msg.height} image')
+    bin_x, bin_y = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
+    return CameraIntrinsics(fx=float(matrix[0, 0]) / bin_x, fy=float(matrix[1, 1]) / bin_y,
+                            cx=(float(matrix[0, 2]) - x_offset) / bin_x,
+                            cy=(float(matrix[1, 2]) - y_offset) / bin_y,
+                            width=width // bin_x, height=height // bin_y)
 
 
 def distortion_of(msg):

@@ -232,15 +232,16 @@ class HandPoseNode(Node):
         self._latency_ms.add((time.monotonic() - start) * 1000.0)
 
     def _check_distortion(self, info):
-        """Say once that lens distortion is ignored: joints need a rectified depth topic."""
+        """Say once that the depth image is taken as rectified when camera_info has D."""
         if self._distortion or not distortion_of(info):
             return
-        self._distortion = (f'ignored: camera_info has D = {distortion_of(info)} '
-                            f'({info.distortion_model}); use a rectified depth topic')
+        self._distortion = (f'assumed rectified: camera_info has D = {distortion_of(info)} '
+                            f'({info.distortion_model}); back-projected with P')
         self.get_logger().warning(
-            f'{self.resolve_topic_name("depth/camera_info")}: lens distortion is not '
-            'modelled, so joints far from the image centre are off; subscribe to a rectified '
-            'depth image (e.g. image_rect_raw) and its camera_info')
+            f'{self.resolve_topic_name("depth/camera_info")} has lens distortion: the depth '
+            'image is taken to be rectified and back-projected with P, so on a raw '
+            '(distorted) depth topic joints far from the image centre are off; subscribe to '
+            'a rectified depth image (e.g. image_rect_raw) and its camera_info')
 
     def _publish_debug(self, header, depth, intrinsics, hands):
         overlay = draw_skeletons(depth_to_gray(depth), intrinsics,
