@@ -6,6 +6,7 @@ import pytest
 from hand_pose_ros.core.filters import (
     config_fields, config_from_dict, FilterConfig, HandFilter, Observation)
 from hand_pose_ros.core.filters.handedness import handedness_evidence
+from hand_pose_ros.core.filters.pipeline import TRACK_ID_LIMIT
 from hand_pose_ros.core.kinematics import (
     ANGLE_NAMES, hand_from_angles, joint_angles, REST_ANGLES_DEG)
 from hand_pose_ros.core.skeleton import FINGER_JOINTS
@@ -142,6 +143,18 @@ def test_max_hands_keeps_the_most_confident():
     assert hand_filter.stats['rejected_hands.max_hands'] == 1
     kept = sorted(round(float(t.keypoints_xyz[0, 0]), 3) for t in tracks)
     assert kept == [round(float(hands[0][0, 0]), 3), round(float(hands[2][0, 0]), 3)]
+
+
+def test_track_ids_wrap_round_and_skip_live_tracks():
+    # Ids are published as 16-bit numbers: after 65,535 comes 0 again, but not a live id.
+    hand_filter = HandFilter(config_from_dict({'tracking.max_hands': 3, **AT_ONCE}))
+    hands = [_moving(0.0, start=(x, 0.0, 0.5)) for x in (-0.3, 0.0, 0.3)]
+    hand_filter.update(0.0, [Observation(hands[0])])
+    assert hand_filter.tracks == [0]
+    hand_filter._next_id = TRACK_ID_LIMIT - 1  # as after 65,535 more tracks
+    hand_filter.update(PERIOD, [Observation(h) for h in hands[:2]])
+    hand_filter.update(2 * PERIOD, [Observation(h) for h in hands])
+    assert sorted(hand_filter.tracks) == [0, 1, TRACK_ID_LIMIT - 1]
 
 
 def test_new_tracks_show_once_detected_in_enough_consecutive_frames():

@@ -159,6 +159,27 @@ def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):
     assert 'raw keypoints rejected' in values['last problem']
 
 
+def test_an_internal_error_is_reported_and_the_node_keeps_running(spinner):
+    node = spinner.add(HandFilterNode(context=spinner.context))
+    probe, recorder, publisher = make_probe(spinner)
+    assert spinner.wait_for(lambda: publisher.get_subscription_count() > 0, 10)
+    update = node._filter.update
+
+    def broken(*args):
+        node._filter.update = update  # fails once
+        raise OverflowError('a bug in the filter')
+
+    node._filter.update = broken
+    motion = generate_motion(2, seed=1)
+    publisher.publish(raw_cloud(6.0, [motion.joints_xyz[0]]))
+    assert spinner.wait_for(lambda: node._counts['internal_errors'] == 1, 10), node._counts
+    assert spinner.spinning()
+    status = node.status()
+    assert status.level == DiagnosticStatus.ERROR and 'a bug in the filter' in status.message
+    publish_and_wait(spinner, publisher, recorder, raw_cloud(6.1, [motion.joints_xyz[1]]), 1)
+    assert node.status().level == DiagnosticStatus.OK
+
+
 def test_markers_are_built_only_when_asked():
     motion = generate_motion(3, fps=30.0, seed=3)
     hand_filter = HandFilter()

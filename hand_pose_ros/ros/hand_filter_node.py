@@ -7,6 +7,7 @@ Subscribes ``hand_pose/raw_keypoints`` and publishes ``hand_pose/keypoints``,
 """
 
 import time
+import traceback
 
 from diagnostic_msgs.msg import DiagnosticStatus
 import numpy as np
@@ -48,10 +49,11 @@ class HandFilterNode(Node):
                                           self._apply_parameters)
         self._filter = HandFilter(config_from_dict(group(self._values, 'filter')))
         self._marker_ids = set()
-        self._counts = {'received': 0, 'bad_input': 0}
+        self._counts = {'received': 0, 'bad_input': 0, 'internal_errors': 0}
         self._last_error = ''
         self._throttle = LogThrottle()
         self._latest_rejected = False
+        self._latest_failed = False
         self._last_hands = 0
         self._input_rate = RateMeter()
         self._latency_ms = LatencyWindow()
@@ -71,6 +73,20 @@ class HandFilterNode(Node):
         start = time.monotonic()
         self._counts['received'] += 1
         self._input_rate.tick(start)
+        try:
+            self._filter_and_publish(msg, start)
+        except Exception as error:  # noqa: B902 - a bug must not stop the node
+            if not self.context.ok():
+                return  # shut down (Ctrl-C) while the message was being published
+            self._counts['internal_errors'] += 1
+            self._last_error = f'internal error on a message: {error!r}'
+            self._latest_failed = True
+            message = self._throttle.message('internal_errors', traceback.format_exc(),
+                                             self._values['log_throttle_s'])
+            if message:
+                self.get_logger().error(message)
+
+    def _filter_and_publish(self, msg, start):
         try:
             observations = observations_from_cloud(msg)
         except ValueError as error:
@@ -92,6 +108,7 @@ class HandFilterNode(Node):
             if message:
                 self.get_logger().warning(message)
         self.publish_hands(msg.header, tracks)
+        self._latest_failed = False
         self._last_hands = len(tracks)
         self._latency_ms.add((time.monotonic() - start) * 1000.0)
 
@@ -129,6 +146,9 @@ class HandFilterNode(Node):
         }
         if silent_s > self._values['diagnostics.stale_timeout_s']:
             level, text = DiagnosticStatus.ERROR, f'no raw estimates for {silent_s:.1f} s'
+        elif self._latest_failed:
+            # Until a message goes through again: the count and the last problem stay.
+            level, text = DiagnosticStatus.ERROR, self._last_error
         elif self._latest_rejected:
             # Until the next good message: the count and the last problem stay in the values.
             level, text = DiagnosticStatus.WARN, self._last_error

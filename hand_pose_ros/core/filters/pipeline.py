@@ -43,6 +43,9 @@ _PALM_CENTER_JOINTS = np.array([0, 5, 9, 13, 17])
 _MIN_SCORE_FOR_NOISE = 0.25
 # Stamps are floats: a gap of exactly max_gap_s must not fail on rounding.
 _STAMP_EPS_S = 1e-6
+# Track ids are published as 16-bit numbers (``hand_id`` of the keypoint clouds): they
+# wrap round after 65,536 tracks, which a node running for days can reach.
+TRACK_ID_LIMIT = 1 << 16
 # A hand whose palm joints are mostly rejected by the gates jumped as a whole.
 _PALM_JUMP_FRACTION = 0.6
 
@@ -418,6 +421,15 @@ class HandFilter:
         """Return the ids of the live tracks."""
         return [track.hand_id for track in self._tracks]
 
+    def _new_track_id(self):
+        """Return the next track id: counting up, wrapping, skipping the live tracks' ids."""
+        live = set(self.tracks)
+        while self._next_id in live:
+            self._next_id = (self._next_id + 1) % TRACK_ID_LIMIT
+        hand_id = self._next_id
+        self._next_id = (self._next_id + 1) % TRACK_ID_LIMIT
+        return hand_id
+
     def calibrated_bone_lengths(self, hand_id):
         """Return the (20,) calibrated bone lengths of a track, or None."""
         for track in self._tracks:
@@ -470,8 +482,7 @@ class HandFilter:
                     self.stats['rejected_hands.max_hands'] += 1
                     continue
                 outputs = [o for o in outputs if o.hand_id in self.tracks]
-            track = _Track(self._next_id, cfg)
-            self._next_id += 1
+            track = _Track(self._new_track_id(), cfg)
             self.stats['new_tracks'] += 1
             self._tracks.append(track)
             outputs.append(track.step(stamp_s, detections[d], self.stats))
