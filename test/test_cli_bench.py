@@ -88,3 +88,24 @@ def test_cuda_without_a_gpu_is_refused(capsys):
     assert 'failed' in format_rows([row], ['gpu'])
     assert bench.main(['--device', 'cuda', '--networks']) == 2
     assert 'no CUDA device' in capsys.readouterr().err
+
+
+def test_bad_input_gives_one_line_before_the_run(tmp_path, capsys):
+    from hand_pose_ros.core.backends.tensorrt_backend import tensorrt_available
+
+    quick = ['--frames', '1', '--warmup', '0', '--no-ros']
+    cases = [
+        (['--frames', '0'], '--frames must be >= 1, got 0'),
+        (['--warmup', '-1'], '--warmup must be >= 0, got -1'),
+        (['--redetect-interval', '0'], '--redetect-interval must be >= 1'),
+        (['--backends', 'bogus'], "unknown backend 'bogus'"),
+        (['--json', str(tmp_path)], 'is a folder'),
+        ([*quick, '--model', 'nope'], "model 'nope'"),
+    ]
+    if not tensorrt_available()[0]:
+        cases.append(([*quick, '--backends', 'tensorrt'], 'TensorRT backend unavailable'))
+    for args, message in cases:
+        assert bench.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('hand_pose_bench: error: ') and message in err
+        assert err.count('\n') == 1

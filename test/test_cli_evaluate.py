@@ -187,3 +187,32 @@ def test_motion_sequences_with_the_hand_tracker(tmp_path, capsys):
                 ['--center', 'detect', '--filter', '--filter-param', 'bogus=1']):
         assert main(['--dataset', 'synthetic', '--frames', '2', *bad]) == 2
         assert 'filter' in capsys.readouterr().err
+
+
+def test_bad_input_gives_one_line_before_the_run(tmp_path, capsys):
+    from hand_pose_ros.core.backends.tensorrt_backend import tensorrt_available
+
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    loc = ['--dataset', 'synthetic', '--localizer-only', '--frames', '1']
+    cases = [
+        (['--option', 'a=['], "--option 'a=['"),
+        (['--option', 'foo=1'], 'the synthetic reader takes no options'),
+        (['--match-radius-mm', '-5'], '--match-radius-mm must be > 0'),
+        (['--json', str(a_file / 'eval.json')], f'cannot create folder {a_file}'),
+        (['--plot', str(tmp_path)], 'is a folder'),
+    ]
+    for extra, message in cases:
+        assert main([*loc, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('hand_pose_evaluate: error: ') and message in err
+        assert err.count('\n') == 1
+    assert main(['--dataset', 'icvl', '--root', str(tmp_path), '--localizer-only',
+                 '--option', 'lables=test.txt']) == 2
+    assert 'lables: the icvl reader takes labels' in capsys.readouterr().err
+    if not tensorrt_available()[0]:
+        assert main(['--dataset', 'synthetic', '--frames', '1', '--backend', 'tensorrt']) == 2
+        assert 'TensorRT backend unavailable' in capsys.readouterr().err
+    json_path = tmp_path / 'new' / 'eval.json'
+    assert main([*loc, '--json', str(json_path)]) == 0
+    assert json.loads(json_path.read_text())['frames'] == 1

@@ -61,3 +61,13 @@ def test_engine_flag_needs_tensorrt(tmp_path, capsys):
         assert status == 0 and 'TensorRT engine' in capsys.readouterr().out
     else:
         assert status == 2 and 'TensorRT backend unavailable' in capsys.readouterr().err
+
+
+def test_missing_calibration_crops_give_one_line(tmp_path, capsys):
+    card = save(tmp_path, 'tiny')
+    missing = tmp_path / 'crops.npy'
+    assert main(['--card', str(card), '--int8', '--calibration-crops', str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('hand_pose_export: error: ') and str(missing) in err
+    assert err.count('\n') == 1
+    assert not (tmp_path / 'tiny.onnx').exists()  # refused before exporting

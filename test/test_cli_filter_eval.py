@@ -72,3 +72,30 @@ def test_a_colour_models_estimates_use_rendered_colour(tmp_path):
     export.export_card(card)
     sequences = filter_eval._model_sequences(str(card), 4, 0, 1, 15.0)
     assert len(sequences) == 1 and sequences[0].observed.shape == (4, 21, 3)
+
+
+def test_predictions_equal_to_the_truth_have_no_ratios(tmp_path, capsys):
+    motion = generate_motion(30, seed=3)
+    path = tmp_path / 'exact.npz'
+    np.savez(path, stamps_s=motion.stamps_s, pred=motion.joints_xyz, gt=motion.joints_xyz)
+    out = tmp_path / 'figures.json'
+    assert filter_eval.main(['--predictions', str(path), '--json', str(out)]) == 0
+    results = json.loads(out.read_text())['results']
+    assert results['raw']['mean_error_mm'] == 0.0
+    assert results['raw']['accel_error_mm_f2'] == 0.0
+    for metrics in results.values():
+        assert metrics['accel_change_pct'] is None and metrics['gap_ratio'] is None
+    raw_row = next(line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith('raw '))
+    assert raw_row.split()[3] == 'n/a'  # the 'accel vs raw %' column
+
+
+def test_unwritable_json_is_refused_before_the_run(tmp_path, capsys):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    assert filter_eval.main(['--frames', '90', '--sequences', '1',
+                             '--json', str(a_file / 'figures.json')]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f'hand_pose_filter_eval: error: --json {a_file / "figures.json"}: '
+                            f'cannot create folder {a_file} (File exists)\n')
+    assert captured.out == ''  # no table: refused before the run

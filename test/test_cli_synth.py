@@ -49,8 +49,32 @@ def test_cli_same_seed_same_depth_and_motion_mode(tmp_path):
     np.testing.assert_allclose(np.diff(first.labels['stamps_s']), 1 / 30.0)
 
 
-def test_cli_rejects_missing_output_and_bad_folders(tmp_path):
-    with pytest.raises(SystemExit):
-        main(['--frames', '2'])
+def test_cli_rejects_missing_output_and_bad_folders(tmp_path, capsys):
+    assert main(['--frames', '2']) == 2
+    assert 'hand_pose_synth: error: --out is required' in capsys.readouterr().err
     with pytest.raises(ValueError, match='meta.json'):
         load_synthetic_dataset(str(tmp_path))
+
+
+def test_cli_refuses_bad_input_before_writing(tmp_path, capsys):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    out = tmp_path / 'out'
+    folder = tmp_path / 'sheet.png'
+    folder.mkdir()
+    cases = [
+        (['--out', str(a_file)], f'--out: cannot create folder {a_file}'),
+        (['--out', str(out), '--motion', '--fps', '0'], '--fps must be > 0'),
+        (['--out', str(out), '--preview', str(tmp_path / 'p.png'), '--preview-frames', '0'],
+         '--preview-frames must be >= 1'),
+        (['--out', str(out), '--preview', str(folder)], 'is a folder'),
+        (['--out', str(out), '--preview', str(tmp_path / 'sheet.txt')], 'not an image file'),
+        (['--out', str(out), '--preview', str(a_file / 'p.png')], 'cannot create folder'),
+        (['--out', str(out), '--frames', '0'], '--frames must be >= 1'),
+    ]
+    for args, message in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('hand_pose_synth: error: ') and message in err
+        assert err.count('\n') == 1
+    assert not (out / 'depth').exists()  # nothing rendered

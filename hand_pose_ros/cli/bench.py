@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from hand_pose_ros.cli.options import check_at_least, check_output_file, fail
+from hand_pose_ros.core.backends import resolve_backend_name
 from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.crop import VIEW_SETS
 from hand_pose_ros.core.estimator import DEFAULT_REDETECT_INTERVAL
@@ -257,14 +259,28 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    """Run the benchmark and print its tables."""
+    """Run the benchmark and print its tables; return the exit status."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        check_at_least('--frames', options.frames, 1)
+        check_at_least('--warmup', options.warmup, 0)
+        check_at_least('--redetect-interval', options.redetect_interval, 1)
+        check_output_file('--json', options.json)
+        for backend in options.backends or ():
+            resolve_backend_name(backend)  # an unknown name fails before frames are rendered
+        run(options)
+    except (ValueError, RuntimeError, OSError) as error:
+        return fail('hand_pose_bench', error)
+    return 0
+
+
+def run(options):
+    """Run the benchmark the parsed options ask for and print its tables."""
     report = {'hardware': hardware(), 'model': options.model, 'finder': not options.no_finder,
               'device': options.device, 'ros_stages': not options.no_ros, 'pipeline': {}}
     print('hardware: ' + ', '.join(f'{k} {v}' for k, v in report['hardware'].items()))
     if options.device == 'cuda' and not report['hardware'].get('gpu'):
-        print('--device cuda: torch sees no CUDA device', file=sys.stderr)
-        return 2
+        raise RuntimeError('--device cuda: torch sees no CUDA device')
     backends = [] if options.no_pipeline else \
         options.backends or available_backends(options.device)
     if backends:
@@ -295,7 +311,6 @@ def main(argv=None):
         with open(options.json, 'w') as handle:
             json.dump(report, handle, indent=2)
         print(f'\nwrote {options.json}')
-    return 0
 
 
 if __name__ == '__main__':

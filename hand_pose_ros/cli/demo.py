@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from hand_pose_ros.cli.options import check_at_least, check_output_folder, check_positive, fail
+
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
@@ -141,12 +143,20 @@ def main(argv=None):
     from hand_pose_ros.ros.pipeline import create_nodes, default_params_file
 
     options = parse_args(sys.argv[1:] if argv is None else argv)
-    os.makedirs(options.out, exist_ok=True)
-    rclpy.init(args=[])
     overrides = ['-p', f'rate_hz:={float(options.rate)}', '-p', f'camera:={options.camera}',
                  '-p', f'seed:={options.seed}', '-p', f'model.name:={options.model}',
                  '-p', f'model.backend:={options.backend}']
-    nodes = create_nodes(default_params_file(), synthetic=True, extra_ros_args=overrides)
+    try:
+        check_positive('--duration', options.duration)
+        check_positive('--rate', options.rate)
+        check_at_least('--gif-frames', options.gif_frames, 1)
+        check_output_folder('--out', options.out)
+        rclpy.init(args=[])
+        # A bad camera, model or backend fails here, as the nodes start.
+        nodes = create_nodes(default_params_file(), synthetic=True, extra_ros_args=overrides)
+    except (ValueError, RuntimeError, OSError) as error:
+        rclpy.try_shutdown()
+        return fail('hand_pose_demo', error)
     monitor_node = rclpy.create_node('hand_pose_demo_monitor')
     monitor = Monitor(monitor_node, options.gif_frames)
     spinner = NodeSpinner(nodes + [monitor_node])
@@ -182,7 +192,8 @@ def main(argv=None):
     print(f'hand_pose_demo: estimator diagnostics: {status.message}; '
           + ', '.join(f'{kv.key}={kv.value}' for kv in status.values
                       if kv.key in ('frames dropped', 'model')))
-    print(f'hand_pose_demo: wrote {gif_path} ({count} frames)')
+    print(f'hand_pose_demo: wrote {gif_path} ({count} frames)' if count else
+          'hand_pose_demo: no GIF written (no frame had filtered keypoints and its depth image)')
     return 0 if final['outputs'] > 0 else 1
 
 

@@ -17,11 +17,13 @@ Metric definitions: :mod:`hand_pose_ros.core.evaluation`.
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import sys
 
-from hand_pose_ros.cli.options import parse_assignment
+from hand_pose_ros.cli.options import (
+    check_at_least, check_output_file, check_positive, fail, parse_assignment)
 from hand_pose_ros.core import evaluation
 from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.crop import VIEW_SETS
@@ -108,11 +110,18 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
     try:
+        check_output_file('--json', args.json_path)
+        check_output_file('--plot', args.plot)
         result = run(args)
-    except (ValueError, OSError) as error:
-        print(f'hand_pose_evaluate: error: {error}', file=sys.stderr)
-        return 2
-    print(format_result(result))
+        print(format_result(result))
+        write_outputs(args, result)
+    except (ValueError, OSError, RuntimeError) as error:
+        return fail('hand_pose_evaluate', error)
+    return 0
+
+
+def write_outputs(args, result):
+    """Write the --json and --plot files the arguments ask for."""
     if args.json_path:
         with open(args.json_path, 'w', encoding='utf-8') as handle:
             json.dump(result, handle, indent=2)
@@ -123,13 +132,15 @@ def main(argv=None):
         evaluation.draw_success_curves(
             {label: (curve['thresholds_mm'], curve['fraction'])}, args.plot)
         print(f'wrote {args.plot}')
-    return 0
 
 
 def run(args):
     """Evaluate as the parsed arguments ask and return the result dict."""
-    if args.frames is not None and args.frames < 1:
-        raise ValueError(f'--frames must be >= 1, got {args.frames}')
+    if args.frames is not None:
+        check_at_least('--frames', args.frames, 1)
+    check_at_least('--redetect-interval', args.redetect_interval, 1)
+    check_positive('--match-radius-mm', args.match_radius_mm)
+    parse_options(args.option, args.dataset)  # bad reader options fail before the run
     radius_m = args.match_radius_mm / 1000.0
     synthetic = args.dataset == 'synthetic' and args.root is None
     source = {'dataset': args.dataset, 'root': args.root,
@@ -179,7 +190,8 @@ def frames_of(args, color=False):
     """
     return evaluation.labelled_frames(args.dataset, args.root, args.frames, seed=args.seed,
                                       camera=args.camera, scene=args.scene,
-                                      reader_options=parse_options(args.option), color=color)
+                                      reader_options=parse_options(args.option, args.dataset),
+                                      color=color)
 
 
 def model_localizer(args):
@@ -271,9 +283,23 @@ def running_precision(estimator, args):
     return getattr(estimator.backend, 'precision', args.precision)
 
 
-def parse_options(items):
-    """Turn ['key=value', ...] into reader keyword arguments (see :func:`parse_assignment`)."""
-    return dict(parse_assignment(item, '--option') for item in items)
+def parse_options(items, dataset=None):
+    """
+    Turn ['key=value', ...] into reader keyword arguments (see :func:`parse_assignment`).
+
+    :param dataset: a reader name: options that reader does not take are refused.
+    :raises ValueError: naming the bad item, or the options the reader takes.
+    """
+    options = dict(parse_assignment(item, '--option') for item in items)
+    if dataset is not None:
+        from hand_pose_ros.core.datasets import READERS
+
+        accepted = list(inspect.signature(READERS[dataset]).parameters)[1:]  # after root
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ValueError(f'--option {", ".join(unknown)}: the {dataset} reader takes '
+                             f'{", ".join(accepted) or "no options"}')
+    return options
 
 
 def mm(value):

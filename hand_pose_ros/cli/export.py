@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 import sys
 
+from hand_pose_ros.cli.options import fail
 from hand_pose_ros.core import export, model_io
 from hand_pose_ros.core.backends.tensorrt_backend import DEFAULT_MAX_BATCH
 
@@ -103,17 +104,14 @@ def main(argv=None):
     if args.model_dir is not None:
         cards = sorted(p for p in args.model_dir.glob(f'*{model_io.CARD_SUFFIX}'))
         if not cards:
-            print(f'hand_pose_export: no model cards (*.yaml) in {args.model_dir}',
-                  file=sys.stderr)
-            return 2
+            return fail('hand_pose_export', f'no model cards (*.yaml) in {args.model_dir}')
     else:
         cards = [args.card]
     try:
         # Export every card even when an earlier one is above tolerance.
         verdicts = [export_one(card, args) for card in cards]
-    except (ValueError, RuntimeError) as error:
-        print(f'hand_pose_export: {error}', file=sys.stderr)
-        return 2
+    except (ValueError, RuntimeError, OSError) as error:
+        return fail('hand_pose_export', error)
     return 0 if all(verdicts) else 1
 
 

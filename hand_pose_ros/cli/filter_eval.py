@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from hand_pose_ros.cli.options import check_output_file, fail
 from hand_pose_ros.core.filters import config_from_dict, FilterConfig
 from hand_pose_ros.core.filters import evaluation
 
@@ -129,9 +130,11 @@ def evaluate(sequences):
         results[name] = evaluation.pooled(per_sequence, weights)
     raw = results['raw']
     for metrics in results.values():
-        metrics['accel_change_pct'] = 100.0 * (
+        # None where the raw figure is 0 (predictions equal to the truth): no ratio.
+        metrics['accel_change_pct'] = None if raw['accel_error_mm_f2'] == 0 else 100.0 * (
             metrics['accel_error_mm_f2'] / raw['accel_error_mm_f2'] - 1.0)
-        metrics['gap_ratio'] = metrics['gap_error_mm'] / raw['mean_error_mm']
+        metrics['gap_ratio'] = None if raw['mean_error_mm'] == 0 else \
+            metrics['gap_error_mm'] / raw['mean_error_mm']
     return results
 
 
@@ -144,8 +147,8 @@ def format_table(results):
     for name, metrics in results.items():
         cells = []
         for key, title, fmt in COLUMNS:
-            value = metrics.get(key, float('nan'))
-            text = 'n/a' if not np.isfinite(value) else fmt.format(value)
+            value = metrics.get(key)
+            text = 'n/a' if value is None or not np.isfinite(value) else fmt.format(value)
             cells.append(text.rjust(max(len(title), 9)))
         lines.append(name.ljust(name_width) + ' '.join(cells))
     return '\n'.join(lines)
@@ -175,11 +178,11 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.frames < 10 or args.sequences < 1 or not args.rate > 0:
-        print('error: --frames must be >= 10, --sequences >= 1 and --rate > 0',
-              file=sys.stderr)
-        return 2
+        return fail('hand_pose_filter_eval',
+                    '--frames must be >= 10, --sequences >= 1 and --rate > 0')
     frames = f'{args.sequences} x {args.frames} frames at {args.rate:g} Hz, seed {args.seed}'
     try:
+        check_output_file('--json', args.json)
         if args.predictions:
             sequences = [_load_predictions(args.predictions)]
             source = f'predictions {args.predictions}'
@@ -191,15 +194,14 @@ def main(argv=None):
             sequences = _synthetic_sequences(args.frames, args.seed, args.sequences,
                                              args.rate)
             source = f'synthetic: {frames}, corruption {evaluation.CorruptionConfig()}'
-    except (OSError, ValueError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
-    results = evaluate(sequences)
-    print(source)
-    print(format_table(results))
-    if args.json:
-        with open(args.json, 'w') as stream:
-            json.dump({'source': source, 'results': results}, stream, indent=2)
+        results = evaluate(sequences)
+        print(source)
+        print(format_table(results))
+        if args.json:
+            with open(args.json, 'w') as stream:
+                json.dump({'source': source, 'results': results}, stream, indent=2)
+    except (OSError, ValueError, RuntimeError) as error:
+        return fail('hand_pose_filter_eval', error)
     return 0
 
 

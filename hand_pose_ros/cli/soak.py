@@ -10,6 +10,7 @@ every process; at the end, memory growth after warm-up and latency drift.
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,11 @@ import time
 
 import numpy as np
 
+from hand_pose_ros.cli.options import check_at_least, check_output_file, check_positive, fail
+
 NODES = ('synthetic_camera_node', 'hand_pose_node', 'hand_filter_node')
+# Seconds between checks that the processes still run.
+POLL_S = 1.0
 
 
 def process_stats(pid):
@@ -83,11 +88,36 @@ class CameraMonitor:
         return np.array(values)
 
 
-def start_pipeline(namespace, params_file, rate_hz, seed, bindir, log):
-    """Start the three processes of one camera's pipeline."""
-    processes = {}
+def find_executable(name):
+    """
+    Return the path of a node's executable.
+
+    It is looked for beside this command (``lib/hand_pose_ros`` under colcon, ``bin`` of a
+    virtual environment), then on PATH.
+
+    :raises FileNotFoundError: when it is in neither.
+    """
+    here = os.path.dirname(os.path.realpath(sys.argv[0]))
+    beside = os.path.join(here, name)
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f'node executable {name} found neither in {here} nor on PATH '
+                                f'(install the package, or source its workspace)')
+    return found
+
+
+def start_pipeline(processes, namespace, params_file, rate_hz, seed, executables, log):
+    """
+    Start the three processes of one camera's pipeline.
+
+    :param processes: dict that gets {node name: Popen} as each starts (so the caller can
+        stop those started when a later one fails).
+    :param executables: {node name: path}.
+    """
     for name in NODES:
-        args = [os.path.join(bindir, name), '--ros-args', '-r', f'__ns:=/{namespace}',
+        args = [executables[name], '--ros-args', '-r', f'__ns:=/{namespace}',
                 '--params-file', params_file]
         if name == 'synthetic_camera_node':
             args += ['-p', f'rate_hz:={float(rate_hz)}', '-p', f'seed:={seed}']
@@ -95,7 +125,6 @@ def start_pipeline(namespace, params_file, rate_hz, seed, bindir, log):
             # Each camera's hands get their own TF frames (cam0/hand_0, ...).
             args += ['-p', f'output.tf_prefix:={namespace}/']
         processes[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    return processes
 
 
 def parse_args(argv):
@@ -112,56 +141,70 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    """Run the soak test and print its figures."""
-    import rclpy
-
-    from hand_pose_ros.ros.node_utils import NodeSpinner
+    """Run the soak test and print its figures; return the exit status."""
     from hand_pose_ros.ros.pipeline import default_params_file
 
     options = parse_args(sys.argv[1:] if argv is None else argv)
-    params_file = options.params_file or default_params_file()
-    bindir = os.path.dirname(sys.executable)
-    log = open(options.log, 'w')
+    try:
+        check_positive('--duration-s', options.duration_s)
+        check_positive('--report-s', options.report_s)
+        check_positive('--rate', options.rate)
+        check_at_least('--cameras', options.cameras, 1)
+        check_at_least('--warmup-s', options.warmup_s, 0)
+        params_file = options.params_file or default_params_file()
+        if not os.path.isfile(params_file):
+            raise FileNotFoundError(f'--params-file {params_file}: file not found')
+        check_output_file('--log', options.log)
+        executables = {name: find_executable(name) for name in NODES}
+        log = open(options.log, 'w')
+    except (ValueError, OSError) as error:
+        return fail('hand_pose_soak', error)
+    with log:
+        return run(options, params_file, executables, log)
+
+
+def run(options, params_file, executables, log):
+    """Start the pipelines, report until the end (or until every process died), stop them."""
+    import rclpy
+
+    from hand_pose_ros.ros.node_utils import NodeSpinner
+
     namespaces = [f'cam{i}' for i in range(options.cameras)]
-    pipelines = {ns: start_pipeline(ns, params_file, options.rate, i, bindir, log)
-                 for i, ns in enumerate(namespaces)}
+    pipelines = {ns: {} for ns in namespaces}
     rclpy.init(args=[])
     node = rclpy.create_node('hand_pose_soak')
     monitors = {ns: CameraMonitor(node, ns) for ns in namespaces}
     spinner = NodeSpinner([node])
-    print(f'hand_pose_soak: {options.cameras} camera(s) at {options.rate:g} Hz for '
-          f'{options.duration_s:g} s; node output in {options.log}', flush=True)
-    start = time.monotonic()
     history = []
     warm_rss = None
     try:
-        while time.monotonic() - start < options.duration_s:
-            time.sleep(min(options.report_s, options.duration_s - (time.monotonic() - start)))
-            elapsed = time.monotonic() - start
-            row = {'t_s': elapsed, 'cameras': {}}
-            for ns in namespaces:
-                monitor = monitors[ns]
-                latency = monitor.take_latencies()
-                procs = {name: process_stats(p.pid) for name, p in pipelines[ns].items()
-                         if p.poll() is None}
-                row['cameras'][ns] = {
-                    'in': monitor.frames_in, 'out': monitor.frames_out,
-                    # Drop-oldest happens in two places: the input queue (history depth)
-                    # replaces frames the node has not taken yet, and the node's frame slot
-                    # replaces frames waiting for the estimator.
-                    'dropped': monitor.dropped + max(0, monitor.frames_in - monitor.received),
-                    'bad': monitor.bad,
-                    'p50_ms': float(np.percentile(latency, 50)) if len(latency) else None,
-                    'p99_ms': float(np.percentile(latency, 99)) if len(latency) else None,
-                    'processes': procs,
-                    'alive': sum(p.poll() is None for p in pipelines[ns].values())}
-            if warm_rss is None and elapsed >= options.warmup_s:
-                warm_rss = {(ns, name): rss for ns in namespaces
-                            for name, (rss, _) in row['cameras'][ns]['processes'].items()}
-            history.append(row)
-            print_row(row, options.rate)
+        for seed, ns in enumerate(namespaces):
+            start_pipeline(pipelines[ns], ns, params_file, options.rate, seed, executables, log)
+        print(f'hand_pose_soak: {options.cameras} camera(s) at {options.rate:g} Hz for '
+              f'{options.duration_s:g} s; node output in {options.log}', flush=True)
+        start = time.monotonic()
+        end, next_report = start + options.duration_s, start + options.report_s
+        while True:
+            now = time.monotonic()
+            time.sleep(max(0.0, min(POLL_S, next_report - now, end - now)))
+            now = time.monotonic()
+            if not any(p.poll() is None for ps in pipelines.values() for p in ps.values()):
+                return fail('hand_pose_soak', f'every node process has exited (their output '
+                            f'is in {options.log})', status=1)
+            if now >= min(next_report, end):
+                row = report_row(now - start, monitors, pipelines)
+                if warm_rss is None and row['t_s'] >= options.warmup_s:
+                    warm_rss = {(ns, name): rss for ns in namespaces
+                                for name, (rss, _) in row['cameras'][ns]['processes'].items()}
+                history.append(row)
+                print_row(row, options.rate)
+                next_report += options.report_s
+            if now >= end:
+                break
     except KeyboardInterrupt:
         pass
+    except OSError as error:
+        return fail('hand_pose_soak', f'cannot start a node: {error}')
     finally:
         for processes in pipelines.values():
             for process in processes.values():
@@ -175,13 +218,33 @@ def main(argv=None):
         spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
-        log.close()
     return print_summary(history, warm_rss, options)
+
+
+def report_row(elapsed, monitors, pipelines):
+    """Return the figures of every camera at ``elapsed`` seconds."""
+    row = {'t_s': elapsed, 'cameras': {}}
+    for ns, monitor in monitors.items():
+        latency = monitor.take_latencies()
+        procs = {name: process_stats(p.pid) for name, p in pipelines[ns].items()
+                 if p.poll() is None}
+        row['cameras'][ns] = {
+            'in': monitor.frames_in, 'out': monitor.frames_out,
+            # Drop-oldest happens in two places: the input queue (history depth) replaces
+            # frames the node has not taken yet, and the node's frame slot replaces frames
+            # waiting for the estimator.
+            'dropped': monitor.dropped + max(0, monitor.frames_in - monitor.received),
+            'bad': monitor.bad,
+            'p50_ms': float(np.percentile(latency, 50)) if len(latency) else None,
+            'p99_ms': float(np.percentile(latency, 99)) if len(latency) else None,
+            'processes': procs,
+            'alive': sum(p.poll() is None for p in pipelines[ns].values())}
+    return row
 
 
 def print_row(row, rate_hz):
     for ns, cam in row['cameras'].items():
-        memory = ', '.join(f'{name.split("_")[0]} {rss:.0f} MiB cpu {cpu:.0f} s'
+        memory = ', '.join(f'{name} {rss:.0f} MiB cpu {cpu:.0f} s'
                            for name, (rss, cpu) in cam['processes'].items())
         p50 = 'n/a' if cam['p50_ms'] is None else f'{cam["p50_ms"]:.1f}'
         p99 = 'n/a' if cam['p99_ms'] is None else f'{cam["p99_ms"]:.1f}'

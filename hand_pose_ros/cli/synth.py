@@ -9,9 +9,14 @@ Examples::
 
 import argparse
 from dataclasses import asdict
+import os
 import sys
 import time
 
+from PIL import Image
+
+from hand_pose_ros.cli.options import (
+    check_at_least, check_output_file, check_output_folder, check_positive, fail)
 from hand_pose_ros.core import skeleton
 from hand_pose_ros.core.camera import CAMERA_PRESETS, CameraIntrinsics
 from hand_pose_ros.core.evaluation import synthetic_scene_config
@@ -140,16 +145,32 @@ def benchmark(intrinsics, seed, count, stream=sys.stdout):
 
 
 def main(argv=None):
+    """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
-    if args.frames < 1:
-        raise SystemExit('hand_pose_synth: --frames must be >= 1')
-    intrinsics = CameraIntrinsics.from_preset(args.camera)
-    if args.benchmark:
-        benchmark(intrinsics, args.seed, max(args.benchmark_frames, 1))
-        if not args.out:
-            return 0
-    if not args.out:
-        raise SystemExit('hand_pose_synth: --out is required (unless --benchmark)')
+    try:
+        check_at_least('--frames', args.frames, 1)
+        check_positive('--fps', args.fps)
+        check_at_least('--preview-frames', args.preview_frames, 1)
+        if not args.out and not args.benchmark:
+            raise ValueError('--out is required (unless --benchmark)')
+        if args.preview and os.path.splitext(args.preview)[1].lower() not in \
+                Image.registered_extensions():
+            raise ValueError(f'--preview {args.preview}: not an image file name (e.g. .png)')
+        if args.out:
+            check_output_folder('--out', args.out)
+            check_output_file('--preview', args.preview)
+        intrinsics = CameraIntrinsics.from_preset(args.camera)
+        if args.benchmark:
+            benchmark(intrinsics, args.seed, max(args.benchmark_frames, 1))
+        if args.out:
+            write(args, intrinsics)
+    except (ValueError, OSError) as error:
+        return fail('hand_pose_synth', error)
+    return 0
+
+
+def write(args, intrinsics):
+    """Write the dataset folder (and the contact sheet) the arguments ask for."""
     scene = synthetic_scene_config(args.scene)
     sensor = SENSORS[args.sensor]()
     generator = SyntheticGenerator(intrinsics, scene=scene, sensor=sensor, seed=args.seed)
@@ -163,7 +184,6 @@ def main(argv=None):
     if args.preview:
         contact_sheet(frames.images, frames.uvd, frames.visible).save(args.preview)
     sys.stderr.write(f'wrote {count} frames to {args.out}\n')
-    return 0
 
 
 if __name__ == '__main__':

@@ -289,9 +289,15 @@ def train_finder(config, resume=False, progress_stream=None):
     The checkpoint (``output_dir/checkpoint.pt``: weights, optimiser, step, RNG state) is
     written every ``checkpoint_every`` steps and at the end; ``resume`` continues from it.
     ``train.csv`` logs the losses and ``curves.png`` plots them.
+
+    :raises FileNotFoundError: with ``resume``, when there is no checkpoint to resume from.
     """
     from hand_pose_ros.core.training import cosine_decay, plot_curves, ProgressBar, write_csv
 
+    path = Path(config.output_dir) / 'checkpoint.pt'
+    if resume and not path.is_file():
+        raise FileNotFoundError(f'cannot resume: no checkpoint {path} (train without resume '
+                                f'to start one)')
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     inputs, rows, offsets = training_frames(config, progress_stream)
@@ -299,9 +305,8 @@ def train_finder(config, resume=False, progress_stream=None):
     net = HandFinderNet()
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
     rng = np.random.default_rng(config.seed)
-    path = Path(config.output_dir) / 'checkpoint.pt'
     step, log = 0, []
-    if resume and path.is_file():
+    if resume:
         state = torch.load(path, weights_only=True)
         net.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
@@ -334,6 +339,30 @@ def train_finder(config, resume=False, progress_stream=None):
     return path
 
 
+def load_finder_checkpoint(path):
+    """
+    Return a checkpoint that :func:`train_finder` wrote, with its network's weights.
+
+    :return: (state dict of the checkpoint, :class:`HandFinderNet` with its weights).
+    :raises ValueError: when ``path`` holds something else (another network's checkpoint, a
+        file torch cannot read).
+    :raises OSError: when it cannot be read.
+    """
+    import pickle
+
+    net = HandFinderNet()
+    try:
+        state = torch.load(path, weights_only=True)
+        net.load_state_dict(state['model'])
+        complete = {'config', 'step'} <= set(state)
+    except (EOFError, LookupError, RuntimeError, TypeError, pickle.UnpicklingError):
+        complete = False
+    if not complete:
+        raise ValueError(f'{path}: not a finder checkpoint (hand_pose_train_finder writes them '
+                         f'as <output-dir>/checkpoint.pt)')
+    return state, net
+
+
 def export_finder(checkpoint_path, onnx_path):
     """
     Export a finder checkpoint's network to ONNX and check it; return the file's path.
@@ -347,9 +376,7 @@ def export_finder(checkpoint_path, onnx_path):
 
     from hand_pose_ros.core.export import OPSET
 
-    state = torch.load(checkpoint_path, weights_only=True)
-    net = HandFinderNet()
-    net.load_state_dict(state['model'])
+    _, net = load_finder_checkpoint(checkpoint_path)
     net.eval()
     axes = {'depth': {0: 'batch', 2: 'height', 3: 'width'}}
     axes.update({name: {0: 'batch', 2: 'rows', 3: 'cols'} for name in OUTPUT_NAMES})
@@ -382,7 +409,7 @@ def attach_finder(checkpoint_path, card_path):
 
     card_path = Path(card_path)
     card = model_io.read_card(card_path)
-    state = torch.load(checkpoint_path, weights_only=True)
+    state, _ = load_finder_checkpoint(checkpoint_path)
     onnx_path = export_finder(checkpoint_path, card_path.parent / f'{card["name"]}_finder.onnx')
     card['files'][onnx_path.name] = model_io.file_record(onnx_path)
     card['finder'] = {'onnx': onnx_path.name, 'fusion_weights': list(INITIAL_FUSION_WEIGHTS),
