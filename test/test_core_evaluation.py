@@ -139,6 +139,49 @@ def test_hands_centred_outside_the_image_are_skipped():
     assert result['mean_mm'] == pytest.approx(0.0)
 
 
+def test_detect_searches_every_frame_and_ignores_hands_found_where_none_is_counted():
+    outside = ground_truth([3.0, 0, 0.5], 3)
+    inside = ground_truth([0.0, 0, 0.5], 4)
+    # Frame 1: one hand, centre outside the image, found (neither a hit nor a false hand),
+    # and a false hand. Frame 2: the same uncounted hand alone, and a false hand there too.
+    est = ShiftedEstimator([(outside.mean(axis=0), outside), (inside.mean(axis=0), inside)],
+                           [0, 0, 0], extra_centers=[np.array([0.0, 0.2, 0.6])])
+    result = evaluate_estimator(est, [frame([outside, inside]), frame([outside])], 'detect')
+    assert len(est.calls) == 2
+    assert result['hands_skipped_outside_image'] == 2 and result['found_skipped_hands'] == 2
+    assert result['false_positives'] == 2 + 1  # frame 2 reports the inside hand too
+    assert result['detection_rate'] == 1.0
+
+
+def test_streams_are_reset_and_hands_without_labelled_errors_stay_aligned():
+    hand = ground_truth([0.0, 0, 0.5], 5)
+    far = ground_truth([0.1, 0, 0.9], 6)
+
+    class Stream(ShiftedEstimator):
+        resets = 0
+
+        def reset(self):
+            self.resets += 1
+
+    est = Stream([(hand.mean(axis=0), hand), (far.mean(axis=0), far)], [0, 0, 0])
+
+    def pose(joints, center):
+        near = np.allclose(joints, hand)
+        return HandPose(keypoints_xyz=np.full((21, 3), np.nan) if near else joints + 0.002,
+                        scores=np.ones(21), center_xyz=np.asarray(center),
+                        detection_score=1.0, localizer_score=1.0)
+
+    est._pose = pose
+    frames = [LabelledFrame(f.depth_m, f.intrinsics, f.joints_xyz, f.joint_mask,
+                            sequence_start=i != 1)
+              for i, f in enumerate([frame([hand, far])] * 3)]
+    result = evaluate_estimator(est, frames, 'detect')
+    assert est.resets == 2
+    # The near hand's joints are all NaN: found, with no error; the far hand is 3.5 mm off.
+    assert result['mean_mm'] == pytest.approx(2.0 * np.sqrt(3))
+    assert result['breakdown']['by_distance_m'][-1]['mean_mm'] == pytest.approx(2 * np.sqrt(3))
+
+
 class FixedLocalizer:
 
     def __init__(self, centers):

@@ -322,6 +322,11 @@ def format_result(result):
     lines.append('detection rate: ' + ('n/a' if rate is None else f'{rate * 100:.2f} %')
                  + f' (match radius {result["match_radius_mm"]:.0f} mm), '
                  f'false positives: {result["false_positives"]}')
+    if result.get('hands_skipped_outside_image'):
+        lines.append(f'hands not counted (unlabelled, or centre outside the image): '
+                     f'{result["hands_skipped_outside_image"]}'
+                     + (f', {result["found_skipped_hands"]} of them found (not counted as '
+                        f'false positives)' if result.get('found_skipped_hands') else ''))
     if result.get('detection_rate_mostly_visible') is not None:
         lines.append(f'detection rate, hands with >= half their joints visible: '
                      f'{result["detection_rate_mostly_visible"] * 100:.2f} % '

@@ -67,7 +67,8 @@ class LabelledFrame:
     :param color: optional (H, W, 3) uint8 RGB image registered to the depth (synthetic
         frames rendered for a colour network).
     :param sequence_start: the first frame of a sequence of frames in order (a stream starts
-        here: :func:`evaluate_estimator` tells an estimator with ``start_sequence``).
+        here: :func:`evaluate_estimator` resets an estimator that has ``reset``, e.g. a
+        :class:`~hand_pose_ros.core.estimator.HandTracker`).
     """
 
     depth_m: np.ndarray
@@ -285,7 +286,10 @@ def error_breakdown(errors_mm, distance_m, cut_by_border, visible=None):
     errors_mm = np.asarray(errors_mm, dtype=np.float64).reshape(-1, NUM_JOINTS)
     if not len(errors_mm):
         return None
-    hand_mm = np.nanmean(errors_mm, axis=1)
+    labelled = np.isfinite(errors_mm)
+    # Per hand: the mean of its labelled joints (NaN for a hand with none).
+    hand_mm = np.where(labelled, errors_mm, 0.0).sum(axis=1) / np.where(
+        labelled.any(axis=1), labelled.sum(axis=1), np.nan)
     distance_m = np.asarray(distance_m, dtype=np.float64)
     cut_by_border = np.asarray(cut_by_border, dtype=bool)
 
@@ -312,7 +316,6 @@ def error_breakdown(errors_mm, distance_m, cut_by_border, visible=None):
         if len(ordered) > worst else None}
     if visible is not None:
         visible = np.asarray(visible, dtype=bool).reshape(errors_mm.shape)
-        labelled = np.isfinite(errors_mm)
         result['visible_joints_mm'] = _number(errors_mm[visible & labelled].mean()) \
             if (visible & labelled).any() else None
         result['hidden_joints_mm'] = _number(errors_mm[~visible & labelled].mean()) \
@@ -385,24 +388,32 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
         raise ValueError(f'center_mode must be one of {CENTER_MODES}, got {center_mode!r}')
     rows, center_errors, timings, mostly_visible, localized = [], [], [], [], []
     found = {'distance_m': [], 'cut_by_border': [], 'visible': []}
-    num_frames = skipped = false_positives = 0
+    num_frames = skipped = ignored = false_positives = 0
     for frame in frames:
         num_frames += 1
-        if frame.sequence_start and hasattr(estimator, 'start_sequence'):
-            estimator.start_sequence()
-        keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
+        if frame.sequence_start and hasattr(estimator, 'reset'):
+            estimator.reset()
+        labelled = [k for k in range(len(frame.joints_xyz)) if frame.joint_mask[k].any()]
+        keep = [k for k in labelled if _croppable(frame, k)]
         skipped += len(frame.joints_xyz) - len(keep)
-        if not keep:
-            continue
         truth = frame.centers_xyz[keep]
         if center_mode == 'oracle':
+            if not keep:
+                continue
             hands = frame.estimate_with(estimator, centers=truth)
             assignment = np.arange(len(keep)) if len(hands) == len(keep) \
                 else match_centers([h.center_xyz for h in hands], truth, 1e-9)
         else:
+            # Every frame is searched, and found hands are matched to every labelled hand:
+            # one found where an uncounted hand (its centre outside the image) is, is
+            # neither a detection nor a false hand.
             hands = frame.estimate_with(estimator)
-            assignment = match_centers([h.center_xyz for h in hands], truth, match_radius_m)
-            false_positives += len(hands) - int((assignment >= 0).sum())
+            matched = match_centers([h.center_xyz for h in hands],
+                                    frame.centers_xyz[labelled], match_radius_m)
+            counted = np.isin(labelled, keep)
+            ignored += int((matched[~counted] >= 0).sum())
+            false_positives += len(hands) - int((matched >= 0).sum())
+            assignment = matched[counted]
             mostly_visible.extend(_mostly_visible_hits(frame, keep, assignment))
             localized.append(getattr(estimator, 'last_localized', True))
         timings.append(dict(estimator.last_timings))
@@ -421,7 +432,7 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
     result = summarize_errors(errors, thresholds_mm)
     visible = found['visible']
     result['breakdown'] = error_breakdown(
-        errors[np.isfinite(errors).any(axis=1)], found['distance_m'], found['cut_by_border'],
+        errors[~np.isinf(errors).any(axis=1)], found['distance_m'], found['cut_by_border'],
         np.array(visible) if visible and all(v is not None for v in visible) else None)
     hands_total = len(rows)
     detected = result['hands']['evaluated']
@@ -429,6 +440,7 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
         'center_mode': center_mode,
         'frames': num_frames,
         'hands_skipped_outside_image': skipped,
+        'found_skipped_hands': ignored,
         'detection_rate': _number(detected / hands_total) if hands_total else None,
         'detection_rate_mostly_visible': _number(np.mean(mostly_visible))
         if mostly_visible else None,
@@ -452,7 +464,7 @@ class FilteredEstimator:
     ``estimate`` returns the hands ``hand_filter_node`` publishes for the frame (its visible
     tracks: the valid joints, NaN elsewhere, centred on their centroid), so that
     :func:`evaluate_estimator` scores what a robot receives. Frames form a stream at ``fps``;
-    :meth:`start_sequence` starts a new one.
+    :meth:`reset` starts a new one.
 
     :param estimator: object with ``estimate(depth, intrinsics, color=None)`` and
         ``last_timings`` (:class:`~hand_pose_ros.core.estimator.HandPoseEstimator`,
@@ -474,9 +486,11 @@ class FilteredEstimator:
     def last_localized(self):
         return getattr(self.estimator, 'last_localized', True)
 
-    def start_sequence(self):
-        """Forget the tracks: the next frame starts a new stream."""
+    def reset(self):
+        """Forget the tracks (and the estimator's followed hands): a new stream starts."""
         self.filter.reset()
+        if hasattr(self.estimator, 'reset'):
+            self.estimator.reset()
 
     def estimate(self, depth, intrinsics, color=None):
         """Return the published hands of the next frame as ``HandPose`` objects."""
