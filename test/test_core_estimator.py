@@ -299,6 +299,19 @@ def test_candidates_on_one_hand_are_reported_once():
     np.testing.assert_allclose(hands[0].center_xyz, CENTER + [0.03, 0, 0])
 
 
+def test_crops_apart_whose_joints_meet_are_one_hand_even_without_re_centring():
+    # Two candidates 6 cm apart (the localiser keeps 5 cm between them); without a
+    # re-centring pass the crops stay apart, but the network puts both hands' joints on
+    # the first crop's centre (normalised x -0.6 of the 10 cm half cube on the second).
+    joints = np.zeros((2, 21, 3))
+    joints[1, :, 0] = -0.6
+    est = HandPoseEstimator(FixedLocalizer([candidate(CENTER, 0.9),
+                                            candidate(CENTER + [0.06, 0, 0], 0.8)]),
+                            SPEC, OracleBackend(joints), max_hands=2, refine_passes=0)
+    hands = est.estimate(hand_scene(), INTRINSICS)
+    assert len(hands) == 1 and hands[0].detection_score == 0.9
+
+
 def test_hand_score_drops_false_hands_and_lets_the_spare_candidate_in():
     # Three candidates far apart; the network is unsure of the localiser's favourite.
     found = [candidate(CENTER + [dx, 0, 0], score)
@@ -454,6 +467,40 @@ def test_tracker_pairs_each_followed_hand_with_itself_when_their_order_changes()
     assert not tracker.last_localized and np.allclose(followed[0].center_xyz, other)
     # Neither hand moved: no motion is carried into the next frame's crops.
     assert np.abs(tracker._motion).max() < 1e-9
+
+
+def test_tracker_gives_each_of_two_moving_hands_its_own_motion():
+    from hand_pose_ros.core import HandTracker
+
+    class Followed:
+        """Report hands at set places; followed ones come back rightmost first."""
+
+        hand_score = HandScore(bias=0.0, localizer_weight=0.0, joint_weight=0.0)
+        last_timings = {}
+
+        def __init__(self):
+            self.places = []
+
+        def hands(self):
+            return [HandPose(np.tile(p, (21, 1)), np.full(21, 0.9), np.asarray(p), 0.9, 0.9)
+                    for p in self.places]
+
+        def estimate(self, depth, intrinsics, color=None):
+            return self.hands()
+
+        def estimate_near(self, depth, intrinsics, centers, scores, color=None):
+            return sorted(self.hands(), key=lambda hand: -hand.center_xyz[0])
+
+    est = Followed()
+    tracker = HandTracker(est, redetect_interval=10)
+    depth = hand_scene()
+    # Two hands 12 cm apart, both moving 7 cm to the right per frame: each hand is nearer
+    # the other's last place than its own.
+    for step in range(3):
+        est.places = [CENTER + [0.07 * step, 0, 0], CENTER + [0.12 + 0.07 * step, 0, 0]]
+        tracker.estimate(depth, INTRINSICS)
+    assert not tracker.last_localized
+    np.testing.assert_allclose(tracker._motion, [[0.07, 0, 0]] * 2, atol=1e-9)
 
 
 def test_tracker_searches_every_frame_without_a_hand_score_or_when_the_hand_leaves():

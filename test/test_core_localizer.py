@@ -221,3 +221,31 @@ def test_a_hand_cut_by_the_border_keeps_its_centre_in_the_image():
     assert candidates
     for candidate in candidates:
         check_center(candidate.center_xyz, frame.intrinsics)
+
+
+def test_a_hand_at_the_right_edge_keeps_its_box_in_the_image():
+    # 702 x 470 pixels at stride 4: the last strided column ends past the image.
+    intrinsics = CameraIntrinsics(INTRINSICS.fx, INTRINSICS.fy, 351.0, 235.0, 702, 470)
+    v, u = np.mgrid[0:470, 0:702]
+    z = 0.6
+    x, y = (u - intrinsics.cx) / intrinsics.fx * z, (v - intrinsics.cy) / intrinsics.fy * z
+    depth = np.full((470, 702), np.nan, dtype=np.float32)
+    # A palm at the right edge, fingers pointing left.
+    paint(depth, (np.abs(y) < 0.04) & (x < 0.38) & (x > 0.30) & (np.mod(y * 100, 2.0) < 1.4),
+          z)
+    paint(depth, (x - 0.41) ** 2 + y ** 2 < 0.045 ** 2, z - 0.01)
+    hands = DepthHandLocalizer().locate(depth, intrinsics, max_hands=2.0)  # a float count too
+    assert len(hands) == 1
+    u_min, v_min, u_max, v_max = hands[0].bbox
+    assert 0 <= u_min <= u_max == 701 and 0 <= v_min <= v_max <= 469
+
+
+def test_max_slope_is_the_steepest_surface_kept_whole():
+    from hand_pose_ros.core.localizer import _far_side_of_jumps
+
+    # A plane rising 0.2 m per metre across the image at 1 m, 1 mm pixels (pitch 1 mm at
+    # 1 m: 1,000 pixels per metre): kept whole up to max_slope 0.2, cut beyond.
+    depth = 1.0 + 0.2 * np.arange(50)[None, :] * 0.001 * np.ones((4, 1))
+    for slope, cut in ((0.25, False), (0.15, True)):
+        far = _far_side_of_jumps(depth, 0.0, slope / 1000.0)
+        assert far.any() == cut

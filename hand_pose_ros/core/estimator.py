@@ -324,8 +324,9 @@ class HandPoseEstimator:
         Return the localised hands to report, best first, as (index, hand) pairs.
 
         The model's hand score (if any) replaces each hand's detection score and drops
-        unlikely hands; hands whose centres converged within ``DUPLICATE_DISTANCE_M`` of a
-        better one are dropped; at most ``max_hands`` are kept.
+        unlikely hands; hands whose crop centres or joint centroids came within
+        ``DUPLICATE_DISTANCE_M`` of a better one's are dropped; at most ``max_hands`` are
+        kept.
         """
         if self.hand_score is not None:
             hands = [replace(hand, detection_score=self.hand_score(hand.localizer_score,
@@ -336,8 +337,7 @@ class HandPoseEstimator:
         kept = []
         for index, hand in sorted(((i, h) for i, h in enumerate(hands) if h is not None),
                                   key=lambda pair: -pair[1].detection_score):
-            if all(np.linalg.norm(hand.center_xyz - other.center_xyz) >= DUPLICATE_DISTANCE_M
-                   for _, other in kept):
+            if not any(_same_hand(hand, other) for _, other in kept):
                 kept.append((index, hand))
         return kept[:self.max_hands]
 
@@ -513,13 +513,15 @@ class HandTracker:
             self._motion = [np.zeros(3)] * len(hands)
         else:
             self._since_localized += 1
-            # Hands come back best first, which need not be the order they were followed in.
+            # Hands come back best first, which need not be the order they were followed in:
+            # each is paired with a followed hand, one to one, the least motion in all.
+            from scipy.optimize import linear_sum_assignment
+
             before = np.array([hand.keypoints_xyz.mean(axis=0) for hand in self._hands])
-            self._motion = []
-            for hand in hands:
-                now = hand.keypoints_xyz.mean(axis=0)
-                self._motion.append(
-                    now - before[np.argmin(np.linalg.norm(before - now, axis=1))])
+            now = np.array([hand.keypoints_xyz.mean(axis=0) for hand in hands])
+            rows, columns = linear_sum_assignment(
+                np.linalg.norm(now[:, None] - before[None], axis=-1))
+            self._motion = list(now[rows] - before[columns])
         self._hands = hands
         self.last_timings = timings
         return hands
@@ -551,6 +553,18 @@ def _inside(center_xyz, intrinsics):
 def _add_timings(total, timings):
     for stage, value in timings.items():
         total[stage] += value
+
+
+def _same_hand(hand, other):
+    """
+    Return whether two localised hands are one.
+
+    They are when their crops converged (re-centring passes) or, crops apart, the network
+    put both hands' joints in one place.
+    """
+    return any(np.linalg.norm(a - b) < DUPLICATE_DISTANCE_M for a, b in (
+        (hand.center_xyz, other.center_xyz),
+        (hand.keypoints_xyz.mean(axis=0), other.keypoints_xyz.mean(axis=0))))
 
 
 def _refined_center(keypoints_xyz, previous_xyz, intrinsics, max_shift_m):

@@ -89,7 +89,8 @@ class LocalizerConfig:
     max_depth_m: float = 2.0
     target_width_px: int = 160
     depth_jump_m: float = 0.02
-    max_slope: float = 3.0
+    # A third: the value the detection figures were measured with.
+    max_slope: float = 1.0 / 3.0
     min_area_m2: float = 0.0012
     max_area_m2: float = 0.04
     max_width_m: float = 0.26
@@ -180,7 +181,7 @@ class DepthHandLocalizer:
             if all(np.linalg.norm(candidate.center_xyz - other.center_xyz)
                    > self.config.min_separation_m for other in kept):
                 kept.append(candidate)
-        return kept[:max_hands]
+        return kept[:int(max_hands)]
 
     def candidates(self, depth_m, intrinsics):
         """
@@ -199,7 +200,7 @@ class DepthHandLocalizer:
         valid = (small >= cfg.min_depth_m) & (small <= cfg.max_depth_m)
         depth = np.where(valid, small, np.nan)
         mask = valid & ~_far_side_of_jumps(depth, cfg.depth_jump_m,
-                                           cfg.max_slope * grid.pitch_per_m)
+                                           cfg.max_slope / grid.pitch_per_m)
         if not mask.any():
             return []
         # Surfaces smaller than a hand (speckle, flying pixels) have no core and form limbs
@@ -354,16 +355,17 @@ class _StridedGrid:
         return (self.stride * z) ** 2 / (k.fx * k.fy)
 
 
-def _far_side_of_jumps(depth, jump_m, slope_per_m):
+def _far_side_of_jumps(depth, jump_m, rise_per_m):
     """
     Return a mask of pixels on the far side of a depth discontinuity (NaN = no jump).
 
     A step counts as a jump when it exceeds ``jump_m`` plus what a steep surface rises over
-    the pixel pitch (which grows with depth): ``jump_m + depth / slope_per_m``.
+    the pixel pitch, which grows with depth: ``jump_m + depth * rise_per_m`` (``rise_per_m``:
+    the steepest slope times the pitch at 1 m).
     """
     far = np.zeros(depth.shape, dtype=bool)
     with np.errstate(invalid='ignore'):
-        limit = jump_m + depth / slope_per_m
+        limit = jump_m + depth * rise_per_m
         dx = depth[:, 1:] - depth[:, :-1]
         dy = depth[1:, :] - depth[:-1, :]
         far[:, 1:] |= dx > limit[:, :-1]
@@ -590,7 +592,9 @@ def _hand_candidates(grid, rows, cols, xyz, entry, edge, from_tip, end, hands, c
                               sums[6] / hands.counts, sums[8] / hands.counts, end, mean[2])
     centers = np.ascontiguousarray(center.T)
     u_min, v_min = smallest[2:] * grid.stride
-    u_max, v_max = largest[2:] * grid.stride + grid.stride - 1
+    # A strided cell's pixels end at the image edge when its size is not a multiple.
+    u_max = np.minimum(largest[2] * grid.stride + grid.stride - 1, k.width - 1)
+    v_max = np.minimum(largest[3] * grid.stride + grid.stride - 1, k.height - 1)
     # The score needs every candidate of the image: see _scored.
     return [HandCandidate(center_xyz=centers[k], score=0.0,
                           bbox=(int(u_min[k]), int(v_min[k]), int(u_max[k]), int(v_max[k])),
