@@ -280,6 +280,13 @@ def test_grasp_blend_sets_how_far_a_hand_holding_an_object_closes(seed):
     np.testing.assert_allclose(half, (free + grasp) / 2.0)
 
 
+def test_scene_config_from_plain_values():
+    config = SceneConfig(hand_shape={'glove_mm': 2.0}, articulation={'noise_deg': 3.0})
+    assert config.hand_shape.glove_mm == 2.0 and config.articulation.noise_deg == 3.0
+    with pytest.raises(ValueError, match='scene.articulation'):
+        SceneConfig(articulation={'noise': 3.0})
+
+
 def test_configs_reject_bad_values():
     with pytest.raises(ValueError, match='object_prob'):
         SceneConfig(object_prob=1.5)
@@ -291,3 +298,18 @@ def test_configs_reject_bad_values():
         SensorConfig(dropout_prob=2.0)
     with pytest.raises(ValueError, match='intrinsics'):
         SyntheticGenerator('sr300')
+
+
+def test_the_forearm_is_not_the_wrists_own_surface():
+    from hand_pose_ros.core.synth.hand_model import hand_capsules, joint_surface_radii
+
+    shape = sample_hand_shape(np.random.default_rng(0), 'right')
+    rotation = np.array([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]])
+    pose = HandPose(shape, POSTURES['open'], rotation, np.array([0.0, 0.05, 0.5]))
+    radii = []
+    for elbow_m in (0.025, 0.05):  # how wide the arm grows must not hide or show the wrist
+        arm = replace(shape, forearm_radii_m=np.array([shape.forearm_radii_m[0], elbow_m]))
+        capsules = hand_capsules(arm, pose.keypoints_xyz, rotation, np.array([0.0, 1.0, 0.0]),
+                                 0.25)
+        radii.append(joint_surface_radii(capsules, pose.keypoints_xyz))
+    np.testing.assert_allclose(radii[0], radii[1])

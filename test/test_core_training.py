@@ -287,6 +287,7 @@ def test_init_widen_starts_a_wider_network_computing_the_same_joints(tmp_path):
     ({'crop': {'input_size': 1}}, 'input_size must be an integer'),
     ({'colour': 'red'}, 'unknown training config keys'),
     ({'augment': {'noise_mm': -1}}, 'noise_mm must be finite'),
+    ({'data': {'type': 'synthetic', 'seed': 7}}, 'data takes no seed'),
 ])
 def test_config_validation(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):

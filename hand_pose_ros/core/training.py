@@ -163,6 +163,10 @@ class TrainConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if 'type' not in self.data:
             raise ValueError("data needs a 'type' ('synthetic' or a dataset name)")
+        if 'seed' in self.data:
+            # One seed for every worker and restart would render the same scenes over again.
+            raise ValueError('data takes no seed: training scenes are seeded from the run '
+                             'seed, each worker and restart its own (set seed instead)')
 
     def to_dict(self):
         """Return the config as plain values (YAML / checkpoint friendly)."""

@@ -531,7 +531,7 @@ def joint_surface_radii(capsules, keypoints_xyz):
     Over the joint's own capsules (those attached to it, e.g. the two phalanges meeting at a
     PIP), the joint's distance to the capsule axis plus the capsule's larger radius bounds the
     depth of its own surface in front of it. Anything seen nearer than that (another finger,
-    the palm the joint is pressed into, an object) occludes the joint.
+    the palm the joint is pressed into, the forearm, an object) occludes the joint.
 
     :param capsules: dict from :func:`hand_capsules`.
     :param keypoints_xyz: (21, 3) the keypoints the capsules were built from.
@@ -550,6 +550,8 @@ def joint_surface_radii(capsules, keypoints_xyz):
     radius = radius_start + along * (radius_end - radius_start)
     bound = np.maximum(radius_start, radius_end) + distance
     joints = capsules['joints']
-    own = (joints[:, 0] == np.arange(len(points))[:, None]) \
-        | (joints[:, 1] == np.arange(len(points))[:, None])
+    # The forearm is not the wrist's own surface: it widens to the elbow, and where it lies
+    # in front of the wrist it hides it.
+    own = ((joints[:, 0] == np.arange(len(points))[:, None])
+           | (joints[:, 1] == np.arange(len(points))[:, None])) & ~capsules['forearm']
     return np.max(np.where(own & (distance <= radius), bound, 0.0), axis=1)

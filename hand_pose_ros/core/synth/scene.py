@@ -83,9 +83,11 @@ class SceneConfig:
     articulation: ArticulationConfig = field(default_factory=ArticulationConfig)
 
     def __post_init__(self):
-        if isinstance(self.hand_shape, dict):
-            object.__setattr__(self, 'hand_shape', dataclass_from_dict(
-                HandShapeConfig, self.hand_shape, 'scene.hand_shape'))
+        for name, kind in (('hand_shape', HandShapeConfig),
+                           ('articulation', ArticulationConfig)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, dataclass_from_dict(
+                    kind, getattr(self, name), f'scene.{name}'))
         for name in ('out_of_frame_prob', 'facing_prob', 'object_prob', 'table_prob',
                      'body_prob', 'wall_prob', 'clutter_prob', 'second_hand_prob',
                      'forearm_skin_prob'):
