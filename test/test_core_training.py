@@ -294,6 +294,15 @@ def test_config_validation(tmp_path, overrides, message):
         tiny_config(tmp_path, **overrides)
 
 
+def test_a_pool_of_other_data_is_refused(tmp_path):
+    training.Trainer(tiny_config(tmp_path, eval_frames=0))
+    training.Trainer(tiny_config(tmp_path, eval_frames=0))  # the same data: reused
+    with pytest.raises(ValueError, match='holds crops of another crop, data'):
+        training.Trainer(tiny_config(tmp_path, eval_frames=0, crop={
+            'input_size': 48, 'cube_size_m': [0.2, 0.2, 0.3]}, data={
+            'type': 'hands2017', 'root': str(tmp_path / 'data'), 'subjects': 'S1'}))
+
+
 def test_recorded_training_data_needs_a_held_out_split_of_its_own(tmp_path):
     # A dataset reader ignores the seed: without eval_data the held-out frames would be the
     # training frames.

@@ -813,6 +813,7 @@ class Trainer:
         self.progress = ProgressBar(config.steps, progress_stream)
         self.context_spec = augment.context_spec(config.crop_spec, config.context)
         self.color = 'color' in self.model.input_names
+        self._check_pool()
         self._allocator = augment_workers.SharedAllocator(
             multiprocessing.get_context('spawn')) if config.augment_workers else None
         self.pool = CropPool(self.pool_dir, config.pool_size, self.context_spec.input_size,
@@ -823,6 +824,27 @@ class Trainer:
         self.eval_set = self._load_eval_set()
 
     # ----- state
+
+    def _check_pool(self):
+        """
+        Refuse a pool folder holding crops of other data (a reused ``output_dir``).
+
+        The crops' source and crop are recorded beside the chunks when the folder is first
+        used; a later run in that folder must have the same.
+        """
+        path = os.path.join(self.pool_dir, 'pool_key.json')
+        key = json.loads(json.dumps({'data': self.config.data, 'crop': self.config.crop,
+                                     'context': self.config.context, 'color': self.color}))
+        if os.path.isfile(path):
+            with open(path, 'r', encoding='utf-8') as stream:
+                stored = json.load(stream)
+            differing = sorted(name for name in key if stored.get(name) != key[name])
+            if differing:
+                raise ValueError(f'{self.pool_dir} holds crops of another {", ".join(differing)}'
+                                 f' ({stored}): remove it or train in another output_dir')
+            return
+        with atomic_file(path) as stream:
+            stream.write(json.dumps(key, sort_keys=True).encode('utf-8'))
 
     def _resume(self):
         import torch
