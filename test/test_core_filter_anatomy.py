@@ -111,6 +111,20 @@ def test_joint_angle_limit_blames_the_placed_joint_and_repair_clamps_it():
     assert not _blamed(anatomy.check_pose(cfg, repaired, 'right')).any()
 
 
+def test_a_hand_of_unknown_side_is_checked_as_either_side():
+    cfg = FilterConfig().anatomy
+    angles = _rest_angles()
+    angles[ANGLE_NAMES.index('index_pip_flexion')] = np.radians(60.0)
+    left = hand_from_angles(angles, handedness='left') + np.array([0.0, 0.0, 0.5])
+    # Read with a right hand's signs, the left hand's curled finger bends backwards.
+    assert anatomy.check_pose(cfg, left, 'right')['joint_angle'].any()
+    assert not anatomy.check_pose(cfg, left, 'left')['joint_angle'].any()
+    assert not anatomy.check_pose(cfg, left, 'unknown')['joint_angle'].any()
+    # A bend no hand can make is blamed whatever the side.
+    angles[ANGLE_NAMES.index('index_pip_flexion')] = np.radians(160.0)
+    assert anatomy.check_pose(cfg, _hand(angles), 'unknown')['joint_angle'].any()
+
+
 def test_precomputed_angles_give_the_same_check_and_repair():
     cfg = FilterConfig().anatomy
     angles = _rest_angles()

@@ -301,7 +301,8 @@ def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None, ang
 
     :param config: AnatomyConfig.
     :param keypoints_xyz: (21, 3) keypoints, metres, all valid.
-    :param handedness: 'left', 'right' or 'unknown' (for the sign of flexion angles).
+    :param handedness: 'left', 'right' or 'unknown' (for the sign of flexion angles; an
+        unknown side is checked as either side).
     :param calibrated_lengths_m: (20,) user bone lengths or None.
     :param angles: ``kinematics.finger_angles(keypoints_xyz, handedness)`` when already
         computed (:func:`repair` takes the same).
@@ -322,9 +323,13 @@ def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None, ang
             _ratio_violations(config, lengths, both, scale, margin))
     if angles is None:
         angles = kinematics.finger_angles(keypoints_xyz, handedness)
-    joint_angles = angles.joint_angles
     soft = np.radians(config.angle_margin_deg)
-    bad = (joint_angles < ANGLE_LOWER_RAD - soft) | (joint_angles > ANGLE_UPPER_RAD + soft)
+    bad = _angle_violations(angles.joint_angles, soft)
+    if handedness == 'unknown':
+        # Flexion signs depend on the side: a hand of unknown side is blamed only for angles
+        # that neither a right nor a left hand could make.
+        bad &= _angle_violations(kinematics.finger_angles(keypoints_xyz, 'left').joint_angles,
+                                 soft)
     joints = np.zeros(NUM_JOINTS, bool)
     joints[ANGLE_BLAMED_JOINT[bad]] = True
     blamed['joint_angle'] = joints
@@ -332,6 +337,12 @@ def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None, ang
         blamed['self_intersection'] = _intersections(
             keypoints_xyz, present, config.min_finger_distance_m)
     return blamed
+
+
+def _angle_violations(joint_angles, soft_rad):
+    """Return (20,) bool: angles outside the joint limits softened by ``soft_rad``."""
+    return (joint_angles < ANGLE_LOWER_RAD - soft_rad) \
+        | (joint_angles > ANGLE_UPPER_RAD + soft_rad)
 
 
 def _intersections(keypoints_xyz, present, min_distance_m):
