@@ -185,3 +185,18 @@ def test_rebuild_fingers_with_the_frames_of_finger_angles_gives_the_same_hand():
     np.testing.assert_array_equal(measured.frames.axes,
                                   kinematics.finger_angles(hand, 'left').frames.axes)
     np.testing.assert_allclose(joint_angles(shared, 'left')[:4], angles[:4], atol=1e-9)
+
+
+def test_thumb_frames_turn_smoothly_when_a_thumb_bone_points_along_the_palm_normal():
+    # This thumb's last bone lies within a few hundredths of a degree of the palm normal;
+    # bending the IP joint by 0.4 degrees must turn the tip's frame by about as much.
+    angles = np.zeros(len(ANGLE_NAMES))
+    angles[:4] = np.radians([-25.8, 44.9, 39.0, 6.1])
+    ip = ANGLE_NAMES.index('thumb_ip_flexion')
+    frames = []
+    for bend in (-0.2, 0.2):
+        bent = angles.copy()
+        bent[ip] += np.radians(bend)
+        frames.append(bone_frames(hand_from_angles(bent))[4])
+    turn = np.degrees(np.arccos(np.clip((np.trace(frames[0].T @ frames[1]) - 1) / 2, -1, 1)))
+    assert turn < 1.0

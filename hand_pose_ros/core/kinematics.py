@@ -25,8 +25,10 @@ Conventions (all arrays in the canonical order of :mod:`hand_pose_ros.core.skele
   towards the palm, flexion swings it across the palm towards the little finger.
 * Bone frames: joint j's orientation is the frame of the bone ending at j (parent -> j):
   x along the bone; for the four fingers y is the palm y axis made orthogonal to x
-  (the flexion axis), z = x x y; for the thumb z is the palm z axis made orthogonal to x,
-  y = z x x. The wrist uses the palm frame.
+  (the flexion axis), z = x x y; for the thumb's first bone z is the palm z axis made
+  orthogonal to x, y = z x x, and each next thumb bone carries its parent's frame by the
+  smallest rotation onto its own direction (no turn about a bone that points along the palm
+  normal). The wrist uses the palm frame.
 
 Left hands are handled by mirroring the palmar direction (``handedness='left'``); angle
 values of a left hand equal those of the mirrored right hand.
@@ -85,6 +87,8 @@ _FLEXION_ANGLE = np.array(
 _ABDUCTION_ANGLE = np.array(
     [_UNUSED] + [ANGLE_INDEX[f'{finger}_mcp_abduction'] for finger in FINGERS[1:]])
 _IS_THUMB_BONE = FINGER_OF_JOINT[BONES[:, 1]] == 0
+# (parent joint, joint) of the thumb bones after its first, in order down the thumb.
+_THUMB_CHAIN = tuple((int(a), int(b)) for a, b in BONES[_IS_THUMB_BONE][1:])
 
 
 def _dot(a, b):
@@ -348,7 +352,22 @@ def bone_frames(keypoints_xyz):
     y_axes = np.where(_IS_THUMB_BONE[:, None], other, ortho)
     z_axes = np.where(_IS_THUMB_BONE[:, None], ortho, other)
     frames[..., BONES[:, 1], :, :] = np.stack([x_axes, y_axes, z_axes], axis=-1)
+    # The thumb can point a bone along the palm normal, where that reference turns about
+    # the bone at once: its bones after the first carry their parent's frame instead, by
+    # the smallest rotation that takes the parent's bone onto theirs.
+    for parent, child in _THUMB_CHAIN:
+        frames[..., child, :, :] = _smallest_rotation(
+            frames[..., parent, :, 0], frames[..., child, :, 0]) @ frames[..., parent, :, :]
     return frames
+
+
+def _smallest_rotation(a, b):
+    """Return (..., 3, 3) the rotation by the least angle taking unit a onto unit b."""
+    v, c = cross(a, b), _dot(a, b)
+    skew = np.zeros((*v.shape[:-1], 3, 3))
+    skew[..., 0, 1], skew[..., 0, 2], skew[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    skew = skew - np.swapaxes(skew, -1, -2)
+    return np.eye(3) + skew + skew @ skew / np.maximum(1.0 + c, _EPS)[..., None, None]
 
 
 def hinge_out_of_plane(keypoints_xyz, finger, handedness='right'):
