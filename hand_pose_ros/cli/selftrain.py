@@ -26,7 +26,7 @@ from pathlib import Path
 import sys
 import time
 
-from hand_pose_ros.cli.options import parse_assignment
+from hand_pose_ros.cli.options import fail, parse_assignment
 from hand_pose_ros.core.selftrain import SelfTrainConfig
 
 TUNABLES = (
@@ -437,8 +437,7 @@ def main(argv=None):
         print(card)
         return 0
     except (ValueError, OSError) as error:
-        print(f'hand_pose_selftrain: error: {error}', file=sys.stderr)
-        return 2
+        return fail('hand_pose_selftrain', error)
     except KeyboardInterrupt:
         print('hand_pose_selftrain: interrupted; rerun with --resume to continue',
               file=sys.stderr)

@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 
-from hand_pose_ros.cli.options import parse_assignment
+from hand_pose_ros.cli.options import fail, parse_assignment
 from hand_pose_ros.core import training
 from hand_pose_ros.core.crop import VIEW_SETS
 
@@ -126,8 +126,7 @@ def main(argv=None):
               file=sys.stderr)
         metrics = training.train(config, resume=args.resume)
     except ValueError as error:
-        print(f'hand_pose_train: error: {error}', file=sys.stderr)
-        return 2
+        return fail('hand_pose_train', error)
     except KeyboardInterrupt:
         print('\nhand_pose_train: interrupted; continue with --resume', file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 import sys
 
+from hand_pose_ros.cli.options import fail
 from hand_pose_ros.core.finder_training import FinderTrainConfig
 
 
@@ -64,8 +65,7 @@ def main(argv=None):
                                       for f in fields(FinderTrainConfig)})
         path = finder_training.train_finder(config, resume=args.resume)
     except (ValueError, OSError, ModelFileError) as error:
-        print(f'hand_pose_train_finder: error: {error}', file=sys.stderr)
-        return 2
+        return fail('hand_pose_train_finder', error)
     print(f'wrote {path}')
     return 0
 
