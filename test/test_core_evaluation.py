@@ -211,6 +211,12 @@ def test_evaluate_localizer_rates_and_centre_error():
     shown.visible = np.ones((1, 21), dtype=bool)
     mixed = evaluate_localizer(FixedLocalizer([center]), [hidden, shown])
     assert mixed['hands_mostly_visible'] == 1 and mixed['detection_rate_mostly_visible'] == 1.0
+    # A candidate on a hand centred outside the image is neither a hit nor a false hand.
+    outside = ground_truth([3.0, 0, 0.5], 3)
+    edge = evaluate_localizer(FixedLocalizer([outside.mean(axis=0), center]),
+                              [frame([outside, joints])])
+    assert edge['hands'] == 1 and edge['detection_rate'] == 1.0
+    assert edge['false_positives'] == 0
 
 
 def test_success_curve_png(tmp_path):

@@ -370,6 +370,31 @@ def _croppable(frame, k):
     return True
 
 
+def _counted_hands(frame):
+    """Return the hands of a frame that are counted: labelled, centre inside the image."""
+    return [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
+
+
+def _match_found(found_xyz, frame, radius_m):
+    """
+    Match found centres to every labelled hand of a frame, one to one, nearest first.
+
+    A hand found where an uncounted hand is (labelled, its centre outside the image) is
+    neither a detection of a counted hand nor a false hand.
+
+    :return: ((len(counted),) index into ``found_xyz`` per counted hand, -1 when missed;
+        (N,) bool, found centres matched to some labelled hand; number of those matched
+        to an uncounted hand).
+    """
+    labelled = np.flatnonzero(frame.joint_mask.any(axis=1))
+    found_xyz = np.asarray(found_xyz, dtype=np.float64).reshape(-1, 3)
+    matched = match_centers(found_xyz, frame.centers_xyz[labelled], radius_m)
+    counted = np.array([_croppable(frame, k) for k in labelled], dtype=bool)
+    is_hand = np.zeros(len(found_xyz), dtype=bool)
+    is_hand[matched[matched >= 0]] = True
+    return matched[counted], is_hand, int((matched[~counted] >= 0).sum())
+
+
 def evaluate_estimator(estimator, frames, center_mode='oracle',
                        match_radius_m=DEFAULT_MATCH_RADIUS_M,
                        thresholds_mm=DEFAULT_THRESHOLDS_MM):
@@ -393,8 +418,7 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
         num_frames += 1
         if frame.sequence_start and hasattr(estimator, 'reset'):
             estimator.reset()
-        labelled = [k for k in range(len(frame.joints_xyz)) if frame.joint_mask[k].any()]
-        keep = [k for k in labelled if _croppable(frame, k)]
+        keep = _counted_hands(frame)
         skipped += len(frame.joints_xyz) - len(keep)
         truth = frame.centers_xyz[keep]
         if center_mode == 'oracle':
@@ -404,16 +428,12 @@ def evaluate_estimator(estimator, frames, center_mode='oracle',
             assignment = np.arange(len(keep)) if len(hands) == len(keep) \
                 else match_centers([h.center_xyz for h in hands], truth, 1e-9)
         else:
-            # Every frame is searched, and found hands are matched to every labelled hand:
-            # one found where an uncounted hand (its centre outside the image) is, is
-            # neither a detection nor a false hand.
+            # Every frame is searched, also one without a counted hand.
             hands = frame.estimate_with(estimator)
-            matched = match_centers([h.center_xyz for h in hands],
-                                    frame.centers_xyz[labelled], match_radius_m)
-            counted = np.isin(labelled, keep)
-            ignored += int((matched[~counted] >= 0).sum())
-            false_positives += len(hands) - int((matched >= 0).sum())
-            assignment = matched[counted]
+            assignment, is_hand, at_uncounted = _match_found(
+                [h.center_xyz for h in hands], frame, match_radius_m)
+            ignored += at_uncounted
+            false_positives += int((~is_hand).sum())
             mostly_visible.extend(_mostly_visible_hits(frame, keep, assignment))
             localized.append(getattr(estimator, 'last_localized', True))
         timings.append(dict(estimator.last_timings))
@@ -529,14 +549,11 @@ def fit_hand_score(estimator, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=
 
     features, labels = [], []
     for frame in frames:
-        keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
         hands = frame.estimate_with(estimator)
-        assignment = match_centers([h.center_xyz for h in hands], frame.centers_xyz[keep],
-                                   match_radius_m)
-        matched = {int(n) for n in assignment if n >= 0}
-        for n, hand in enumerate(hands):
+        _, is_hand, _ = _match_found([h.center_xyz for h in hands], frame, match_radius_m)
+        for hand, label in zip(hands, is_hand):
             features.append(HandScore.features(hand.localizer_score, hand.scores))
-            labels.append(n in matched)
+            labels.append(bool(label))
     weights, counts = fit_logistic(np.array(features).reshape(-1, 3), labels, l2,
                                    'a hand score', ('hands', 'false_hands'))
     return HandScore(*(float(w) for w in weights)), counts
@@ -583,8 +600,8 @@ def fit_fusion(localizer, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=1e-3
     """
     features, labels = [], []
     for frame in frames:
-        keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
-        truth = frame.centers_xyz[keep]
+        # Every labelled hand, also one centred outside the image, is a hand.
+        truth = frame.centers_xyz[frame.joint_mask.any(axis=1)]
         for center, row in localizer.proposals(frame.depth_m, frame.intrinsics):
             features.append(row)
             labels.append(bool(len(truth)) and
@@ -609,16 +626,16 @@ def evaluate_localizer(localizer, frames, max_hands=2, match_radius_m=DEFAULT_MA
     errors, durations, mostly_visible = [], [], []
     for frame in frames:
         num_frames += 1
-        keep = [k for k in range(len(frame.joints_xyz)) if _croppable(frame, k)]
+        keep = _counted_hands(frame)
         start = time.perf_counter()
         candidates = localizer.locate(frame.depth_m, frame.intrinsics, max_hands=max_hands)
         durations.append((time.perf_counter() - start) * 1e3)
         truth = frame.centers_xyz[keep]
         found = np.array([c.center_xyz for c in candidates]).reshape(-1, 3)
-        assignment = match_centers(found, truth, match_radius_m)
+        assignment, is_hand, _ = _match_found(found, frame, match_radius_m)
         hands += len(keep)
         detected += int((assignment >= 0).sum())
-        false_positives += len(candidates) - int((assignment >= 0).sum())
+        false_positives += int((~is_hand).sum())
         errors.extend(np.linalg.norm(found[n] - truth[i]) * 1000.0
                       for i, n in enumerate(assignment) if n >= 0)
         mostly_visible.extend(_mostly_visible_hits(frame, keep, assignment))
