@@ -119,7 +119,7 @@ def test_ctrl_c_stops_the_run_and_its_workers_quietly(tiny_yaml, tmp_path):
                                   capture_output=True, text=True).stdout
             pytest.fail(f'no exit 60 s after Ctrl-C; processes:\n{tree}\n'
                         f'stderr:\n{err_path.read_text()}')
-        assert code == 130
+        assert code == 130, err_path.read_text()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
