@@ -200,3 +200,55 @@ def test_thumb_frames_turn_smoothly_when_a_thumb_bone_points_along_the_palm_norm
         frames.append(bone_frames(hand_from_angles(bent))[4])
     turn = np.degrees(np.arccos(np.clip((np.trace(frames[0].T @ frames[1]) - 1) / 2, -1, 1)))
     assert turn < 1.0
+
+
+def test_defined_geometry_equals_the_frames_and_angles_of_a_whole_hand():
+    hand = hand_from_angles(_random_angles(np.random.default_rng(4)), handedness='left') \
+        @ _rotation(4).T + [0.02, -0.01, 0.5]
+    geometry = kinematics.defined_geometry(hand, 'left')
+    np.testing.assert_array_equal(geometry.frames, bone_frames(hand))
+    np.testing.assert_array_equal(geometry.angles, joint_angles(hand, 'left'))
+    given = np.arange(len(ANGLE_NAMES), dtype=float)
+    np.testing.assert_array_equal(kinematics.defined_geometry(hand, 'left', given).angles, given)
+
+
+def _undefined(geometry):
+    frames = {j for j in range(21) if np.isnan(geometry.frames[j]).all()}
+    assert frames | {j for j in range(21) if np.isfinite(geometry.frames[j]).all()} \
+        == set(range(21))
+    return frames, {ANGLE_NAMES[k] for k in np.flatnonzero(np.isnan(geometry.angles))}
+
+
+def test_missing_joints_leave_only_what_is_built_from_them_undefined():
+    hand = hand_from_angles() @ _rotation(5).T + [0.0, 0.0, 0.4]
+    tip = hand.copy()
+    tip[8] = np.nan                     # index tip never seen
+    assert _undefined(kinematics.defined_geometry(tip)) == ({8}, {'index_dip_flexion'})
+    thumb = hand.copy()
+    thumb[3] = np.nan                   # thumb IP: its bone, the next (carried) and angles
+    frames, angles = _undefined(kinematics.defined_geometry(thumb))
+    assert frames == {3, 4}
+    assert angles == {'thumb_mcp_flexion', 'thumb_ip_flexion'}
+    wrist = hand.copy()
+    wrist[0] = np.nan                   # the palm frame: every frame and angle
+    frames, angles = _undefined(kinematics.defined_geometry(wrist))
+    assert frames == set(range(21)) and angles == set(ANGLE_NAMES)
+
+
+def test_degenerate_geometry_is_undefined_not_an_arbitrary_frame():
+    hand = hand_from_angles() @ _rotation(6).T + [0.0, 0.0, 0.4]
+    zero_bone = hand.copy()
+    zero_bone[7] = zero_bone[6]         # index DIP on its PIP: a zero-length bone
+    frames, angles = _undefined(kinematics.defined_geometry(zero_bone))
+    assert frames == {7}
+    assert angles == {'index_pip_flexion', 'index_dip_flexion'}
+    collinear = hand.copy()             # wrist, index and little-finger MCPs on one line
+    collinear[17] = collinear[0] + 0.8 * (collinear[5] - collinear[0])
+    frames, angles = _undefined(kinematics.defined_geometry(collinear))
+    assert frames == set(range(21)) and angles == set(ANGLE_NAMES)
+    # The plain functions still give numbers there (what the anatomy checks read).
+    assert np.isfinite(bone_frames(collinear)).all()
+    infinite = hand.copy()
+    infinite[3, 0] = np.inf             # NaN marks a missing joint; infinity is refused
+    with pytest.raises(ValueError, match='non-finite'):
+        kinematics.defined_geometry(infinite)

@@ -25,13 +25,13 @@ from hand_pose_ros.ros.node_utils import LogThrottle, OUTPUT_QOS
 FRAME = 'test_camera_optical_frame'
 
 
-def raw_cloud(stamp_s, keypoint_sets):
+def raw_cloud(stamp_s, keypoint_sets, valid=np.ones(21, bool)):
     """Return a raw keypoint cloud (CDR bytes, as hand_pose_node publishes it)."""
     header = Header(frame_id=FRAME)
     header.stamp.sec = int(stamp_s)
     header.stamp.nanosec = int(round((stamp_s % 1) * 1e9))
     hands = [SimpleNamespace(hand_id=i, keypoints_xyz=xyz, scores=np.full(21, 0.9),
-                             valid=np.ones(21, bool), handedness='unknown')
+                             valid=valid, handedness='unknown')
              for i, xyz in enumerate(keypoint_sets)]
     return keypoint_cloud(hands, header)
 
@@ -107,6 +107,32 @@ def test_outputs_carry_the_input_header_and_hand_structure(spinner):
         empty = raw_cloud(stamps[29] + 0.7 + 0.05 * k, [])
         publish_and_wait(spinner, publisher, recorder, empty, 43 + k)
     assert len(recorder.messages['/tf']) == tf_count
+
+
+def test_a_hand_whose_raw_estimates_never_carry_a_joint_is_still_published(spinner):
+    # An estimator that leaves the index tip out of every frame: the filter never accepts
+    # it, and every output but that joint's frame and angle still carries the hand.
+    spinner.add(HandFilterNode(context=spinner.context))
+    probe, recorder, publisher = make_probe(spinner)
+    assert spinner.wait_for(lambda: publisher.get_subscription_count() > 0, 10)
+    motion = generate_motion(8, fps=30.0, seed=5, handedness='right')
+    for i in range(8):
+        publish_and_wait(spinner, publisher, recorder,
+                         raw_cloud(50.0 + motion.stamps_s[i], [motion.joints_xyz[i]],
+                                   valid=np.arange(21) != 8), i + 1)
+    assert spinner.wait_for(lambda: recorder.messages['hand_pose/joint_states'], 10)
+    last = hands_from_cloud(recorder.messages['hand_pose/keypoints'][-1])
+    assert len(last) == 1 and last[0]['valid'].sum() == 20 and not last[0]['valid'][8]
+    poses = recorder.messages['hand_pose/joints'][-1].poses
+    assert len(poses) == 21 and np.isnan(poses[8].position.x)
+    assert np.isfinite([poses[7].orientation.w, poses[7].position.x]).all()
+    names = recorder.messages['hand_pose/joint_states'][-1].name
+    assert len(names) == len(ANGLE_NAMES) - 1 and not any('index_dip' in n for n in names)
+    assert recorder.messages['hand_pose/palm_pose']
+    children = {t.child_frame_id for m in recorder.messages['/tf'] for t in m.transforms}
+    hand_id = last[0]['hand_id']
+    assert f'hand_{hand_id}' in children and f'hand_{hand_id}_{JOINT_NAMES[7]}' in children
+    assert f'hand_{hand_id}_{JOINT_NAMES[8]}' not in children
 
 
 def test_dynamic_parameters_validated_by_the_core(spinner):

@@ -224,3 +224,59 @@ def test_another_encoding_falls_back_to_messages_with_one_warning(monkeypatch, c
     finally:
         node_utils._publish_bytes.cache_clear()
     assert capfd.readouterr().err.count('serialises messages differently') == 1
+
+
+def test_a_hand_with_a_missing_joint_or_a_degenerate_bone_keeps_what_is_defined():
+    joints = generate_motion(1, seed=5).joints_xyz[0]
+    unseen = joints.copy()
+    unseen[8] = np.nan                  # a joint the filter has never accepted
+    flat = joints + 0.1
+    flat[7] = flat[6]                   # a zero-length bone: no frame for joint 7
+    hands = [SimpleNamespace(hand_id=1, keypoints_xyz=unseen, scores=np.ones(21),
+                             valid=np.arange(21) != 8, handedness='right'),
+             SimpleNamespace(hand_id=2, keypoints_xyz=flat, scores=np.ones(21),
+                             valid=np.ones(21, bool), handedness='right')]
+    header = Header(frame_id='cam')
+    outputs = frame_outputs(hands, header, markers=True)
+    for name, data in outputs.items():
+        assert cdr.matches_rclpy(data, OUTPUT_TYPES[name]), name
+    messages = decoded(outputs)
+    poses = messages['joints'].poses
+    assert len(poses) == 42
+    position = [[p.position.x, p.position.y, p.position.z] for p in poses]
+    orientation = [[p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w]
+                   for p in poses]
+    assert np.isnan(position[8]).all() and np.isnan(orientation[8]).all()
+    assert np.isnan(orientation[21 + 7]).all() and np.isfinite(position[21 + 7]).all()
+    assert sum(np.isnan(q).any() for q in orientation) == 2
+    children = {t.child_frame_id for t in messages['tf'].transforms}
+    assert children == {f'hand_{i}' for i in (1, 2)} | {
+        f'hand_{i}_{name}' for i in (1, 2) for j, name in enumerate(JOINT_NAMES)
+        if (i, j) not in ((1, 8), (2, 7))}
+    states = dict(zip(messages['joint_states'].name, messages['joint_states'].position))
+    left_out = {'right_index_dip_flexion', 'hand_2_index_pip_flexion',
+                'hand_2_index_dip_flexion'}
+    assert set(states) == {f'{prefix}{name}' for prefix in ('right_', 'hand_2_')
+                           for name in ANGLE_NAMES} - left_out
+    assert np.isfinite(list(states.values())).all()
+    np.testing.assert_allclose(states['right_middle_pip_flexion'], joint_angles(
+        joints, 'right')[ANGLE_NAMES.index('middle_pip_flexion')])
+    palm = messages['palm'].pose.position
+    np.testing.assert_allclose([palm.x, palm.y, palm.z], palm_center(joints))
+    markers = messages['markers'].markers
+    assert all(np.isfinite([m.pose.position.x, m.pose.position.y, m.pose.position.z]).all()
+               and all(np.isfinite([p.x, p.y, p.z]).all() for p in m.points) for m in markers)
+    assert len(markers[0].points) == 20
+
+
+def test_a_hand_without_a_palm_frame_has_no_palm_pose_nor_palm_transform():
+    joints = generate_motion(1, seed=6).joints_xyz[0]
+    joints[0] = np.nan                  # the wrist never seen: no palm frame, no angle
+    hand = SimpleNamespace(hand_id=0, keypoints_xyz=joints, scores=np.ones(21),
+                           valid=np.arange(21) > 0, handedness='left')
+    outputs = frame_outputs([hand], Header(frame_id='cam'))
+    assert outputs['palm'] is None
+    messages = decoded(outputs)
+    assert not messages['joint_states'].name and not messages['joint_states'].position
+    assert outputs['tf'] is None
+    assert len(messages['joints'].poses) == 21

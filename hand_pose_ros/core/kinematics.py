@@ -89,6 +89,15 @@ _ABDUCTION_ANGLE = np.array(
 _IS_THUMB_BONE = FINGER_OF_JOINT[BONES[:, 1]] == 0
 # (parent joint, joint) of the thumb bones after its first, in order down the thumb.
 _THUMB_CHAIN = tuple((int(a), int(b)) for a, b in BONES[_IS_THUMB_BONE][1:])
+# Joints whose bone frames each angle of ANGLE_NAMES is measured between (the wrist: the
+# palm frame, which every angle uses); defined_geometry leaves an angle out with them.
+_ANGLE_FRAMES = np.array(
+    [[WRIST, 2, MIDDLE_MCP], [WRIST, 2, MIDDLE_MCP], [WRIST, 2, 3], [WRIST, 3, 4]]
+    + [[WRIST, joints[k], joints[k + 1]] for joints in FINGER_JOINTS[1:].tolist()
+       for k in (0, 0, 1, 2)])
+# How far from orthonormal (each entry of R^T R - I) a frame may be and count as defined:
+# normalising a vector shorter than _EPS (a degenerate one) leaves it far shorter than unit.
+_FRAME_TOLERANCE = 1e-6
 
 
 def _dot(a, b):
@@ -106,14 +115,19 @@ def _orthogonal_unit(v, axis):
     return _unit(v - _dot(v, axis)[..., None] * axis)
 
 
-def _check_keypoints(keypoints_xyz, batched=False):
-    """Return keypoints as float64, checking a (21, 3) shape ((..., 21, 3) when batched)."""
+def _check_keypoints(keypoints_xyz, batched=False, missing=False):
+    """
+    Return keypoints as float64, checking a (21, 3) shape ((..., 21, 3) when batched).
+
+    :param missing: allow NaN (missing joints); infinities are refused either way.
+    """
     keypoints_xyz = np.asarray(keypoints_xyz, dtype=np.float64)
     shape = keypoints_xyz.shape[-2:] if batched else keypoints_xyz.shape
     if shape != (NUM_JOINTS, 3):
         expected = '(..., 21, 3)' if batched else '(21, 3)'
         raise ValueError(f'keypoints_xyz must have shape {expected}, got {keypoints_xyz.shape}')
-    if not np.all(np.isfinite(keypoints_xyz)):
+    usable = ~np.isinf(keypoints_xyz) if missing else np.isfinite(keypoints_xyz)
+    if not np.all(usable):
         raise ValueError('keypoints_xyz contains non-finite values')
     return keypoints_xyz
 
@@ -301,7 +315,11 @@ def finger_angles(keypoints_xyz, handedness='right'):
         label or a sequence of labels shaped like their leading dimensions.
     :return: FingerAngles (joint angles, hinge twists, finger frames).
     """
-    keypoints_xyz = _check_keypoints(keypoints_xyz, batched=True)
+    return _finger_angles(_check_keypoints(keypoints_xyz, batched=True), handedness)
+
+
+def _finger_angles(keypoints_xyz, handedness):
+    """Return the FingerAngles of checked (..., 21, 3) keypoints (NaN joints give NaN)."""
     frames = _finger_frames(keypoints_xyz, handedness)
     axes, palmars, signs, (u, r, p) = frames
     bones = _unit(keypoints_xyz[..., _CHAIN_JOINTS, :] - keypoints_xyz[..., _CHAIN_JOINTS - 1, :])
@@ -339,7 +357,11 @@ def bone_frames(keypoints_xyz):
     :return: (21, 3, 3) rotation matrices (columns x, y, z) ((..., 21, 3, 3) batched); see
         the module docstring.
     """
-    keypoints_xyz = _check_keypoints(keypoints_xyz, batched=True)
+    return _bone_frames(_check_keypoints(keypoints_xyz, batched=True))
+
+
+def _bone_frames(keypoints_xyz):
+    """Return the bone frames of checked (..., 21, 3) keypoints (NaN joints give NaN)."""
     palm_rotation = _palm_rotation(keypoints_xyz)
     frames = np.empty((*keypoints_xyz.shape[:-2], NUM_JOINTS, 3, 3))
     frames[..., WRIST, :, :] = palm_rotation
@@ -359,6 +381,48 @@ def bone_frames(keypoints_xyz):
         frames[..., child, :, :] = _smallest_rotation(
             frames[..., parent, :, 0], frames[..., child, :, 0]) @ frames[..., parent, :, :]
     return frames
+
+
+class HandGeometry(typing.NamedTuple):
+    """Bone frames and joint angles of a hand, NaN where its keypoints leave them undefined."""
+
+    frames: np.ndarray
+    """(21, 3, 3) bone frames (:func:`bone_frames`); a frame is NaN when a joint it is built
+    from is missing or it is degenerate (see :func:`defined_geometry`)."""
+    angles: np.ndarray
+    """(len(ANGLE_NAMES),) joint angles, radians; NaN when the frame of a bone the angle is
+    measured between is undefined."""
+
+
+def defined_geometry(keypoints_xyz, handedness='right', angles=None):
+    """
+    Return the bone frames and joint angles of hands that may miss joints, NaN if undefined.
+
+    A frame is undefined when a joint it is built from is missing (NaN) or when the keypoints
+    make it degenerate to rounding error (a zero-length bone, collinear wrist and knuckles, a
+    finger bone along the palm's y axis): it is then NaN instead of an arbitrary rotation.
+    Every frame depends on the palm frame (wrist, index and little-finger MCPs). An angle is
+    undefined when the frame of a bone it is measured between, or the palm's, is.
+
+    :param keypoints_xyz: (21, 3) keypoints, metres, NaN for a missing joint, or
+        (..., 21, 3) for several hands.
+    :param handedness: as for :func:`finger_angles`.
+    :param angles: (len(ANGLE_NAMES),) angles already measured on exactly these keypoints
+        (e.g. by the filter's pose checks; (..., len(ANGLE_NAMES)) batched), used instead of
+        measuring them again; None to measure them.
+    :return: HandGeometry (fields batched like the keypoints).
+    """
+    keypoints_xyz = _check_keypoints(keypoints_xyz, batched=True, missing=True)
+    with np.errstate(invalid='ignore'):
+        frames = _bone_frames(keypoints_xyz)
+        if angles is None:
+            angles = _finger_angles(keypoints_xyz, handedness).joint_angles
+    gram = np.swapaxes(frames, -1, -2) @ frames
+    defined = np.all(np.abs(gram - np.eye(3)) < _FRAME_TOLERANCE, axis=(-2, -1)) \
+        & (np.linalg.det(np.nan_to_num(frames)) > 0.0)
+    frames = np.where(defined[..., None, None], frames, np.nan)
+    angle_defined = defined[..., _ANGLE_FRAMES].all(axis=-1)
+    return HandGeometry(frames, np.where(angle_defined, angles, np.nan))
 
 
 def _smallest_rotation(a, b):

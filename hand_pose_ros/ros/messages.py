@@ -19,8 +19,7 @@ from sensor_msgs.msg import JointState, PointCloud2
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hand_pose_ros.core.kinematics import ANGLE_NAMES, bone_frames, hand_from_angles, \
-    joint_angles
+from hand_pose_ros.core.kinematics import ANGLE_NAMES, defined_geometry, hand_from_angles
 from hand_pose_ros.core.rotations import quaternion_from_matrix
 from hand_pose_ros.core.skeleton import (BONES, FINGER_OF_JOINT, JOINT_NAMES, NUM_JOINTS,
                                          palm_center, WRIST)
@@ -175,24 +174,34 @@ def hands_from_cloud(msg):
 
 def hand_geometry(hands):
     """
-    Return {hand_id: (palm origin (3,), palm quaternion (4,), joint quaternions (21, 4))}.
+    Return {hand_id: (palm origin, palm quaternion, joint quaternions, joint angles)}.
 
-    Computed once per frame and shared by the pose, palm and TF messages.
+    Shapes (3,), (4,), (21, 4) and (len(ANGLE_NAMES),). Computed once per frame and shared
+    by the pose, palm, joint state and TF messages. What a hand's keypoints leave undefined
+    (a joint never seen, NaN; a degenerate frame: see ``kinematics.defined_geometry``) is
+    NaN. A hand's ``joint_angles`` attribute (the filter's ``TrackedHand``), when every hand
+    has one that is not None, is used instead of measuring the angles again.
     """
     if not hands:
         return {}
     keypoints = np.stack([np.asarray(hand.keypoints_xyz, dtype=np.float64) for hand in hands])
+    given = [getattr(hand, 'joint_angles', None) for hand in hands]
     # One pass for every joint of every hand; the wrist's bone frame is the palm frame.
-    quaternions = quaternion_from_matrix(bone_frames(keypoints))
-    return {hand.hand_id: (origin, q[WRIST], q)
-            for hand, origin, q in zip(hands, palm_center(keypoints), quaternions)}
+    frames, angles = defined_geometry(
+        keypoints, [hand.handedness for hand in hands],
+        None if any(value is None for value in given) else np.stack(given))
+    with np.errstate(invalid='ignore'):
+        quaternions = quaternion_from_matrix(frames)
+    return {hand.hand_id: (origin, q[WRIST], q, a)
+            for hand, origin, q, a in zip(hands, palm_center(keypoints), quaternions, angles)}
 
 
 def joint_pose_array(hands, header, geometry=None):
     """
     Return a ``geometry_msgs/PoseArray`` (CDR bytes).
 
-    21 poses per hand: position = joint, orientation = the bone frame (``hand_geometry``).
+    21 poses per hand: position = joint, orientation = the bone frame (``hand_geometry``);
+    NaN where the keypoints leave them undefined.
     """
     geometry = geometry or hand_geometry(hands)
     writer = cdr.CdrWriter()
@@ -206,8 +215,14 @@ def joint_pose_array(hands, header, geometry=None):
 
 
 def palm_pose(hand, header, geometry=None):
-    """Return the palm frame of ``hand`` as ``geometry_msgs/PoseStamped`` (CDR bytes)."""
-    origin, quaternion, _ = (geometry or hand_geometry([hand]))[hand.hand_id]
+    """
+    Return the palm frame of ``hand`` as ``geometry_msgs/PoseStamped`` (CDR bytes).
+
+    None when the hand's keypoints leave it undefined (``hand_geometry``).
+    """
+    origin, quaternion = (geometry or hand_geometry([hand]))[hand.hand_id][:2]
+    if not (np.isfinite(origin).all() and np.isfinite(quaternion).all()):
+        return None
     writer = cdr.CdrWriter()
     writer.put(cdr.header(header), 4)
     writer.float64s(np.concatenate([origin, quaternion]))
@@ -237,31 +252,30 @@ def _angle_names(prefix):
     return _fragment(*(cdr.string(prefix + name) for name in ANGLE_NAMES))
 
 
-def joint_state(hands, header):
+def joint_state(hands, header, geometry=None):
     """
     Return a ``sensor_msgs/JointState`` (CDR bytes) of finger articulation angles (radians).
 
-    A hand's ``joint_angles`` attribute, when it has one that is not None (the filter's
-    ``TrackedHand``), is used as is; the others' are computed from their keypoints.
+    The angles are those of ``hand_geometry``; an angle the keypoints leave undefined is left
+    out (its name too).
     """
+    geometry = geometry or hand_geometry(hands)
     hands = sorted_hands(hands)
-    angles = [getattr(hand, 'joint_angles', None) for hand in hands]
-    missing = [i for i, value in enumerate(angles) if value is None]
-    if missing:
-        computed = joint_angles(
-            np.stack([np.asarray(hands[i].keypoints_xyz) for i in missing]),
-            [hands[i].handedness for i in missing])
-        for i, value in zip(missing, computed):
-            angles[i] = value
     prefixes = joint_state_prefixes(hands)
+    angles = [geometry[hand.hand_id][3] for hand in hands]
+    defined = [np.isfinite(value) for value in angles]
     writer = cdr.CdrWriter()
     writer.put(cdr.header(header), 4)
-    writer.uint32(len(hands) * len(ANGLE_NAMES))
-    for hand in hands:
-        writer.put(_angle_names(prefixes[hand.hand_id]), 4)
-    writer.uint32(len(hands) * len(ANGLE_NAMES))
-    for value in angles:
-        writer.float64s(value)
+    writer.uint32(sum(int(mask.sum()) for mask in defined))
+    for hand, mask in zip(hands, defined):
+        if mask.all():
+            writer.put(_angle_names(prefixes[hand.hand_id]), 4)
+        else:
+            writer.put(_fragment(*(cdr.string(prefixes[hand.hand_id] + name)
+                                   for name, sent in zip(ANGLE_NAMES, mask) if sent)), 4)
+    writer.uint32(sum(int(mask.sum()) for mask in defined))
+    for value, mask in zip(angles, defined):
+        writer.float64s(value[mask])
     writer.uint32(0, 0)  # no velocities, no efforts
     return writer.getvalue()
 
@@ -280,22 +294,30 @@ def _frame_names(prefix, hand_id):
 
 
 def tf_message(hands, header, prefix='', geometry=None):
-    """Return a ``tf2_msgs/TFMessage`` (CDR bytes): palm and valid joint frames per hand."""
+    """
+    Return a ``tf2_msgs/TFMessage`` (CDR bytes): palm and valid joint frames per hand.
+
+    Frames the keypoints leave undefined (``hand_geometry``) are left out; None when no
+    frame is left.
+    """
     geometry = geometry or hand_geometry(hands)
     header_cdr = cdr.header(header)
     frames = []
     for hand in sorted_hands(hands):
-        origin, palm_quaternion, quaternions = geometry[hand.hand_id]
-        valid = np.flatnonzero(hand.valid)
+        origin, palm_quaternion, quaternions = geometry[hand.hand_id][:3]
         names = _frame_names(prefix, hand.hand_id)
         # Row 0 is the palm's transform, row 1 + j joint j's: translation, rotation.
         values = np.concatenate([
             np.concatenate([origin, palm_quaternion])[None],
-            np.concatenate([np.asarray(hand.keypoints_xyz, dtype=np.float64)[valid],
-                            quaternions[valid]], axis=1)]).astype('<f8').tobytes()
-        frames += [(names[0], values[:56])]
-        frames += [(names[1 + j], values[56 * k:56 * (k + 1)])
-                   for k, j in enumerate(valid.tolist(), start=1)]
+            np.concatenate([np.asarray(hand.keypoints_xyz, dtype=np.float64),
+                            quaternions], axis=1)])
+        sent = np.isfinite(values).all(axis=1)
+        sent[1:] &= np.asarray(hand.valid, dtype=bool)
+        data = values.astype('<f8').tobytes()
+        frames += [(names[row], data[56 * row:56 * (row + 1)])
+                   for row in np.flatnonzero(sent).tolist()]
+    if not frames:
+        return None
     writer = cdr.CdrWriter()
     writer.uint32(len(frames))
     for child, transform in frames:
@@ -344,8 +366,9 @@ def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
     for hand in hands:
         ns = cdr.string(f'hand_{hand.hand_id}')
         xyz = np.asarray(hand.keypoints_xyz, dtype=np.float64)
-        valid = np.asarray(hand.valid, dtype=bool)
+        valid = np.asarray(hand.valid, dtype=bool) & np.isfinite(xyz).all(axis=1)
         drawn = valid[BONES].all(axis=1)
+        label_at = xyz[WRIST] if valid[WRIST] else xyz[valid].mean(axis=0)
         _put_marker(writer, header_cdr, ns, 0, Marker.SPHERE_LIST, Marker.ADD,
                     scale=(0.012, 0.012, 0.012), lifetime=lifetime, points=xyz[valid],
                     colors=_JOINT_COLORS[valid])
@@ -354,16 +377,15 @@ def marker_array(hands, header, lost_ids=(), lifetime_s=0.5):
                     points=xyz[BONES[drawn]].reshape(-1, 3),
                     colors=_BONE_COLORS.reshape(-1, 2, 4)[drawn].reshape(-1, 4))
         _put_marker(writer, header_cdr, ns, 2, Marker.TEXT_VIEW_FACING, Marker.ADD,
-                    pose=tuple((xyz[WRIST] + _LABEL_OFFSET).tolist()) + _IDENTITY_POSE[3:],
+                    pose=tuple((label_at + _LABEL_OFFSET).tolist()) + _IDENTITY_POSE[3:],
                     scale=(0.0, 0.0, 0.025), color=_WHITE, lifetime=lifetime,
                     text=f'hand {hand.hand_id} ({hand.handedness})')
     return writer.getvalue()
 
 
 def visible_hands(tracks):
-    """Return the tracks shown as hands: at least one valid joint and finite keypoints."""
-    return sorted_hands(t for t in tracks
-                        if np.asarray(t.valid).any() and np.isfinite(t.keypoints_xyz).all())
+    """Return the tracks shown as hands: those with at least one valid joint."""
+    return sorted_hands(t for t in tracks if np.asarray(t.valid).any())
 
 
 def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0.5,
@@ -384,7 +406,7 @@ def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0
     return {
         'keypoints': keypoint_cloud(tracks, header),
         'joints': joint_pose_array(hands, header, geometry),
-        'joint_states': joint_state(hands, header),
+        'joint_states': joint_state(hands, header, geometry),
         'palm': palm_pose(hands[0], header, geometry) if hands else None,
         'tf': tf_message(hands, header, tf_prefix, geometry) if hands and publish_tf else None,
         'markers': marker_array(hands, header, lost_ids, marker_lifetime_s) if markers else None,
