@@ -63,6 +63,15 @@ def test_engine_flag_needs_tensorrt(tmp_path, capsys):
         assert status == 2 and 'TensorRT backend unavailable' in capsys.readouterr().err
 
 
+def test_no_engine_is_built_from_an_export_that_failed_its_check(tmp_path, capsys):
+    card = save(tmp_path, 'tiny')
+    status = main(['--card', str(card), '--engine', '--tolerance', '0',
+                   '--engine-cache', str(tmp_path / 'eng')])
+    assert status == 2
+    assert 'needs a dynamic-batch export within tolerance' in capsys.readouterr().err
+    assert not (tmp_path / 'eng').exists()
+
+
 def test_missing_calibration_crops_give_one_line(tmp_path, capsys):
     card = save(tmp_path, 'tiny')
     missing = tmp_path / 'crops.npy'

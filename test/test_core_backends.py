@@ -152,6 +152,16 @@ def test_backend_selection_and_auto_fallback(cards, tmp_path):
         create_backend('onnxruntime', bare)
 
 
+def test_an_unreadable_onnx_file_is_named_in_the_error(tmp_path):
+    # What the TensorRT backend reads first (ONNX Runtime names the file itself).
+    from hand_pose_ros.core.backends.base import onnx_input_shapes
+
+    broken = tmp_path / 'broken.onnx'
+    broken.write_bytes(b'\x08\x07 not protobuf' * 40)
+    with pytest.raises(model_io.ModelFileError, match=f'{broken}: not a readable ONNX file'):
+        onnx_input_shapes(broken)
+
+
 def test_tensorrt_bindings_without_onnx_fall_back_instead_of_crashing(monkeypatch):
     # TensorRT's bindings can come with the system (JetPack) while the Python packages the
     # backend also needs are missing: 'auto' must then choose ONNX Runtime.

@@ -102,6 +102,22 @@ def test_a_damaged_or_replaced_engine_is_rebuilt(tmp_path):
     assert cache.load_or_build('m', KEY, build) == (b'engine-2', 'hit')
 
 
+def test_other_calibration_crops_rebuild_an_int8_engine(tmp_path):
+    cache = EngineCache(tmp_path)
+    int8 = replace(KEY, precision='int8', calibration='crops 1')
+    assert cache.load_or_build('m', int8, lambda: b'scaled by crops 1')[1] == 'built'
+    assert cache.check('m', replace(int8, calibration='crops 2'))[1] == \
+        'stale: calibration changed'
+    # A key file written before the calibration field reads as '' (no calibration).
+    key_path = cache.key_path(cache.engine_path('m', KEY))
+    cache.load_or_build('m', KEY, lambda: b'fp16')
+    record = json.loads(key_path.read_text())
+    del record['key']['calibration']
+    record['digest'] = EngineKey.from_dict(record['key']).digest()
+    key_path.write_text(json.dumps(record))
+    assert cache.check('m', KEY)[1] is None
+
+
 def test_int8_calibration_tables_belong_to_one_key(tmp_path):
     cache = EngineCache(tmp_path)
     int8 = replace(KEY, precision='int8')

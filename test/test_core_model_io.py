@@ -100,6 +100,9 @@ def test_a_card_loads_only_files_it_lists_beside_it(saved, tmp_path):
         ({'files': None}, 'files must map names of files beside the card'),
         ({'files': {'tiny.safetensors': {'bytes': 10}}}, 'files must map names'),
         ({'files': {'../x': {'bytes': 1, 'sha256': 'a'}}}, 'files must map names'),
+        # The name names the files an export writes beside the card.
+        ({'name': '../outside'}, 'name must be a plain file stem'),
+        ({'name': '.hidden'}, 'name must be a plain file stem'),
     ]
     for change, message in changes:
         model_io.write_card(card_path, {**original, **change})

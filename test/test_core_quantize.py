@@ -13,7 +13,7 @@ from hand_pose_ros.cli.export import main as export_main
 from hand_pose_ros.core import export, load_estimator, model_io
 from hand_pose_ros.core.backends import base as backends_base
 from hand_pose_ros.core.backends import create_backend, OnnxRuntimeBackend
-from hand_pose_ros.core.backends.tensorrt_backend import default_calibration
+from hand_pose_ros.core.backends.tensorrt_backend import calibration_source
 from hand_pose_ros.core.crop import CropSpec
 from hand_pose_ros.core.evaluation import synthetic_frames
 from hand_pose_ros.core.models import build_model
@@ -184,19 +184,34 @@ def test_calibration_batches_split_arrays_and_input_dicts(tmp_path):
 
 def test_an_int8_engine_of_a_card_is_calibrated_on_its_crops(int8_card, tmp_path):
     card, _ = int8_card
-    batches = default_calibration(card, 'int8', 4)
+    batches, fingerprint = calibration_source(card, 'int8', 4)
     first = next(batches)  # rendered when the engine build asks
     assert first['depth'].shape == (4, 1, 64, 64)
     rest = list(batches)
-    assert sum(len(b['depth']) for b in rest) == export.CALIBRATION_CROPS - 4
-    # The crops the ONNX Runtime INT8 copy was calibrated on (same seed, same count).
-    calibration = export.calibration_inputs(model_io.read_card(card), export.CALIBRATION_CROPS)
+    # The crops the ONNX Runtime INT8 copy was calibrated on: the card's count and seed.
+    assert sum(len(b['depth']) for b in rest) == CALIBRATION - 4
+    rendered = export.calibration_inputs(model_io.read_card(card), CALIBRATION + CHECK)
     np.testing.assert_array_equal(np.concatenate([first['depth']] + [b['depth'] for b in rest]),
-                                  calibration['depth'])
+                                  rendered['depth'][:CALIBRATION])
+    assert fingerprint.startswith('rendered ')
+    assert calibration_source(card, 'fp16', 4) == (None, '')
+    with pytest.raises(ValueError, match='needs calibration crops'):
+        calibration_source(card.parent / 'tiny.onnx', 'int8', 4)
+    # Given crops are kept and fingerprinted by value: other crops, another engine key.
     given = [np.zeros((2, 1, 64, 64), np.float32)]
-    assert default_calibration(card, 'int8', 4, given) is given
-    assert default_calibration(card, 'fp16', 4) is None
-    assert default_calibration(card.parent / 'tiny.onnx', 'int8', 4) is None
+    kept, zeros = calibration_source(card, 'int8', 4, iter(given))
+    assert kept == given and zeros.startswith('crops ')
+    assert calibration_source(card, 'int8', 4, given)[1] == zeros
+    assert calibration_source(card, 'int8', 4, [{'depth': given[0] + 1}])[1] != zeros
+
+
+def test_a_card_calibrated_on_given_crops_needs_them_again_for_an_engine(tmp_path):
+    card = save(tmp_path)
+    crops = export.calibration_inputs(model_io.read_card(card), 12)['depth']
+    export.quantize_card(card, crops=crops)
+    with pytest.raises(ValueError, match='calibration-crops'):
+        calibration_source(card, 'int8', 4)
+    assert calibration_source(card, 'int8', 4, export.calibration_batches(crops, 4))[1]
 
 
 def test_every_depth_network_gets_an_int8_copy(tmp_path, monkeypatch):

@@ -81,15 +81,13 @@ def export_one(card_path, args):
     if args.engine:
         from hand_pose_ros.core.backends import TensorRTBackend
 
-        dynamic = [r.path for r in results
-                   if isinstance(r, export.ExportResult) and r.dynamic_batch]
+        # Never from an export that failed its comparison (left as <name>.unchecked.onnx).
+        dynamic = [r.path for r in results if isinstance(r, export.ExportResult)
+                   and r.dynamic_batch and r.within_tolerance]
         if not dynamic:
-            raise ValueError('--engine needs the dynamic-batch export')
-        batches = None
-        if args.precision == 'int8' and crops is None:
-            batches = export.card_calibration_batches(card_path, args.max_batch)
-        elif args.precision == 'int8':
-            batches = export.calibration_batches(crops, args.max_batch)
+            raise ValueError('--engine needs a dynamic-batch export within tolerance')
+        # INT8 engines of a card default to the crops its INT8 copy was calibrated on.
+        batches = None if crops is None else export.calibration_batches(crops, args.max_batch)
         backend = TensorRTBackend(dynamic[0], args.precision, args.max_batch, args.engine_cache,
                                   args.force_engine_rebuild, batches)
         print(f'TensorRT engine for {dynamic[0]}: {backend.cache_status} '

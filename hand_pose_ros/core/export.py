@@ -258,10 +258,33 @@ def calibration_batches(crops, batch_size):
             yield crops[start:start + batch_size]
 
 
-def card_calibration_batches(card_path, batch_size, count=CALIBRATION_CROPS):
-    """Yield batches of the crops :func:`quantize_card` calibrates on (rendered when asked)."""
-    crops = calibration_inputs(model_io.read_card(card_path), count)
-    yield from calibration_batches(crops, batch_size)
+def card_calibration(card):
+    """
+    Return how a card's INT8 calibration crops are rendered: {data, crop, crops, seed}.
+
+    Those of its INT8 copy when it has one (:func:`quantize_card`'s record), else the
+    defaults :func:`quantize_card` would use.
+
+    :raises ValueError: the INT8 copy was calibrated on crops given to ``hand_pose_export``,
+        which cannot be rendered again.
+    """
+    record = card.get('quantization', {}).get('calibration', {})
+    if 'onnx_int8' in card and 'seed' not in record:
+        raise ValueError(
+            f'the INT8 copy of model {card.get("name")!r} was calibrated on '
+            f'{record.get("data", "crops that were not recorded")}; give the same crops '
+            '(hand_pose_export --calibration-crops, or calibration_batches)')
+    return {'data': _training_data(card), 'crop': card['crop'],
+            'crops': int(record.get('crops', CALIBRATION_CROPS)),
+            'seed': int(record.get('seed', CALIBRATION_SEED))}
+
+
+def card_calibration_batches(card_path, batch_size):
+    """Yield batches of the crops of :func:`card_calibration` (rendered when asked)."""
+    card = model_io.read_card(card_path)
+    spec = card_calibration(card)
+    yield from calibration_batches(calibration_inputs(card, spec['crops'], spec['seed']),
+                                   batch_size)
 
 
 def _session(onnx_path):

@@ -199,6 +199,11 @@ def read_card(card_path, verify=True):
             for name, record in files.items()):
         raise ModelFileError(f'model card {card_path}: files must map names of files beside '
                              'the card to their bytes and sha256')
+    # The name becomes the names of the files an export writes beside the card.
+    if 'name' in card and not (isinstance(card['name'], str) and _plain_file_name(card['name'])
+                               and not card['name'].startswith('.')):
+        raise ModelFileError(f'model card {card_path}: name must be a plain file stem, got '
+                             f'{card["name"]!r}')
     if verify:
         verify_card_files(card_path, card)
     return card

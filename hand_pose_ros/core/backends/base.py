@@ -69,9 +69,14 @@ def has_int8(model_path):
 
 def onnx_input_shapes(onnx_path):
     """Return [(name, batch or None, (C, H, W))] for the graph inputs of an ONNX file."""
+    from google.protobuf.message import DecodeError
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as error:
+        raise model_io.ModelFileError(
+            f'model file {onnx_path}: not a readable ONNX file ({error})') from None
     initializers = {init.name for init in model.graph.initializer}
     shapes = []
     for tensor in model.graph.input:

@@ -2,10 +2,10 @@
 TensorRT engine cache: key logic, stale detection and storage (plain Python).
 
 An engine is valid only for the exact ONNX file, input shapes, maximum batch, precision,
-TensorRT version and GPU model it was built for. :class:`EngineKey` holds those fields;
-its sha256 digest is stored in a JSON file beside the engine. On lookup a missing engine
-is built, an engine whose stored key differs is rebuilt once with a log line naming the
-fields that changed, and ``force_rebuild`` rebuilds regardless.
+INT8 calibration crops, TensorRT version and GPU model it was built for. :class:`EngineKey`
+holds those fields; its sha256 digest is stored in a JSON file beside the engine. On lookup
+a missing engine is built, an engine whose stored key differs is rebuilt once with a log
+line naming the fields that changed, and ``force_rebuild`` rebuilds regardless.
 
 Default directory: ``$XDG_CACHE_HOME/hand_pose_ros/engines`` (``~/.cache/...`` when unset),
 which survives restarts, unlike /tmp.
@@ -18,7 +18,7 @@ import logging
 import os
 from pathlib import Path
 
-from hand_pose_ros.core.model_io import sha256_file, write_atomic
+from hand_pose_ros.core.model_io import write_atomic
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class EngineKey:
     :param precision: 'fp32', 'fp16' or 'int8'.
     :param trt_version: TensorRT version string.
     :param gpu_name: GPU model name.
+    :param calibration: fingerprint of the crops an INT8 engine is calibrated on ('' for the
+        other precisions).
     """
 
     onnx_sha256: str
@@ -81,6 +83,7 @@ class EngineKey:
     precision: str
     trt_version: str
     gpu_name: str
+    calibration: str = ''
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -157,22 +160,33 @@ class EngineCache:
         Reasons: 'missing', 'no key file', 'unreadable key file', 'stale: <fields> changed',
         or 'engine file does not match its key file' (damaged, or replaced by another writer).
         """
+        return self._lookup(stem, key)[:2]
+
+    def _lookup(self, stem, key):
+        """Return (engine_path, reason, engine bytes checked against the key file or None)."""
         path = self.engine_path(stem, key)
         if not path.is_file():
-            return path, 'missing'
+            return path, 'missing', None
         key_path = self.key_path(path)
         if not key_path.is_file():
-            return path, 'no key file'
+            return path, 'no key file', None
         try:
             stored = json.loads(key_path.read_text(encoding='utf-8'))
             stored_key = EngineKey.from_dict(stored['key'])
         except (OSError, ValueError, KeyError, TypeError):
-            return path, 'unreadable key file'
+            return path, 'unreadable key file', None
         if stored.get('digest') != key.digest() or stored_key != key:
-            return path, f'stale: {", ".join(key.changed_fields(stored_key)) or "digest"} changed'
-        if stored.get('engine_sha256') != sha256_file(path):
-            return path, 'engine file does not match its key file'
-        return path, None
+            changed = ', '.join(key.changed_fields(stored_key)) or 'digest'
+            return path, f'stale: {changed} changed', None
+        # The bytes that are hashed are the bytes returned: another process replacing the
+        # file in between cannot hand this one an engine its key file does not describe.
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return path, 'missing', None
+        if stored.get('engine_sha256') != hashlib.sha256(data).hexdigest():
+            return path, 'engine file does not match its key file', None
+        return path, None, data
 
     def store(self, stem, key, engine_bytes):
         """
@@ -203,10 +217,10 @@ class EngineCache:
         :param build: callable returning serialized engine bytes; called at most once.
         :param force_rebuild: rebuild even when the cached engine matches.
         """
-        path, reason = self.check(stem, key)
+        path, reason, data = self._lookup(stem, key)
         if reason is None and not force_rebuild:
             LOGGER.info('TensorRT engine cache hit: %s', path)
-            return path.read_bytes(), 'hit'
+            return data, 'hit'
         if force_rebuild:
             reason = 'forced rebuild'
         status = 'built' if reason == 'missing' else 'rebuilt'

@@ -18,6 +18,8 @@ Building takes minutes on a Jetson: do it offline (``hand_pose_export --engine``
 configure time, never inside an image callback.
 """
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 import threading
@@ -26,7 +28,7 @@ import numpy as np
 
 from hand_pose_ros.core import model_io
 from hand_pose_ros.core.backends.base import (
-    input_feeds, onnx_input_shapes, OUTPUT_NAMES, resolve_onnx)
+    input_feeds, onnx_input_shapes, OUTPUT_NAMES, resolve_onnx, run_fixed_batch)
 from hand_pose_ros.core.backends.engine_cache import EngineCache, EngineKey
 
 LOGGER = logging.getLogger(__name__)
@@ -182,20 +184,37 @@ def build_serialized_engine(onnx_path, key, calibration_batches=None, calibratio
     return bytes(serialized)
 
 
-def default_calibration(model_path, precision, max_batch, calibration_batches=None):
+def calibration_source(model_path, precision, max_batch, calibration_batches=None):
     """
-    Return the batches an engine is calibrated on: those given, else a card's own.
+    Return (batches, fingerprint) of the crops an engine is calibrated on.
 
-    An INT8 engine of a model card without ``calibration_batches`` is calibrated on the crops
-    its ONNX Runtime INT8 copy is (``export.card_calibration_batches``), rendered when the
-    build asks for them; other precisions, and ONNX files, get ``calibration_batches``.
+    Only INT8 engines are calibrated: other precisions give (None, ''). Given batches are read
+    once (kept) and fingerprinted by their values. Without them, a model card's engine is
+    calibrated on the crops its ONNX Runtime INT8 copy is (``export.card_calibration``),
+    rendered only when the engine is built and fingerprinted by how they are rendered. The
+    fingerprint is part of the engine's cache key, so other crops build another engine.
+
+    :raises ValueError: an INT8 engine of an ONNX file without batches, or of a card whose
+        INT8 copy was calibrated on crops given to ``hand_pose_export``.
     """
-    if (calibration_batches is not None or precision != 'int8'
-            or Path(model_path).suffix != model_io.CARD_SUFFIX):
-        return calibration_batches
+    if precision != 'int8':
+        return None, ''
+    digest = hashlib.sha256()
+    if calibration_batches is not None:
+        batches = list(calibration_batches)
+        for batch in batches:
+            for name, array in sorted(batch.items()) if isinstance(batch, dict) else [('', batch)]:
+                digest.update(name.encode('utf-8'))
+                digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        return batches, f'crops {digest.hexdigest()}'
+    if Path(model_path).suffix != model_io.CARD_SUFFIX:
+        raise ValueError(f'an INT8 engine of {model_path} needs calibration crops '
+                         '(calibration_batches)')
     from hand_pose_ros.core import export
 
-    return export.card_calibration_batches(model_path, max_batch)
+    spec = export.card_calibration(model_io.read_card(model_path))
+    digest.update(json.dumps(spec, sort_keys=True).encode('utf-8'))
+    return export.card_calibration_batches(model_path, max_batch), f'rendered {digest.hexdigest()}'
 
 
 class TensorRTBackend:
@@ -209,7 +228,7 @@ class TensorRTBackend:
     :param cache_dir: engine directory (default ``~/.cache/hand_pose_ros/engines``).
     :param force_rebuild: rebuild the engine even when the cached one matches.
     :param calibration_batches: iterable of crop batches for INT8 calibration (default for
-        a card: :func:`default_calibration`).
+        a card: :func:`calibration_source`).
     """
 
     name = 'tensorrt'
@@ -228,20 +247,22 @@ class TensorRTBackend:
         fixed = self.input_shapes[0][1]
         self.max_batch = int(fixed or max_batch)
         self.fixed_batch = fixed
+        batches, calibration = calibration_source(model_path, precision, self.max_batch,
+                                                  calibration_batches)
         key = EngineKey(
             onnx_sha256=model_io.sha256_file(self.onnx_path),
             input_shapes=tuple((name, chw) for name, _, chw in self.input_shapes),
             max_batch=self.max_batch, precision=precision, trt_version=trt.__version__,
-            gpu_name=torch.cuda.get_device_name())
+            gpu_name=torch.cuda.get_device_name(), calibration=calibration)
         cache = EngineCache(cache_dir)
-        stem = self.onnx_path.stem
+        # Named for the ONNX file's place as well as its name: two models called 'default'
+        # in different folders keep an engine each instead of rebuilding in turn.
+        stem = (f'{self.onnx_path.stem}_'
+                f'{hashlib.sha256(str(self.onnx_path.resolve()).encode()).hexdigest()[:8]}')
         calibration_cache = cache.calibration_path(stem, key, fresh=force_rebuild)
         engine_bytes, self.cache_status = cache.load_or_build(
             stem, key,
-            lambda: build_serialized_engine(
-                self.onnx_path, key,
-                default_calibration(model_path, precision, self.max_batch, calibration_batches),
-                calibration_cache),
+            lambda: build_serialized_engine(self.onnx_path, key, batches, calibration_cache),
             force_rebuild)
         # Keep the runtime alive as long as the engine it deserialized.
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -262,8 +283,8 @@ class TensorRTBackend:
     def __call__(self, batch):
         """Return {'joints': (B, J, 3), 'confidence': (B, J)} float32 for a batch of crops."""
         feeds, size = input_feeds(batch, self.input_shapes)
-        if self.fixed_batch is not None and size != self.fixed_batch:
-            raise ValueError(f'this engine has a fixed batch of {self.fixed_batch}, got {size}')
+        if self.fixed_batch is not None:
+            return run_fixed_batch(self._run, feeds, size, self.fixed_batch)
         outputs = []
         for start in range(0, size, self.max_batch):
             chunk = {name: array[start:start + self.max_batch] for name, array in feeds.items()}
