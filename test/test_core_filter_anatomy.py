@@ -125,6 +125,28 @@ def test_a_hand_of_unknown_side_is_checked_as_either_side():
     assert anatomy.check_pose(cfg, _hand(angles), 'unknown')['joint_angle'].any()
 
 
+@pytest.mark.parametrize('side', ['left', 'right'])
+def test_a_hand_of_unknown_side_is_repaired_as_the_side_its_angles_fit(side):
+    cfg = FilterConfig().anatomy
+    angles = _rest_angles()
+    angles[ANGLE_NAMES.index('index_pip_flexion')] = np.radians(70.0)
+    angles[ANGLE_NAMES.index('index_dip_flexion')] = np.radians(40.0)
+    lengths = MEAN_BONE_LENGTHS_MM / 1000.0
+    long_tip = lengths.copy()
+    long_tip[7] = 0.05                  # a distal index bone no hand has: its finger is rebuilt
+    hand = hand_from_angles(angles, long_tip, handedness=side) + np.array([0.0, 0.0, 0.5])
+    blamed = _blamed(anatomy.check_pose(cfg, hand, 'unknown'))
+    assert blamed[INDEX_TIP] and not blamed[[INDEX_PIP, INDEX_DIP]].any()
+    known, _, _ = anatomy.repair(cfg, hand, blamed, side)
+    unknown, moved, _ = anatomy.repair(cfg, hand, blamed, 'unknown')
+    assert moved[INDEX_TIP]
+    np.testing.assert_allclose(unknown, known, atol=1e-12)
+    # The curl is kept (measured as the hand's own side), only the bone is restored.
+    curl = [ANGLE_NAMES.index('index_pip_flexion'), ANGLE_NAMES.index('index_dip_flexion')]
+    np.testing.assert_allclose(joint_angles(unknown, side)[curl], np.radians([70.0, 40.0]),
+                               atol=1e-6)
+
+
 def test_precomputed_angles_give_the_same_check_and_repair():
     cfg = FilterConfig().anatomy
     angles = _rest_angles()

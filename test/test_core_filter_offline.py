@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hand_pose_ros.core.filters import FilterConfig, offline_filter
+from hand_pose_ros.core.filters import config_from_dict, FilterConfig, offline_filter
 from hand_pose_ros.core.kinematics import hand_from_angles
 
 PERIOD = 1 / 30.0
@@ -41,6 +41,28 @@ def test_offline_long_gap_is_invalid_and_splits_the_sequence():
     assert valid[:20].all() and valid[35:50].all()
     assert not valid[50:, 3].any() and valid[50:, 4].all()
     assert np.linalg.norm(output[valid] - truth[valid], axis=1).max() < 0.012
+
+
+def test_a_gap_of_exactly_max_gap_s_is_filled_at_epoch_stamps():
+    # 10 Hz camera stamps near 2023 (nanoseconds to float seconds, as the node reads them):
+    # one dropped frame is a gap of exactly max_gap_s (0.2 s), give or take rounding.
+    rng = np.random.default_rng(2)
+    stamps_ns = 1_700_000_000_594_374_602 + np.arange(12) * 100_000_000
+    stamps = stamps_ns * 1e-9
+    _, _, observed = _sequence(12, rng)
+    observed[5] = np.nan
+    assert np.diff(stamps)[4] + np.diff(stamps)[5] > 0.2 + 1e-9
+    _, valid = offline_filter(stamps, observed)
+    assert valid.all()
+
+
+def test_offline_smoothing_follows_the_initial_speed_setting():
+    rng = np.random.default_rng(3)
+    stamps, _, observed = _sequence(20, rng)
+    outputs = [offline_filter(stamps, observed, None,
+                              config_from_dict({'kalman.initial_speed_m_s': speed}))[0]
+               for speed in (0.01, 10.0)]
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-4
 
 
 def test_offline_rejects_bad_input():

@@ -197,6 +197,21 @@ def test_handedness_of_mirrored_hands():
         assert tracks[0].handedness_confidence > 0.5
 
 
+def test_handedness_is_learned_without_a_fingertip():
+    # A fingertip hidden in every frame (its score under min_score): the other 20 joints
+    # still tell the side.
+    scores = np.ones(21)
+    scores[20] = 0.0
+    assert handedness_evidence(_pose('left'), present=scores > 0) < -0.5
+    hand_filter = HandFilter()
+    for k in range(10):
+        tracks = hand_filter.update(k * PERIOD, [
+            Observation(_pose('left') + [0, 0, .5], scores)])
+    assert tracks[0].handedness == 'left'
+    with pytest.raises(ValueError, match='needs the wrist, the four finger MCPs'):
+        handedness_evidence(_pose('left'), present=np.arange(21) != 9)
+
+
 def test_set_config_keeps_tracks_and_calibration():
     hand_filter, outputs = _run(40)
     lengths = hand_filter.calibrated_bone_lengths(0)

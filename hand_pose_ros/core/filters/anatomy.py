@@ -345,6 +345,12 @@ def _angle_violations(joint_angles, soft_rad):
         | (joint_angles > ANGLE_UPPER_RAD + soft_rad)
 
 
+def _angle_excess(joint_angles, soft_rad):
+    """Return how far (radians, summed) angles lie outside the softened joint limits."""
+    return float(np.sum(np.maximum(ANGLE_LOWER_RAD - soft_rad - joint_angles, 0.0)
+                        + np.maximum(joint_angles - ANGLE_UPPER_RAD - soft_rad, 0.0)))
+
+
 def _intersections(keypoints_xyz, present, min_distance_m):
     first, second = _FINGER_BONE_PAIRS[:, 0], _FINGER_BONE_PAIRS[:, 1]
     usable = present[BONES[first]].all(axis=1) & present[BONES[second]].all(axis=1)
@@ -380,7 +386,8 @@ def repair(config, keypoints_xyz, blamed, handedness, calibrated_lengths_m=None,
     :param config: AnatomyConfig.
     :param keypoints_xyz: (21, 3) keypoints, metres, all valid.
     :param blamed: (21,) bool joints to repair.
-    :param handedness: 'left', 'right' or 'unknown'.
+    :param handedness: 'left', 'right' or 'unknown' (then the side whose joint limits the
+        angles fit better).
     :param calibrated_lengths_m: (20,) user bone lengths or None.
     :param angles: ``kinematics.finger_angles(keypoints_xyz, handedness)`` when already
         computed.
@@ -394,6 +401,12 @@ def repair(config, keypoints_xyz, blamed, handedness, calibrated_lengths_m=None,
     if angles is None:
         angles = kinematics.finger_angles(out, handedness)
     soft = np.radians(config.angle_margin_deg)
+    if handedness == 'unknown':
+        # As check_pose, a hand of unknown side is taken as the side its angles fit: clamping
+        # a left hand's flexion with a right hand's signs would straighten its fingers.
+        left = kinematics.finger_angles(out, 'left')
+        if _angle_excess(left.joint_angles, soft) < _angle_excess(angles.joint_angles, soft):
+            handedness, angles = 'left', left
     # Clamp just inside the limits so that the repaired pose passes the check exactly.
     joint_angles = np.clip(angles.joint_angles, ANGLE_LOWER_RAD - soft + 1e-9,
                            ANGLE_UPPER_RAD + soft - 1e-9)

@@ -18,10 +18,8 @@ import numpy as np
 
 from hand_pose_ros.core.filters import anatomy
 from hand_pose_ros.core.filters.config import config_from_dict, FilterConfig
-from hand_pose_ros.core.filters.pipeline import _Track
+from hand_pose_ros.core.filters.pipeline import _MIN_SCORE_FOR_NOISE, _STAMP_EPS_S, _Track
 from hand_pose_ros.core.skeleton import NUM_JOINTS
-
-_MIN_SCORE_FOR_NOISE = 0.25
 
 
 def _gate_pass(stamps_s, keypoints, present, scores, config):
@@ -41,7 +39,7 @@ def _gate_pass(stamps_s, keypoints, present, scores, config):
 
 
 def rts_smooth(stamps_s, points, observed, measurement_std_m, process_noise_m_s2,
-               max_gap_s):
+               max_gap_s, initial_speed_m_s=1.0):
     """
     Smooth (T, N, 3) points with a constant-velocity Rauch-Tung-Striebel smoother.
 
@@ -50,7 +48,9 @@ def rts_smooth(stamps_s, points, observed, measurement_std_m, process_noise_m_s2
     :param observed: (T, N) bool.
     :param measurement_std_m: (T, N) per-axis measurement noise, metres.
     :param process_noise_m_s2: white-acceleration standard deviation.
-    :param max_gap_s: longer runs without observations split a point's sequence.
+    :param max_gap_s: longer runs without observations split a point's sequence (a gap of
+        exactly ``max_gap_s`` does not, whatever the rounding of the stamps).
+    :param initial_speed_m_s: prior standard deviation of a sequence's starting speed.
     :return: (smoothed (T, N, 3), valid (T, N) bool).
     """
     num_frames, num_points = observed.shape
@@ -62,7 +62,7 @@ def rts_smooth(stamps_s, points, observed, measurement_std_m, process_noise_m_s2
         if len(frames) == 0:
             continue
         # Split where consecutive observations are further apart than max_gap_s.
-        splits = np.flatnonzero(np.diff(stamps_s[frames]) > max_gap_s + 1e-9) + 1
+        splits = np.flatnonzero(np.diff(stamps_s[frames]) > max_gap_s + _STAMP_EPS_S) + 1
         for segment in np.split(frames, splits):
             first, last = segment[0], segment[-1]
             span = np.arange(first, last + 1)
@@ -74,7 +74,7 @@ def rts_smooth(stamps_s, points, observed, measurement_std_m, process_noise_m_s2
             transitions = np.zeros((len(span), 2, 2))
             x = np.zeros((2, 3))
             x[0] = points[first, n]
-            p = np.diag([measurement_std_m[first, n] ** 2, 1.0])
+            p = np.diag([measurement_std_m[first, n] ** 2, initial_speed_m_s ** 2])
             for k, t in enumerate(span):
                 if k > 0:
                     dt = stamps_s[t] - stamps_s[span[k - 1]]
@@ -145,4 +145,5 @@ def offline_filter(stamps_s, keypoints, scores=None, config=None):
     measurement_std = config.kalman.measurement_noise_m / np.clip(
         scores, _MIN_SCORE_FOR_NOISE, 1.0)
     return rts_smooth(stamps_s, keypoints, observed, measurement_std,
-                      config.kalman.process_noise_m_s2, config.max_gap_s)
+                      config.kalman.process_noise_m_s2, config.max_gap_s,
+                      config.kalman.initial_speed_m_s)

@@ -33,7 +33,7 @@ from hand_pose_ros.core import kinematics
 from hand_pose_ros.core.filters import anatomy
 from hand_pose_ros.core.filters.config import AnatomyConfig, FilterConfig
 from hand_pose_ros.core.filters.gates import motion_gate, PALM_GATE_JOINTS
-from hand_pose_ros.core.filters.handedness import HandednessEstimator
+from hand_pose_ros.core.filters.handedness import has_evidence, HandednessEstimator
 from hand_pose_ros.core.filters.kalman import ConstantVelocityKalman
 from hand_pose_ros.core.filters.one_euro import OneEuroFilter
 from hand_pose_ros.core.filters.tracking import associate
@@ -214,8 +214,8 @@ class _Track:
             keypoints, scores, present = (a.copy() for a in detection)
             self.last_detection_s = stamp_s
             self.detections += 1
-            if np.all(present):
-                self.handedness.update(stamp_s, keypoints)
+            if has_evidence(present):
+                self.handedness.update(stamp_s, keypoints, present)
             rejected = self._check_observation(keypoints, present, stats)
             present &= ~rejected
         measurement_std = cfg.kalman.measurement_noise_m / np.clip(
