@@ -33,7 +33,7 @@ from hand_pose_ros.core import kinematics
 from hand_pose_ros.core.filters import anatomy
 from hand_pose_ros.core.filters.config import AnatomyConfig, FilterConfig
 from hand_pose_ros.core.filters.gates import motion_gate, PALM_GATE_JOINTS
-from hand_pose_ros.core.filters.handedness import has_evidence, HandednessEstimator
+from hand_pose_ros.core.filters.handedness import HandednessEstimator, has_evidence
 from hand_pose_ros.core.filters.kalman import ConstantVelocityKalman
 from hand_pose_ros.core.filters.one_euro import OneEuroFilter
 from hand_pose_ros.core.filters.tracking import associate
