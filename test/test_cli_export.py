@@ -1,6 +1,7 @@
 """hand_pose_export: ONNX files written, registered, checked; errors reported."""
 
 import onnx
+import pytest
 import torch
 
 from hand_pose_ros.cli.export import main
@@ -29,6 +30,20 @@ def test_exports_dynamic_and_static_beside_the_card(tmp_path, capsys):
     assert loaded['onnx'] == 'tiny.onnx'
     assert set(loaded['files']) == {'tiny.safetensors', 'tiny.onnx', 'tiny_b1.onnx',
                                     'tiny_b3.onnx'}
+
+
+def test_exporting_again_repairs_damaged_exports_of_a_card(tmp_path, capsys):
+    card = save(tmp_path, 'tiny')
+    assert main(['--card', str(card), '--static-batch', '2']) == 0
+    (tmp_path / 'tiny_b2.onnx').unlink()
+    damaged = tmp_path / 'tiny.onnx'
+    damaged.write_bytes(damaged.read_bytes()[:500])
+    with pytest.raises(model_io.ModelFileError, match='truncated|missing'):
+        model_io.read_card(card)
+    # The export reads only the weights, and writes the damaged files again.
+    assert main(['--card', str(card), '--static-batch', '2']) == 0
+    assert set(model_io.read_card(card)['files']) == {'tiny.safetensors', 'tiny.onnx',
+                                                      'tiny_b2.onnx'}
 
 
 def test_model_dir_and_separate_output_directory(tmp_path):

@@ -377,8 +377,10 @@ def quantize_card(card_path, crops=None, calibration_crops=CALIBRATION_CROPS,
     :raises ValueError: crops that do not fit the network's inputs, or fewer than 3.
     """
     card_path = Path(card_path)
-    card = model_io.read_card(card_path)
+    # Only the float export is read: a damaged INT8 copy is what this writes again.
+    card = model_io.read_card(card_path, verify=False)
     onnx_path = model_io.card_file(card_path, card, 'onnx')
+    model_io.verify_card_files(card_path, card, [card['onnx']])
     if crops is None:
         crops = calibration_inputs(card, calibration_crops + check_crops, seed)
         data = {'data': _training_data(card), 'seed': seed}
@@ -454,7 +456,8 @@ def export_card(card_path, out_dir=None, dynamic_batch=True, static_batch_sizes=
         and the file it would have replaced stays (:func:`_install_checked`).
     """
     card_path = Path(card_path)
-    model, card = model_io.load_model(card_path)
+    # Only the weights are read: a damaged export of the card is what this writes again.
+    model, card = model_io.load_model(card_path, verify='weights')
     name = card.get('name', card_path.stem)
     out_dir = Path(out_dir) if out_dir is not None else card_path.parent
     jobs = [(True, 1)] if dynamic_batch else []

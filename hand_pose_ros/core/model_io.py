@@ -209,10 +209,16 @@ def read_card(card_path, verify=True):
     return card
 
 
-def verify_card_files(card_path, card):
-    """Check size and sha256 of every file listed in the card, naming the culprit."""
+def verify_card_files(card_path, card, names=None):
+    """
+    Check size and sha256 of the files listed in the card, naming the culprit.
+
+    :param names: the listed file names to check (None: every one).
+    """
     directory = Path(card_path).parent
     for file_name, record in card['files'].items():
+        if names is not None and file_name not in names:
+            continue
         path = directory / file_name
         if not path.is_file():
             raise ModelFileError(f'model file {path}: missing (listed in {card_path})')
@@ -259,6 +265,8 @@ def load_model(card_path, device='cpu', verify=True):
 
     :param card_path: path of ``name.yaml``.
     :param device: torch device for the model.
+    :param verify: check every file the card lists (True), none (False) or only the weights
+        ('weights': for tools that write the other files again, such as the export).
     :return: (model, card).
     """
     from safetensors import SafetensorError
@@ -266,8 +274,10 @@ def load_model(card_path, device='cpu', verify=True):
 
     from hand_pose_ros.core.models import build_model
 
-    card = read_card(card_path, verify=verify)
+    card = read_card(card_path, verify=verify is True)
     weights_path = card_file(card_path, card, 'weights')
+    if verify == 'weights':
+        verify_card_files(card_path, card, [card['weights']])
     try:
         state = load_file(str(weights_path), device=str(device))
     except (SafetensorError, OSError) as error:
