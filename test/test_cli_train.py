@@ -78,6 +78,18 @@ def test_shipped_configs_are_valid(path):
     assert model.input_size == config.crop_spec.input_size
 
 
+def test_a2j_depth_loss_scale_follows_the_crop_cube():
+    # tau2 = 3 mm in the depth loss: the millimetres come from cube_half_depth_mm.
+    tiny = {'backbone': 'resnet18', 'width': 0.125, 'head_channels': 16}
+    crop = {'input_size': 64, 'cube_size_m': [0.2, 0.2, 0.2]}
+    config = training.TrainConfig(model='a2j', model_cfg=tiny, crop=crop)
+    assert training.build_training_model(config).cube_half_depth_mm == 100.0
+    config = training.TrainConfig(model='a2j', model_cfg={**tiny, 'cube_half_depth_mm': 150.0},
+                                  crop=crop)
+    with pytest.raises(ValueError, match='not half the crop cube depth'):
+        training.build_training_model(config)
+
+
 def test_cli_benchmark_prints_figures(tiny_yaml, tmp_path, capsys):
     assert train_cli.main(['--config', str(tiny_yaml), '--benchmark']) == 0
     out = capsys.readouterr().out

@@ -741,14 +741,28 @@ def resolve_device(name):
 
 
 def build_training_model(config):
-    """Build the configured model with the crop's input size."""
-    from hand_pose_ros.core.models import build_model
+    """
+    Build the configured model with the crop's input size (and, for A2J, its half depth).
+
+    A2J's depth loss measures errors in millimetres through ``cube_half_depth_mm``: it must
+    be half the crop cube's depth, or the loss's 3 mm knee (tau2) is some other length.
+    """
+    import inspect
+
+    from hand_pose_ros.core.models import build_model, MODELS
 
     model_cfg = dict(config.model_cfg)
     size = config.crop_spec.input_size
     if model_cfg.setdefault('input_size', size) != size:
         raise ValueError(f"model_cfg input_size {model_cfg['input_size']} differs from the "
                          f'crop input_size {size}')
+    model_class = MODELS.get(config.model)
+    if model_class is not None and 'cube_half_depth_mm' in inspect.signature(
+            model_class.__init__).parameters:
+        half_depth_mm = config.crop_spec.cube_size_m[2] * 500.0
+        if abs(model_cfg.setdefault('cube_half_depth_mm', half_depth_mm) - half_depth_mm) > 1e-6:
+            raise ValueError(f"model_cfg cube_half_depth_mm {model_cfg['cube_half_depth_mm']} "
+                             f'is not half the crop cube depth ({half_depth_mm:g} mm)')
     return build_model(config.model, **model_cfg)
 
 
