@@ -415,3 +415,22 @@ def test_crop_pool_keeps_the_newest_crops_and_prunes_files(tmp_path):
     assert sorted(p.name for p in tmp_path.glob('*.npz')) == ['chunk_a_000002.npz',
                                                               'chunk_a_000003.npz']
     assert pool.refresh() == 0
+
+
+def test_an_interrupt_while_files_are_written_waits_for_them():
+    import signal
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with training.deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C in the middle of a checkpoint
+            steps.append('written')
+    assert steps == ['written']
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with training.deferred_interrupts():          # nothing held: nothing raised
+        steps.append('again')
+    # An error of the block itself is not replaced by a held interrupt.
+    with pytest.raises(OSError, match='disk full'):
+        with training.deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise OSError('disk full')

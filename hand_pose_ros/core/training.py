@@ -20,6 +20,7 @@ Checkpoints hold tensors and plain values only, so they load with
 ``torch.load(weights_only=True)``.
 """
 
+import contextlib
 from dataclasses import dataclass, field, fields, replace
 import glob
 import json
@@ -27,7 +28,9 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -740,6 +743,31 @@ def resolve_device(name):
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def deferred_interrupts():
+    """
+    Hold Ctrl-C (and any signal whose handler raises KeyboardInterrupt) until the block ends.
+
+    The interrupt is raised once the block has finished (not if it raised itself). Outside
+    the main thread, where signal handlers cannot be set, the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    held = [number for number in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(number) is signal.default_int_handler]
+    previous = {number: signal.signal(number, lambda number, frame: received.append(number))
+                for number in held}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def build_training_model(config):
     """
     Build the configured model with the crop's input size (and, for A2J, its half depth).
@@ -1119,12 +1147,15 @@ class Trainer:
         improved = metrics and metrics['mean_mm'] < self.best_error_mm
         if improved:
             self.best_error_mm = metrics['mean_mm']
-        self.save_checkpoint(os.path.join(self.output_dir, CHECKPOINT_LAST))
-        if improved or not metrics:
-            self.save_checkpoint(os.path.join(self.output_dir, CHECKPOINT_BEST))
-        write_csv(os.path.join(self.output_dir, 'train.csv'), TRAIN_FIELDS, self.train_rows)
-        write_csv(os.path.join(self.output_dir, 'eval.csv'), ('step', 'mean_mm', 'median_mm'),
-                  self.eval_rows)
+        # Ctrl-C while the files are written waits for them: a checkpoint cut short raised
+        # from inside torch.save, and last and best could disagree.
+        with deferred_interrupts():
+            self.save_checkpoint(os.path.join(self.output_dir, CHECKPOINT_LAST))
+            if improved or not metrics:
+                self.save_checkpoint(os.path.join(self.output_dir, CHECKPOINT_BEST))
+            write_csv(os.path.join(self.output_dir, 'train.csv'), TRAIN_FIELDS, self.train_rows)
+            write_csv(os.path.join(self.output_dir, 'eval.csv'),
+                      ('step', 'mean_mm', 'median_mm'), self.eval_rows)
         plot_curves(self.train_rows, self.eval_rows, os.path.join(self.output_dir, 'curves.png'))
         return metrics
 
