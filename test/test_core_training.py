@@ -179,6 +179,38 @@ def test_resume_refuses_a_different_network(tmp_path):
         training.Trainer(other, resume=True)
 
 
+def test_resume_refuses_other_training_settings_and_takes_more_steps(tmp_path):
+    training.Trainer(tiny_config(tmp_path, eval_frames=0)).train(stop_at=2)
+    for change in ({'lr': 5e-3}, {'seed': 4}, {'batch_size': 4}, {'lr_schedule': 'constant'}):
+        with pytest.raises(ValueError, match=f'config differs in {next(iter(change))}'):
+            training.Trainer(tiny_config(tmp_path, eval_frames=0, **change), resume=True)
+    longer = training.Trainer(tiny_config(tmp_path, eval_frames=0, steps=60,
+                                          checkpoint_every=10), resume=True)
+    assert longer.step == 2 and longer.config.steps == 60
+
+
+def test_render_workers_started_on_a_full_pool_render(tmp_path):
+    # A resumed run's pool is full from disk, so starting the workers returns at once; the
+    # workers, still starting, must find what they share with the trainer.
+    import glob
+    import time
+
+    config = tiny_config(tmp_path, eval_frames=0, render_workers=1)
+    trainer = training.Trainer(config)
+    trainer.train(stop_at=2)
+    trainer = training.Trainer(config, resume=True)
+    try:
+        trainer._start_rendering()
+        assert len(trainer.pool) >= config.min_pool
+        deadline = time.monotonic() + 90
+        while not glob.glob(str(tmp_path / 'run' / 'pool' / 'chunk_s2w0_*.npz')):
+            assert trainer._workers[0].is_alive(), 'the render worker died'
+            assert time.monotonic() < deadline, 'the render worker rendered nothing'
+            time.sleep(0.2)
+    finally:
+        trainer._stop_rendering()
+
+
 def test_write_model_ships_card_weights_and_onnx(tmp_path):
     config = tiny_config(tmp_path, steps=4, checkpoint_every=4)
     training.train(config, progress_stream=io.StringIO())

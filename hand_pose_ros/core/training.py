@@ -425,7 +425,9 @@ def render_worker(data, spec_dict, seed, tag, directory, chunk_size, stop, allow
     # A killed trainer cannot set ``stop``: also end when reparented.
     while not stop.is_set() and os.getppid() == parent:
         with rendered.get_lock():
-            claimed = rendered.value + chunk_size <= allowed.value
+            # Below the allowance a worker renders a whole chunk, so a pool smaller than a
+            # chunk still fills (all workers together overshoot by less than a chunk each).
+            claimed = rendered.value < allowed.value
             if claimed:
                 rendered.value += chunk_size
         if not claimed:
@@ -655,12 +657,17 @@ class ProgressBar:
         self.stream.flush()
 
 
+# What a resumed run may set otherwise than the run it continues: its length, where and how
+# fast it runs, and how often it reports. Anything else would change the run midway.
+RESUME_MAY_CHANGE = ('steps', 'output_dir', 'device', 'num_threads', 'render_workers',
+                     'augment_workers', 'checkpoint_every', 'log_every')
+
+
 def write_csv(path, header, rows):
-    """Write rows (dicts) to a CSV file."""
-    with open(path, 'w') as stream:
-        stream.write(','.join(header) + '\n')
-        for row in rows:
-            stream.write(','.join(_format(row[k]) for k in header) + '\n')
+    """Write rows (dicts) to a CSV file (atomically: a kill leaves the previous file)."""
+    lines = [','.join(header)] + [','.join(_format(row[k]) for k in header) for row in rows]
+    with atomic_file(path) as stream:
+        stream.write(('\n'.join(lines) + '\n').encode('utf-8'))
 
 
 def _format(value):
@@ -856,6 +863,12 @@ class Trainer:
         self.context_spec = augment.context_spec(config.crop_spec, config.context)
         self.color = 'color' in self.model.input_names
         self._check_pool()
+        chunks = glob.glob(os.path.join(self.pool_dir, '*.npz'))
+        if chunks and not resume:
+            # Self-training hands the trainer its crops this way; a user reusing a folder
+            # may not expect it.
+            LOG.info('%s already holds %d crop chunks: this run starts with them (use a '
+                     'new output_dir for a run of its own)', self.pool_dir, len(chunks))
         self._allocator = augment_workers.SharedAllocator(
             multiprocessing.get_context('spawn')) if config.augment_workers else None
         self.pool = CropPool(self.pool_dir, config.pool_size, self.context_spec.input_size,
@@ -863,6 +876,7 @@ class Trainer:
         self._augmenter = None
         self._workers = []
         self._stop = None
+        self._rendered = None
         self.eval_set = self._load_eval_set()
 
     # ----- state
@@ -894,10 +908,15 @@ class Trainer:
         path = os.path.join(self.output_dir, CHECKPOINT_LAST)
         checkpoint = load_checkpoint(path)
         saved = json.loads(checkpoint['config'])
-        for key in ('model', 'model_cfg', 'crop'):
-            if saved[key] != getattr(self.config, key):
-                raise ValueError(f'cannot resume {path}: its {key} {saved[key]!r} differs '
-                                 f'from the config ({getattr(self.config, key)!r})')
+        current = json.loads(json.dumps(self.config.to_dict()))
+        differing = [key for key in current if key not in RESUME_MAY_CHANGE
+                     and key in saved and saved[key] != current[key]]
+        if differing:
+            raise ValueError(
+                f'cannot resume {path}: the config differs in '
+                + '; '.join(f'{key} ({saved[key]!r} in the run, {current[key]!r} now)'
+                            for key in differing)
+                + f'. A resumed run may only change {", ".join(RESUME_MAY_CHANGE)}')
         self.model.load_state_dict(checkpoint['model'])
         self.optimizer.load_state_dict(checkpoint['optimizer'])
         self.step = int(checkpoint['step'])
@@ -905,9 +924,13 @@ class Trainer:
         self.start_model = json.loads(checkpoint.get('start_model', 'null'))
         self.rng.bit_generator.state = json.loads(checkpoint['numpy_rng'])
         torch.set_rng_state(checkpoint['torch_rng'])
-        # Dropout and Gumbel noise on a GPU draw from the CUDA generators.
-        if 'cuda_rng' in checkpoint and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint['cuda_rng'])
+        # Dropout and Gumbel noise on a GPU draw from the CUDA generator of the device used
+        # (older checkpoints hold every visible GPU's; the run used the first).
+        cuda_rng = checkpoint.get('cuda_rng')
+        if isinstance(cuda_rng, (list, tuple)):
+            cuda_rng = cuda_rng[0] if cuda_rng else None
+        if cuda_rng is not None and self.device.type == 'cuda':
+            torch.cuda.set_rng_state(cuda_rng, self.device)
         self.train_rows = [r for r in read_csv(os.path.join(self.output_dir, 'train.csv'))
                            if r['step'] <= self.step]
         self.eval_rows = [r for r in read_csv(os.path.join(self.output_dir, 'eval.csv'))
@@ -969,8 +992,8 @@ class Trainer:
                  'config': json.dumps(self.config.to_dict()),
                  'numpy_rng': json.dumps(self.rng.bit_generator.state),
                  'torch_rng': torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state['cuda_rng'] = torch.cuda.get_rng_state_all()
+        if self.device.type == 'cuda':
+            state['cuda_rng'] = torch.cuda.get_rng_state(self.device)
         with atomic_file(path) as stream:
             torch.save(state, stream)
 
@@ -1010,13 +1033,16 @@ class Trainer:
         context = multiprocessing.get_context('spawn')
         self._stop = context.Event()
         self._allowed = context.Value('q', config.min_pool)
-        rendered = context.Value('q', 0)
+        # Kept by the trainer while the workers live: a spawned worker that starts after
+        # this method returned (the pool already full from disk) must still find it.
+        self._rendered = context.Value('q', 0)
         for worker in range(config.render_workers):
             seed = render_seed(config.seed, self.step, worker)
             process = context.Process(
                 target=render_worker, daemon=True,
                 args=(config.data, spec, seed, f's{self.step}w{worker}', self.pool_dir,
-                      config.chunk_size, self._stop, self._allowed, rendered, self.color))
+                      config.chunk_size, self._stop, self._allowed, self._rendered,
+                      self.color))
             process.start()
             self._workers.append(process)
         self.pool.refresh()
@@ -1047,10 +1073,10 @@ class Trainer:
 
         config = self.config
         stop_at = config.steps if stop_at is None else min(int(stop_at), config.steps)
-        self._start_rendering()
         first_step = self.step
         metrics = {}
         try:
+            self._start_rendering()
             if self._allocator is not None:
                 self._augmenter = augment_workers.AugmentWorkers(
                     self.pool.arrays, self._allocator, config, config.augment_workers)
@@ -1149,10 +1175,12 @@ class Trainer:
             self.best_error_mm = metrics['mean_mm']
         # Ctrl-C while the files are written waits for them: a checkpoint cut short raised
         # from inside torch.save, and last and best could disagree.
+        # The best first: a kill between the two leaves a last checkpoint whose best error
+        # is that of the best file.
         with deferred_interrupts():
-            self.save_checkpoint(os.path.join(self.output_dir, CHECKPOINT_LAST))
             if improved or not metrics:
                 self.save_checkpoint(os.path.join(self.output_dir, CHECKPOINT_BEST))
+            self.save_checkpoint(os.path.join(self.output_dir, CHECKPOINT_LAST))
             write_csv(os.path.join(self.output_dir, 'train.csv'), TRAIN_FIELDS, self.train_rows)
             write_csv(os.path.join(self.output_dir, 'eval.csv'),
                       ('step', 'mean_mm', 'median_mm'), self.eval_rows)
