@@ -11,6 +11,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from hand_pose_ros.core import load_estimator
+from hand_pose_ros.core.backends.tensorrt_backend import tensorrt_available
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.synth import SyntheticGenerator
 from hand_pose_ros.ros.conversions import camera_info_from_intrinsics, image_from_array
@@ -137,3 +138,17 @@ def test_a_bad_start_up_parameter_is_one_error_line(capsys, value, message):
     err = capsys.readouterr().err
     assert code == 1 and 'Traceback' not in err
     assert err.startswith('HandFilterNode: error: ') and message in err
+
+
+@pytest.mark.parametrize('parameter, message', [
+    ('model.name:=nonexistent', "model 'nonexistent'"),
+    ('model.backend:=tensorrt', 'TensorRT backend unavailable')])
+def test_a_model_that_cannot_load_is_one_error_line(capsys, parameter, message):
+    # The node's construction fails after rclpy registered it: rclpy destroys it at
+    # shutdown, which must not raise over the error line.
+    if message.startswith('TensorRT') and tensorrt_available()[0]:
+        pytest.skip('TensorRT runs here')
+    code = run(HandPoseNode, ['hand_pose_node', '--ros-args', '-p', parameter])
+    err = capsys.readouterr().err
+    assert code == 1 and 'Traceback' not in err, err
+    assert err.startswith('HandPoseNode: error: ') and message in err

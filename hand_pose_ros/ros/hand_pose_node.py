@@ -101,6 +101,10 @@ class HandPoseNode(Node):
     """Run the localiser and the pose network on every depth frame it can keep up with."""
 
     def __init__(self, estimator=None, **node_kwargs):
+        # First, for destroy_node: rclpy destroys a node whose construction failed (e.g. a
+        # missing model) at shutdown too.
+        self._slot = LatestFrameSlot()
+        self._worker = None
         super().__init__('hand_pose_node', **node_kwargs)
         self._values = declare_parameters(self, HAND_POSE_NODE_PARAMS, self._apply_parameters)
         self._estimator = estimator if estimator is not None else load_node_estimator(
@@ -110,7 +114,6 @@ class HandPoseNode(Node):
         self._pairer = StampPairer(_tolerance_ns(self._values, 'camera_info'))
         self._needs_color = 'color' in getattr(self._estimator, 'input_names', ('depth',))
         self._colors = StampPairer(_tolerance_ns(self._values, 'color'), COLOR_HISTORY)
-        self._slot = LatestFrameSlot()
         self._lock = threading.Lock()
         self._counts = {'received': 0, 'processed': 0, 'localised': 0, 'bad_input': 0,
                         'no_camera_info': 0, 'unsynchronised_info': 0, 'no_color': 0,
@@ -288,9 +291,10 @@ class HandPoseNode(Node):
                                  self.get_fully_qualified_name(), level, text, values)
 
     def destroy_node(self):
-        """Stop the worker thread, then destroy the node."""
+        """Stop the worker thread (when it was started), then destroy the node."""
         self._slot.close()
-        self._worker.join(timeout=5.0)
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
         return super().destroy_node()
 
 

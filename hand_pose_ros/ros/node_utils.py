@@ -17,6 +17,7 @@ from rclpy.logging import get_logger
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 
+from hand_pose_ros.core.backends.base import BackendUnavailableError
 from hand_pose_ros.ros.messages import encoding_matches_rclpy
 from hand_pose_ros.ros.params import check_values
 
@@ -179,7 +180,7 @@ def stamp_ns(header):
 
 # Configuration errors at start-up, reported in one line: bad values (ours or rclpy's range
 # and type checks on declared parameters), missing or corrupted model files.
-STARTUP_ERRORS = (ValueError, OSError, ParameterException)
+STARTUP_ERRORS = (ValueError, OSError, ParameterException, BackendUnavailableError)
 
 
 def exit_process(code):

@@ -14,7 +14,7 @@ Importing this package loads none of torch, onnxruntime or tensorrt.
 import inspect
 import logging
 
-from hand_pose_ros.core.backends.base import log_once
+from hand_pose_ros.core.backends.base import BackendUnavailableError, log_once
 from hand_pose_ros.core.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hand_pose_ros.core.backends.tensorrt_backend import tensorrt_available, TensorRTBackend
 from hand_pose_ros.core.backends.torch_backend import TorchBackend
@@ -61,8 +61,13 @@ def create_backend(name, model_path, **options):
     if dropped:
         log_once(logging.INFO, 'backend %s ignores options %s', concrete, dropped)
     options = {k: v for k, v in options.items() if k in accepted}
-    return cls(model_path, **options)
+    try:
+        return cls(model_path, **options)
+    except ImportError as error:
+        raise BackendUnavailableError(
+            f'backend {concrete} cannot run here: {error} (install what it needs, e.g. '
+            f'pip install hand_pose_ros[train] for torch)') from None
 
 
-__all__ = ['BACKEND_NAMES', 'BACKENDS', 'OnnxRuntimeBackend', 'TensorRTBackend',
-           'TorchBackend', 'create_backend', 'resolve_backend_name']
+__all__ = ['BACKEND_NAMES', 'BACKENDS', 'BackendUnavailableError', 'OnnxRuntimeBackend',
+           'TensorRTBackend', 'TorchBackend', 'create_backend', 'resolve_backend_name']

@@ -14,6 +14,10 @@ PRECISIONS = ('auto', 'fp32', 'fp16', 'int8')
 _LOGGED = set()
 
 
+class BackendUnavailableError(RuntimeError):
+    """A backend cannot run on this machine (its package or its device is missing)."""
+
+
 def log_once(level, message, *args):
     """Log a message (e.g. a backend fallback) once per process."""
     text = message % args if args else message

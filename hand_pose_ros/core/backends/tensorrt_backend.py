@@ -28,7 +28,8 @@ import numpy as np
 
 from hand_pose_ros.core import model_io
 from hand_pose_ros.core.backends.base import (
-    input_feeds, onnx_input_shapes, OUTPUT_NAMES, resolve_onnx, run_fixed_batch)
+    BackendUnavailableError, input_feeds, onnx_input_shapes, OUTPUT_NAMES, resolve_onnx,
+    run_fixed_batch)
 from hand_pose_ros.core.backends.engine_cache import EngineCache, EngineKey
 
 LOGGER = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class TensorRTBackend:
                  force_rebuild=False, calibration_batches=None):
         available, reason = tensorrt_available()
         if not available:
-            raise RuntimeError(f'TensorRT backend unavailable: {reason}')
+            raise BackendUnavailableError(f'TensorRT backend unavailable: {reason}')
         import tensorrt as trt
         import torch
 
