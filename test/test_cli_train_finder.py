@@ -45,3 +45,22 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
     assert train_finder.main(['--output-dir', str(out), '--resume', '--steps', '1']) == 2
     assert f'cannot resume: no checkpoint {out / "checkpoint.pt"}' in capsys.readouterr().err
     assert not out.exists()  # refused before anything was rendered
+
+
+def test_without_torch_the_tool_says_what_to_install(monkeypatch, capsys):
+    import sys
+
+    from hand_pose_ros.cli import train_finder
+
+    # As in a ROS workspace install, which has no torch: the import of torch fails.
+    monkeypatch.setitem(sys.modules, 'torch', None)
+    import hand_pose_ros.core
+
+    monkeypatch.delitem(sys.modules, 'hand_pose_ros.core.finder_training', raising=False)
+    monkeypatch.delattr(hand_pose_ros.core, 'finder_training', raising=False)
+    with pytest.raises(SystemExit) as stop:
+        train_finder.main(['--help'])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('hand_pose_train_finder: error: needs PyTorch')
+    assert 'hand_pose_ros[train]' in err and 'Traceback' not in err

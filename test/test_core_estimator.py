@@ -195,6 +195,22 @@ def test_bad_intrinsics_and_backend_outputs():
         HandPoseEstimator(DepthHandLocalizer(), {'input_size': 64}, OracleBackend([]))
 
 
+def test_named_models_are_found_where_pip_install_puts_them(tmp_path, monkeypatch):
+    # A plain (non-editable) `pip install .` puts setup.py's data files under
+    # <prefix>/share/hand_pose_ros, outside any ament index.
+    import shutil
+    import sys
+
+    from hand_pose_ros.core.estimator import PACKAGE_MODELS_DIR, resolve_card
+
+    models = tmp_path / 'share' / 'hand_pose_ros' / 'models'
+    models.mkdir(parents=True)
+    shutil.copy(PACKAGE_MODELS_DIR / 'default.yaml', models / 'installed_only.yaml')
+    monkeypatch.setattr(sys, 'prefix', str(tmp_path))
+    monkeypatch.delenv('AMENT_PREFIX_PATH', raising=False)
+    assert resolve_card('installed_only') == models / 'installed_only.yaml'
+
+
 def test_missing_model_names_the_file(tmp_path):
     with pytest.raises(ModelFileError, match='no_such_model.yaml'):
         load_estimator('no_such_model')

@@ -93,3 +93,15 @@ def test_launch_file_composes_existing_scripts_and_parameters():
             for key in item.keys}
     assert keys == {'model.backend'}
     assert keys <= {s.name for s in NODE_PARAMS['hand_pose_node']}
+
+
+def test_readme_lists_every_launch_argument():
+    tree = ast.parse((ROOT / 'launch' / 'pose.launch.py').read_text())
+    declared = {ast.literal_eval(call.args[0]) for call in ast.walk(tree)
+                if isinstance(call, ast.Call)
+                and getattr(call.func, 'id', None) == 'DeclareLaunchArgument'}
+    readme = (ROOT / 'README.md').read_text()
+    table = readme[readme.index('| argument | default | meaning |'):]
+    table = table[:table.index('\n\n')]
+    listed = {line.split('`')[1] for line in table.splitlines()[2:]}
+    assert declared == listed

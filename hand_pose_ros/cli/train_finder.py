@@ -20,15 +20,25 @@ from pathlib import Path
 import sys
 
 from hand_pose_ros.cli.options import fail
-from hand_pose_ros.core.finder_training import FinderTrainConfig
+
+
+def finder_training_module():
+    """Return :mod:`hand_pose_ros.core.finder_training`, or exit with one line without torch."""
+    try:
+        from hand_pose_ros.core import finder_training
+    except ImportError as error:
+        raise SystemExit(fail('hand_pose_train_finder', f'needs PyTorch ({error}); install it '
+                              'with pip install hand_pose_ros[train]')) from None
+    return finder_training
 
 
 def build_parser():
     """Return the argument parser."""
+    finder_training = finder_training_module()
     parser = argparse.ArgumentParser(
         prog='hand_pose_train_finder', description=__doc__.strip().split('\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in fields(FinderTrainConfig):
+    for field in fields(finder_training.FinderTrainConfig):
         parser.add_argument('--' + field.name.replace('_', '-'), dest=field.name,
                             type=type(field.default), default=field.default,
                             help=f'(default {field.default})')
@@ -46,7 +56,7 @@ def main(argv=None):
     """Entry point."""
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     args = build_parser().parse_args(argv)
-    from hand_pose_ros.core import finder_training
+    finder_training = finder_training_module()
     from hand_pose_ros.core.model_io import ModelFileError
 
     try:
@@ -61,8 +71,8 @@ def main(argv=None):
             print(f'wrote {path}; fit the fusion and hand score next: hand_pose_evaluate '
                   f'--dataset synthetic --model {args.model} --fit-hand-score')
             return 0
-        config = FinderTrainConfig(**{f.name: getattr(args, f.name)
-                                      for f in fields(FinderTrainConfig)})
+        config = finder_training.FinderTrainConfig(**{
+            f.name: getattr(args, f.name) for f in fields(finder_training.FinderTrainConfig)})
         path = finder_training.train_finder(config, resume=args.resume)
     except (ValueError, OSError, ModelFileError) as error:
         return fail('hand_pose_train_finder', error)

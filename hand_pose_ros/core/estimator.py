@@ -580,14 +580,9 @@ def _refined_center(keypoints_xyz, previous_xyz, intrinsics, max_shift_m):
 
 def model_search_dirs():
     """Return the directories searched for named model cards, in order."""
-    dirs = [PACKAGE_MODELS_DIR]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        share = get_package_share_directory('hand_pose_ros', print_warning=False)
-        dirs.append(Path(share) / 'models')
-    except (ImportError, LookupError, OSError, ValueError):
-        pass
-    return dirs
+    from hand_pose_ros.core.install import share_dirs
+
+    return [PACKAGE_MODELS_DIR] + [share / 'models' for share in share_dirs()]
 
 
 def resolve_card(model):

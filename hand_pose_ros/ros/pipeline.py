@@ -13,6 +13,7 @@ import sys
 import rclpy
 from rclpy.executors import ExternalShutdownException
 
+from hand_pose_ros.core.install import share_dirs
 from hand_pose_ros.ros.hand_filter_node import HandFilterNode
 from hand_pose_ros.ros.hand_pose_node import HandPoseNode
 from hand_pose_ros.ros.node_utils import exit_process, NodeSpinner, STARTUP_ERRORS
@@ -23,16 +24,9 @@ def default_params_file():
     """Return the shipped ``config/hand_pose.yaml`` (source tree or installed share)."""
     here = os.path.dirname(os.path.abspath(__file__))
     source = os.path.normpath(os.path.join(here, '..', '..', 'config', 'hand_pose.yaml'))
-    if os.path.isfile(source):
-        return source
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        installed = os.path.join(get_package_share_directory('hand_pose_ros'), 'config',
-                                 'hand_pose.yaml')
-    except (ImportError, LookupError, OSError):
-        installed = None
-    if installed and os.path.isfile(installed):
-        return installed
+    for path in [source] + [str(share / 'config' / 'hand_pose.yaml') for share in share_dirs()]:
+        if os.path.isfile(path):
+            return path
     raise FileNotFoundError('config/hand_pose.yaml not found; pass --params-file')
 
 
