@@ -123,6 +123,29 @@ def test_experiment_runs_end_to_end_at_a_tiny_size(inputs, tmp_path, capsys):
     assert 'trained on crops' in capsys.readouterr().err
 
 
+def test_an_interrupted_recording_is_recorded_again(inputs, tmp_path, capsys):
+    _, _, card = inputs
+    out = tmp_path / 'experiment'
+    (out / 'domain_b_bag').mkdir(parents=True)    # a bag cut off before its metadata
+    (out / 'domain_b_bag' / 'domain_b_bag.mcap').write_bytes(b'cut off')
+    assert main(['--experiment', str(out), '--model', str(card), '--adapt-frames', '4',
+                 '--test-frames', '2', '--sequence-frames', '2', '--test-sequence-frames', '2',
+                 *FAST]) == 0
+    assert len(BagRecording(out / 'domain_b_bag')) == 4
+    assert not (out / 'domain_b_bag.partial').exists()
+
+
+def test_adaptation_sequences_never_take_the_test_sequences_seeds(inputs, tmp_path, capsys):
+    # 800 sequences from seed 100 would reach seed 900, the first labelled test sequence's:
+    # its frames would be trained on.
+    _, _, card = inputs
+    out = tmp_path / 'experiment'
+    assert main(['--experiment', str(out), '--model', str(card), '--adapt-frames', '801',
+                 '--sequence-frames', '1', *FAST]) == 2
+    assert 'keep their seeds apart from the test sequences' in capsys.readouterr().err
+    assert not (out / 'domain_b_bag').exists()
+
+
 def test_bad_input_exits_with_a_message(inputs, tmp_path, capsys):
     bag, folder, card = inputs
     assert main([str(folder), '-o', str(tmp_path / 'a'), '--model', str(card),

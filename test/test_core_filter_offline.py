@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from hand_pose_ros.core.filters import config_from_dict, FilterConfig, offline_filter
+from hand_pose_ros.core.filters.offline import _gate_pass
 from hand_pose_ros.core.kinematics import hand_from_angles
 
 PERIOD = 1 / 30.0
@@ -72,3 +73,28 @@ def test_offline_rejects_bad_input():
         offline_filter(np.arange(3.0), np.zeros((3, 20, 3)))
     with pytest.raises(ValueError, match='scores'):
         offline_filter(np.arange(3.0), np.zeros((3, 21, 3)), np.ones((3, 20)))
+
+
+def test_two_clips_apart_are_filtered_as_if_alone():
+    # Two recorded clips 2 s apart (more than stale_timeout_s): the second one's gates and
+    # smoothing must not depend on the first.
+    rng = np.random.default_rng(4)
+    stamps, _, first = _sequence(30, rng)
+    _, _, second = _sequence(30, rng)
+    # Another, larger hand elsewhere: the first clip's bone calibration does not fit it.
+    second = 1.25 * (second - second[:, :1]) + second[:, :1] + np.array([0.15, 0.05, 0.1])
+    together, valid = offline_filter(np.concatenate([stamps, stamps[-1] + 2.0 + stamps]),
+                                     np.concatenate([first, second]))
+    alone, valid_alone = offline_filter(stamps, second)
+    np.testing.assert_array_equal(valid[30:], valid_alone)
+    np.testing.assert_allclose(together[30:], alone, atol=1e-12)
+    # The two-way gates too: at the second clip's first frame nothing is known from the first.
+    both = np.concatenate([first, second])
+    rejected, known = _gate_pass(np.concatenate([stamps, stamps[-1] + 2.0 + stamps]), both,
+                                 np.ones(both.shape[:2], bool), np.ones(both.shape[:2]),
+                                 FilterConfig())
+    rejected_alone, known_alone = _gate_pass(stamps, second, np.ones(second.shape[:2], bool),
+                                             np.ones(second.shape[:2]), FilterConfig())
+    assert not known[30].any()
+    np.testing.assert_array_equal(known[30:], known_alone)
+    np.testing.assert_array_equal(rejected[30:], rejected_alone)

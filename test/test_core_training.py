@@ -189,6 +189,22 @@ def test_resume_refuses_other_training_settings_and_takes_more_steps(tmp_path):
     assert longer.step == 2 and longer.config.steps == 60
 
 
+def test_resume_takes_the_start_model_spelled_another_way(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, 'first', steps=4, checkpoint_every=4)
+    training.train(config, progress_stream=io.StringIO())
+    training.write_model(str(tmp_path / 'first' / 'checkpoint_best.pt'),
+                         str(tmp_path / 'models'), 'start', export_onnx=False)
+    monkeypatch.chdir(tmp_path)
+    relative = tiny_config(tmp_path, eval_frames=0, init_from='models/start.yaml')
+    training.Trainer(relative).train(stop_at=2)
+    absolute = tiny_config(tmp_path, eval_frames=0, init_from=str(tmp_path / 'models' /
+                                                                  'start.yaml'))
+    assert training.Trainer(absolute, resume=True).step == 2
+    with pytest.raises(ValueError, match='config differs in init_from'):
+        training.Trainer(tiny_config(tmp_path, eval_frames=0, init_from='default'),
+                         resume=True)
+
+
 def test_render_workers_started_on_a_full_pool_render(tmp_path):
     # A resumed run's pool is full from disk, so starting the workers returns at once; the
     # workers, still starting, must find what they share with the trainer.

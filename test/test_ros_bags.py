@@ -94,7 +94,7 @@ def test_unusable_frames_are_skipped_and_counted(tmp_path):
     written = frames(5)
     with DepthBagWriter(tmp_path / 'bag', storage='sqlite3') as writer:
         for i, frame in enumerate(written):
-            if i not in (1, 3):
+            if i not in (1, 2, 3):
                 writer.write(frame)
                 continue
             header = types['std_msgs/msg/Header'](stamp=types['builtin_interfaces/msg/Time'](
@@ -111,6 +111,8 @@ def test_unusable_frames_are_skipped_and_counted(tmp_path):
                     x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
             if i == 1:
                 image.encoding = 'rgb8'            # not a depth encoding
+            elif i == 2:
+                info.height, info.width = 120, 160  # a camera_info of another image size
             else:
                 info.k = np.zeros(9)               # no camera matrix
             for connection, msg in ((writer.info_connection, info),
@@ -119,9 +121,9 @@ def test_unusable_frames_are_skipped_and_counted(tmp_path):
                                     store.serialize_cdr(msg, connection.msgtype))
     recording = BagRecording(tmp_path / 'bag')
     read = list(recording)
-    assert [f.stamp_ns for f in read] == [written[i].stamp_ns for i in (0, 2, 4)]
-    np.testing.assert_array_equal(read[2].depth, written[4].depth)
-    assert recording.rejected == 2 and recording.unpaired == 0
+    assert [f.stamp_ns for f in read] == [written[i].stamp_ns for i in (0, 4)]
+    np.testing.assert_array_equal(read[1].depth, written[4].depth)
+    assert recording.rejected == 3 and recording.unpaired == 0
 
 
 def test_topic_choice_and_bad_paths_raise_clear_errors(tmp_path):

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 from pathlib import Path
+import shutil
 import sys
 import time
 
@@ -146,6 +147,10 @@ def open_recording(path, depth_topic=None, info_topic=None, fps=30.0):
 
 # --------------------------------------------------------------------------- experiment
 
+# Sequence seeds of the experiment: the adaptation recording's from 100, the labelled test
+# sequences' from 900 (domain B, then domain A).
+ADAPT_FIRST_SEED, TEST_FIRST_SEED = 100, 900
+
 
 def record_domain_bag(path, shift, num_frames, sequence_frames, first_seed):
     """Render ``num_frames`` of a domain as motion sequences into an MCAP bag (no labels)."""
@@ -205,14 +210,31 @@ def snapshot_card(card_path, directory):
     return copy
 
 
+def experiment_seeds(args):
+    """
+    Return the first seeds of the experiment's sequences: (adaptation, test B, test A).
+
+    :raises ValueError: so many adaptation sequences that their seeds would reach the test
+        sequences' (the same seed renders the same frames: test frames would be trained on).
+    """
+    adaptation = len(_sequences(args.adapt_frames, args.sequence_frames, ADAPT_FIRST_SEED))
+    test_b = len(_sequences(args.test_frames, args.test_sequence_frames, TEST_FIRST_SEED))
+    if ADAPT_FIRST_SEED + adaptation > TEST_FIRST_SEED:
+        raise ValueError(
+            f'--adapt-frames {args.adapt_frames} in sequences of {args.sequence_frames} makes '
+            f'{adaptation} sequences; at most {TEST_FIRST_SEED - ADAPT_FIRST_SEED} keep their '
+            'seeds apart from the test sequences')
+    # Domain A's sequences take the seeds after domain B's.
+    return ADAPT_FIRST_SEED, TEST_FIRST_SEED, TEST_FIRST_SEED + test_b
+
+
 def experiment_test_sets(args):
     """Render the experiment's labelled test frames: (domain B, domain A)."""
     from hand_pose_ros.core.selftrain import DomainShift
 
+    _, first_b, first_a = experiment_seeds(args)
     test_b = labelled_frames(DomainShift.gloved_tool(), args.test_frames,
-                             args.test_sequence_frames, 900)
-    # Domain A's sequences take the seeds after domain B's.
-    first_a = 900 + len(_sequences(args.test_frames, args.test_sequence_frames, 900))
+                             args.test_sequence_frames, first_b)
     test_a = labelled_frames(DomainShift(), max(args.test_frames // 2, 1),
                              args.test_sequence_frames, first_a)
     return test_b, test_a
@@ -299,7 +321,14 @@ def run_experiment(args, config, stream):
     if not (bag / 'metadata.yaml').is_file():
         stream.write(f'[experiment] recording {args.adapt_frames} unlabelled domain B frames '
                      f'into {bag}\n')
-        record_domain_bag(bag, shift_b, args.adapt_frames, args.sequence_frames, 100)
+        # Recorded aside and moved into place when whole: an interrupted recording (a bag
+        # folder without its metadata) is recorded again instead of blocking every rerun.
+        partial = out / 'domain_b_bag.partial'
+        for folder in (partial, bag):
+            shutil.rmtree(folder, ignore_errors=True)
+        record_domain_bag(partial, shift_b, args.adapt_frames, args.sequence_frames,
+                          experiment_seeds(args)[0])
+        partial.rename(bag)
     test_b, test_a = experiment_test_sets(args)
     base_card = snapshot_card(resolve_card(args.model), out / 'start_model')
 

@@ -724,7 +724,7 @@ class SelfTrainer:
             raise ValueError(f'{self.start_card}: self-training adapts depth-only networks '
                              f'(recordings hold depth images); this one takes '
                              f'{sorted(inputs)}')
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir).resolve()
         self.factory = estimator_factory or default_estimator_factory(self.config)
         self.stream = progress_stream or sys.stderr
         state_path = self.output_dir / STATE_FILE

@@ -909,6 +909,10 @@ class Trainer:
         checkpoint = load_checkpoint(path)
         saved = json.loads(checkpoint['config'])
         current = json.loads(json.dumps(self.config.to_dict()))
+        # The start model by the file it names: the same card spelled relative or absolute.
+        for values in (saved, current):
+            if isinstance(values.get('init_from'), str):
+                values['init_from'] = os.path.realpath(values['init_from'])
         differing = [key for key in current if key not in RESUME_MAY_CHANGE
                      and key in saved and saved[key] != current[key]]
         if differing:

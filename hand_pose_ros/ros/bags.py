@@ -131,6 +131,9 @@ class BagRecording:
                         intrinsics_cache[key] = (info, intrinsics_from_camera_info(info))
                     frame = DepthFrame(stamp_ns, np.array(depth_from_image(image)),
                                        intrinsics_cache[key][1])
+                    # A camera_info of another image size (a ROI, a resolution change):
+                    # skipped as the folder reader skips it, not a failure later on.
+                    frame.intrinsics.check_image(frame.depth)
                 except ValueError as error:
                     self.rejected += 1
                     if self.rejected == 1:

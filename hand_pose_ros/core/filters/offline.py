@@ -23,12 +23,20 @@ from hand_pose_ros.core.skeleton import NUM_JOINTS
 
 
 def _gate_pass(stamps_s, keypoints, present, scores, config):
-    """Run the online gates over a sequence; return (rejected (T, 21), known (T, 21))."""
+    """
+    Run the online gates over a sequence; return (rejected (T, 21), known (T, 21)).
+
+    As the online filter drops a track not detected for ``stale_timeout_s``, the gates start
+    afresh after such a gap (e.g. between two recorded clips).
+    """
     track = _Track(0, config)
     rejected = np.zeros(present.shape, bool)
     known = np.zeros(present.shape, bool)
     stats = collections.Counter()
     for t, stamp in enumerate(stamps_s):
+        if (track.last_detection_s is not None
+                and stamp - track.last_detection_s > config.stale_timeout_s + _STAMP_EPS_S):
+            track = _Track(0, config)
         known[t] = track.kalman.initialised
         if not np.any(present[t]):
             track.step(stamp, None, stats)
