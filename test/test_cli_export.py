@@ -7,6 +7,7 @@ import torch
 from hand_pose_ros.cli.export import main
 from hand_pose_ros.core import model_io
 from hand_pose_ros.core.backends.tensorrt_backend import tensorrt_available
+from hand_pose_ros.core.crop import CropSpec
 from hand_pose_ros.core.models import build_model
 
 torch.set_num_threads(1)
@@ -85,6 +86,33 @@ def test_no_engine_is_built_from_an_export_that_failed_its_check(tmp_path, capsy
     assert status == 2
     assert 'needs a dynamic-batch export within tolerance' in capsys.readouterr().err
     assert not (tmp_path / 'eng').exists()
+
+
+def test_an_int8_engine_is_calibrated_on_the_cards_crops_by_default(tmp_path, monkeypatch):
+    # What the command hands the TensorRT backend (which needs a GPU): the card itself for
+    # its own export, so that the engine is the one the node builds; for an export written
+    # elsewhere, that file with crops rendered from the card.
+    from hand_pose_ros.core import backends
+
+    built = []
+
+    class Recorder:
+
+        def __init__(self, model, precision, max_batch, cache_dir, force_rebuild, batches):
+            built.append((model, batches))
+            self.cache_status, self.max_batch = 'built', max_batch
+
+    monkeypatch.setattr(backends, 'TensorRTBackend', Recorder)
+    spec = CropSpec(input_size=64, cube_size_m=(0.25, 0.25, 0.3))
+    card = model_io.save_model(build_model('a2j', **CFG), tmp_path, 'tiny',
+                               extra={'crop': spec.to_dict()})
+    assert main(['--card', str(card), '--engine', '--precision', 'int8']) == 0
+    assert built.pop() == (card, None)
+    assert main(['--card', str(card), '--engine', '--precision', 'int8',
+                 '--out', str(tmp_path / 'elsewhere')]) == 0
+    model, batches = built.pop()
+    assert model == tmp_path / 'elsewhere' / 'tiny.onnx'
+    assert next(iter(batches))['depth'].shape[1:] == (1, 64, 64)
 
 
 def test_missing_calibration_crops_give_one_line(tmp_path, capsys):

@@ -152,6 +152,25 @@ def test_backend_selection_and_auto_fallback(cards, tmp_path):
         create_backend('onnxruntime', bare)
 
 
+def test_a_missing_backend_package_is_a_clear_error_and_other_import_errors_stay(
+        cards, monkeypatch):
+    from hand_pose_ros.core.backends import BackendUnavailableError
+
+    card, _ = cards['a2j']
+    monkeypatch.setitem(sys.modules, 'torch', None)     # an install without torch
+    with pytest.raises(BackendUnavailableError, match=r'hand_pose_ros\[train\]'):
+        create_backend('torch', card)
+    monkeypatch.undo()
+
+    def broken(*args, **kwargs):
+        raise ImportError('cannot import name x', name='hand_pose_ros.core.somewhere')
+
+    monkeypatch.setattr(OnnxRuntimeBackend, '__init__', broken)
+    with pytest.raises(ImportError) as error:          # a bug, shown whole
+        create_backend('onnxruntime', card)
+    assert not isinstance(error.value, BackendUnavailableError)
+
+
 def test_an_unreadable_onnx_file_is_named_in_the_error(tmp_path):
     # What the TensorRT backend reads first (ONNX Runtime names the file itself).
     from hand_pose_ros.core.backends.base import onnx_input_shapes

@@ -209,6 +209,13 @@ def test_named_models_are_found_where_pip_install_puts_them(tmp_path, monkeypatc
     monkeypatch.setattr(sys, 'prefix', str(tmp_path))
     monkeypatch.delenv('AMENT_PREFIX_PATH', raising=False)
     assert resolve_card('installed_only') == models / 'installed_only.yaml'
+    # Debian's system Python: prefix /usr, but pip writes the data files under /usr/local.
+    import sysconfig
+
+    monkeypatch.setattr(sys, 'prefix', '/usr')
+    monkeypatch.setattr(sysconfig, 'get_path',
+                        lambda name, scheme=None: str(tmp_path) if scheme is None else '/nowhere')
+    assert resolve_card('installed_only') == models / 'installed_only.yaml'
 
 
 def test_missing_model_names_the_file(tmp_path):

@@ -86,9 +86,17 @@ def export_one(card_path, args):
                    and r.dynamic_batch and r.within_tolerance]
         if not dynamic:
             raise ValueError('--engine needs a dynamic-batch export within tolerance')
-        # INT8 engines of a card default to the crops its INT8 copy was calibrated on.
-        batches = None if crops is None else export.calibration_batches(crops, args.max_batch)
-        backend = TensorRTBackend(dynamic[0], args.precision, args.max_batch, args.engine_cache,
+        # INT8 engines default to the crops the card's INT8 copy was calibrated on: through
+        # the card when the export is the one it records (the engine the node builds), else
+        # rendered from the card for the export written elsewhere.
+        model, batches = dynamic[0], None
+        if crops is not None:
+            batches = export.calibration_batches(crops, args.max_batch)
+        elif args.out is None or Path(args.out).resolve() == Path(card_path).parent.resolve():
+            model = card_path
+        elif args.precision == 'int8':
+            batches = export.card_calibration_batches(card_path, args.max_batch)
+        backend = TensorRTBackend(model, args.precision, args.max_batch, args.engine_cache,
                                   args.force_engine_rebuild, batches)
         print(f'TensorRT engine for {dynamic[0]}: {backend.cache_status} '
               f'({args.precision}, max batch {backend.max_batch})')

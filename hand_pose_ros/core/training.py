@@ -658,9 +658,10 @@ class ProgressBar:
 
 
 # What a resumed run may set otherwise than the run it continues: its length, where and how
-# fast it runs, and how often it reports. Anything else would change the run midway.
+# fast it runs, how often it reports, and its start model (ignored on resume: the
+# checkpoint holds the weights). Anything else would change the run midway.
 RESUME_MAY_CHANGE = ('steps', 'output_dir', 'device', 'num_threads', 'render_workers',
-                     'augment_workers', 'checkpoint_every', 'log_every')
+                     'augment_workers', 'checkpoint_every', 'log_every', 'init_from')
 
 
 def write_csv(path, header, rows):
@@ -909,10 +910,6 @@ class Trainer:
         checkpoint = load_checkpoint(path)
         saved = json.loads(checkpoint['config'])
         current = json.loads(json.dumps(self.config.to_dict()))
-        # The start model by the file it names: the same card spelled relative or absolute.
-        for values in (saved, current):
-            if isinstance(values.get('init_from'), str):
-                values['init_from'] = os.path.realpath(values['init_from'])
         differing = [key for key in current if key not in RESUME_MAY_CHANGE
                      and key in saved and saved[key] != current[key]]
         if differing:

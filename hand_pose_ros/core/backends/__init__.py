@@ -27,6 +27,12 @@ BACKENDS = {
     'tensorrt': TensorRTBackend,
 }
 BACKEND_NAMES = ('auto', *BACKENDS)
+# The third-party packages each backend imports, and how to get them.
+_PACKAGES = {'onnxruntime': ('onnxruntime', 'onnx'), 'torch': ('torch', 'onnx'),
+             'tensorrt': ('tensorrt', 'torch', 'onnx')}
+_INSTALL = {'onnxruntime': 'pip install onnxruntime onnx',
+            'torch': 'pip install hand_pose_ros[train] for torch',
+            'tensorrt': "TensorRT's Python bindings come with JetPack or NVIDIA's wheels"}
 
 
 def resolve_backend_name(name):
@@ -64,9 +70,10 @@ def create_backend(name, model_path, **options):
     try:
         return cls(model_path, **options)
     except ImportError as error:
+        if error.name not in _PACKAGES[concrete]:
+            raise  # not a missing package of the backend: a bug to show whole
         raise BackendUnavailableError(
-            f'backend {concrete} cannot run here: {error} (install what it needs, e.g. '
-            f'pip install hand_pose_ros[train] for torch)') from None
+            f'backend {concrete} cannot run here: {error} ({_INSTALL[concrete]})') from error
 
 
 __all__ = ['BACKEND_NAMES', 'BACKENDS', 'BackendUnavailableError', 'OnnxRuntimeBackend',
