@@ -264,16 +264,17 @@ def joint_state(hands, header, geometry=None):
     prefixes = joint_state_prefixes(hands)
     angles = [geometry[hand.hand_id][3] for hand in hands]
     defined = [np.isfinite(value) for value in angles]
+    count = sum(int(mask.sum()) for mask in defined)
     writer = cdr.CdrWriter()
     writer.put(cdr.header(header), 4)
-    writer.uint32(sum(int(mask.sum()) for mask in defined))
+    writer.uint32(count)
     for hand, mask in zip(hands, defined):
         if mask.all():
             writer.put(_angle_names(prefixes[hand.hand_id]), 4)
         else:
             writer.put(_fragment(*(cdr.string(prefixes[hand.hand_id] + name)
                                    for name, sent in zip(ANGLE_NAMES, mask) if sent)), 4)
-    writer.uint32(sum(int(mask.sum()) for mask in defined))
+    writer.uint32(count)
     for value, mask in zip(angles, defined):
         writer.float64s(value[mask])
     writer.uint32(0, 0)  # no velocities, no efforts
