@@ -339,16 +339,15 @@ def check_pose(config, keypoints_xyz, handedness, calibrated_lengths_m=None, ang
     return blamed
 
 
+def _angle_excess(joint_angles, soft_rad):
+    """Return (20,) how far (radians) each angle lies outside the softened joint limits."""
+    return (np.maximum(ANGLE_LOWER_RAD - soft_rad - joint_angles, 0.0)
+            + np.maximum(joint_angles - ANGLE_UPPER_RAD - soft_rad, 0.0))
+
+
 def _angle_violations(joint_angles, soft_rad):
     """Return (20,) bool: angles outside the joint limits softened by ``soft_rad``."""
-    return (joint_angles < ANGLE_LOWER_RAD - soft_rad) \
-        | (joint_angles > ANGLE_UPPER_RAD + soft_rad)
-
-
-def _angle_excess(joint_angles, soft_rad):
-    """Return how far (radians, summed) angles lie outside the softened joint limits."""
-    return float(np.sum(np.maximum(ANGLE_LOWER_RAD - soft_rad - joint_angles, 0.0)
-                        + np.maximum(joint_angles - ANGLE_UPPER_RAD - soft_rad, 0.0)))
+    return _angle_excess(joint_angles, soft_rad) > 0.0
 
 
 def _intersections(keypoints_xyz, present, min_distance_m):
@@ -405,7 +404,8 @@ def repair(config, keypoints_xyz, blamed, handedness, calibrated_lengths_m=None,
         # As check_pose, a hand of unknown side is taken as the side its angles fit: clamping
         # a left hand's flexion with a right hand's signs would straighten its fingers.
         left = kinematics.finger_angles(out, 'left')
-        if _angle_excess(left.joint_angles, soft) < _angle_excess(angles.joint_angles, soft):
+        if _angle_excess(left.joint_angles, soft).sum() < _angle_excess(
+                angles.joint_angles, soft).sum():
             handedness, angles = 'left', left
     # Clamp just inside the limits so that the repaired pose passes the check exactly.
     joint_angles = np.clip(angles.joint_angles, ANGLE_LOWER_RAD - soft + 1e-9,
