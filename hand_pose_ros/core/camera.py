@@ -53,9 +53,11 @@ class CameraIntrinsics:
             if not _finite_number(value):
                 raise ValueError(f'camera intrinsics: {name} must be a finite number, '
                                  f'got {value!r}')
-        if self.fx <= 0 or self.fy <= 0:
-            raise ValueError(f'camera intrinsics: focal lengths must be positive, '
-                             f'got fx={self.fx}, fy={self.fy}')
+        # Below a pixel a focal length is no camera (a field of view past 179 degrees on any
+        # image), and its inverse overflows: refused like a negative one.
+        if self.fx < 1.0 or self.fy < 1.0:
+            raise ValueError(f'camera intrinsics: focal lengths must be positive (1 pixel at '
+                             f'least), got fx={self.fx}, fy={self.fy}')
         for name in ('width', 'height'):
             value = getattr(self, name)
             if not _finite_number(value) or isinstance(value, bool) or int(value) != value \
