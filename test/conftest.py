@@ -1,15 +1,50 @@
 """Shared fixtures: a private rclpy context per test (localhost-only domain), model cards."""
 
+import fcntl
 import os
-import random
 import shutil
+import tempfile
 
+from hypothesis import settings
 import pytest
 
+# The fuzz tests draw the same inputs on every run (a failure reproduces);
+# `pytest --hypothesis-profile=default` draws new ones, as an exploration.
+settings.register_profile('deterministic', derandomize=True, database=None)
+
+
+def pytest_configure(config):
+    """Load the deterministic fuzzing profile unless another one is asked for."""
+    if not config.getoption('--hypothesis-profile'):
+        settings.load_profile('deterministic')
+
+
+def _reserve_domain_id():
+    """
+    Return the first ROS domain (from 101 down) that no other test run on this machine holds.
+
+    The domain's lock file stays locked until this process ends; processes the tests start
+    inherit the domain through ``ROS_DOMAIN_ID``.
+    """
+    for domain in range(101, 0, -1):
+        path = os.path.join(tempfile.gettempdir(), f'hand_pose_ros_test_domain_{domain}.lock')
+        handle = open(path, 'a')
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _DOMAIN_LOCKS.append(handle)
+        return domain
+    raise RuntimeError('every ROS domain from 1 to 101 is held by another test run')
+
+
+_DOMAIN_LOCKS = []
 # Keep DDS discovery on this machine and away from other test runs.
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_LOCALHOST_ONLY', '1')
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 100)))
+if 'ROS_DOMAIN_ID' not in os.environ:
+    os.environ['ROS_DOMAIN_ID'] = str(_reserve_domain_id())
 
 
 @pytest.fixture

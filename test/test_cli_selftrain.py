@@ -59,8 +59,8 @@ def test_run_on_a_bag_writes_reports_and_a_loadable_model(inputs, tmp_path, caps
     assert (out / 'iter_00' / 'timeline.png').is_file()
     estimator = load_estimator(final, backend='torch', device='cpu')
     frame = next(iter(BagRecording(bag)))
-    for hand in estimator.estimate(frame.depth, frame.intrinsics):
-        assert np.all(np.isfinite(hand.keypoints_xyz))
+    hands = estimator.estimate(frame.depth, frame.intrinsics)
+    assert hands and all(np.all(np.isfinite(hand.keypoints_xyz)) for hand in hands)
     # An existing run is only continued when asked to.
     assert main([str(bag), '--model', str(card), '-o', str(out), *FAST]) == 2
     assert '--resume' in capsys.readouterr().err

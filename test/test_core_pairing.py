@@ -1,5 +1,4 @@
 import threading
-import time
 
 import pytest
 
@@ -40,9 +39,7 @@ def test_waiting_for_a_message_of_the_stamp():
     pairer = StampPairer()
     pairer.add(10, 'colour10')
     assert pairer.wait_match(10, 5.0) == ('colour10', True)   # there already: no wait
-    start = time.monotonic()
     assert pairer.wait_match(20, 0.05) == ('colour10', False)  # never comes: the timeout
-    assert time.monotonic() - start >= 0.05
     later = threading.Timer(0.05, pairer.add, (20, 'colour20'))
     later.start()
     assert pairer.wait_match(20, 5.0) == ('colour20', True)    # comes while waiting

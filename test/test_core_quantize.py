@@ -16,7 +16,7 @@ from hand_pose_ros.core.backends import create_backend, OnnxRuntimeBackend
 from hand_pose_ros.core.backends.tensorrt_backend import calibration_source
 from hand_pose_ros.core.crop import CropSpec
 from hand_pose_ros.core.evaluation import synthetic_frames
-from hand_pose_ros.core.models import build_model
+from hand_pose_ros.core.models import build_model, MODEL_NAMES
 
 torch.set_num_threads(1)
 CFG = {'backbone': 'resnet18', 'width': 0.125, 'input_size': 64, 'head_channels': 16}
@@ -214,19 +214,36 @@ def test_a_card_calibrated_on_given_crops_needs_them_again_for_an_engine(tmp_pat
     assert calibration_source(card, 'int8', 4, export.calibration_batches(crops, 4))[1]
 
 
-def test_every_depth_network_gets_an_int8_copy(tmp_path, monkeypatch):
+# A small network of every depth-only registry entry.
+TINY_DEPTH_NETWORKS = {
+    'a2j': {'backbone': 'resnet18', 'width': 0.125, 'input_size': 48, 'head_channels': 16},
+    'crossinfonet': {'width': 0.125, 'input_size': 48, 'fc_dim': 32},
+    'a2j_grouped': {'backbone': 'resnet18', 'width': 0.125, 'input_size': 48,
+                    'head_channels': 16},
+}
+
+
+def test_the_int8_check_covers_every_depth_network():
+    depth_only = {name for name in MODEL_NAMES if name != 'joint_groups_rgb'}
+    assert set(TINY_DEPTH_NETWORKS) == depth_only
+    assert all(build_model(name, **cfg).input_names == ('depth',)
+               for name, cfg in TINY_DEPTH_NETWORKS.items())
+
+
+@pytest.mark.parametrize('name', sorted(TINY_DEPTH_NETWORKS))
+def test_every_depth_network_gets_an_int8_copy(tmp_path, monkeypatch, name):
     # CrossInfoNet's graph defeats ONNX Runtime's symbolic shape inference (which then
     # dumps the model into the working directory); ONNX's own prepares it, and leaves
     # nothing behind.
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    model = build_model('crossinfonet', width=0.125, input_size=48, fc_dim=32).eval()
+    model = build_model(name, **TINY_DEPTH_NETWORKS[name]).eval()
     spec = CropSpec(input_size=48, cube_size_m=(0.2, 0.2, 0.3))
-    card = model_io.save_model(model, tmp_path, 'cin', extra={'crop': spec.to_dict()})
+    card = model_io.save_model(model, tmp_path, 'net', extra={'crop': spec.to_dict()})
     export.export_card(card, int8=True)
     backend = OnnxRuntimeBackend(card, device='cpu')
     assert backend.precision == 'int8'
     out = backend(export.example_inputs(model, 2)['depth'])
     assert out['joints'].shape == (2, 21, 3) and np.all(np.isfinite(out['joints']))
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        'cin.onnx', 'cin.safetensors', 'cin.yaml', 'cin_int8.onnx']
+        'net.onnx', 'net.safetensors', 'net.yaml', 'net_int8.onnx']

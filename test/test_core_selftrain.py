@@ -394,7 +394,7 @@ def test_one_round_end_to_end_writes_a_loadable_adapted_model(world, tmp_path):
     assert adapted['crop']['input_size'] == 32
     estimator = load_estimator(str(final), backend='torch', device='cpu')
     hands = estimator.estimate(next(iter(recording)).depth, INTRINSICS)
-    assert all(h.keypoints_xyz.shape == (21, 3) for h in hands)
+    assert hands and all(h.keypoints_xyz.shape == (21, 3) for h in hands)
     # The synthetic-only control trains the start model on a pool without pseudo-labels;
     # its round 1 renders the synthetic crops of adaptation round 1 (the same seeds).
     control = model_io.read_card(trainer.control_run(1, 16))

@@ -32,7 +32,9 @@ def depth_frames():
 class Rig:
     """Estimator + filter nodes with a test camera and an output recorder."""
 
-    def __init__(self, spinner, card, stale_timeout_s=0.5):
+    # Long enough that a frame's trip through both nodes on a loaded machine stays far
+    # inside it (the status is read as soon as the output arrives), short for the tests.
+    def __init__(self, spinner, card, stale_timeout_s=3.0):
         overrides = ['--ros-args', '-p', f'diagnostics.stale_timeout_s:={stale_timeout_s}']
         self.spinner = spinner
         self.pose = spinner.add(HandPoseNode(
@@ -79,6 +81,7 @@ def test_resolution_change_follows_camera_info(spinner, tiny_model_card, depth_f
     rig.frame(depth_frames[SR300][0], 1.0)
     rig.frame(depth_frames[ICVL][0], 1.1, intrinsics=ICVL)   # 320x240 with its own info
     rig.frame(depth_frames[SR300][1], 1.2)
+    assert spinner.wait_for(lambda: rig.pose._counts['processed'] >= 3, 10)
     assert rig.pose._counts['bad_input'] == 0 and rig.pose._counts['processed'] == 3
 
 

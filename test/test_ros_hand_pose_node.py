@@ -85,6 +85,8 @@ def test_camera_qos_kinds_both_work_and_header_is_kept(node_and_camera, frames):
         hands = hands_from_cloud(out)
         assert 1 <= len(hands) <= 2
         assert all(h['keypoints_xyz'].shape == (21, 3) for h in hands)
+    # Counted just after the output is published.
+    assert camera.spinner.wait_for(lambda: node._counts['processed'] >= len(frames), 10)
     assert node._counts['processed'] == len(frames)
 
 
@@ -264,6 +266,7 @@ def test_a_colour_model_pairs_each_depth_frame_with_its_colour_image(spinner, rg
     assert spinner.wait_for(lambda: node._counts['bad_input'] == 1, 10)
     send_color(frame.color, 'rgb8', 5.0)
     assert len(hands_from_cloud(camera.send_and_wait(depth, 5.0))) == 1
+    assert spinner.wait_for(lambda: node._counts['processed'] >= 3, 10)
     assert node._counts['processed'] == 3
     values = {kv.key: kv.value for kv in node.status().values}
     assert values['no color'] == '1'

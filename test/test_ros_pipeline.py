@@ -22,6 +22,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
 from hand_pose_ros.core.skeleton import JOINT_NAMES
+from hand_pose_ros.ros.hand_pose_node import FALLING_BEHIND
 from hand_pose_ros.ros.messages import hands_from_cloud
 from hand_pose_ros.ros.node_utils import OUTPUT_QOS, stamp_ns
 from hand_pose_ros.ros.pipeline import create_nodes, default_params_file
@@ -32,8 +33,9 @@ CAMERA_FRAME = 'camera_depth_optical_frame'
 # whole pipeline (localiser, network, filter) on a 10 Hz synthetic sequence. The shipped
 # model measures 32-38 mm on these first frames (17.4 mm on the held-out set with oracle
 # centres): the bound catches a broken pipeline or model, it is not the accuracy
-# target. The camera stamps frames on a fixed grid, so the filter sees the same time steps
-# however loaded the machine is.
+# target. The camera stamps frames on a fixed grid; on a loaded machine frames are dropped
+# (by the camera's timer or the node's latest-frame slot), so the frames judged vary, and
+# the tests judge the outputs recorded when the pipeline stopped.
 MAX_MEAN_ERROR_MM = 60.0
 # The sequence shows one hand; the hand score keeps false hands (arms, bodies, clutter) out
 # of most frames (7 of the first 40 have one).
@@ -44,7 +46,7 @@ OVERRIDES = ['-p', 'rate_hz:=10.0', '-p', 'sequence_frames:=200', '-p', 'seed:=5
 
 @pytest.fixture(scope='module')
 def pipeline_run():
-    """Run the in-process pipeline for a few seconds and record every output."""
+    """Run the in-process pipeline until 40 filtered outputs, stop it; return its outputs."""
     from rclpy.context import Context
 
     context = Context()
@@ -70,10 +72,11 @@ def pipeline_run():
             lambda: len(recorder.messages['hand_pose/keypoints']) >= 40, 90), \
             'pipeline produced too few outputs'
         statuses = [node.status() for node in nodes[1:]]
-        yield recorder.messages, statuses
     finally:
         spinner.close()
         context.try_shutdown()
+    # Every node is stopped: the tests judge these outputs, not a list that still grows.
+    yield {topic: list(msgs) for topic, msgs in recorder.messages.items()}, statuses
 
 
 def test_every_output_has_the_input_header(pipeline_run):
@@ -147,7 +150,10 @@ def test_false_hands_are_rare(pipeline_run):
 
 def test_diagnostics_report_running_nodes(pipeline_run):
     messages, statuses = pipeline_run
-    assert all(s.level == DiagnosticStatus.OK for s in statuses), [s.message for s in statuses]
+    # Running, or running behind on a loaded machine (a speed, not a fault): no errors, no
+    # bad input.
+    assert all(s.level == DiagnosticStatus.OK or s.message == FALLING_BEHIND
+               for s in statuses), [s.message for s in statuses]
     names = {s.name for msg in messages['/diagnostics'] for s in msg.status}
     assert any('hand pose estimation' in n for n in names)
     assert any('hand filter' in n for n in names)

@@ -37,6 +37,8 @@ from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 
 # Colour images kept for pairing with depth frames (each up to a few MB).
 COLOR_HISTORY = 10
+# The diagnostic message of a node that drops more frames than it processes.
+FALLING_BEHIND = 'falling behind: more frames dropped than processed'
 
 
 def _tolerance_ns(values, stream):
@@ -177,8 +179,9 @@ class HandPoseNode(Node):
             except Exception as error:  # noqa: B902 - a bug must not stop the worker thread
                 if not self.context.ok():
                     return  # shut down (Ctrl-C) while the frame was being published
-                self._warn('internal_errors', f'internal error on a frame: {error!r}')
+                # Flagged before it is counted: whoever sees the count sees the error state.
                 self._latest_failed = True
+                self._warn('internal_errors', f'internal error on a frame: {error!r}')
                 message = self._throttle.message('traceback', traceback.format_exc(),
                                                  self._values['log_throttle_s'])
                 if message:
@@ -282,7 +285,7 @@ class HandPoseNode(Node):
             level, text = DiagnosticStatus.ERROR, f'internal errors: {last_error}'
         elif counts['processed'] and self._slot.dropped > counts['processed']:
             level = DiagnosticStatus.WARN
-            text = 'falling behind: more frames dropped than processed'
+            text = FALLING_BEHIND
         elif last_error and counts['processed'] == 0:
             level, text = DiagnosticStatus.WARN, last_error
         else:
