@@ -77,7 +77,8 @@ def build_parser():
                         help="use the geometric localiser alone, not fused with the model's "
                              'learned hand finder')
     parser.add_argument('--views', type=int, default=None, choices=sorted(VIEW_SETS),
-                        help="test-time views per crop, averaged (default: the model card's)")
+                        help='test-time views per crop, merged by confidence '
+                             "(default: the model card's)")
     parser.add_argument('--refine-passes', type=int, default=None,
                         help='detect: re-centring passes per found hand (default: the model '
                              "card's)")

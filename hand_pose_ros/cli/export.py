@@ -50,7 +50,8 @@ def parse_args(argv=None):
     parser.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH,
                         help='engine max batch (crops)')
     parser.add_argument('--engine-cache', type=Path, default=None,
-                        help='engine directory (default ~/.cache/hand_pose_ros/engines)')
+                        help='engine directory (default $XDG_CACHE_HOME/hand_pose_ros/engines, '
+                             '~/.cache when unset)')
     parser.add_argument('--force-engine-rebuild', action='store_true')
     parser.add_argument('--calibration-crops', type=Path, default=None,
                         help='.npy array (N, C, S, S) of normalised crops that calibrate '

@@ -10,7 +10,8 @@ Examples::
         --frames 1500
     # give a model you trained yourself the shipped finder, then fit its hand score
     hand_pose_train_finder --attach default --model runs/mine/mine.yaml
-    hand_pose_evaluate --dataset synthetic --model runs/mine/mine.yaml --fit-hand-score
+    hand_pose_evaluate --dataset synthetic --model runs/mine/mine.yaml --fit-hand-score \
+        --seed 3000 --frames 1500
 """
 
 import argparse

@@ -6,7 +6,8 @@ so tests and users can swap any of them; :func:`load_estimator` builds one from 
 card. One call runs: localise (or take given centres) -> crop (:mod:`crop`) -> one batched
 backend call -> decode (crop transform back to the camera frame) -> hand score (localised
 hands only, see :class:`HandScore`). With ``views`` > 1, the hands that are reported are
-then seen again turned and mirrored (one more batched call) and the views are averaged.
+then seen again turned and mirrored (one more batched call) and the views are merged by
+confidence.
 
 Usage::
 

@@ -103,7 +103,8 @@ HAND_POSE_NODE_PARAMS = COMMON_PARAMS + (
               'Re-centring passes per found hand, each cropping again at the joint centroid '
               "of the last: -1 = the model card's choice (default model: 2), 0 = fastest.",
               (-1, 5)),
-    ParamSpec('model.cache_dir', '', 'TensorRT engine cache (empty = ~/.cache/hand_pose_ros).'),
+    ParamSpec('model.cache_dir', '', 'TensorRT engine cache (empty = '
+              '$XDG_CACHE_HOME/hand_pose_ros/engines, ~/.cache when unset).'),
     ParamSpec('model.force_engine_rebuild', False, 'Rebuild the TensorRT engine at start-up.'),
     ParamSpec('localizer.max_hands', 2, 'Largest number of hands reported per frame.', (1, 8),
               None, True),
