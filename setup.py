@@ -1,6 +1,7 @@
 """ament_python build of hand_pose_ros; also installable with plain pip."""
 
 from glob import glob
+import os
 
 from setuptools import find_packages, setup
 
@@ -32,9 +33,8 @@ setup(
         (f'share/{PACKAGE}', ['package.xml']),
         (f'share/{PACKAGE}/launch', glob('launch/*.py')),
         (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz')),
-        (f'share/{PACKAGE}/models', glob('models/*')),
+        (f'share/{PACKAGE}/models', [f for f in glob('models/*') if os.path.isfile(f)]),
     ],
-    package_data={PACKAGE: ['py.typed']},
     install_requires=['setuptools', 'numpy', 'scipy', 'pyyaml', 'pillow', 'safetensors',
                       'onnxruntime'],
     extras_require={'train': ['torch', 'onnx'], 'selftrain': ['rosbags']},

@@ -1,12 +1,13 @@
 """
 Launch the hand pose pipeline: estimator + filter (+ synthetic camera, + RViz).
 
-Example: ``ros2 launch hand_pose_ros pose.launch.py depth_topic:=/camera/depth/image_rect_raw
-camera_info_topic:=/camera/depth/camera_info``. A model with a colour input also reads
+Example (realsense2_camera 4.5x, default names):
+``ros2 launch hand_pose_ros pose.launch.py depth_topic:=/camera/camera/depth/image_rect_raw
+camera_info_topic:=/camera/camera/depth/camera_info``. A model with a colour input also reads
 ``color_topic``, a colour image registered to the depth image (e.g. with a RealSense:
-``depth_topic:=/camera/aligned_depth_to_color/image_raw
-camera_info_topic:=/camera/aligned_depth_to_color/camera_info
-color_topic:=/camera/color/image_raw``).
+``depth_topic:=/camera/camera/aligned_depth_to_color/image_raw
+camera_info_topic:=/camera/camera/aligned_depth_to_color/camera_info
+color_topic:=/camera/camera/color/image_raw``).
 """
 
 import os
@@ -55,6 +56,8 @@ def generate_launch_description():
         DeclareLaunchArgument('synthetic', default_value='false',
                               description='Start the synthetic camera instead of a real one.'),
         DeclareLaunchArgument('rviz', default_value='false', description='Start RViz.'),
+        DeclareLaunchArgument('fixed_frame', default_value='camera_depth_optical_frame',
+                              description="RViz's fixed frame: the depth images' frame_id."),
         Node(package='hand_pose_ros', executable='synthetic_camera_node',
              name='synthetic_camera_node', namespace=namespace, parameters=[params_file],
              remappings=camera_remaps, condition=IfCondition(synthetic)),
@@ -62,6 +65,7 @@ def generate_launch_description():
         Node(package='hand_pose_ros', executable='hand_filter_node', name='hand_filter_node',
              namespace=namespace, parameters=[params_file]),
         Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
-             arguments=['-d', os.path.join(share, 'config', 'pose.rviz')],
+             arguments=['-d', os.path.join(share, 'config', 'pose.rviz'),
+                        '-f', LaunchConfiguration('fixed_frame')],
              condition=IfCondition(LaunchConfiguration('rviz'))),
     ])

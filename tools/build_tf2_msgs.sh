@@ -5,19 +5,18 @@ set -euo pipefail
 venv=$(cd "$1" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 py="$venv/bin/python"
-# The ROS wheels' CMake exports name include folders of the machine that built them.
+# The ROS wheels' CMake exports name the include folders of the machine that built them
+# (/opt/python/<tag>/...): point them at this environment's own, inside the venv (nothing is
+# written outside it, so no root is needed).
 pyinc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 npinc=$("$py" -c 'import numpy; print(numpy.get_include())')
 pyver=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 tag="cp${pyver/./}-cp${pyver/./}"
-for pair in "/opt/python/$tag/include/python$pyver:$pyinc" \
-            "/opt/python/$tag/lib/python$pyver/site-packages/numpy/_core/include:$npinc"; do
-  link=${pair%%:*}; target=${pair#*:}
-  if [ ! -e "$link" ]; then
-    mkdir -p "$(dirname "$link")"
-    ln -sfn "$target" "$link"
-  fi
-done
+old_pyinc="/opt/python/$tag/include/python$pyver"
+old_npinc="/opt/python/$tag/lib/python$pyver/site-packages/numpy/_core/include"
+while IFS= read -r -d '' export_file; do
+  sed -i -e "s|$old_pyinc|$pyinc|g" -e "s|$old_npinc|$npinc|g" "$export_file"
+done < <(grep -rlZF --include='*.cmake' -e "$old_pyinc" -e "$old_npinc" "$venv/share" || true)
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 export AMENT_PREFIX_PATH="$venv"
