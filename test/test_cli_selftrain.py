@@ -1,6 +1,7 @@
 """hand_pose_selftrain: a real run on a tiny bag and a PNG folder, resume rules, bad input."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -168,7 +169,7 @@ def test_bad_input_exits_with_a_message(inputs, tmp_path, capsys):
     assert _sequences(250, 100, 7) == [(7, 100), (8, 100), (9, 50)]
 
 
-def test_folder_intrinsics_formats_and_bad_files(tmp_path):
+def test_folder_intrinsics_formats_and_bad_files(tmp_path, caplog):
     from PIL import Image
 
     folder = tmp_path / 'rec'
@@ -192,7 +193,38 @@ def test_folder_intrinsics_formats_and_bad_files(tmp_path):
     (folder / 'intrinsics.json').write_text('{"fx": 130, "fy": 130, "cx": 80, "cy": 60}')
     with pytest.raises(ValueError, match='missing intrinsics fields'):
         FolderRecording(folder)
-    Image.fromarray(np.zeros((120, 160, 3), np.uint8)).save(folder / 'z.png')
+    # Unusable files (colour, another size, not an image) are skipped, counted and named.
+    Image.fromarray(np.zeros((120, 160, 3), np.uint8)).save(folder / 'z0.png')
+    Image.fromarray(np.zeros((60, 80), np.uint16)).save(folder / 'z1.png')
+    (folder / 'z2.png').write_bytes(b'not a png')
     recording = FolderRecording(folder, intrinsics=INTRINSICS)
-    with pytest.raises(ValueError, match='16-bit'):
-        list(recording)
+    with caplog.at_level(logging.WARNING):
+        assert [int(f.depth[0, 0]) for f in recording] == list(range(600, 612))
+    assert recording.rejected == 3
+    assert 'z0.png' in caplog.text and '16-bit' in caplog.text
+    # Intrinsics are checked as written, with the file named.
+    (folder / 'intrinsics.json').write_text(
+        '{"fx": 130, "fy": null, "cx": 80, "cy": 60, "width": 160.5, "height": 120}')
+    with pytest.raises(ValueError, match='intrinsics.json: camera intrinsics: fy'):
+        FolderRecording(folder)
+
+
+def test_a_folder_recording_refuses_stamps_that_do_not_increase(tmp_path):
+    frames = [DepthFrame(stamp, np.full((120, 160), 600, np.uint16), INTRINSICS)
+              for stamp in (10, 20, 20)]
+    with pytest.raises(ValueError, match='stamps must increase'):
+        write_folder_recording(tmp_path / 'rec', frames)
+    with pytest.raises(ValueError, match='stamps must increase'):
+        write_folder_recording(tmp_path / 'neg', [DepthFrame(-5, frames[0].depth, INTRINSICS)])
+
+
+def test_folder_names_are_nanoseconds_only_with_18_digits_or_more(tmp_path):
+    frames = [DepthFrame(stamp, np.full((120, 160), 600, np.uint16), INTRINSICS)
+              for stamp in (1_700_000_000_000_000_000, 1_700_000_000_050_000_000)]
+    write_folder_recording(tmp_path / 'ns', frames)
+    assert FolderRecording(tmp_path / 'ns').stamps_ns == [f.stamp_ns for f in frames]
+    # Epoch microseconds (16 digits) are not nanoseconds: stamped by the frame rate.
+    for path, micros in zip(sorted((tmp_path / 'ns').glob('*.png')),
+                            (1_700_000_000_000_000, 1_700_000_000_050_000)):
+        path.rename(path.with_name(f'{micros}.png'))
+    assert FolderRecording(tmp_path / 'ns', fps=20.0).stamps_ns == [0, 50_000_000]

@@ -1,11 +1,13 @@
 """rosbag2 depth recordings: write and read back (MCAP and sqlite3, 16UC1 and 32FC1), pairing."""
 
+import logging
+
 import numpy as np
 import pytest
 
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.recordings import DepthFrame
-from hand_pose_ros.ros.bags import BagRecording, DepthBagWriter, write_depth_bag
+from hand_pose_ros.ros.bags import BAG_VERSION, BagRecording, DepthBagWriter, write_depth_bag
 
 CAMERA_A = CameraIntrinsics(100.0, 101.0, 40.0, 30.0, 80, 60)
 CAMERA_B = CameraIntrinsics(90.0, 90.0, 39.5, 29.5, 80, 60)
@@ -126,7 +128,7 @@ def test_unusable_frames_are_skipped_and_counted(tmp_path):
     assert recording.rejected == 3 and recording.unpaired == 0
 
 
-def test_topic_choice_and_bad_paths_raise_clear_errors(tmp_path):
+def test_topic_choice_and_bad_paths_raise_clear_errors(tmp_path, caplog):
     with DepthBagWriter(tmp_path / 'two', depth_topic='/left/image',
                         info_topic='/left/camera_info') as writer:
         writer.writer.add_connection('/right/image', 'sensor_msgs/msg/Image',
@@ -141,6 +143,23 @@ def test_topic_choice_and_bad_paths_raise_clear_errors(tmp_path):
         BagRecording(tmp_path / 'two', depth_topic='/missing')
     with pytest.raises(ValueError, match='metadata.yaml'):
         BagRecording(tmp_path)
+    # The only camera_info topic, of another camera than the depth topic's: used, with a
+    # warning naming both.
+    with DepthBagWriter(tmp_path / 'other', depth_topic='/cam/depth/image_raw',
+                        info_topic='/cam/color/camera_info') as writer:
+        writer.write(frames(1)[0])
+    with caplog.at_level(logging.WARNING):
+        assert BagRecording(tmp_path / 'other').info_topic == '/cam/color/camera_info'
+    assert '/cam/depth/camera_info' in caplog.text
+    # No camera_info topic at all: said so, rather than 'cannot choose among []'.
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    with Writer(tmp_path / 'images', version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP) \
+            as bare:
+        bare.add_connection('/cam/depth/image_raw', 'sensor_msgs/msg/Image',
+                            typestore=writer.typestore)
+    with pytest.raises(ValueError, match='bag has no sensor_msgs/msg/CameraInfo topic'):
+        BagRecording(tmp_path / 'images')
     with pytest.raises(ValueError, match='storage'):
         DepthBagWriter(tmp_path / 'x', storage='rosbag1')
     with pytest.raises(ValueError, match='encoding'):

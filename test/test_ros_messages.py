@@ -8,7 +8,7 @@ import pytest
 import rclpy
 from rclpy.serialization import deserialize_message
 from rosbags.typesys import get_typestore, Stores
-from sensor_msgs.msg import JointState, PointCloud2
+from sensor_msgs.msg import JointState, PointCloud2, PointField
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
@@ -18,7 +18,7 @@ from hand_pose_ros.core.synth import generate_motion
 from hand_pose_ros.ros import cdr
 from hand_pose_ros.ros.messages import (encoding_matches_rclpy, frame_outputs, hand_geometry,
                                         hands_from_cloud, joint_state, keypoint_cloud,
-                                        OUTPUT_TYPES)
+                                        OUTPUT_TYPES, points_from_cloud)
 from hand_pose_ros.ros.node_utils import OUTPUT_QOS, publish_encoded
 
 
@@ -280,3 +280,20 @@ def test_a_hand_without_a_palm_frame_has_no_palm_pose_nor_palm_transform():
     assert not messages['joint_states'].name and not messages['joint_states'].position
     assert outputs['tf'] is None
     assert len(messages['joints'].poses) == 21
+
+
+def test_padded_cloud_rows_are_read_and_a_short_buffer_is_refused():
+    fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+              for i, n in enumerate('xyz')]
+    rows = np.zeros((2, 8), np.float32)          # 2 points of 12 bytes + 8 bytes padding
+    rows[:, :6] = np.arange(12, dtype=np.float32).reshape(2, 6)
+    cloud = PointCloud2(height=2, width=2, fields=fields, point_step=12, row_step=32,
+                        data=rows.tobytes())
+    points = points_from_cloud(cloud)
+    np.testing.assert_array_equal(points['x'], [0, 3, 6, 9])
+    cloud.data = rows.tobytes()[:56]               # the last row's padding missing
+    with pytest.raises(ValueError, match='fewer than row_step x height'):
+        points_from_cloud(cloud)
+    cloud.data, cloud.row_step = rows.tobytes(), 20
+    with pytest.raises(ValueError, match='row_step 20 is shorter'):
+        points_from_cloud(cloud)

@@ -91,10 +91,10 @@ def hand_region(depth_m, intrinsics, center, keypoints=None):
     if not (math.isfinite(x) and math.isfinite(y) and z > 0.05):
         return None
     u, v, _ = uvd_from_xyz((x, y, z), intrinsics)
-    radius = HAND_HALF_CUBE_M * intrinsics.fx / z
+    radius_u, radius_v = (HAND_HALF_CUBE_M * f / z for f in (intrinsics.fx, intrinsics.fy))
     height, width = depth_m.shape
-    u0, u1 = max(int(u - radius), 0), min(int(math.ceil(u + radius)) + 1, width)
-    v0, v1 = max(int(v - radius), 0), min(int(math.ceil(v + radius)) + 1, height)
+    u0, u1 = max(int(u - radius_u), 0), min(int(math.ceil(u + radius_u)) + 1, width)
+    v0, v1 = max(int(v - radius_v), 0), min(int(math.ceil(v + radius_v)) + 1, height)
     if u1 - u0 < 3 or v1 - v0 < 3:
         return None
     window = np.nan_to_num(np.asarray(depth_m[v0:v1, u0:u1], dtype=np.float64), nan=0.0)

@@ -14,12 +14,13 @@ Folder layout::
       000000.png ...         # 16-bit PNG, millimetres, 0 = invalid; sorted by name,
                              # numbers in names by value (frame_2 before frame_10)
 
-Stamps: when every file stem is an integer of at least 16 digits it is read as nanoseconds
+Stamps: when every file stem is an integer of at least 18 digits it is read as nanoseconds
 (the name ``rosbag``-to-PNG exporters write); otherwise frame ``i`` is stamped ``i / fps``.
 """
 
 from dataclasses import dataclass
 import json
+import logging
 from pathlib import Path
 import re
 
@@ -27,8 +28,10 @@ import numpy as np
 
 from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres, depth_to_millimetres
 
+LOGGER = logging.getLogger(__name__)
 INTRINSICS_FILES = ('intrinsics.yaml', 'intrinsics.yml', 'intrinsics.json')
-_NANOSECOND_STEM_DIGITS = 16
+# Epoch nanoseconds have 19 digits (zero-padded stamps too); epoch microseconds have 16.
+_NANOSECOND_STEM_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def intrinsics_from_dict(values, source='intrinsics'):
     if 'camera_matrix' in values:
         try:
             k = np.asarray(values['camera_matrix']['data'], dtype=np.float64).ravel()
-            size = int(values['image_width']), int(values['image_height'])
+            size = values['image_width'], values['image_height']
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f'{source}: bad camera_info YAML ({error!r})') from None
         if k.shape != (9,):
@@ -76,8 +79,12 @@ def intrinsics_from_dict(values, source='intrinsics'):
     missing = [key for key in ('fx', 'fy', 'cx', 'cy', 'width', 'height') if key not in values]
     if missing:
         raise ValueError(f'{source}: missing intrinsics fields {missing}')
-    return CameraIntrinsics(float(values['fx']), float(values['fy']), float(values['cx']),
-                            float(values['cy']), int(values['width']), int(values['height']))
+    # As written: CameraIntrinsics refuses a width of 4.7 or an fx of null with its reason.
+    try:
+        return CameraIntrinsics(*(values[key] for key in ('fx', 'fy', 'cx', 'cy', 'width',
+                                                          'height')))
+    except ValueError as error:
+        raise ValueError(f'{source}: {error}') from None
 
 
 def read_intrinsics_file(path):
@@ -135,6 +142,10 @@ class FolderRecording:
     :param intrinsics: :class:`CameraIntrinsics` overriding (or replacing) the file.
     :param fps: frame rate used for stamps when the file names are not nanosecond stamps.
     :raises ValueError: no PNG, no intrinsics, or a non-positive fps.
+
+    A file that is not a 16-bit depth image of the camera's size is skipped with a warning
+    (naming the first) and counted in ``rejected`` for the last pass, as the bag reader skips
+    an unusable message.
     """
 
     def __init__(self, path, intrinsics=None, fps=30.0):
@@ -161,14 +172,23 @@ class FolderRecording:
         else:
             self.stamps_ns = [int(round(i * 1e9 / fps)) for i in range(len(stems))]
         self.description = f'folder {self.path} ({len(self.files)} frames)'
+        self.rejected = 0
 
     def __len__(self):
         return len(self.files)
 
     def __iter__(self):
+        self.rejected = 0
         for stamp_ns, path in zip(self.stamps_ns, self.files):
-            depth = read_depth_png(path)
-            self.intrinsics.check_image(depth)
+            try:
+                depth = read_depth_png(path)
+                self.intrinsics.check_image(depth)
+            except (ValueError, OSError) as error:   # OSError: not an image PIL can read
+                self.rejected += 1
+                if self.rejected == 1:
+                    LOGGER.warning('%s: unusable depth images are skipped (the first, %s: %s)',
+                                   self.path, path.name, error)
+                continue
             yield DepthFrame(stamp_ns, depth, self.intrinsics)
 
 
@@ -176,20 +196,26 @@ def write_folder_recording(path, frames):
     """
     Write frames as a folder recording (nanosecond-stamped PNG names + intrinsics.yaml).
 
-    All frames must share one camera. Returns the number of frames written.
+    All frames must share one camera, and their stamps must increase (each file is named by
+    its stamp). Returns the number of frames written.
     """
     import yaml
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    intrinsics = None
+    intrinsics = last_stamp = None
     count = 0
     for frame in frames:
         if intrinsics is None:
             intrinsics = frame.intrinsics
         elif frame.intrinsics != intrinsics:
             raise ValueError('a folder recording holds one camera; frame intrinsics differ')
-        write_depth_png(path / f'{int(frame.stamp_ns):019d}.png', frame.depth)
+        stamp = int(frame.stamp_ns)
+        if stamp < 0 or (last_stamp is not None and stamp <= last_stamp):
+            raise ValueError(f'a folder recording names each file by its stamp, so stamps must '
+                             f'increase from 0: {stamp} ns after {last_stamp} ns')
+        write_depth_png(path / f'{stamp:019d}.png', frame.depth)
+        last_stamp = stamp
         count += 1
     if intrinsics is not None:
         values = {'fx': intrinsics.fx, 'fy': intrinsics.fy, 'cx': intrinsics.cx,

@@ -48,6 +48,8 @@ def _stamp_ns(header):
 def _pick_topic(topics, kind, wanted, hint):
     """Return the topic of type ``kind``: ``wanted`` if given, else the only (or hinted) one."""
     candidates = sorted(name for name, msgtype in topics.items() if msgtype == kind)
+    if not candidates:
+        raise ValueError(f'bag has no {kind} topic; its topics: {sorted(topics)}')
     if wanted is not None:
         if topics.get(wanted) != kind:
             raise ValueError(f'bag has no {kind} topic {wanted!r}; {kind} topics: {candidates}')
@@ -90,6 +92,11 @@ class BagRecording:
             sibling = self.depth_topic.rsplit('/', 1)[0] + '/camera_info'
             self.info_topic = _pick_topic(topics, INFO_TYPE, info_topic,
                                           lambda name: name == sibling)
+            if info_topic is None and self.info_topic != sibling:
+                LOGGER.warning('%s: the depth images are paired with %s, the only camera_info '
+                               'topic (not %s beside them); name the camera_info topic if it '
+                               'belongs to another camera', self.path, self.info_topic,
+                               sibling)
             self.num_frames = int(reader.topics[self.depth_topic].msgcount)
         self.max_stamp_diff_ns = int(max_stamp_diff_ns)
         self.lookahead = int(lookahead)

@@ -136,10 +136,13 @@ def points_from_cloud(msg):
         offsets.append(field.offset)
     dtype = np.dtype({'names': names, 'formats': formats, 'offsets': offsets,
                       'itemsize': msg.point_step})
-    count = msg.width * msg.height
     data = memoryview(msg.data).cast('B') if not isinstance(msg.data, bytes) else msg.data
-    if len(data) < count * msg.point_step or msg.row_step < msg.width * msg.point_step:
-        raise ValueError('PointCloud2 data is shorter than width x height x point_step')
+    if msg.row_step < msg.width * msg.point_step:
+        raise ValueError(f'PointCloud2 row_step {msg.row_step} is shorter than width x '
+                         f'point_step ({msg.width * msg.point_step})')
+    if len(data) < msg.row_step * msg.height:
+        raise ValueError(f'PointCloud2 data holds {len(data)} bytes, fewer than row_step x '
+                         f'height ({msg.row_step * msg.height})')
     rows = np.frombuffer(data, dtype=np.uint8)[:msg.row_step * msg.height]
     rows = rows.reshape(msg.height, msg.row_step)[:, :msg.width * msg.point_step]
     return np.ascontiguousarray(rows).view(dtype).reshape(-1)

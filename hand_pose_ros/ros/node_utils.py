@@ -210,20 +210,21 @@ def run(node_class, args=None):
     """
     rclpy.init(args=args)
     node = None
-    code = 0
     try:
-        node = node_class()
+        try:
+            node = node_class()
+        except STARTUP_ERRORS as error:
+            print(f'{node_class.__name__}: error: {error}', file=sys.stderr)
+            return 1
+        # An error while it runs is a bug, not a configuration: its traceback is printed.
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except STARTUP_ERRORS as error:
-        print(f'{node_class.__name__}: error: {error}', file=sys.stderr)
-        code = 1
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return 0
 
 
 class NodeSpinner:

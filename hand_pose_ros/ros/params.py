@@ -157,7 +157,8 @@ OUTPUT_PARAMS = (
     ParamSpec('output.publish_tf', True, 'Publish a TF frame per hand and joint on /tf.', None,
               None, True),
     ParamSpec('output.marker_lifetime_s', 0.5,
-              'Lifetime of markers, so they vanish if the node stops (s).', (0.0, 60.0), None,
+              'Lifetime of markers, so they vanish if the node stops (s); 0 keeps them until '
+              'the node deletes them (a lost hand), also after it stops.', (0.0, 60.0), None,
               True),
 )
 
