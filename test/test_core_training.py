@@ -467,11 +467,17 @@ def test_crop_pool_keeps_the_newest_crops_and_prunes_files(tmp_path):
 
 def test_an_interrupt_while_files_are_written_waits_for_them():
     import signal
+    import threading
+
+    def ctrl_c():
+        # To this thread: handled before pthread_kill returns (a signal to the process may
+        # be taken by another thread, and reach Python only after the block has ended).
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
     steps = []
     with pytest.raises(KeyboardInterrupt):
         with training.deferred_interrupts():
-            os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C in the middle of a checkpoint
+            ctrl_c()                              # Ctrl-C in the middle of a checkpoint
             steps.append('written')
     assert steps == ['written']
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -480,5 +486,5 @@ def test_an_interrupt_while_files_are_written_waits_for_them():
     # An error of the block itself is not replaced by a held interrupt.
     with pytest.raises(OSError, match='disk full'):
         with training.deferred_interrupts():
-            os.kill(os.getpid(), signal.SIGINT)
+            ctrl_c()
             raise OSError('disk full')
