@@ -18,6 +18,7 @@ def test_projection_round_trip_vectorised():
 @pytest.mark.parametrize('kwargs, message', [
     ({'fx': 0.0}, 'focal lengths must be positive'),
     ({'fy': -5.0}, 'focal lengths must be positive'),
+    ({'fx': 1e100}, 'at most 10,000 image sizes'),   # overflowed the localiser's grids
     ({'cx': float('nan')}, 'cx must be a finite number'),
     ({'width': 0}, 'width must be a positive integer'),
     ({'height': 10.5}, 'height must be a positive integer'),
@@ -55,6 +56,9 @@ def test_depth_unit_conversions():
     out = depth_to_metres(floats)
     assert np.isnan(out[0]).all() and np.isnan(out[1, 0]) and out[1, 1] == 0.5
     assert not np.isnan(floats[1, 1]) and floats[1, 0] == -1.0  # input untouched
+    # Big-endian images (some 16-bit PNG/PGM readers) are read as the same values.
+    np.testing.assert_array_equal(depth_to_metres(mm.astype('>u2')), m)
+    np.testing.assert_array_equal(depth_to_metres(floats.astype('>f4')), out)
     with pytest.raises(ValueError, match='dtype'):
         depth_to_metres(np.zeros((2, 2), dtype=np.int32))
     with pytest.raises(ValueError, match='2-D'):

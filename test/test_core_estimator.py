@@ -172,11 +172,14 @@ def test_bad_images_raise(depth, message):
     ([[5.0, 0.0, 0.5]], 'outside'),
     ([[np.nan, 0.0, 0.5]], 'finite'),
     ([[0.0, 0.5]], 'shape'),
+    ({'x': 1.0}, 'numbers in metres'),
+    ([[0.0, 0.0, 0.5 + 1j]], 'complex'),
 ])
 def test_bad_centres_raise(centers, message):
     est = estimator(OracleBackend(np.zeros((2, 21, 3))))
     with pytest.raises(ValueError, match=message):
-        est.estimate(hand_scene(), INTRINSICS, centers=np.array(centers))
+        est.estimate(hand_scene(), INTRINSICS,
+                     centers=centers if isinstance(centers, dict) else np.array(centers))
 
 
 def test_bad_intrinsics_and_backend_outputs():
@@ -382,10 +385,38 @@ def test_hand_score_section_of_a_model_card(tiny_model_card, tmp_path):
     model_io.write_card(card_path, card)
     with pytest.raises(ModelFileError, match='hand_score'):
         load_estimator(str(card_path), backend='onnxruntime')
+    # A NaN score would drop every hand without a word.
+    card['hand_score']['bias'] = float('nan')
+    model_io.write_card(card_path, card)
+    with pytest.raises(ModelFileError, match='must be finite'):
+        load_estimator(str(card_path), backend='onnxruntime')
     card['hand_score']['bias'] = -2.0
     model_io.write_card(card_path, card)
     est = load_estimator(str(card_path), backend='onnxruntime', min_hand_score=0.4)
     assert est.hand_score == HandScore(-2.0, 1.0, 1.0) and est.min_hand_score == 0.4
+
+
+def test_a_damaged_card_section_is_named_not_a_crash(tiny_model_card, tmp_path):
+    import shutil
+
+    from hand_pose_ros.core import model_io
+
+    folder = shutil.copytree(tiny_model_card.parent, tmp_path / 'model')
+    card_path = folder / tiny_model_card.name
+    card = model_io.read_card(card_path)
+    size = card['crop']['input_size']
+    changes = [
+        ({'inference': None}, '"inference" must be a mapping'),
+        ({'localizer': [1, 2]}, '"localizer" must be a mapping'),
+        ({'localizer': {'min_depth': 'abc'}}, 'bad "localizer" section'),
+        ({'finder': 5}, '"finder" must be a mapping'),
+        ({'crop': {**card['crop'], 'input_size': size * 2}},
+         f'crop.input_size {size * 2} differs from the network input size'),
+    ]
+    for change, message in changes:
+        model_io.write_card(card_path, {**card, **change})
+        with pytest.raises(ModelFileError, match=message):
+            load_estimator(str(card_path), backend='onnxruntime')
 
 
 def test_views_of_the_reported_hands_agree_for_an_equivariant_network():

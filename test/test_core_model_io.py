@@ -87,6 +87,29 @@ def test_malformed_card_and_wrong_network_weights(saved, tmp_path):
         model_io.load_model(card_path)
 
 
+def test_a_card_cut_short_or_edited_by_hand_is_refused(saved):
+    _, card_path = saved
+    text = card_path.read_text()
+    assert text.startswith('card_sha256: ')
+    lines = text.splitlines(keepends=True)
+    for end in range(1, len(lines)):   # every cut at a line: refused, whatever it keeps
+        card_path.write_text(''.join(lines[:end]))
+        with pytest.raises(model_io.ModelFileError):
+            model_io.read_card(card_path, verify=False)
+    card_path.write_text(text.replace('input_size: 64', 'input_size: 96'))
+    with pytest.raises(model_io.ModelFileError, match='edited by hand'):
+        model_io.read_card(card_path)
+    # Without its digest line an edited card is read as it is, unchecked.
+    card_path.write_text(''.join(line for line in text.replace('input_size: 64',
+                                                               'input_size: 96')
+                                 .splitlines(keepends=True)
+                                 if not line.startswith('card_sha256')))
+    assert model_io.read_card(card_path)['config']['input_size'] == 96
+    # Written again, a card gets the digest of what it now holds.
+    model_io.write_card(card_path, model_io.read_card(card_path))
+    assert model_io.read_card(card_path)['config']['input_size'] == 96
+
+
 def test_a_card_loads_only_files_it_lists_beside_it(saved, tmp_path):
     _, card_path = saved
     original = yaml.safe_load(card_path.read_text())

@@ -66,6 +66,12 @@ class CameraIntrinsics:
                                  f'got {value!r}')
         object.__setattr__(self, 'width', int(self.width))
         object.__setattr__(self, 'height', int(self.height))
+        # Past 10,000 image sizes a focal length is no camera either (a field of view of a
+        # few thousandths of a degree), and the pixel grids it implies overflow.
+        limit = 1e4 * max(self.width, self.height)
+        if self.fx > limit or self.fy > limit:
+            raise ValueError(f'camera intrinsics: focal lengths must be at most 10,000 image '
+                             f'sizes ({limit:g} px), got fx={self.fx}, fy={self.fy}')
 
     @classmethod
     def from_preset(cls, name):
@@ -159,8 +165,10 @@ def check_depth(depth):
         raise ValueError(f'depth image must be 2-D (H, W), got shape {depth.shape}')
     if depth.size == 0:
         raise ValueError('depth image is empty')
+    if not depth.dtype.isnative:   # big-endian 16-bit PNG/PGM readers: the same values
+        depth = depth.astype(depth.dtype.newbyteorder('='))
     if depth.dtype not in (np.uint16, np.float32, np.float64):
-        raise ValueError(f'depth image dtype must be uint16 (mm) or float32 (m), '
+        raise ValueError(f'depth image dtype must be uint16 (mm) or float32/float64 (m), '
                          f'got {depth.dtype}')
     return depth
 

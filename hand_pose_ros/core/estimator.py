@@ -18,6 +18,7 @@ Usage::
 
 from dataclasses import dataclass, fields, replace
 import logging
+import math
 from pathlib import Path
 import time
 
@@ -109,9 +110,13 @@ class HandScore:
         if section is None:
             return None
         try:
-            return cls(**{f.name: float(section[f.name]) for f in fields(cls)})
+            values = {f.name: float(section[f.name]) for f in fields(cls)}
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f'bad hand_score section {section!r} ({error!r})') from None
+        if not all(math.isfinite(v) for v in values.values()):
+            # A NaN score would reject every hand without a word.
+            raise ValueError(f'bad hand_score section {section!r}: values must be finite')
+        return cls(**values)
 
     @staticmethod
     def features(localizer_score, joint_scores):
@@ -274,7 +279,13 @@ class HandPoseEstimator:
 
     @staticmethod
     def _checked_centers(centers, intrinsics):
-        centers_xyz = np.asarray(centers, dtype=np.float64)
+        if np.iscomplexobj(centers):
+            raise ValueError('centers must be real (N, 3) metres, got complex values')
+        try:
+            centers_xyz = np.asarray(centers, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f'centers must be (N, 3) numbers in metres, got '
+                             f'{type(centers).__name__}') from None
         if centers_xyz.ndim == 1 and centers_xyz.shape == (3,):
             centers_xyz = centers_xyz[None]
         if centers_xyz.ndim != 2 or centers_xyz.shape[1] != 3:
@@ -352,8 +363,9 @@ class HandPoseEstimator:
         """
         inputs, transforms, joints, confidence = crops
         index = [i for i, _ in rows]
+        views = self.views   # read once: the views made and the views undone must agree
         start = time.perf_counter()
-        others = {name: batch_views(batch[index], self.views)[len(index):]
+        others = {name: batch_views(batch[index], views)[len(index):]
                   for name, batch in inputs.items()}
         timings['crop'] += (time.perf_counter() - start) * 1e3
 
@@ -361,11 +373,11 @@ class HandPoseEstimator:
         now = time.perf_counter()
         mean_joints, mean_confidence = merge_views(
             np.concatenate([joints[index], seen_joints]),
-            np.concatenate([confidence[index], seen_confidence]), self.views)
+            np.concatenate([confidence[index], seen_confidence]), views)
         hands = []
         for (i, hand), hand_joints, scores in zip(rows, mean_joints, mean_confidence):
             keypoints = transforms[i].xyz_from_normalized(hand_joints)
-            if np.all(np.isfinite(keypoints)):  # else keep the single view
+            if _usable(keypoints):  # else keep the single view
                 hand = replace(hand, keypoints_xyz=keypoints, scores=np.clip(scores, 0.0, 1.0))
             hands.append(hand)
         timings['decode'] += (time.perf_counter() - now) * 1e3
@@ -398,7 +410,7 @@ class HandPoseEstimator:
             if not seen[i]:
                 continue
             keypoints = transform.xyz_from_normalized(joints[i])
-            if not np.all(np.isfinite(keypoints)) or keypoints[:, 2].min() <= 0.0:
+            if not _usable(keypoints):
                 LOGGER.warning('%s: hand %d dropped: joints not finite or not in front of '
                                'the camera', self.name, i)
                 continue
@@ -528,6 +540,11 @@ class HandTracker:
         return hands
 
 
+def _usable(keypoints_xyz):
+    """Return whether decoded joints are finite and in front of the camera."""
+    return bool(np.all(np.isfinite(keypoints_xyz)) and keypoints_xyz[:, 2].min() > 0.0)
+
+
 def _coarse_depth_m(depth):
     """Return every SCENE_GRID_STRIDE-th pixel of a depth image in metres (NaN invalid)."""
     return depth_to_metres(check_depth(depth)[::SCENE_GRID_STRIDE, ::SCENE_GRID_STRIDE])
@@ -637,6 +654,10 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=N
 
     card_path = resolve_card(model)
     card = read_card(card_path, verify=True)
+    for name in ('inputs', 'localizer', 'inference', 'hand_score', 'finder'):
+        if not isinstance(card.get(name, {}), dict):
+            raise ModelFileError(f'model card {card_path}: "{name}" must be a mapping, got '
+                                 f'{card[name]!r}')
     if 'crop' not in card:
         raise ModelFileError(f'model card {card_path}: no "crop" section (crop spec the '
                              f'network was trained with)')
@@ -648,8 +669,13 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=N
     if not input_names or not set(input_names) <= set(INPUT_NAMES):
         raise ModelFileError(f'model card {card_path}: the estimator makes the network inputs '
                              f'{list(INPUT_NAMES)}, this network takes {list(input_names)}')
+    _check_input_size(card_path, card, spec.input_size)
     if localizer_config is None:
-        localizer_config = LocalizerConfig(**card.get('localizer', {}))
+        try:
+            localizer_config = LocalizerConfig(**card.get('localizer', {}))
+        except (TypeError, ValueError) as error:
+            raise ModelFileError(f'model card {card_path}: bad "localizer" section '
+                                 f'({error})') from None
     localizer = card_localizer(card_path, card, localizer_config, use_finder,
                                backend_options.get('threads'))
     try:
@@ -681,6 +707,21 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=N
                              input_names=input_names)
 
 
+def _check_input_size(card_path, card, size):
+    """Refuse a card whose crop size is not the size its network takes (a damaged card)."""
+    from hand_pose_ros.core.model_io import ModelFileError
+
+    sizes = {'config.input_size': (card.get('config') or {}).get('input_size')}
+    for name, section in (card.get('inputs') or {}).items():
+        shape = section.get('shape') if isinstance(section, dict) else None
+        sizes[f'inputs.{name}.shape'] = tuple(shape[-2:]) if isinstance(shape, list) else None
+    wrong = {key: value for key, value in sizes.items()
+             if value is not None and value not in (size, (size, size))}
+    if wrong:
+        raise ModelFileError(f'model card {card_path}: crop.input_size {size} differs from '
+                             f'the network input size ({wrong})')
+
+
 def card_localizer(card_path, card, config, use_finder=True, threads=None):
     """
     Return the localiser a model card asks for: geometric, or fused with its finder.
@@ -699,7 +740,10 @@ def card_localizer(card_path, card, config, use_finder=True, threads=None):
     from hand_pose_ros.core.hand_finder import FUSION_FEATURES, FusedLocalizer, \
         LearnedHandFinder
 
-    weights = np.asarray(section.get('fusion_weights', ()), dtype=np.float64)
+    try:
+        weights = np.asarray(section.get('fusion_weights', ()), dtype=np.float64)
+    except (TypeError, ValueError):
+        weights = np.full(0, np.nan)
     if weights.shape != (len(FUSION_FEATURES),) or not np.all(np.isfinite(weights)):
         raise ModelFileError(
             f'model card {card_path}: finder fusion_weights must be {len(FUSION_FEATURES)} '

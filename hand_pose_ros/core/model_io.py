@@ -8,13 +8,16 @@ A model directory holds, for a model called ``name``:
   joint grouping of grouped models, free-form training information (data, seed, crop cube,
   metrics) and, under ``files``, the size and sha256 of every model file (weights, ONNX
   exports). :func:`verify_card_files` checks them all and :func:`load_model` refuses a file
-  that is missing, truncated or altered, naming the file and the reason.
+  that is missing, truncated or altered, naming the file and the reason. The card's own
+  fields are covered by ``card_sha256``, its first line: :func:`read_card` refuses a card
+  cut short or changed since it was written (a card without the line is read unchecked).
 
 The module imports torch and safetensors only inside the functions that need them.
 """
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -30,7 +33,9 @@ CARD_SUFFIX = '.yaml'
 OUTPUT_NAMES = ('joints', 'confidence')
 # Card fields written by this module; ``extra`` fields may not reuse them.
 RESERVED_FIELDS = ('format_version', 'name', 'network', 'config', 'inputs', 'outputs',
-                   'weights', 'files', 'grouping', 'onnx', 'onnx_int8', 'quantization')
+                   'weights', 'files', 'grouping', 'onnx', 'onnx_int8', 'quantization',
+                   'card_sha256')
+CARD_DIGEST_KEY = 'card_sha256'
 
 
 class ModelFileError(ValueError):
@@ -122,9 +127,17 @@ def plain_data(value):
     return value
 
 
+def card_digest(card):
+    """Return the sha256 of a card's fields but its digest (canonical JSON of plain data)."""
+    body = {key: value for key, value in plain_data(card).items() if key != CARD_DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
 def write_card(card_path, card):
-    """Write a card dict as YAML atomically (temporary file + rename)."""
-    text = yaml.safe_dump(plain_data(card), sort_keys=False)
+    """Write a card dict as YAML atomically (temporary file + rename), its digest first."""
+    body = {key: value for key, value in plain_data(card).items() if key != CARD_DIGEST_KEY}
+    text = yaml.safe_dump({CARD_DIGEST_KEY: card_digest(body), **body}, sort_keys=False)
     write_atomic(Path(card_path), text.encode('utf-8'))
 
 
@@ -199,6 +212,13 @@ def read_card(card_path, verify=True):
             for name, record in files.items()):
         raise ModelFileError(f'model card {card_path}: files must map names of files beside '
                              'the card to their bytes and sha256')
+    digest = card.get(CARD_DIGEST_KEY)
+    if digest is not None and digest != card_digest(card):
+        raise ModelFileError(
+            f'model card {card_path}: its fields do not match its {CARD_DIGEST_KEY} (the card '
+            f'is damaged, e.g. cut short, or was edited by hand: set such changes with '
+            f'load_estimator arguments or node parameters, or delete the {CARD_DIGEST_KEY} '
+            f'line to use the edited card)')
     # The name becomes the names of the files an export writes beside the card.
     if 'name' in card and not (isinstance(card['name'], str) and _plain_file_name(card['name'])
                                and not card['name'].startswith('.')):
