@@ -465,7 +465,7 @@ def test_crop_pool_keeps_the_newest_crops_and_prunes_files(tmp_path):
     assert pool.refresh() == 0
 
 
-def test_an_interrupt_while_files_are_written_waits_for_them():
+def test_an_interrupt_while_files_are_written_waits_for_them(request):
     import signal
     import threading
 
@@ -474,6 +474,10 @@ def test_an_interrupt_while_files_are_written_waits_for_them():
         # be taken by another thread, and reach Python only after the block has ended).
         signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
+    # A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and
+    # then there is no Ctrl-C to hold: give this process Python's own handler meanwhile.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     steps = []
     with pytest.raises(KeyboardInterrupt):
         with training.deferred_interrupts():
