@@ -73,6 +73,8 @@ def test_an_rgb_network_is_evaluated_on_rendered_colour(tmp_path, capsys):
                      '--center', center, '--frames', '2', '--json', str(out)]) == 0
         result = json.loads(out.read_text())
         assert result['frames'] == 2 and result['center_mode'] == center
+        # Given (oracle) centres are used as they are; found hands get the card's passes.
+        assert result['refine_passes'] == (1 if center == 'detect' else 0)
     assert 0.0 < result['mean_mm'] < 250.0 or result['detection_rate'] == 0.0
     assert main(['--dataset', 'icvl', '--root', str(tmp_path), '--model', str(card),
                  '--backend', 'torch']) != 0

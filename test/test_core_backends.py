@@ -139,6 +139,9 @@ def test_backend_selection_and_auto_fallback(cards, tmp_path):
     assert set(BACKENDS) == {'onnxruntime', 'torch', 'tensorrt'}
     with pytest.raises(ValueError, match='unknown backend'):
         create_backend('openvino', card)
+    # An option of another backend is dropped; one of none (a misspelling) is refused.
+    with pytest.raises(ValueError, match=r"unknown backend option\(s\) \['precison'\]"):
+        create_backend('onnxruntime', card, precison='fp32')
     trt_ok, _ = tensorrt_available()
     expected = 'tensorrt' if trt_ok else 'onnxruntime'
     assert resolve_backend_name('auto') == expected

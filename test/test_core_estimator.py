@@ -470,6 +470,10 @@ def test_tracker_follows_a_hand_and_searches_every_interval_or_when_it_is_lost()
                             hand_score=HandScore(bias=-8.0, localizer_weight=0.5,
                                                  joint_weight=15.0))
     tracker = HandTracker(est, redetect_interval=3)
+    for bad in (0, 2.5, None, '3', True):
+        with pytest.raises(ValueError, match='redetect_interval must be an integer'):
+            HandTracker(est, redetect_interval=bad)
+    assert HandTracker(est, redetect_interval=np.int64(2)).redetect_interval == 2
     depth = hand_scene()
     searched = []
     for _ in range(7):

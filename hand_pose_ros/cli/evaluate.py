@@ -168,7 +168,8 @@ def run(args):
                                refine_passes=args.refine_passes, precision=args.precision)
     views, color = estimator.views, 'color' in estimator.input_names
     precision = running_precision(estimator, args)
-    refine_passes = estimator.refine_passes
+    # Given centres (oracle) are used as they are: only found hands are re-centred.
+    refine_passes = estimator.refine_passes if args.center == 'detect' else 0
     if args.redetect_interval != 1:
         estimator = HandTracker(estimator, args.redetect_interval)
     filter_params = dict(parse_assignment(item, '--filter-param') for item in args.filter_param)

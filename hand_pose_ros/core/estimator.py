@@ -19,6 +19,7 @@ Usage::
 from dataclasses import dataclass, fields, replace
 import logging
 import math
+import numbers
 from pathlib import Path
 import time
 
@@ -486,7 +487,8 @@ class HandTracker:
 
     @redetect_interval.setter
     def redetect_interval(self, frames):
-        if int(frames) != frames or frames < 1:
+        if not isinstance(frames, numbers.Real) or isinstance(frames, bool) \
+                or int(frames) != frames or frames < 1:
             raise ValueError(f'redetect_interval must be an integer >= 1, got {frames!r}')
         self._redetect_interval = int(frames)
 

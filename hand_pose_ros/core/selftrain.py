@@ -804,7 +804,10 @@ class SelfTrainer:
         if path.is_file():
             with np.load(path) as stored:
                 return {key: stored[key] for key in _ESTIMATE_KEYS}
-        self._say(f'round {index}: estimating {len(self.recording)} frames with {card.name}')
+        frames = len(self.recording)
+        if self.config.max_frames:
+            frames = min(frames, self.config.max_frames)
+        self._say(f'round {index}: estimating {frames} frames with {card.name}')
         estimates = estimate_recording(self.factory(card), self.recording, self.config,
                                        self.stream)
         with atomic_file(path) as stream:

@@ -57,11 +57,18 @@ def create_backend(name, model_path, **options):
     :param model_path: model card (``.yaml``) or ONNX file (ONNX based backends).
     :param options: keyword options of the backend class (threads, device, precision,
         cache_dir, force_rebuild, ...). Options the chosen class does not take are dropped
-        (logged once), so one option set (e.g. a node's parameters) serves every backend.
+        (logged once), so one option set (e.g. a node's parameters) serves every backend;
+        an option no backend takes (a misspelling) raises ValueError.
     :return: a callable backend.
     """
     concrete = resolve_backend_name(name)
     cls = BACKENDS[concrete]
+    known = set().union(*(inspect.signature(other.__init__).parameters
+                          for other in BACKENDS.values())) - {'self', 'model_path'}
+    unknown = sorted(set(options) - known)
+    if unknown:   # a misspelt option (precison=) would otherwise be dropped unseen
+        raise ValueError(f'unknown backend option(s) {unknown}; the backends take '
+                         f'{sorted(known)}')
     accepted = set(inspect.signature(cls.__init__).parameters)
     dropped = sorted(set(options) - accepted)
     if dropped:
