@@ -148,8 +148,11 @@ def test_fit_hand_score_writes_the_model_card(tmp_path, capsys):
     assert section['precision'] == ('int8' if 'onnx_int8' in card else 'fp32')
     score = HandScore.from_card(fitted)
     assert score.joint_weight > 0   # confident joints make a hand more likely
-    assert {k: v for k, v in fitted.items() if k not in ('hand_score', 'finder')} == \
-        {k: v for k, v in card.items() if k != 'finder'}
+    # Nothing else changes (the card's own digest is of what it now holds).
+    assert {k: v for k, v in fitted.items() if k not in ('hand_score', 'finder',
+                                                         'card_sha256')} == \
+        {k: v for k, v in card.items() if k not in ('finder', 'card_sha256')}
+    assert fitted['card_sha256'] == model_io.card_digest(fitted)
     if 'finder' in card:            # the localiser fusion is fitted first
         assert fitted['finder']['fusion_fitted_on']['seed'] == 3000
         assert fitted['finder']['fusion_fitted_on']['false_hands'] > 0
