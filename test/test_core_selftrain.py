@@ -496,6 +496,32 @@ def test_resumed_run_matches_an_uninterrupted_one(world, tmp_path):
     assert state['stopped'] == '3 iterations done'
 
 
+def test_a_run_stopped_by_its_gain_rule_goes_on_when_resumed_with_a_lower_one(world, tmp_path):
+    recording, truth, card = world
+
+    def factory(path):
+        return ReplayEstimator(recording, truth)
+
+    strict = small_config(iterations=3, min_improvement=1.0)   # no round gains 100 points
+    SelfTrainer(recording, card, tmp_path / 'run', strict, estimator_factory=factory).run()
+    state = json.loads((tmp_path / 'run' / 'state.json').read_text())
+    assert len(state['rounds']) == 2
+    assert state['stopped'].startswith('pass rate stopped improving in round 1')
+    # The same rule (more iterations alone) leaves it stopped; a lower one lets it go on.
+    again = SelfTrainer(recording, card, tmp_path / 'run', replace(strict, iterations=4),
+                        estimator_factory=factory, resume=True)
+    assert again.state['stopped'].startswith('pass rate stopped improving')
+    longer = SelfTrainer(recording, card, tmp_path / 'run', replace(strict, iterations=3,
+                                                                    min_improvement=-1.0),
+                         estimator_factory=factory, resume=True)
+    assert longer.state['stopped'] is None
+    longer.run()
+    state = json.loads((tmp_path / 'run' / 'state.json').read_text())
+    assert [r['round'] for r in state['rounds']] == [0, 1, 2, 3]
+    assert state['stopped'] == '3 iterations done'
+    assert state['config']['min_improvement'] == -1.0
+
+
 def test_a_run_resumes_only_with_the_model_it_started_from(world, tmp_path):
     # An update can put another model at the same path (the installed 'default').
     from hand_pose_ros.core.models import build_model

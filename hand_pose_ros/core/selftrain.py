@@ -86,9 +86,11 @@ MIN_HOLDOUT_BLOCK_FRAMES = 10
 # run's stored settings are completed with them): one held-out block, at the end; every
 # joint of a kept pose a label.
 _SETTINGS_OF_OLDER_RUNS = {'holdout_blocks': 1, 'joint_score_quantile': 0.0}
-# Settings a resumed run may change besides its iterations (every other one must match):
+# Settings a resumed run may change besides when it stops (every other one must match):
 # where and how fast it computes, not what.
 _EXECUTION_SETTINGS = ('device', 'num_threads')
+# When the loop stops: a resumed run may go on past a stop (the rounds done stay).
+_STOPPING_SETTINGS = ('iterations', 'min_improvement')
 
 
 @dataclass
@@ -743,7 +745,7 @@ class SelfTrainer:
             self.state['config'] = {**_SETTINGS_OF_OLDER_RUNS, **self.state['config']}
             # Runs made before the start model's checksums were recorded.
             self.state.setdefault('start_model_files', identity['start_model_files'])
-            self._extend_iterations(identity['config']['iterations'])
+            self._change_stopping(identity['config'])
             self.state['config'].update(
                 {key: identity['config'][key] for key in _EXECUTION_SETTINGS})
             for key, value in identity.items():
@@ -765,19 +767,27 @@ class SelfTrainer:
 
     # ----- helpers
 
-    def _extend_iterations(self, iterations):
+    def _change_stopping(self, config):
         """
-        Let a resumed run change its number of iterations.
+        Let a resumed run change when it stops: its iterations and its min_improvement.
 
-        A run that stopped at its old count goes on to the new one; the rounds done stay.
+        A run stopped by the old rule goes on when the new one lets its last round pass (more
+        iterations; a lower gain needed); the rounds done stay.
         """
-        before = (self.state.get('config') or {}).get('iterations')
-        if before is None or before == iterations:
+        stored = self.state['config']
+        changes = {key: (stored.get(key), config[key]) for key in _STOPPING_SETTINGS
+                   if stored.get(key) != config[key]}
+        if not changes:
             return
-        self.state['config']['iterations'] = iterations
-        if self.state['stopped'] == f'{before} iterations done':
+        stored.update({key: new for key, (_, new) in changes.items()})
+        stopped, rounds = self.state['stopped'] or '', self.state['rounds']
+        gain_passes = len(rounds) < 2 or (rounds[-1]['train']['pass_rate']
+                                          - rounds[-2]['train']['pass_rate']
+                                          >= config['min_improvement'])
+        if stopped.endswith(' iterations done') or (
+                stopped.startswith('pass rate stopped improving') and gain_passes):
             self.state.update(stopped=None, best=None, final_card=None)
-        self._say(f'iterations {before} -> {iterations}')
+        self._say(', '.join(f'{key} {old} -> {new}' for key, (old, new) in changes.items()))
 
     def _say(self, text):
         self.stream.write(f'[selftrain] {text}\n')
