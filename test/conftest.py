@@ -28,7 +28,10 @@ def _reserve_domain_id():
     """
     for domain in range(101, 0, -1):
         path = os.path.join(tempfile.gettempdir(), f'hand_pose_ros_test_domain_{domain}.lock')
-        handle = open(path, 'a')
+        try:
+            handle = open(path, 'a')
+        except OSError:   # another user's lock file
+            continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -185,6 +185,8 @@ def test_folder_intrinsics_formats_and_bad_files(tmp_path, caplog):
         '  data: [130.0, 0.0, 80.0, 0.0, 130.0, 60.0, 0.0, 0.0, 1.0]\n')
     recording = FolderRecording(folder, fps=10.0)
     assert recording.intrinsics == INTRINSICS
+    # Read from a camera_info YAML, the recording can be written again (plain numbers).
+    assert write_folder_recording(tmp_path / 'copy', recording) == 12
     # Names that are not nanosecond stamps: frames are stamped by the frame rate, in the
     # order of the numbers in their names (frame_2 before frame_10).
     assert [f.stamp_ns for f in recording][:3] == [0, 100_000_000, 200_000_000]
@@ -202,6 +204,13 @@ def test_folder_intrinsics_formats_and_bad_files(tmp_path, caplog):
         assert [int(f.depth[0, 0]) for f in recording] == list(range(600, 612))
     assert recording.rejected == 3
     assert 'z0.png' in caplog.text and '16-bit' in caplog.text
+    # Not one usable frame (8-bit PNGs) is an error, not an empty recording.
+    eight_bit = tmp_path / 'eight_bit'
+    eight_bit.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((120, 160), np.uint8)).save(eight_bit / f'{i}.png')
+    with pytest.raises(ValueError, match='no usable depth image among 3'):
+        list(FolderRecording(eight_bit, intrinsics=INTRINSICS))
     # Intrinsics are checked as written, with the file named.
     (folder / 'intrinsics.json').write_text(
         '{"fx": 130, "fy": null, "cx": 80, "cy": 60, "width": 160.5, "height": 120}')

@@ -407,6 +407,7 @@ def test_a_damaged_card_section_is_named_not_a_crash(tiny_model_card, tmp_path):
     size = card['crop']['input_size']
     changes = [
         ({'inference': None}, '"inference" must be a mapping'),
+        ({'config': [1, 2]}, '"config" must be a mapping'),
         ({'localizer': [1, 2]}, '"localizer" must be a mapping'),
         ({'localizer': {'min_depth': 'abc'}}, 'bad "localizer" section'),
         ({'finder': 5}, '"finder" must be a mapping'),

@@ -105,8 +105,11 @@ def test_a_card_cut_short_or_edited_by_hand_is_refused(saved):
                                  .splitlines(keepends=True)
                                  if not line.startswith('card_sha256')))
     assert model_io.read_card(card_path)['config']['input_size'] == 96
-    # Written again, a card gets the digest of what it now holds.
-    model_io.write_card(card_path, model_io.read_card(card_path))
+    # Written again, a card gets the digest of what it now holds, dates included.
+    import datetime
+
+    edited = model_io.read_card(card_path)
+    model_io.write_card(card_path, {**edited, 'trained_on': datetime.date(2026, 11, 27)})
     assert model_io.read_card(card_path)['config']['input_size'] == 96
 
 

@@ -520,6 +520,10 @@ def test_a_run_stopped_by_its_gain_rule_goes_on_when_resumed_with_a_lower_one(wo
     assert [r['round'] for r in state['rounds']] == [0, 1, 2, 3]
     assert state['stopped'] == '3 iterations done'
     assert state['config']['min_improvement'] == -1.0
+    # More iterations under a rule its last round fails: stays stopped.
+    stays = SelfTrainer(recording, card, tmp_path / 'run', replace(strict, iterations=5),
+                        estimator_factory=factory, resume=True)
+    assert stays.state['stopped'] == '3 iterations done'
 
 
 def test_a_run_resumes_only_with_the_model_it_started_from(world, tmp_path):

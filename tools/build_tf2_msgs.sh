@@ -12,10 +12,17 @@ pyinc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 npinc=$("$py" -c 'import numpy; print(numpy.get_include())')
 pyver=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 tag="cp${pyver/./}-cp${pyver/./}"
+if [ ! -f "$pyinc/Python.h" ]; then
+  echo "build_tf2_msgs: no Python.h in $pyinc: install the Python headers (Debian/Ubuntu:" \
+       "apt install python$pyver-dev)" >&2
+  exit 1
+fi
 old_pyinc="/opt/python/$tag/include/python$pyver"
 old_npinc="/opt/python/$tag/lib/python$pyver/site-packages/numpy/_core/include"
+escape() { printf '%s' "$1" | sed -e 's/[\\|&]/\\&/g'; }   # for a sed replacement
 while IFS= read -r -d '' export_file; do
-  sed -i -e "s|$old_pyinc|$pyinc|g" -e "s|$old_npinc|$npinc|g" "$export_file"
+  sed -i -e "s|$old_pyinc|$(escape "$pyinc")|g" -e "s|$old_npinc|$(escape "$npinc")|g" \
+    "$export_file"
 done < <(grep -rlZF --include='*.cmake' -e "$old_pyinc" -e "$old_npinc" "$venv/share" || true)
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT

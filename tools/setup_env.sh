@@ -13,10 +13,13 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 start=$(date +%s)
 # The pinned wheels (numpy 2.4, scipy 1.17, ONNX Runtime 1.32, ...) need Python 3.11 or newer;
-# the package itself runs on 3.10 (ROS 2 Humble) with that distribution's own packages.
-if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-  echo "setup: the pinned environment needs Python 3.11 or newer; $python is" \
-       "$("$python" --version 2>&1): run with PYTHON=python3.11 (or newer)" >&2
+# the package itself runs on 3.10 (ROS 2 Humble) with that distribution's own packages. An
+# existing venv keeps the interpreter it was made with.
+checked=$python
+[ -x "$venv/bin/python" ] && checked="$venv/bin/python"
+if ! "$checked" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: the pinned environment needs Python 3.11 or newer; $checked is" \
+       "$("$checked" --version 2>&1): run with PYTHON=python3.11 (or newer)" >&2
   exit 1
 fi
 for tool in cmake cc c++; do

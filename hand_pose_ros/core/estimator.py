@@ -656,7 +656,7 @@ def load_estimator(model='default', backend='auto', max_hands=2, refine_passes=N
 
     card_path = resolve_card(model)
     card = read_card(card_path, verify=True)
-    for name in ('inputs', 'localizer', 'inference', 'hand_score', 'finder'):
+    for name in ('config', 'inputs', 'localizer', 'inference', 'hand_score', 'finder'):
         if not isinstance(card.get(name, {}), dict):
             raise ModelFileError(f'model card {card_path}: "{name}" must be a mapping, got '
                                  f'{card[name]!r}')

@@ -130,7 +130,8 @@ def plain_data(value):
 def card_digest(card):
     """Return the sha256 of a card's fields but its digest (canonical JSON of plain data)."""
     body = {key: value for key, value in plain_data(card).items() if key != CARD_DIGEST_KEY}
-    text = json.dumps(body, sort_keys=True, separators=(',', ':'))
+    # default=str: YAML dates and sets a card may hold have no JSON form.
+    text = json.dumps(body, sort_keys=True, separators=(',', ':'), default=str)
     return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
 

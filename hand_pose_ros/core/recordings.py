@@ -74,8 +74,8 @@ def intrinsics_from_dict(values, source='intrinsics'):
             raise ValueError(f'{source}: bad camera_info YAML ({error!r})') from None
         if k.shape != (9,):
             raise ValueError(f'{source}: camera_matrix.data must hold 9 values, got {k.size}')
-        values = {'fx': k[0], 'fy': k[4], 'cx': k[2], 'cy': k[5], 'width': size[0],
-                  'height': size[1]}
+        values = {'fx': k[0].item(), 'fy': k[4].item(), 'cx': k[2].item(), 'cy': k[5].item(),
+                  'width': size[0], 'height': size[1]}
     missing = [key for key in ('fx', 'fy', 'cx', 'cy', 'width', 'height') if key not in values]
     if missing:
         raise ValueError(f'{source}: missing intrinsics fields {missing}')
@@ -170,6 +170,10 @@ class FolderRecording:
         if all(s.isdigit() and len(s) >= _NANOSECOND_STEM_DIGITS for s in stems):
             self.stamps_ns = [int(s) for s in stems]
         else:
+            if all(s.isdigit() and len(s) >= 16 for s in stems):
+                LOGGER.warning('%s: the file names look like stamps but have under %d digits '
+                               '(epoch microseconds?): frames are stamped at %g fps instead',
+                               self.path, _NANOSECOND_STEM_DIGITS, fps)
             self.stamps_ns = [int(round(i * 1e9 / fps)) for i in range(len(stems))]
         self.description = f'folder {self.path} ({len(self.files)} frames)'
         self.rejected = 0
@@ -179,6 +183,7 @@ class FolderRecording:
 
     def __iter__(self):
         self.rejected = 0
+        first_error = None
         for stamp_ns, path in zip(self.stamps_ns, self.files):
             try:
                 depth = read_depth_png(path)
@@ -186,10 +191,16 @@ class FolderRecording:
             except (ValueError, OSError) as error:   # OSError: not an image PIL can read
                 self.rejected += 1
                 if self.rejected == 1:
-                    LOGGER.warning('%s: unusable depth images are skipped (the first, %s: %s)',
-                                   self.path, path.name, error)
+                    first_error = f'{path.name}: {error}'
+                    LOGGER.warning('%s: unusable depth images are skipped (the first, %s)',
+                                   self.path, first_error)
                 continue
             yield DepthFrame(stamp_ns, depth, self.intrinsics)
+        if self.rejected == len(self.files):
+            # Not one frame (8-bit PNGs, intrinsics of another size): an error, not an
+            # empty recording.
+            raise ValueError(f'recording folder {self.path}: no usable depth image among '
+                             f'{len(self.files)} (the first: {first_error})')
 
 
 def write_folder_recording(path, frames):

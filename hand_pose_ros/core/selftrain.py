@@ -784,8 +784,9 @@ class SelfTrainer:
         gain_passes = len(rounds) < 2 or (rounds[-1]['train']['pass_rate']
                                           - rounds[-2]['train']['pass_rate']
                                           >= config['min_improvement'])
-        if stopped.endswith(' iterations done') or (
-                stopped.startswith('pass rate stopped improving') and gain_passes):
+        by_a_rule = stopped.endswith(' iterations done') or stopped.startswith(
+            'pass rate stopped improving')
+        if by_a_rule and gain_passes and len(rounds) - 1 < config['iterations']:
             self.state.update(stopped=None, best=None, final_card=None)
         self._say(', '.join(f'{key} {old} -> {new}' for key, (old, new) in changes.items()))
 
