@@ -1,5 +1,7 @@
 """The learned hand finder: input, targets and decoding, training, export, fusion, loading."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -214,6 +216,48 @@ def test_another_cards_finder_is_copied_with_its_fusion(bare_card, tmp_path):
     with pytest.raises(ModelFileError, match='mine_finder.onnx'):
         finder_training.copy_finder(mine, bare_card)
     assert 'finder' not in model_io.read_card(bare_card)
+    # Only a file the source card lists beside itself is copied (it was verified).
+    (tmp_path / 'mine_finder.onnx').write_bytes(
+        (PACKAGE_MODELS_DIR / shipped['finder']['onnx']).read_bytes())
+    (tmp_path / 'unlisted.onnx').write_bytes(b'never checksummed')
+    for name in ('unlisted.onnx', '../elsewhere.onnx'):
+        model_io.write_card(mine, {**card, 'finder': {**card['finder'], 'onnx': name}})
+        with pytest.raises(ModelFileError, match=f'onnx must name a file beside|{name}'):
+            finder_training.copy_finder(mine, bare_card)
+        assert 'finder' not in model_io.read_card(bare_card)
+
+
+def test_attaching_again_repairs_a_damaged_finder_file(finder_run, bare_card):
+    from hand_pose_ros.core import load_estimator, model_io
+
+    card = model_io.read_card(bare_card)
+    del card['name']                                 # a card without a name: its file stem
+    model_io.write_card(bare_card, card)
+    onnx = finder_training.attach_finder(finder_run, bare_card)
+    assert onnx.name == f'{bare_card.stem}_finder.onnx'
+    onnx.write_bytes(onnx.read_bytes()[:-10])        # an interrupted copy, say
+    with pytest.raises(model_io.ModelFileError, match='truncated'):
+        load_estimator(bare_card, backend='onnxruntime')
+    assert finder_training.attach_finder(finder_run, bare_card) == onnx
+    load_estimator(bare_card, backend='onnxruntime')
+    assert not list(bare_card.parent.glob('*partial*'))
+
+
+def test_a_finder_run_resumes_only_as_it_was_started(finder_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(finder_run.parent, tmp_path / 'run')
+    config = finder_training.FinderTrainConfig(output_dir=str(run), frames=6, steps=8,
+                                               batch_size=3, checkpoint_every=2)
+    with pytest.raises(ValueError, match='holds a finder run'):
+        finder_training.train_finder(config)            # not without resume
+    with pytest.raises(ValueError, match=r'cannot resume .*: its seed'):
+        finder_training.train_finder(dataclasses.replace(config, seed=5), resume=True)
+    with pytest.raises(ValueError, match='resume with --steps above it'):
+        finder_training.train_finder(dataclasses.replace(config, steps=2), resume=True)
+    (run / 'checkpoint.pt').write_bytes(b'')
+    with pytest.raises(ValueError, match='not a finder checkpoint'):
+        finder_training.train_finder(config, resume=True)
 
 
 def test_fused_proposals_merge_both_sources(card_with_finder):

@@ -70,7 +70,8 @@ def main(argv=None):
             else:
                 path = finder_training.copy_finder(resolve_card(args.attach), card)
             print(f'wrote {path}; fit the fusion and hand score next: hand_pose_evaluate '
-                  f'--dataset synthetic --model {args.model} --fit-hand-score')
+                  f'--dataset synthetic --model {args.model} --fit-hand-score --seed 3000 '
+                  f'--frames 1500')
             return 0
         config = finder_training.FinderTrainConfig(**{
             f.name: getattr(args, f.name) for f in fields(finder_training.FinderTrainConfig)})

@@ -598,6 +598,8 @@ def fit_fusion(localizer, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=1e-3
 
     :return: (weights (4,), {'hands': ..., 'false_hands': ...}).
     """
+    from hand_pose_ros.core.hand_finder import FUSION_FEATURES
+
     features, labels = [], []
     for frame in frames:
         # Every labelled hand, also one centred outside the image, is a hand.
@@ -606,7 +608,7 @@ def fit_fusion(localizer, frames, match_radius_m=DEFAULT_MATCH_RADIUS_M, l2=1e-3
             features.append(row)
             labels.append(bool(len(truth)) and
                           bool(np.min(np.linalg.norm(truth - center, axis=1)) <= match_radius_m))
-    return fit_logistic(np.array(features).reshape(len(features), -1), labels, l2,
+    return fit_logistic(np.array(features).reshape(-1, len(FUSION_FEATURES)), labels, l2,
                         'the localiser fusion', ('hands', 'false_hands'))
 
 

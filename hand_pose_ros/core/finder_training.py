@@ -12,8 +12,10 @@ neither positive nor negative (their blob is left out of the loss). Frames are f
 random, left-right and up-down (a camera can look at a hand from any side).
 """
 
+import contextlib
 from dataclasses import asdict, dataclass
 import math
+import os
 from pathlib import Path
 import shutil
 
@@ -225,7 +227,8 @@ def training_frames(config, progress_stream=None):
     bar = ProgressBar(chunks, progress_stream)
     inputs, rows, counts = [], [], []
     for chunk in range(chunks):
-        path = directory / f'chunk_{size}_{chunk:04d}.npz'
+        # Named for the seed too: a run with another seed in the folder renders its own.
+        path = directory / f'chunk_{config.seed}_{size}_{chunk:04d}.npz'
         if not path.is_file():
             x, c, n = render_frames(size, config.seed + 10 * chunk)
             with atomic_file(path) as stream:
@@ -298,6 +301,10 @@ def train_finder(config, resume=False, progress_stream=None):
     if resume and not path.is_file():
         raise FileNotFoundError(f'cannot resume: no checkpoint {path} (train without resume '
                                 f'to start one)')
+    if not resume and path.is_file():
+        raise ValueError(f'{config.output_dir} holds a finder run ({path}): resume it or '
+                         f'choose another output folder')
+    state = _resumable_state(path, config) if resume else None
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     inputs, rows, offsets = training_frames(config, progress_stream)
@@ -306,8 +313,7 @@ def train_finder(config, resume=False, progress_stream=None):
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
     rng = np.random.default_rng(config.seed)
     step, log = 0, []
-    if resume:
-        state = torch.load(path, weights_only=True)
+    if state is not None:
         net.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         step, log = state['step'], state['log']
@@ -337,6 +343,29 @@ def train_finder(config, resume=False, progress_stream=None):
             write_csv(Path(config.output_dir) / 'train.csv', list(log[0]), log)
             plot_curves(log, [], Path(config.output_dir) / 'curves.png')
     return path
+
+
+# What a resumed run may change: its length, where it writes and how fast it runs.
+_RESUME_MAY_CHANGE = ('steps', 'output_dir', 'num_threads', 'checkpoint_every')
+
+
+def _resumable_state(path, config):
+    """Return the checkpoint a run resumes from, checked before any frame is rendered."""
+    state, _ = load_finder_checkpoint(path)
+    if not {'optimizer', 'rng', 'log'} <= set(state):
+        raise ValueError(f'{path}: a finder checkpoint without its optimiser and data state '
+                         f'cannot be resumed')
+    stored, wanted = state['config'], asdict(config)
+    changed = sorted(key for key in {*stored, *wanted} if key not in _RESUME_MAY_CHANGE
+                     and stored.get(key) != wanted.get(key))
+    if changed:
+        raise ValueError(f'cannot resume {path}: its {", ".join(changed)} '
+                         f'{[stored.get(k) for k in changed]} differ from '
+                         f'{[wanted.get(k) for k in changed]} (only '
+                         f'{", ".join(_RESUME_MAY_CHANGE)} may change)')
+    if config.steps <= state['step']:
+        raise ValueError(f'{path} is at step {state["step"]}: resume with --steps above it')
+    return state
 
 
 def load_finder_checkpoint(path):
@@ -390,6 +419,22 @@ def export_finder(checkpoint_path, onnx_path):
     return Path(onnx_path)
 
 
+def _finder_path(card_path, card):
+    """Return where a card's finder file goes: ``<card name>_finder.onnx`` beside it."""
+    return Path(card_path).parent / f'{card.get("name") or Path(card_path).stem}_finder.onnx'
+
+
+@contextlib.contextmanager
+def _replaced_when_whole(path):
+    """Yield a temporary path beside ``path``; it replaces ``path`` when the block ends."""
+    partial = path.with_name(f'{path.stem}.partial{path.suffix}')
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 # Fusion weights an attached finder starts with, until ``hand_pose_evaluate
 # --fit-hand-score`` fits them: the sum of both sources' logits.
 INITIAL_FUSION_WEIGHTS = (0.0, 0.0, 1.0, 1.0)
@@ -408,9 +453,12 @@ def attach_finder(checkpoint_path, card_path):
     from hand_pose_ros.core import model_io
 
     card_path = Path(card_path)
-    card = model_io.read_card(card_path)
+    # Not verified: attaching again must be able to replace a damaged finder file.
+    card = model_io.read_card(card_path, verify=False)
     state, _ = load_finder_checkpoint(checkpoint_path)
-    onnx_path = export_finder(checkpoint_path, card_path.parent / f'{card["name"]}_finder.onnx')
+    onnx_path = _finder_path(card_path, card)
+    with _replaced_when_whole(onnx_path) as partial:
+        export_finder(checkpoint_path, partial)
     card['files'][onnx_path.name] = model_io.file_record(onnx_path)
     card['finder'] = {'onnx': onnx_path.name, 'fusion_weights': list(INITIAL_FUSION_WEIGHTS),
                       'training': {**state['config'], 'steps_done': state['step']}}
@@ -440,9 +488,15 @@ def copy_finder(source_card_path, card_path):
     source = model_io.read_card(source_card_path, verify=True)
     if 'finder' not in source:
         raise ValueError(f'model card {source_card_path} has no learned hand finder')
+    if not isinstance(source['finder'], dict):
+        raise model_io.ModelFileError(f'model card {source_card_path}: "finder" must be a '
+                                      f'mapping, got {source["finder"]!r}')
+    # A file beside the source card that it lists (and so has verified), nothing else.
+    source_file = model_io.card_file(source_card_path, source, 'onnx', source['finder'])
     card = model_io.read_card(card_path, verify=False)
-    onnx_path = card_path.parent / f'{card["name"]}_finder.onnx'
-    shutil.copyfile(source_card_path.parent / source['finder']['onnx'], onnx_path)
+    onnx_path = _finder_path(card_path, card)
+    with _replaced_when_whole(onnx_path) as partial:
+        shutil.copyfile(source_file, partial)
     card['files'][onnx_path.name] = model_io.file_record(onnx_path)
     card['finder'] = {**source['finder'], 'onnx': onnx_path.name}
     model_io.write_card(card_path, card)
