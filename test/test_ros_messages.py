@@ -185,6 +185,12 @@ def test_writer_aligns_each_primitive_and_skips_empty_sequences():
     assert body[15:16] == b'\x00' and np.frombuffer(body[16:], '<f8').tolist() == [2.0]
 
 
+def test_a_text_ends_at_its_first_nul_as_rclpy_writes_it():
+    data = keypoint_cloud([], Header(frame_id='cam\x00era'))
+    assert cdr.matches_rclpy(data, PointCloud2)   # 'cam\0era\0' whole did not
+    assert deserialize_message(data, PointCloud2).header.frame_id == 'cam'
+
+
 def test_bytes_rclpy_reads_differently_do_not_match():
     hands, header, _, _ = next(frames(1))
     data = bytearray(frame_outputs(hands, header)['joints'])

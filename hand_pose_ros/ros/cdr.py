@@ -27,8 +27,13 @@ _STAMP = struct.Struct('<iI')
 
 
 def string(text):
-    """Return the CDR bytes of a text, written at a 4-aligned offset."""
-    data = text.encode('utf-8') + b'\x00'
+    """
+    Return the CDR bytes of a text, written at a 4-aligned offset.
+
+    A text is a C string on the wire: it ends at its first NUL, as rclpy writes it (and as
+    every subscriber, C++ or Python, reads it).
+    """
+    data = text.split('\x00', 1)[0].encode('utf-8') + b'\x00'
     return _UINT32.pack(len(data)) + data
 
 
