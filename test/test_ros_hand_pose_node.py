@@ -96,6 +96,23 @@ def test_float_depth_and_unsynchronised_info(node_and_camera, frames):
     camera.send_and_wait(image_from_array(depth_m, '32FC1'), 20.0)
     camera.send_and_wait(image_from_array(depth_m, '32FC1'), 20.5, info=False)
     assert node._counts['unsynchronised_info'] == 1
+    assert node._counts['frame_mismatch'] == node._counts['suspect_depth_units'] == 0
+
+
+def test_likely_mistakes_are_processed_with_a_counted_warning(node_and_camera, frames):
+    node, camera = node_and_camera
+    # Millimetres sent as 32FC1 (metres): converts, finds nothing; said so.
+    millimetres = frames[0].depth_m.astype(np.float32) * 1000.0
+    camera.send_and_wait(image_from_array(millimetres, '32FC1'), 30.0)
+    assert node._counts['suspect_depth_units'] == 1
+    # A camera_info of another frame (intrinsics of another camera?), an empty frame_id.
+    msg = image_from_array(frames[0].depth_mm, '16UC1')
+    camera.info_pub.publish(camera_info_from_intrinsics(CAMERA, Header(
+        frame_id='other_optical', stamp=header(31.0).stamp)))
+    camera.send_and_wait(msg, 31.0, info=False)
+    assert node._counts['frame_mismatch'] == 1
+    assert "camera_info frame_id 'other_optical'" in node._last_error
+    assert node._counts['processed'] >= 2 and node._counts['bad_input'] == 0
 
 
 class FailingOnce:

@@ -19,6 +19,7 @@ import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
+from hand_pose_ros.core.camera import depth_to_metres
 from hand_pose_ros.core.estimator import HandTracker
 from hand_pose_ros.core.frame_slot import LatestFrameSlot
 from hand_pose_ros.core.overlay import depth_to_gray, draw_skeletons
@@ -37,6 +38,8 @@ from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 
 # Colour images kept for pairing with depth frames (each up to a few MB).
 COLOR_HISTORY = 10
+# A median depth beyond this is another unit (millimetres as 32FC1 metres, say).
+SUSPECT_DEPTH_M = 20.0
 # The diagnostic message of a node that drops more frames than it processes.
 FALLING_BEHIND = 'falling behind: more frames dropped than processed'
 
@@ -119,7 +122,8 @@ class HandPoseNode(Node):
         self._lock = threading.Lock()
         self._counts = {'received': 0, 'processed': 0, 'localised': 0, 'bad_input': 0,
                         'no_camera_info': 0, 'unsynchronised_info': 0, 'no_color': 0,
-                        'time_jumps': 0, 'internal_errors': 0}
+                        'time_jumps': 0, 'internal_errors': 0, 'frame_mismatch': 0,
+                        'suspect_depth_units': 0}
         self._last_error = ''
         self._throttle = LogThrottle()
         self._latest_failed = False
@@ -219,6 +223,7 @@ class HandPoseNode(Node):
             intrinsics = intrinsics_from_camera_info(info)
             intrinsics.check_image(depth)
             self._check_distortion(info)
+            self._check_frames(msg, info, color_msg, depth)
             color = None if color_msg is None else color_from_image(
                 color_msg, self._values['input.max_pixels'])
             poses = self._tracker.estimate(depth, intrinsics, color=color)
@@ -236,6 +241,30 @@ class HandPoseNode(Node):
             self._last_hands = len(hands)
         self._output_rate.tick(time.monotonic())
         self._latency_ms.add((time.monotonic() - start) * 1000.0)
+
+    def _check_frames(self, msg, info, color_msg, depth):
+        """
+        Warn (throttled, counted) about input that converts but is likely wrong.
+
+        The frame is still processed: each of these can be intended.
+        """
+        frame = msg.header.frame_id
+        pairs = (('camera_info', info), ('colour image', color_msg))
+        others = [(name, m.header.frame_id) for name, m in pairs
+                  if m is not None and m.header.frame_id != frame]
+        if not frame or others:
+            self._warn('frame_mismatch', f'depth image frame_id {frame!r}'
+                       + ''.join(f', {name} frame_id {other!r}' for name, other in others)
+                       + ': outputs are published in the depth image frame; an empty or '
+                       'different frame means TF cannot place them, or intrinsics/colour of '
+                       'another camera (register both streams to the depth image)')
+        # Depth in metres (32FC1) or millimetres (16UC1): hands are within a few metres.
+        sample = depth_to_metres(depth[::8, ::8])
+        valid = sample[np.isfinite(sample) & (sample > 0)]
+        if valid.size and np.median(valid) > SUSPECT_DEPTH_M:
+            self._warn('suspect_depth_units', f'median depth {np.median(valid):.0f} m: is the '
+                       f'{msg.encoding} image in another unit? (32FC1 must be metres, '
+                       f'16UC1 millimetres)')
 
     def _check_distortion(self, info):
         """Say once that the depth image is taken as rectified when camera_info has D."""
