@@ -274,9 +274,10 @@ class HandPoseNode(Node):
                             f'({info.distortion_model}); back-projected with P')
         self.get_logger().warning(
             f'{self.resolve_topic_name("depth/camera_info")} has lens distortion: the depth '
-            'image is taken to be rectified and back-projected with P, so on a raw '
-            '(distorted) depth topic joints far from the image centre are off; subscribe to '
-            'a rectified depth image (e.g. image_rect_raw) and its camera_info')
+            'image is taken to be rectified and back-projected with P. Nothing to do when '
+            'the depth topic is rectified (image_rect*, which keeps the camera_info with D); '
+            'on a raw (distorted) topic joints are off, most so far from the image centre: '
+            'subscribe to the rectified image instead')
 
     def _publish_debug(self, header, depth, intrinsics, hands):
         overlay = draw_skeletons(depth_to_gray(depth), intrinsics,
