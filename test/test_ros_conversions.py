@@ -108,6 +108,11 @@ def test_camera_info_round_trip_and_rejections():
     bad.k[0] = float('nan')
     with pytest.raises(ValueError, match='K contains NaN or inf'):
         intrinsics_from_camera_info(bad)
+    # K copied column-major (an Eigen data() copy): cx and cy would read as 0.
+    bad.k = np.array(camera_info_from_intrinsics(cam).k).reshape(3, 3).T.ravel().tolist()
+    with pytest.raises(ValueError, match='K is not a camera matrix'):
+        intrinsics_from_camera_info(bad)
+    bad.k = camera_info_from_intrinsics(cam).k
     bad.k[0] = -400.0
     with pytest.raises(ValueError, match='focal lengths must be positive'):
         intrinsics_from_camera_info(bad)

@@ -130,9 +130,15 @@ def intrinsics_from_camera_info(msg):
                          f'and {p.size}')
     if not np.any(k) and not np.any(p):
         raise ValueError('camera_info K and P are all zeros (uncalibrated camera)')
+    name = 'P' if np.any(p) else 'K'
     matrix = p.reshape(3, 4)[:, :3] if np.any(p) else k.reshape(3, 3)
     if not np.all(np.isfinite(matrix)):
-        raise ValueError(f'camera_info {"P" if np.any(p) else "K"} contains NaN or inf')
+        raise ValueError(f'camera_info {name} contains NaN or inf')
+    # A camera matrix's last row is (0, 0, 1) and it has no (1, 0) entry: another layout
+    # (column-major, say) would give plausible but wrong intrinsics.
+    if matrix[1, 0] != 0 or not np.array_equal(matrix[2], [0.0, 0.0, 1.0]):
+        raise ValueError(f'camera_info {name} is not a camera matrix (row-major, last row '
+                         f'0 0 1): {matrix.ravel().tolist()}')
     roi = msg.roi
     x_offset, y_offset, width, height = 0, 0, int(msg.width), int(msg.height)
     if roi.width or roi.height:  # all zero: the full image
