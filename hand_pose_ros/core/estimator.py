@@ -504,7 +504,7 @@ class HandTracker:
         estimator = self.estimator
         timings = dict.fromkeys(STAGES, 0.0)
         hands = None
-        grid = _coarse_depth_m(depth)
+        grid = coarse_depth_m(depth)
         changed = self._grid is None or grid.shape != self._grid.shape or _scene_changed(
             self._grid, grid)
         self._grid = grid
@@ -547,7 +547,7 @@ def _usable(keypoints_xyz):
     return bool(np.all(np.isfinite(keypoints_xyz)) and keypoints_xyz[:, 2].min() > 0.0)
 
 
-def _coarse_depth_m(depth):
+def coarse_depth_m(depth):
     """Return every SCENE_GRID_STRIDE-th pixel of a depth image in metres (NaN invalid)."""
     return depth_to_metres(check_depth(depth)[::SCENE_GRID_STRIDE, ::SCENE_GRID_STRIDE])
 

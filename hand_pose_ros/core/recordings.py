@@ -32,6 +32,7 @@ LOGGER = logging.getLogger(__name__)
 INTRINSICS_FILES = ('intrinsics.yaml', 'intrinsics.yml', 'intrinsics.json')
 # Epoch nanoseconds have 19 digits (zero-padded stamps too); epoch microseconds have 16.
 _NANOSECOND_STEM_DIGITS = 18
+_MICROSECOND_STEM_DIGITS = 16
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class FolderRecording:
         if all(s.isdigit() and len(s) >= _NANOSECOND_STEM_DIGITS for s in stems):
             self.stamps_ns = [int(s) for s in stems]
         else:
-            if all(s.isdigit() and len(s) >= 16 for s in stems):
+            if all(s.isdigit() and len(s) >= _MICROSECOND_STEM_DIGITS for s in stems):
                 LOGGER.warning('%s: the file names look like stamps but have under %d digits '
                                '(epoch microseconds?): frames are stamped at %g fps instead',
                                self.path, _NANOSECOND_STEM_DIGITS, fps)

@@ -89,8 +89,11 @@ _SETTINGS_OF_OLDER_RUNS = {'holdout_blocks': 1, 'joint_score_quantile': 0.0}
 # Settings a resumed run may change besides when it stops (every other one must match):
 # where and how fast it computes, not what.
 _EXECUTION_SETTINGS = ('device', 'num_threads')
-# When the loop stops: a resumed run may go on past a stop (the rounds done stay).
+# When the loop stops: a resumed run may go on past a stop (the rounds done stay). The
+# state records a stop by either rule in a message ending / starting with these.
 _STOPPING_SETTINGS = ('iterations', 'min_improvement')
+_STOPPED_BY_COUNT = ' iterations done'
+_STOPPED_BY_GAIN = 'pass rate stopped improving'
 
 
 @dataclass
@@ -470,6 +473,11 @@ def consistency_metrics(selection, part=None):
 # --------------------------------------------------------------------------- estimation
 
 
+def frames_read(recording, config):
+    """Return how many frames of a recording a pass reads (``config.max_frames``; 0: all)."""
+    return min(len(recording), config.max_frames) if config.max_frames else len(recording)
+
+
 def estimate_recording(estimator, recording, config, progress_stream=None):
     """
     Run an estimator over a recording; keep up to ``max_hands + 1`` hands per frame.
@@ -485,9 +493,7 @@ def estimate_recording(estimator, recording, config, progress_stream=None):
     """
     from hand_pose_ros.core.training import ProgressBar
 
-    total = len(recording)
-    if config.max_frames:
-        total = min(total, config.max_frames)
+    total = frames_read(recording, config)
     slots = config.max_hands + 1
     progress = ProgressBar(max(total, 1), progress_stream)
     rows = {key: [] for key in _ESTIMATE_KEYS}
@@ -784,8 +790,7 @@ class SelfTrainer:
         gain_passes = len(rounds) < 2 or (rounds[-1]['train']['pass_rate']
                                           - rounds[-2]['train']['pass_rate']
                                           >= config['min_improvement'])
-        by_a_rule = stopped.endswith(' iterations done') or stopped.startswith(
-            'pass rate stopped improving')
+        by_a_rule = stopped.endswith(_STOPPED_BY_COUNT) or stopped.startswith(_STOPPED_BY_GAIN)
         if by_a_rule and gain_passes and len(rounds) - 1 < config['iterations']:
             self.state.update(stopped=None, best=None, final_card=None)
         self._say(', '.join(f'{key} {old} -> {new}' for key, (old, new) in changes.items()))
@@ -815,10 +820,8 @@ class SelfTrainer:
         if path.is_file():
             with np.load(path) as stored:
                 return {key: stored[key] for key in _ESTIMATE_KEYS}
-        frames = len(self.recording)
-        if self.config.max_frames:
-            frames = min(frames, self.config.max_frames)
-        self._say(f'round {index}: estimating {frames} frames with {card.name}')
+        self._say(f'round {index}: estimating {frames_read(self.recording, self.config)} '
+                  f'frames with {card.name}')
         estimates = estimate_recording(self.factory(card), self.recording, self.config,
                                        self.stream)
         with atomic_file(path) as stream:
@@ -1089,7 +1092,7 @@ class SelfTrainer:
         while self.state['stopped'] is None:
             index = len(rounds)
             if index > config.iterations:
-                self.state['stopped'] = f'{config.iterations} iterations done'
+                self.state['stopped'] = f'{config.iterations}{_STOPPED_BY_COUNT}'
                 break
             if stop_after is not None and index > stop_after:
                 self._say(f'stopping after round {index - 1} as asked; resume to continue')
@@ -1103,8 +1106,7 @@ class SelfTrainer:
             rounds.append(self._evaluate_round(index, Path(card_path), training))
             gain = rounds[-1]['train']['pass_rate'] - rounds[-2]['train']['pass_rate']
             if gain < config.min_improvement:
-                self.state['stopped'] = (f'pass rate stopped improving in round {index} '
-                                         f'({gain:+.1%})')
+                self.state['stopped'] = f'{_STOPPED_BY_GAIN} in round {index} ({gain:+.1%})'
             self._save_state()
         self._say(f'stopped: {self.state["stopped"]}')
         self._save_state()

@@ -19,8 +19,7 @@ import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from hand_pose_ros.core.camera import depth_to_metres
-from hand_pose_ros.core.estimator import HandTracker
+from hand_pose_ros.core.estimator import coarse_depth_m, HandTracker
 from hand_pose_ros.core.frame_slot import LatestFrameSlot
 from hand_pose_ros.core.overlay import depth_to_gray, draw_skeletons
 from hand_pose_ros.core.pairing import StampPairer
@@ -259,10 +258,11 @@ class HandPoseNode(Node):
                        'different frame means TF cannot place them, or intrinsics/colour of '
                        'another camera (register both streams to the depth image)')
         # Depth in metres (32FC1) or millimetres (16UC1): hands are within a few metres.
-        sample = depth_to_metres(depth[::8, ::8])
+        sample = coarse_depth_m(depth)
         valid = sample[np.isfinite(sample) & (sample > 0)]
-        if valid.size and np.median(valid) > SUSPECT_DEPTH_M:
-            self._warn('suspect_depth_units', f'median depth {np.median(valid):.0f} m: is the '
+        median = float(np.median(valid)) if valid.size else 0.0
+        if median > SUSPECT_DEPTH_M:
+            self._warn('suspect_depth_units', f'median depth {median:.0f} m: is the '
                        f'{msg.encoding} image in another unit? (32FC1 must be metres, '
                        f'16UC1 millimetres)')
 
