@@ -44,6 +44,11 @@ def test_window_intrinsics_and_image_check():
         cam.check_image(np.zeros((240, 320)))
     with pytest.raises(ValueError, match='unknown camera preset'):
         CameraIntrinsics.from_preset('nope')
+    # A window may leave the principal point outside it; a camera's own image may not.
+    cam.check_principal_point()
+    assert (win.cx, win.cy) == (220.0, 190.0)
+    with pytest.raises(ValueError, match=r'principal point \(220, 190\) is outside the 64x32'):
+        win.check_principal_point()
 
 
 def test_depth_unit_conversions():

@@ -120,6 +120,11 @@ def test_camera_info_round_trip_and_rejections():
     bad.width = 0
     with pytest.raises(ValueError, match='width must be a positive integer'):
         intrinsics_from_camera_info(bad)
+    # The calibration of the 1280x720 stream on the 424x240 one.
+    bad = camera_info_from_intrinsics(CameraIntrinsics(640.0, 640.0, 641.0, 362.0, 1280, 720))
+    bad.width, bad.height = 424, 240
+    with pytest.raises(ValueError, match=r'principal point at \(641, 362\), outside the 424x240'):
+        intrinsics_from_camera_info(bad)
 
 
 def test_camera_info_is_read_as_its_message_defines_it():

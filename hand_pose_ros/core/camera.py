@@ -114,6 +114,20 @@ class CameraIntrinsics:
         """
         return CameraIntrinsics(self.fx, self.fy, self.cx - u0, self.cy - v0, width, height)
 
+    def check_principal_point(self):
+        """
+        Raise ValueError when the principal point lies outside the image.
+
+        A camera's own calibration puts it inside the sensor; outside, the intrinsics are
+        most likely those of another resolution (a 1280x720 calibration on a 640x480 stream).
+        Only images from a camera are held to this: a window cut from one (:meth:`window`)
+        may leave the principal point outside it.
+        """
+        if not (0.0 <= self.cx <= self.width and 0.0 <= self.cy <= self.height):
+            raise ValueError(f'camera intrinsics: principal point ({self.cx:g}, {self.cy:g}) '
+                             f'is outside the {self.width}x{self.height} image (intrinsics '
+                             f'of another resolution?)')
+
     def check_image(self, image):
         """Raise ValueError when an image's size differs from the intrinsics' size."""
         height, width = np.shape(image)[:2]

@@ -121,7 +121,7 @@ def intrinsics_from_camera_info(msg):
     a region of interest and binning shrink the image and move and scale these with it.
 
     :raises ValueError: for an all-zero or non-finite matrix, non-positive focal lengths, a
-        zero image size, or a region of interest outside the image.
+        zero image size, a principal point or a region of interest outside the image.
     """
     k = np.asarray(msg.k, dtype=np.float64)
     p = np.asarray(msg.p, dtype=np.float64)
@@ -139,6 +139,11 @@ def intrinsics_from_camera_info(msg):
     if matrix[1, 0] != 0 or not np.array_equal(matrix[2], [0.0, 0.0, 1.0]):
         raise ValueError(f'camera_info {name} is not a camera matrix (row-major, last row '
                          f'0 0 1): {matrix.ravel().tolist()}')
+    if msg.width and msg.height and not (0.0 <= matrix[0, 2] <= msg.width
+                                         and 0.0 <= matrix[1, 2] <= msg.height):
+        raise ValueError(f'camera_info {name} puts the principal point at ({matrix[0, 2]:g}, '
+                         f'{matrix[1, 2]:g}), outside the {msg.width}x{msg.height} image: '
+                         f'a calibration of another resolution?')
     roi = msg.roi
     x_offset, y_offset, width, height = 0, 0, int(msg.width), int(msg.height)
     if roi.width or roi.height:  # all zero: the full image
