@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
+from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz, xyz_from_uvd
 from hand_pose_ros.core.crop import check_center
 from hand_pose_ros.core.hand_finder import (decode_peaks, finder_input, FusedLocalizer,
                                             FUSION_FEATURES, heat_at, LearnedHandFinder)
@@ -83,6 +83,17 @@ def test_hands_hidden_behind_objects_are_neither_positive_nor_negative():
     assert heat.max() == 0.0 and len(peaks) == 0
     u, v, _ = uvd_from_xyz(joints[0, 0], SR300)
     assert weight[int(v / 16), int(u / 16)] == 0.0 and weight[0, 0] == 1.0
+
+
+def test_hands_centred_outside_the_image_are_not_negatives_where_they_reach_in():
+    # Centre 40 px left of the 640 px image's edge: its fingers can reach into the image.
+    center = xyz_from_uvd([-40.0, 240.0, 0.5], SR300)
+    rows = finder_training.frame_centers(center + np.zeros((1, 21, 3)), np.ones((1, 21), bool),
+                                         SR300, 4)
+    assert rows.shape == (1, 5) and rows[0, 4] == 0.0
+    heat, weight, peaks, _, _ = finder_training.hand_targets(rows, (30, 40))
+    assert heat.max() == 0.0 and len(peaks) == 0
+    assert weight[15, 0] == 0.0 and weight[15, 39] == 1.0
 
 
 def test_focal_loss_prefers_the_true_heat_map():

@@ -8,7 +8,8 @@ cycles through ``CAMERAS``), keeps them as finder inputs in the run folder, and 
 with a Gaussian blob per hand (``sigma`` = the hand's projected diameter / 6), and L1 losses
 on the sub-cell offset and the centre depth at each hand's cell. A hand is a positive when
 at least ``MIN_VISIBLE_FRACTION`` of its joints are seen; hands hidden more than that are
-neither positive nor negative (their blob is left out of the loss). Frames are flipped at
+neither positive nor negative (their blob is left out of the loss), as are hands centred
+outside the image (their fingers may reach into it). Frames are flipped at
 random, left-right and up-down (a camera can look at a hand from any side).
 """
 
@@ -106,7 +107,8 @@ def hand_targets(centers, cells_shape):
     for u, v, z, sigma, positive in np.asarray(centers, dtype=np.float64).reshape(-1, 5):
         cu, cv = u / CELL_PX, v / CELL_PX
         col, row = int(math.floor(cu)), int(math.floor(cv))
-        if not (0 <= row < rows and 0 <= col < cols):
+        inside = 0 <= row < rows and 0 <= col < cols
+        if positive and not inside:
             continue
         blob = np.exp(-((grid_c - col) ** 2 + (grid_r - row) ** 2) / (2.0 * sigma * sigma))
         if positive:
@@ -123,7 +125,10 @@ def hand_targets(centers, cells_shape):
 
 def frame_centers(frame_joints, visible, intrinsics, stride):
     """
-    Return the (K, 5) ``hand_targets`` rows of a labelled frame's hands inside the image.
+    Return the (K, 5) ``hand_targets`` rows of a labelled frame's hands in front of the camera.
+
+    A hand is positive when its centre is inside the image and enough of its joints are
+    seen; one centred outside the image, or mostly hidden, is ignored rather than negative.
 
     :param frame_joints: (K, 21, 3) metres.
     :param visible: (K, 21) bool, joints not occluded.
@@ -135,11 +140,10 @@ def frame_centers(frame_joints, visible, intrinsics, stride):
         if not center[2] > MIN_DEPTH_M:
             continue
         u, v, z = uvd_from_xyz(center, intrinsics)
-        if not (0 <= u < intrinsics.width and 0 <= v < intrinsics.height):
-            continue
+        inside = 0 <= u < intrinsics.width and 0 <= v < intrinsics.height
         sigma = max(MIN_SIGMA_CELLS, HAND_DIAMETER_M * fx / z / CELL_PX / 6.0)
         rows.append((u / stride, v / stride, z, sigma,
-                     float(np.mean(seen) >= MIN_VISIBLE_FRACTION)))
+                     float(inside and np.mean(seen) >= MIN_VISIBLE_FRACTION)))
     return np.array(rows, dtype=np.float32).reshape(-1, 5)
 
 
