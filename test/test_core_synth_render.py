@@ -13,7 +13,7 @@ from hand_pose_ros.core.synth import (
 from hand_pose_ros.core.synth.generator import hand_crop_intrinsics, VISIBILITY_MARGIN_M
 from hand_pose_ros.core.synth.pose import HandPose
 from hand_pose_ros.core.synth.render import ray_grid, ZBuffer
-from hand_pose_ros.core.synth.scene import PART_OBJECT, sample_scene
+from hand_pose_ros.core.synth.scene import PART_OBJECT, PART_TABLE, sample_scene
 from hand_pose_ros.core.synth.sensor import apply_sensor
 
 SMALL = CameraIntrinsics(240.0, 240.0, 79.5, 59.5, 160, 120)
@@ -252,6 +252,18 @@ def test_motion_frames_follow_the_sequence():
     for frame, xyz, stamp in zip(frames, motion.joints_xyz, motion.stamps_s):
         np.testing.assert_array_equal(frame.hands[0].joints_xyz, xyz)
         assert frame.stamp_s == stamp and frame.depth_mm.dtype == np.uint16
+
+
+@pytest.mark.parametrize('seed', [1, 8])
+def test_a_motion_sequence_table_stays_below_every_pose(seed):
+    # Seed 1's hand moves 8 cm below where its first pose would have put the table.
+    motion = generate_motion(60, seed=seed, intrinsics=SMALL)
+    config = replace(SceneConfig.hand_only(), table_prob=1.0)
+    background = SyntheticGenerator(SMALL, scene=config, seed=seed).motion_scene(motion)
+    (table,) = [item.primitive for item in background.items if item.part == PART_TABLE]
+    down = np.asarray(table.rotation)[:, 1]
+    top = np.asarray(table.center) @ down - table.half_size[1]
+    assert max(float(np.max(pose.keypoints_xyz @ down)) for pose in motion.poses) <= top
 
 
 def test_colour_frames_show_skin_on_the_hand():

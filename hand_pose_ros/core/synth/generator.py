@@ -222,12 +222,13 @@ class SyntheticGenerator:
         Return the static part of a motion sequence's scene, with its first pose.
 
         Table, body, wall and clutter follow the scene configuration and are placed around
-        the first pose; held objects and second hands are left out.
+        every pose of the sequence (a table below the lowest, a wall behind the farthest;
+        the body behind the first); held objects and second hands are left out.
         """
-        first = motion.poses[0]
-        items = sample_background(self.rng, self.intrinsics, self.scene_config, [first])
+        items = sample_background(self.rng, self.intrinsics, self.scene_config, motion.poses)
         skin = np.array([sample_skin(self.rng)])
-        return Scene((first,), tuple(items), skin, skin, int(self.rng.integers(2 ** 31)))
+        return Scene((motion.poses[0],), tuple(items), skin, skin,
+                     int(self.rng.integers(2 ** 31)))
 
     def render_motion(self, motion, color=False, intrinsics=None):
         """
