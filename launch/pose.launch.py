@@ -7,7 +7,8 @@ camera_info_topic:=/camera/camera/depth/camera_info``. A model with a colour inp
 ``color_topic``, a colour image registered to the depth image (e.g. with a RealSense:
 ``depth_topic:=/camera/camera/aligned_depth_to_color/image_raw
 camera_info_topic:=/camera/camera/aligned_depth_to_color/camera_info
-color_topic:=/camera/camera/color/image_raw``).
+color_topic:=/camera/camera/color/image_raw fixed_frame:=camera_color_optical_frame``: aligned
+depth is in the colour camera's frame). The camera's own driver is started apart.
 """
 
 import os
@@ -20,12 +21,24 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 
+def parameters(context, params_file, argument, name):
+    """Return the node's parameters: launch ``argument``, when given, overrides ``name``."""
+    value = LaunchConfiguration(argument).perform(context)
+    return [params_file, {name: value}] if value else [params_file]
+
+
 def pose_node(context, params_file, namespace, remappings):
     """Return ``hand_pose_node``: the ``backend`` argument overrides the YAML when given."""
-    backend = LaunchConfiguration('backend').perform(context)
-    parameters = [params_file, {'model.backend': backend}] if backend else [params_file]
     return [Node(package='hand_pose_ros', executable='hand_pose_node', name='hand_pose_node',
-                 namespace=namespace, remappings=remappings, parameters=parameters)]
+                 namespace=namespace, remappings=remappings,
+                 parameters=parameters(context, params_file, 'backend', 'model.backend'))]
+
+
+def filter_node(context, params_file, namespace):
+    """Return ``hand_filter_node``: the ``tf_prefix`` argument overrides the YAML when given."""
+    return [Node(package='hand_pose_ros', executable='hand_filter_node', name='hand_filter_node',
+                 namespace=namespace,
+                 parameters=parameters(context, params_file, 'tf_prefix', 'output.tf_prefix'))]
 
 
 def generate_launch_description():
@@ -53,8 +66,13 @@ def generate_launch_description():
         DeclareLaunchArgument('backend', default_value='',
                               description='auto, onnxruntime, torch or tensorrt (default: '
                                           'model.backend of params_file).'),
+        DeclareLaunchArgument('tf_prefix', default_value='',
+                              description="Prefix of the hands' TF frames, e.g. cam1/ "
+                                          '(default: output.tf_prefix of params_file).'),
         DeclareLaunchArgument('synthetic', default_value='false',
-                              description='Start the synthetic camera instead of a real one.'),
+                              description='Start the synthetic camera (no camera driver '
+                                          "needed); a real camera's driver is started "
+                                          'apart.'),
         DeclareLaunchArgument('rviz', default_value='false', description='Start RViz.'),
         DeclareLaunchArgument('fixed_frame', default_value='camera_depth_optical_frame',
                               description="RViz's fixed frame: the depth images' frame_id."),
@@ -62,8 +80,7 @@ def generate_launch_description():
              name='synthetic_camera_node', namespace=namespace, parameters=[params_file],
              remappings=camera_remaps, condition=IfCondition(synthetic)),
         OpaqueFunction(function=pose_node, args=[params_file, namespace, camera_remaps]),
-        Node(package='hand_pose_ros', executable='hand_filter_node', name='hand_filter_node',
-             namespace=namespace, parameters=[params_file]),
+        OpaqueFunction(function=filter_node, args=[params_file, namespace]),
         Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
              arguments=['-d', os.path.join(share, 'config', 'pose.rviz'),
                         '-f', LaunchConfiguration('fixed_frame')],

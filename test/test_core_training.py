@@ -2,6 +2,7 @@
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -244,6 +245,16 @@ def test_write_model_ships_card_weights_and_onnx(tmp_path):
     batch = torch.rand(2, 1, 32, 32) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(model(batch)['joints'], trained(batch)['joints'])
+    # A card of that name is not replaced unless asked (the CLI's defaults name the shipped
+    # models/default.yaml).
+    before = Path(card_path).read_bytes()
+    with pytest.raises(ValueError, match='tiny.yaml exists: pass overwrite'):
+        training.write_model(str(tmp_path / 'run' / 'checkpoint_best.pt'),
+                             str(tmp_path / 'models'), 'tiny', export_onnx=False)
+    assert Path(card_path).read_bytes() == before
+    training.write_model(str(tmp_path / 'run' / 'checkpoint_best.pt'), str(tmp_path / 'models'),
+                         'tiny', export_onnx=False, overwrite=True)
+    assert set(model_io.read_card(card_path)['files']) == {'tiny.safetensors'}
 
 
 def test_init_from_a_model_starts_from_its_weights(tmp_path):

@@ -74,6 +74,19 @@ def launch_nodes():
             yield {kw.arg: kw.value for kw in call.keywords}
 
 
+def launch_overrides():
+    """Return {executable: parameter} of the launch arguments that override a parameter."""
+    tree = ast.parse((ROOT / 'launch' / 'pose.launch.py').read_text())
+    overrides = {}
+    for node in launch_nodes():
+        value = node.get('parameters')
+        if isinstance(value, ast.Call) and getattr(value.func, 'id', None) == 'parameters':
+            overrides[ast.literal_eval(node['executable'])] = ast.literal_eval(value.args[3])
+    assert any(isinstance(item, ast.FunctionDef) and item.name == 'parameters'
+               for item in tree.body)
+    return overrides
+
+
 def test_launch_file_composes_existing_scripts_and_parameters():
     scripts = {ep.name for ep in distribution('hand_pose_ros').entry_points
                if ep.group == 'console_scripts'}
@@ -87,12 +100,13 @@ def test_launch_file_composes_existing_scripts_and_parameters():
         assert executable in scripts, executable
         seen.add(executable)
     assert {'hand_pose_node', 'hand_filter_node', 'synthetic_camera_node'} <= seen
-    # The one parameter the launch file sets itself (the backend argument, when given).
-    tree = ast.parse((ROOT / 'launch' / 'pose.launch.py').read_text())
-    keys = {ast.literal_eval(key) for item in ast.walk(tree) if isinstance(item, ast.Dict)
-            for key in item.keys}
-    assert keys == {'model.backend'}
-    assert keys <= {s.name for s in NODE_PARAMS['hand_pose_node']}
+    # The parameters launch arguments set, when given (backend, tf_prefix), exist in the
+    # node they are given to.
+    overrides = launch_overrides()
+    assert overrides == {'hand_pose_node': 'model.backend',
+                         'hand_filter_node': 'output.tf_prefix'}
+    for executable, name in overrides.items():
+        assert name in {s.name for s in NODE_PARAMS[executable]}, (executable, name)
 
 
 def test_readme_lists_every_launch_argument():

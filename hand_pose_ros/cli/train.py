@@ -62,6 +62,9 @@ def build_parser():
     parser.add_argument('--refine-passes', type=int, default=1,
                         help='re-centring passes per found hand the written model makes by '
                              'default (card inference.refine_passes)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='let --write-model replace an existing card of that name (the '
+                             'defaults name the shipped models/default.yaml)')
     parser.add_argument('--no-onnx', action='store_true', help='skip the ONNX export')
     parser.add_argument('--benchmark', action='store_true',
                         help='instead of training, print render, augmentation and training '
@@ -110,7 +113,8 @@ def main(argv=None):
         if args.write_model:
             card = training.write_model(args.write_model, args.model_dir, args.name,
                                         export_onnx=not args.no_onnx, views=args.views,
-                                        refine_passes=args.refine_passes)
+                                        refine_passes=args.refine_passes,
+                                        overwrite=args.overwrite)
             print(f'wrote model card {card}')
             return 0
         config = config_from_args(args)

@@ -1194,7 +1194,8 @@ def train(config, resume=False, progress_stream=None):
     return Trainer(config, resume=resume, progress_stream=progress_stream).train()
 
 
-def write_model(checkpoint_path, directory, name, export_onnx=True, views=1, refine_passes=1):
+def write_model(checkpoint_path, directory, name, export_onnx=True, views=1, refine_passes=1,
+                overwrite=False):
     """
     Ship a checkpoint as a model: safetensors + model card (+ ONNX export).
 
@@ -1210,11 +1211,17 @@ def write_model(checkpoint_path, directory, name, export_onnx=True, views=1, ref
         see :class:`~hand_pose_ros.core.estimator.HandPoseEstimator`).
     :param refine_passes: re-centring passes the estimator makes by default (card
         ``inference.refine_passes``).
+    :param overwrite: replace a card of that name in ``directory``; without it an existing
+        card (the shipped ``models/default.yaml``, say) is refused.
     :return: path of the model card.
     """
     from hand_pose_ros.core import export, model_io
     from hand_pose_ros.core.crop import check_views
 
+    existing = os.path.join(directory, f'{name}{model_io.CARD_SUFFIX}')
+    if os.path.exists(existing) and not overwrite:
+        raise ValueError(f'model card {existing} exists: pass overwrite (--overwrite) to '
+                         f'replace it, or choose another --model-dir or --name')
     check_views(views)
     if int(refine_passes) != refine_passes or refine_passes < 0:
         raise ValueError(f'refine_passes must be an integer >= 0, got {refine_passes!r}')
