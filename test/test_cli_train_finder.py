@@ -63,4 +63,4 @@ def test_without_torch_the_tool_says_what_to_install(monkeypatch, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith('hand_pose_train_finder: error: needs PyTorch')
-    assert 'hand_pose_ros[train]' in err and 'Traceback' not in err
+    assert 'pip install torch onnx' in err and 'Traceback' not in err

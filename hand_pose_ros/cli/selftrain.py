@@ -6,6 +6,15 @@ Adapt the shipped model to a rosbag2 recording (MCAP or sqlite3) or a folder of 
     hand_pose_selftrain RECORDING --model default --output runs/adapted
     hand_pose_selftrain RECORDING --output runs/adapted --resume     # after an interruption
 
+RECORDING is a rosbag2 folder holding a raw sensor_msgs/Image depth topic (16UC1 mm or 32FC1 m)
+and its sensor_msgs/CameraInfo (chosen by type when the bag has one of each; else name them:
+--depth-topic, --info-topic), or a folder of 16-bit PNGs (millimetres, 0 = invalid) with an
+intrinsics.yaml, .yml or .json beside them: fx, fy, cx, cy, width, height, or a ROS
+camera_info YAML (camera_matrix.data, image_width, image_height). PNG names that are integers
+of 18 or more digits are stamps in nanoseconds; otherwise the frames, sorted by name, are
+stamped at --fps. Training needs the package's training extras (torch, onnx; rosbags for
+bags), which `make setup` installs.
+
 Domain-shift experiment (records an unlabelled synthetic domain B bag: gloves, a held tool,
 a noisier sensor, another camera; adapts on it; evaluates on labelled B frames the
 adaptation never saw)::

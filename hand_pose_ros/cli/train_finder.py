@@ -29,7 +29,8 @@ def finder_training_module():
         from hand_pose_ros.core import finder_training
     except ImportError as error:
         raise SystemExit(fail('hand_pose_train_finder', f'needs PyTorch ({error}); install it '
-                              'with pip install hand_pose_ros[train]')) from None
+                              'with pip install torch onnx (the [train] extra: pip '
+                              "install '.[train]' in the package's checkout)")) from None
     return finder_training
 
 

@@ -31,7 +31,7 @@ BACKEND_NAMES = ('auto', *BACKENDS)
 _PACKAGES = {'onnxruntime': ('onnxruntime', 'onnx'), 'torch': ('torch', 'onnx'),
              'tensorrt': ('tensorrt', 'torch', 'onnx')}
 _INSTALL = {'onnxruntime': 'pip install onnxruntime onnx',
-            'torch': 'pip install hand_pose_ros[train] for torch',
+            'torch': "pip install torch onnx, the [train] extra of the package's setup.py",
             'tensorrt': "TensorRT's Python bindings come with JetPack or NVIDIA's wheels"}
 
 
