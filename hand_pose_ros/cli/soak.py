@@ -9,6 +9,7 @@ every process; at the end, memory growth after warm-up and latency drift.
 """
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -140,6 +141,17 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def check_periods(options):
+    """Raise ValueError unless the run reports twice from the end of the warm-up on."""
+    # Memory growth compares the last report with the first one at or after the warm-up.
+    warm_report = math.ceil(options.warmup_s / options.report_s) * options.report_s
+    if options.duration_s < warm_report + options.report_s:
+        raise ValueError(f'--duration-s {options.duration_s:g} gives no report after the one '
+                         f'at the end of the warm-up ({warm_report:g} s) to measure memory '
+                         f'growth and latency drift: give at least '
+                         f'{warm_report + options.report_s:g} s, or a shorter --warmup-s')
+
+
 def main(argv=None):
     """Run the soak test and print its figures; return the exit status."""
     from hand_pose_ros.ros.pipeline import default_params_file
@@ -151,6 +163,7 @@ def main(argv=None):
         check_positive('--rate', options.rate)
         check_at_least('--cameras', options.cameras, 1)
         check_at_least('--warmup-s', options.warmup_s, 0)
+        check_periods(options)
         params_file = options.params_file or default_params_file()
         if not os.path.isfile(params_file):
             raise FileNotFoundError(f'--params-file {params_file}: file not found')
@@ -268,7 +281,7 @@ def print_summary(history, warm_rss, options):
     for ns, cam in last['cameras'].items():
         rates = cam['out'] / elapsed
         p50s = [r['cameras'][ns]['p50_ms'] for r in history if r['cameras'][ns]['p50_ms']]
-        drift = (p50s[-1] - p50s[0]) if len(p50s) > 1 else 0.0
+        drift = f'{p50s[-1] - p50s[0]:+.1f} ms' if len(p50s) > 1 else 'n/a'
         growth = {name: 100.0 * (rss / warm_rss[(ns, name)] - 1.0)
                   for name, (rss, _) in cam['processes'].items()
                   if warm_rss and (ns, name) in warm_rss}
@@ -276,7 +289,7 @@ def print_summary(history, warm_rss, options):
         print(f'  {ns}: {cam["out"]} frames out of {cam["in"]} in {elapsed:.0f} s '
               f'({rates:.1f} Hz sustained), dropped by policy {cam["dropped"]}, other losses '
               f'{lost(cam)}, latency p50 first/last interval {p50s[0] if p50s else 0:.1f}/'
-              f'{p50s[-1] if p50s else 0:.1f} ms (drift {drift:+.1f} ms), memory growth after '
+              f'{p50s[-1] if p50s else 0:.1f} ms (drift {drift}), memory growth after '
               f'warm-up: {growth_text}, processes alive {cam["alive"]}/3')
         if cam['alive'] != 3:
             code = 1
