@@ -195,6 +195,11 @@ def test_folder_intrinsics_formats_and_bad_files(tmp_path, caplog):
     (folder / 'intrinsics.json').write_text('{"fx": 130, "fy": 130, "cx": 80, "cy": 60}')
     with pytest.raises(ValueError, match='missing intrinsics fields'):
         FolderRecording(folder)
+    # The intrinsics of the camera's 1280x960 mode on its 160x120 images.
+    (folder / 'intrinsics.json').write_text(
+        '{"fx": 1040, "fy": 1040, "cx": 640, "cy": 480, "width": 160, "height": 120}')
+    with pytest.raises(ValueError, match=r'intrinsics.json: .*principal point \(640, 480\)'):
+        FolderRecording(folder)
     # Unusable files (colour, another size, not an image) are skipped, counted and named.
     Image.fromarray(np.zeros((120, 160, 3), np.uint8)).save(folder / 'z0.png')
     Image.fromarray(np.zeros((60, 80), np.uint16)).save(folder / 'z1.png')

@@ -120,8 +120,9 @@ class CameraIntrinsics:
 
         A camera's own calibration puts it inside the sensor; outside, the intrinsics are
         most likely those of another resolution (a 1280x720 calibration on a 640x480 stream).
-        Only images from a camera are held to this: a window cut from one (:meth:`window`)
-        may leave the principal point outside it.
+        Checked where intrinsics come from a camera (camera_info, a recording's intrinsics
+        file), not by the estimator: a window cut from a larger image (:meth:`window`) is a
+        valid camera whose principal point may lie outside it.
         """
         if not (0.0 <= self.cx <= self.width and 0.0 <= self.cy <= self.height):
             raise ValueError(f'camera intrinsics: principal point ({self.cx:g}, {self.cy:g}) '

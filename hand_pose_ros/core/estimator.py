@@ -267,7 +267,6 @@ class HandPoseEstimator:
                              f'got {type(intrinsics).__name__}')
         depth = depth_to_metres(depth) if metres else check_depth(depth)
         intrinsics.check_image(depth)
-        intrinsics.check_principal_point()
         return depth
 
     def _checked_color(self, color, intrinsics):

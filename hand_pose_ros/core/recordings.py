@@ -82,10 +82,12 @@ def intrinsics_from_dict(values, source='intrinsics'):
         raise ValueError(f'{source}: missing intrinsics fields {missing}')
     # As written: CameraIntrinsics refuses a width of 4.7 or an fx of null with its reason.
     try:
-        return CameraIntrinsics(*(values[key] for key in ('fx', 'fy', 'cx', 'cy', 'width',
-                                                          'height')))
+        intrinsics = CameraIntrinsics(*(values[key] for key in ('fx', 'fy', 'cx', 'cy',
+                                                                'width', 'height')))
+        intrinsics.check_principal_point()
     except ValueError as error:
         raise ValueError(f'{source}: {error}') from None
+    return intrinsics
 
 
 def read_intrinsics_file(path):
