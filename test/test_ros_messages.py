@@ -62,7 +62,7 @@ def same_message(ours, theirs):
                    for name in ours.get_fields_and_field_types())
     if isinstance(ours, (list, tuple, np.ndarray)) or hasattr(ours, 'typecode'):
         return len(ours) == len(theirs) and all(map(same_message, ours, theirs))
-    return ours == theirs
+    return ours == theirs or (isinstance(ours, float) and np.isnan(ours) and np.isnan(theirs))
 
 
 @pytest.mark.parametrize('distribution', ['ROS2_HUMBLE', 'ROS2_JAZZY', 'ROS2_KILTED'])
@@ -78,6 +78,32 @@ def test_each_distribution_reads_every_output_whole(distribution):
             type_name = f'{msg_type.__module__.split(".")[0]}/msg/{msg_type.__name__}'
             theirs = typestore.deserialize_cdr(data, type_name)
             assert same_message(deserialize_message(data, msg_type), theirs), name
+
+
+def test_angles_palm_and_frames_are_built_from_valid_joints_only():
+    # The filter gave up the index finger (valid = 0) and kept its last position, which the
+    # hand has since moved away from: read as a joint, it bends the finger far backwards.
+    joints = generate_motion(1, seed=2).joints_xyz[0]
+    stale = joints.copy()
+    stale[6:9] += (0.0, 0.0, -0.06)
+    valid = np.ones(21, bool)
+    valid[6:9] = False
+    hand = SimpleNamespace(hand_id=1, keypoints_xyz=stale, scores=np.ones(21), valid=valid,
+                           handedness='right')
+    messages = decoded(frame_outputs([hand], Header(frame_id='cam')))
+    states = dict(zip(messages['joint_states'].name, messages['joint_states'].position))
+    truth = dict(zip(ANGLE_NAMES, joint_angles(joints, 'right')))
+    assert not any(name.startswith('right_index') for name in states)
+    for name in ('thumb_mcp_flexion', 'middle_pip_flexion', 'pinky_mcp_abduction'):
+        assert states[f'right_{name}'] == pytest.approx(truth[name], abs=1e-9)
+    # The palm is built on the index MCP: invalid, no palm pose and no palm frame.
+    valid[5] = False
+    messages = decoded(frame_outputs([hand], Header(frame_id='cam')))
+    assert 'palm' not in messages
+    frames = {t.child_frame_id for t in getattr(messages.get('tf'), 'transforms', [])}
+    assert 'hand_1' not in frames
+    positions = [(p.position.x, p.position.y, p.position.z) for p in messages['joints'].poses]
+    assert np.isnan(positions[5]).all() and np.isfinite(positions[0]).all()
 
 
 def test_the_keypoint_cloud_is_dense_only_without_nan_points():
@@ -112,27 +138,37 @@ def test_outputs_carry_the_hands():
         for k, hand in enumerate(visible):
             for j in (0, 4, 20):
                 pose = poses[21 * k + j]
+                # An invalid joint's last position is not passed on as a pose.
                 np.testing.assert_allclose([pose.position.x, pose.position.y, pose.position.z],
-                                           hand.keypoints_xyz[j])
+                                           np.where(hand.valid[j], hand.keypoints_xyz[j], np.nan))
                 q = pose.orientation
                 np.testing.assert_allclose([q.x, q.y, q.z, q.w],
                                            geometry[hand.hand_id][2][j])
         states = messages['joint_states']
-        assert len(states.name) == len(states.position) == len(ANGLE_NAMES) * len(visible)
+        defined = [np.isfinite(geometry[h.hand_id][3]) for h in visible]
+        assert len(states.name) == len(states.position) == sum(int(d.sum()) for d in defined)
         assert not states.velocity and not states.effort
-        if visible:
+        if visible and visible[0].valid.all():
             np.testing.assert_allclose(states.position[:len(ANGLE_NAMES)], joint_angles(
                 visible[0].keypoints_xyz, visible[0].handedness))
             palm = messages['palm'].pose.position
             np.testing.assert_allclose([palm.x, palm.y, palm.z],
                                        palm_center(visible[0].keypoints_xyz))
-            transforms = {t.child_frame_id: t.transform for t in messages['tf'].transforms}
-            expected = {f'{prefix}hand_{h.hand_id}' for h in visible} | {
+        if visible:
+            palm_defined = [np.isfinite(np.concatenate(geometry[h.hand_id][:2])).all()
+                            for h in visible]
+            assert ('palm' in messages) == palm_defined[0]
+            transforms = {t.child_frame_id: t.transform
+                          for t in getattr(messages.get('tf'), 'transforms', [])}
+            expected = {f'{prefix}hand_{h.hand_id}'
+                        for h, palm in zip(visible, palm_defined) if palm} | {
                 f'{prefix}hand_{h.hand_id}_{JOINT_NAMES[j]}'
-                for h in visible for j in np.flatnonzero(h.valid)}
+                for h in visible for j in np.flatnonzero(h.valid)
+                if np.isfinite(geometry[h.hand_id][2][j]).all()}
             assert set(transforms) == expected
-            if visible[0].valid[8]:
-                tip = transforms[f'{prefix}hand_{visible[0].hand_id}_{JOINT_NAMES[8]}']
+            tip_name = f'{prefix}hand_{visible[0].hand_id}_{JOINT_NAMES[8]}'
+            if tip_name in transforms:
+                tip = transforms[tip_name]
                 np.testing.assert_allclose(
                     [tip.translation.x, tip.translation.y, tip.translation.z],
                     visible[0].keypoints_xyz[8])

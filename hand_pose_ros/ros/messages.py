@@ -175,19 +175,27 @@ def hands_from_cloud(msg):
     return hands
 
 
+def valid_keypoints(hand):
+    """Return a hand's (21, 3) keypoints with NaN where its ``valid`` flags are False."""
+    xyz = np.asarray(hand.keypoints_xyz, dtype=np.float64)
+    return np.where(np.asarray(hand.valid, dtype=bool)[:, None], xyz, np.nan)
+
+
 def hand_geometry(hands):
     """
     Return {hand_id: (palm origin, palm quaternion, joint quaternions, joint angles)}.
 
     Shapes (3,), (4,), (21, 4) and (len(ANGLE_NAMES),). Computed once per frame and shared
-    by the pose, palm, joint state and TF messages. What a hand's keypoints leave undefined
-    (a joint never seen, NaN; a degenerate frame: see ``kinematics.defined_geometry``) is
-    NaN. A hand's ``joint_angles`` attribute (the filter's ``TrackedHand``), when every hand
-    has one that is not None, is used instead of measuring the angles again.
+    by the pose, palm, joint state and TF messages, from the valid joints only: what they
+    leave undefined (an invalid joint, a degenerate frame: see
+    ``kinematics.defined_geometry``) is NaN, so a palm or an angle is never built on a joint
+    the filter gave up (its last position, kept in the keypoint cloud with ``valid = 0``).
+    A hand's ``joint_angles`` attribute (the filter's ``TrackedHand``), when every hand has
+    one that is not None, is used instead of measuring the angles again.
     """
     if not hands:
         return {}
-    keypoints = np.stack([np.asarray(hand.keypoints_xyz, dtype=np.float64) for hand in hands])
+    keypoints = np.stack([valid_keypoints(hand) for hand in hands])
     given = [getattr(hand, 'joint_angles', None) for hand in hands]
     # One pass for every joint of every hand; the wrist's bone frame is the palm frame.
     frames, angles = defined_geometry(
@@ -204,7 +212,7 @@ def joint_pose_array(hands, header, geometry=None):
     Return a ``geometry_msgs/PoseArray`` (CDR bytes).
 
     21 poses per hand: position = joint, orientation = the bone frame (``hand_geometry``);
-    NaN where the keypoints leave them undefined.
+    NaN for an invalid joint and where the valid ones leave the frame undefined.
     """
     geometry = geometry or hand_geometry(hands)
     writer = cdr.CdrWriter()
@@ -212,8 +220,8 @@ def joint_pose_array(hands, header, geometry=None):
     hands = sorted_hands(hands)
     writer.uint32(len(hands) * NUM_JOINTS)
     for hand in hands:
-        writer.float64s(np.concatenate([np.asarray(hand.keypoints_xyz, dtype=np.float64),
-                                        geometry[hand.hand_id][2]], axis=1))
+        writer.float64s(np.concatenate([valid_keypoints(hand), geometry[hand.hand_id][2]],
+                                       axis=1))
     return writer.getvalue()
 
 
@@ -423,7 +431,8 @@ class _SampleHand:
     def __init__(self, hand_id, keypoints_xyz, handedness):
         self.hand_id, self.keypoints_xyz, self.handedness = hand_id, keypoints_xyz, handedness
         self.scores = np.linspace(0.3, 0.9, NUM_JOINTS)
-        self.valid = np.arange(NUM_JOINTS) % 7 != 3
+        # Invalid: the thumb tip, a middle and a little finger joint (the palm stays defined).
+        self.valid = np.arange(NUM_JOINTS) % 7 != 4
 
 
 @functools.lru_cache(maxsize=1)
