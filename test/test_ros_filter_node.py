@@ -160,6 +160,31 @@ def test_log_throttle_holds_repeats_per_kind_and_follows_a_new_period():
     assert logged == ['a at 0.0', 'b at 0.2', 'a at 1.0 (2 more held back)']
 
 
+def test_a_repeated_stamp_is_counted_and_not_published_again(spinner):
+    # The same stamp twice (a re-sent frame): its outputs, TF included, went out once; a
+    # second TF of the same stamp makes every tf2 listener log TF_REPEATED_DATA.
+    node = spinner.add(HandFilterNode(context=spinner.context))
+    probe, recorder, publisher = make_probe(spinner)
+    assert spinner.wait_for(lambda: publisher.get_subscription_count() > 0, 10)
+    motion = generate_motion(4, fps=30.0, seed=6, handedness='right')
+    # A new hand is shown from its second detection (filter.tracking.min_detections).
+    for i, stamp in enumerate((20.0, 20.1)):
+        publish_and_wait(spinner, publisher, recorder, raw_cloud(stamp, [motion.joints_xyz[i]]),
+                         i + 1)
+    assert spinner.wait_for(lambda: recorder.messages['/tf'], 10)
+    publisher.publish(raw_cloud(20.1, [motion.joints_xyz[2]]))
+    assert spinner.wait_for(lambda: node._counts['received'] == 3, 10)
+    publish_and_wait(spinner, publisher, recorder, raw_cloud(20.2, [motion.joints_xyz[3]]), 3)
+    assert [stamp_of(m) for m in recorder.messages['hand_pose/keypoints']] == [
+        (20, 0), (20, 100_000_000), (20, 200_000_000)]
+    assert spinner.wait_for(lambda: len(recorder.messages['/tf']) == 2, 10)
+    assert [stamp_of(m.transforms[0]) for m in recorder.messages['/tf']] == [
+        (20, 100_000_000), (20, 200_000_000)]
+    values = {kv.key: kv.value for kv in node.status().values}
+    assert values['filter duplicate stamps'] == '1'
+    assert node.status().level == DiagnosticStatus.OK
+
+
 def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):
     node = spinner.add(HandFilterNode(context=spinner.context))
     probe, recorder, publisher = make_probe(spinner)

@@ -100,7 +100,13 @@ class HandFilterNode(Node):
             return
         self._latest_rejected = False
         resets = self._filter.stats.get('resets', 0)
+        repeats = self._filter.stats.get('duplicate_stamps', 0)
         tracks = self._filter.update(stamp_ns(msg.header) * 1e-9, observations)
+        if self._filter.stats.get('duplicate_stamps', 0) > repeats:
+            # That stamp's outputs went out already: sent again, TF listeners would log
+            # TF_REPEATED_DATA. Counted on /diagnostics ('filter duplicate stamps').
+            self._latest_failed = False
+            return
         if self._filter.stats.get('resets', 0) > resets:
             message = self._throttle.message(
                 'reset', 'filter reset (time jumped back or stream went stale)',
