@@ -15,10 +15,11 @@ from visualization_msgs.msg import Marker
 from hand_pose_ros.core.kinematics import ANGLE_NAMES, joint_angles
 from hand_pose_ros.core.skeleton import BONES, JOINT_NAMES, palm_center
 from hand_pose_ros.core.synth import generate_motion
+from hand_pose_ros.core.synth.pose import rotation_about_axis
 from hand_pose_ros.ros import cdr
 from hand_pose_ros.ros.messages import (encoding_matches_rclpy, frame_outputs, hand_geometry,
                                         hands_from_cloud, joint_state, keypoint_cloud,
-                                        OUTPUT_TYPES, points_from_cloud)
+                                        OUTPUT_TYPES, OutputContinuity, points_from_cloud)
 from hand_pose_ros.ros.node_utils import OUTPUT_QOS, publish_encoded
 
 
@@ -104,6 +105,44 @@ def test_angles_palm_and_frames_are_built_from_valid_joints_only():
     assert 'hand_1' not in frames
     positions = [(p.position.x, p.position.y, p.position.z) for p in messages['joints'].poses]
     assert np.isnan(positions[5]).all() and np.isfinite(positions[0]).all()
+
+
+def test_a_stream_keeps_its_palm_hand_and_quaternion_signs():
+    joints = generate_motion(1, seed=2).joints_xyz[0]
+
+    def hand(hand_id, xyz):
+        return SimpleNamespace(hand_id=hand_id, keypoints_xyz=xyz, scores=np.ones(21),
+                               valid=np.ones(21, bool), handedness='right')
+
+    def palm_x(outputs):
+        return decoded(outputs)['palm'].pose.position.x
+
+    continuity = OutputContinuity()
+    left, right = joints - (0.15, 0, 0), joints + (0.15, 0, 0)
+    first = palm_x(frame_outputs([hand(4, left)], Header(), continuity=continuity))
+    # Hand 2 appears: the lowest id, but the palm pose stays on hand 4 while it is shown.
+    both = frame_outputs([hand(2, right), hand(4, left)], Header(), continuity=continuity)
+    assert palm_x(both) == pytest.approx(first)
+    assert palm_x(frame_outputs([hand(2, right), hand(4, left)], Header())) > first
+    assert palm_x(frame_outputs([hand(2, right)], Header(), continuity=continuity)) > first
+    # The hand turns a full turn about the camera axis: without continuity the palm
+    # quaternion's sign flips somewhere (w >= 0), with it consecutive quaternions stay close.
+    center = palm_center(joints)
+    continuity = OutputContinuity()
+    dots = {False: [], True: []}
+    previous = {False: None, True: None}
+    for degrees in range(0, 370, 10):
+        turn = rotation_about_axis([0.0, 0.0, 1.0], np.radians(degrees))
+        xyz = (joints - center) @ turn.T + center
+        for kept in (False, True):
+            o = decoded(frame_outputs([hand(1, xyz)], Header(),
+                                      continuity=continuity if kept else None))['palm']
+            q = np.array([o.pose.orientation.x, o.pose.orientation.y, o.pose.orientation.z,
+                          o.pose.orientation.w])
+            if previous[kept] is not None:
+                dots[kept].append(q @ previous[kept])
+            previous[kept] = q
+    assert min(dots[True]) > 0.99 and min(dots[False]) < 0.0
 
 
 def test_the_keypoint_cloud_is_dense_only_without_nan_points():

@@ -18,7 +18,7 @@ from hand_pose_ros.core.filters import HandFilter, Observation
 from hand_pose_ros.core.filters.config import config_from_dict
 from hand_pose_ros.core.stats import LatencyWindow, RateMeter
 from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, OUTPUT_TYPES, \
-    visible_hands
+    OutputContinuity, visible_hands
 from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
                                           diagnostic_status, exit_process, input_qos,
                                           LogThrottle, publish_encoded, run, stamp_ns,
@@ -49,6 +49,7 @@ class HandFilterNode(Node):
                                           self._apply_parameters)
         self._filter = HandFilter(config_from_dict(group(self._values, 'filter')))
         self._marker_ids = set()
+        self._continuity = OutputContinuity()
         self._counts = {'received': 0, 'bad_input': 0, 'internal_errors': 0}
         self._last_error = ''
         self._throttle = LogThrottle()
@@ -129,7 +130,7 @@ class HandFilterNode(Node):
         outputs = frame_outputs(tracks, header, self._values['output.tf_prefix'],
                                 self._marker_ids - ids,
                                 self._values['output.marker_lifetime_s'],
-                                self._values['output.publish_tf'], markers)
+                                self._values['output.publish_tf'], markers, self._continuity)
         for name, data in outputs.items():
             if data is not None:
                 publish_encoded(self._pubs[name], data)

@@ -400,8 +400,46 @@ def visible_hands(tracks):
     return sorted_hands(t for t in tracks if np.asarray(t.valid).any())
 
 
+class OutputContinuity:
+    """
+    What a stream's outputs carry from one frame to the next (see :func:`frame_outputs`).
+
+    The palm pose follows one hand while it is shown (a second hand appearing with a lower id
+    does not take it over), and every quaternion keeps the sign of the same frame's last one
+    (q and -q are one rotation; a sign flip reads as a jump to a consumer that filters or
+    differentiates the components).
+    """
+
+    def __init__(self):
+        self.palm_id = None
+        self._quaternions = {}
+
+    def geometry(self, hands):
+        """Return :func:`hand_geometry` of ``hands`` with signs continued from the last call."""
+        geometry, kept = hand_geometry(hands), {}
+        for hand_id, (origin, _, quaternions, angles) in geometry.items():
+            last = self._quaternions.get(hand_id)
+            if last is not None:
+                with np.errstate(invalid='ignore'):
+                    flip = np.sum(quaternions * last, axis=1) < 0.0
+                quaternions = np.where(flip[:, None], -quaternions, quaternions)
+                kept[hand_id] = np.where(np.isfinite(quaternions), quaternions, last)
+            else:
+                kept[hand_id] = quaternions
+            geometry[hand_id] = (origin, quaternions[WRIST], quaternions, angles)
+        self._quaternions = kept
+        return geometry
+
+    def palm_hand(self, hands):
+        """Return the hand the palm pose follows: the last one while shown, else the first."""
+        by_id = {hand.hand_id: hand for hand in hands}
+        if self.palm_id not in by_id:
+            self.palm_id = hands[0].hand_id if hands else None
+        return by_id.get(self.palm_id)
+
+
 def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0.5,
-                  publish_tf=True, markers=True):
+                  publish_tf=True, markers=True, continuity=None):
     """
     Build every output message of one frame, as CDR bytes.
 
@@ -410,16 +448,21 @@ def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0
     as lost, so its TF frames stop and its markers are deleted.
 
     :param markers: build the markers (False: None, e.g. while nobody displays them).
+    :param continuity: the stream's :class:`OutputContinuity` (None: each frame on its own;
+        the palm pose is then the lowest hand id's and quaternions have w >= 0).
     :return: {output name: CDR bytes or None}: keypoints, joints, joint_states, palm, tf,
         markers (message types in :data:`OUTPUT_TYPES`).
     """
     hands = visible_hands(tracks)
-    geometry = hand_geometry(hands)
+    if continuity is None:
+        geometry, palm_hand = hand_geometry(hands), hands[0] if hands else None
+    else:
+        geometry, palm_hand = continuity.geometry(hands), continuity.palm_hand(hands)
     return {
         'keypoints': keypoint_cloud(tracks, header),
         'joints': joint_pose_array(hands, header, geometry),
         'joint_states': joint_state(hands, header, geometry),
-        'palm': palm_pose(hands[0], header, geometry) if hands else None,
+        'palm': palm_pose(palm_hand, header, geometry) if palm_hand else None,
         'tf': tf_message(hands, header, tf_prefix, geometry) if hands and publish_tf else None,
         'markers': marker_array(hands, header, lost_ids, marker_lifetime_s) if markers else None,
     }
