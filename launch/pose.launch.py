@@ -20,11 +20,15 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+# Every node, RViz included, runs on /clock with use_sim_time:=true (bag playback with --clock).
+SIM_TIME = LaunchConfiguration('use_sim_time')
+
 
 def parameters(context, params_file, argument, name):
     """Return the node's parameters: launch ``argument``, when given, overrides ``name``."""
     value = LaunchConfiguration(argument).perform(context)
-    return [params_file, {name: value}] if value else [params_file]
+    overrides = {name: value} if value else {}
+    return [params_file, {'use_sim_time': SIM_TIME, **overrides}]
 
 
 def pose_node(context, params_file, namespace, remappings):
@@ -73,16 +77,20 @@ def generate_launch_description():
                               description='Start the synthetic camera (no camera driver '
                                           "needed); a real camera's driver is started "
                                           'apart.'),
+        DeclareLaunchArgument('use_sim_time', default_value='false',
+                              description='Run every node on /clock (ros2 bag play --clock).'),
         DeclareLaunchArgument('rviz', default_value='false', description='Start RViz.'),
         DeclareLaunchArgument('fixed_frame', default_value='camera_depth_optical_frame',
                               description="RViz's fixed frame: the depth images' frame_id."),
         Node(package='hand_pose_ros', executable='synthetic_camera_node',
-             name='synthetic_camera_node', namespace=namespace, parameters=[params_file],
+             name='synthetic_camera_node', namespace=namespace,
+             parameters=[params_file, {'use_sim_time': SIM_TIME}],
              remappings=camera_remaps, condition=IfCondition(synthetic)),
         OpaqueFunction(function=pose_node, args=[params_file, namespace, camera_remaps]),
         OpaqueFunction(function=filter_node, args=[params_file, namespace]),
         Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
              arguments=['-d', os.path.join(share, 'config', 'pose.rviz'),
                         '-f', LaunchConfiguration('fixed_frame')],
+             parameters=[{'use_sim_time': SIM_TIME}],
              condition=IfCondition(LaunchConfiguration('rviz'))),
     ])

@@ -107,6 +107,18 @@ def test_launch_file_composes_existing_scripts_and_parameters():
                          'hand_filter_node': 'output.tf_prefix'}
     for executable, name in overrides.items():
         assert name in {s.name for s in NODE_PARAMS[executable]}, (executable, name)
+    # Every node, RViz included, follows the use_sim_time argument.
+    for node in launch_nodes():
+        given = node['parameters']
+        if isinstance(given, ast.Call):   # parameters(...), which adds use_sim_time
+            continue
+        keys = {ast.literal_eval(key) for item in given.elts if isinstance(item, ast.Dict)
+                for key in item.keys}
+        assert 'use_sim_time' in keys, ast.literal_eval(node['executable'])
+    tree = ast.parse((ROOT / 'launch' / 'pose.launch.py').read_text())
+    helper = next(item for item in tree.body
+                  if isinstance(item, ast.FunctionDef) and item.name == 'parameters')
+    assert "'use_sim_time'" in ast.unparse(helper)
 
 
 def test_readme_lists_every_launch_argument():
