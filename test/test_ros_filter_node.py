@@ -102,6 +102,12 @@ def test_outputs_carry_the_input_header_and_hand_structure(spinner):
         for msg in recorder.messages['hand_pose/markers'] for m in msg.markers), 10)
     assert not any(hand['valid'].any()
                    for hand in hands_from_cloud(recorder.messages['hand_pose/keypoints'][-1]))
+    # The last measured frame, then the first without a detection: carried through the gap
+    # by the motion model, flagged predicted (and still valid).
+    measured, coasted = (hands_from_cloud(recorder.messages['hand_pose/keypoints'][k])[0]
+                         for k in (29, 30))
+    assert not measured['predicted'].any() and measured['handedness'] in ('right', 'unknown')
+    assert coasted['predicted'].all() and coasted['valid'].all()
     tf_count = len(recorder.messages['/tf'])
     for k in range(3):
         empty = raw_cloud(stamps[29] + 0.7 + 0.05 * k, [])
@@ -183,6 +189,23 @@ def test_a_repeated_stamp_is_counted_and_not_published_again(spinner):
     values = {kv.key: kv.value for kv in node.status().values}
     assert values['filter duplicate stamps'] == '1'
     assert node.status().level == DiagnosticStatus.OK
+
+
+def test_diagnostics_give_output_rate_shown_hands_and_the_age_of_the_outputs(spinner):
+    node = spinner.add(HandFilterNode(context=spinner.context))
+    probe, recorder, publisher = make_probe(spinner)
+    assert spinner.wait_for(lambda: publisher.get_subscription_count() > 0, 10)
+    motion = generate_motion(3, fps=30.0, seed=7)
+    for i in range(3):
+        # Stamped now on the node's clock, as a camera stamps its images.
+        now_s = node.get_clock().now().nanoseconds * 1e-9
+        publish_and_wait(spinner, publisher, recorder, raw_cloud(now_s, [motion.joints_xyz[i]]),
+                         i + 1)
+    values = {kv.key: kv.value for kv in node.status().values}
+    assert values['hands shown'] == '1' and values['hands tracked'] == '1'
+    assert float(values['output rate (Hz)']) > 0.0
+    ages = float(values['output age p50 (ms)']), float(values['output age p99 (ms)'])
+    assert np.isfinite(ages).all() and 0.0 <= ages[0] <= ages[1]
 
 
 def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):

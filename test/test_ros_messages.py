@@ -151,7 +151,7 @@ def test_the_keypoint_cloud_is_dense_only_without_nan_points():
     unseen[8] = np.nan     # a joint a new track has not seen yet
     for xyz, dense in ((joints, True), (unseen, False)):
         hand = SimpleNamespace(hand_id=0, keypoints_xyz=xyz, scores=np.ones(21),
-                               valid=np.isfinite(xyz).all(axis=1))
+                               valid=np.isfinite(xyz).all(axis=1), handedness='unknown')
         data = keypoint_cloud([hand], Header(frame_id='cam'))
         assert cdr.matches_rclpy(data, PointCloud2)
         assert deserialize_message(data, PointCloud2).is_dense == dense
@@ -172,6 +172,8 @@ def test_outputs_carry_the_hands():
             np.testing.assert_allclose(parsed['keypoints_xyz'], hand.keypoints_xyz, atol=1e-6)
             np.testing.assert_allclose(parsed['scores'], hand.scores, atol=1e-6)
             assert (parsed['valid'] == hand.valid).all()
+            assert parsed['handedness'] == hand.handedness
+            assert not parsed['predicted'].any()
         poses = messages['joints'].poses
         assert len(poses) == 21 * len(visible)
         for k, hand in enumerate(visible):

@@ -56,6 +56,9 @@ class HandFilterNode(Node):
         self._latest_rejected = False
         self._latest_failed = False
         self._last_hands = 0
+        self._shown = 0
+        self._output_rate = RateMeter()
+        self._age_ms = LatencyWindow()
         self._input_rate = RateMeter()
         self._latency_ms = LatencyWindow()
         self._start = time.monotonic()
@@ -135,6 +138,12 @@ class HandFilterNode(Node):
             if data is not None:
                 publish_encoded(self._pubs[name], data)
         self._marker_ids = ids if markers else set()
+        self._shown = len(ids)
+        self._output_rate.tick(time.monotonic())
+        # From the image's capture stamp to here, on the node's clock (ROS time: the system
+        # clock, or /clock with use_sim_time): the whole path a consumer sees, camera,
+        # transport, estimator and filter.
+        self._age_ms.add((self.get_clock().now().nanoseconds - stamp_ns(header)) / 1e6)
 
     def status(self):
         """Return the node's ``DiagnosticStatus``; the pipeline and tests read it too."""
@@ -144,7 +153,11 @@ class HandFilterNode(Node):
             'input rate (Hz)': f'{self._input_rate.rate_hz(now):.1f}',
             'latency p50 (ms)': f'{self._latency_ms.percentile(50):.2f}',
             'latency p99 (ms)': f'{self._latency_ms.percentile(99):.2f}',
+            'output rate (Hz)': f'{self._output_rate.rate_hz(now):.1f}',
+            'output age p50 (ms)': f'{self._age_ms.percentile(50):.1f}',
+            'output age p99 (ms)': f'{self._age_ms.percentile(99):.1f}',
             'hands tracked': self._last_hands,
+            'hands shown': self._shown,
             'smoother': self._filter.config.smoother,
             'anatomy action': self._filter.config.anatomy.action,
             **{k.replace('_', ' '): v for k, v in self._counts.items()},

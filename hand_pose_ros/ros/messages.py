@@ -29,13 +29,20 @@ from hand_pose_ros.ros import cdr
 OUTPUT_TYPES = {'keypoints': PointCloud2, 'joints': PoseArray, 'joint_states': JointState,
                 'palm': PoseStamped, 'tf': TFMessage, 'markers': MarkerArray}
 
-# One point per joint per hand: self-describing PointCloud2 layout.
+# One point per joint per hand: self-describing PointCloud2 layout. handedness: 0 unknown,
+# 1 left, 2 right; predicted: the joint was carried through a gap by the motion model, not
+# measured in this frame.
 KEYPOINT_DTYPE = np.dtype({
-    'names': ['x', 'y', 'z', 'confidence', 'joint_id', 'hand_id', 'valid'],
-    'formats': ['<f4', '<f4', '<f4', '<f4', '<u2', '<u2', 'u1'],
-    'offsets': [0, 4, 8, 12, 16, 18, 20],
+    'names': ['x', 'y', 'z', 'confidence', 'joint_id', 'hand_id', 'valid', 'handedness',
+              'predicted'],
+    'formats': ['<f4', '<f4', '<f4', '<f4', '<u2', '<u2', 'u1', 'u1', 'u1'],
+    'offsets': [0, 4, 8, 12, 16, 18, 20, 21, 22],
     'itemsize': 24,
 })
+# The fields a keypoint cloud must have (handedness and predicted were added later).
+REQUIRED_KEYPOINT_FIELDS = ('x', 'y', 'z', 'confidence', 'joint_id', 'hand_id', 'valid')
+HANDEDNESS_CODES = {'unknown': 0, 'left': 1, 'right': 2}
+_HANDEDNESS_NAMES = {code: name for name, code in HANDEDNESS_CODES.items()}
 # sensor_msgs/PointField datatypes
 _POINT_FIELD_TYPES = {np.dtype('<f4'): 7, np.dtype('<u2'): 4, np.dtype('u1'): 2,
                       np.dtype('<f8'): 8, np.dtype('<i4'): 5, np.dtype('<u4'): 6,
@@ -104,6 +111,11 @@ def keypoint_cloud(hands, header):
         hand_ids = np.array([hand.hand_id for hand in hands], dtype=KEYPOINT_DTYPE['hand_id'])
         points['hand_id'] = np.repeat(hand_ids, NUM_JOINTS)
         points['valid'] = np.concatenate([np.asarray(hand.valid, dtype=bool) for hand in hands])
+        points['handedness'] = np.repeat([HANDEDNESS_CODES[hand.handedness] for hand in hands],
+                                         NUM_JOINTS)
+        points['predicted'] = np.concatenate([
+            np.asarray(getattr(hand, 'predicted_joints', np.zeros(NUM_JOINTS, bool)), bool)
+            for hand in hands])
     data = points.tobytes()
     writer = cdr.CdrWriter()
     writer.put(cdr.header(header), 4)
@@ -153,11 +165,12 @@ def hands_from_cloud(msg):
     Parse a keypoint cloud into per-hand arrays.
 
     :return: list of dicts with hand_id, keypoints_xyz (21, 3), scores (21,), valid (21,),
-        in ascending hand_id order.
+        and, when the cloud has those fields, handedness ('unknown', 'left' or 'right') and
+        predicted (21,), in ascending hand_id order.
     :raises ValueError: when fields are missing or a hand does not have 21 joints.
     """
     points = points_from_cloud(msg)
-    missing = set(KEYPOINT_DTYPE.names) - set(points.dtype.names or ())
+    missing = set(REQUIRED_KEYPOINT_FIELDS) - set(points.dtype.names or ())
     if missing:
         raise ValueError(f'keypoint cloud lacks fields {sorted(missing)}')
     hands = []
@@ -172,6 +185,11 @@ def hands_from_cloud(msg):
             'scores': block['confidence'].astype(np.float64),
             'valid': block['valid'].astype(bool),
         })
+        if 'handedness' in points.dtype.names:
+            hands[-1]['handedness'] = _HANDEDNESS_NAMES.get(int(block['handedness'][0]),
+                                                            'unknown')
+        if 'predicted' in points.dtype.names:
+            hands[-1]['predicted'] = block['predicted'].astype(bool)
     return hands
 
 
