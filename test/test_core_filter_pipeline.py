@@ -197,6 +197,16 @@ def test_handedness_of_mirrored_hands():
         assert tracks[0].handedness_confidence > 0.5
 
 
+def test_an_assumed_side_is_reported_from_the_first_frame():
+    # An open, flat hand carries no evidence of its side: unknown, unless one is assumed.
+    flat = hand_from_angles(np.zeros(len(ANGLE_NAMES))) + [0, 0, .5]
+    for assume, label in (('none', 'unknown'), ('left', 'left'), ('right', 'right')):
+        hand_filter = HandFilter(config_from_dict({'handedness.assume': assume, **AT_ONCE}))
+        tracks = hand_filter.update(0.0, [Observation(flat)])
+        assert tracks[0].handedness == label, assume
+    assert tracks[0].handedness_confidence == 1.0
+
+
 def test_handedness_is_learned_without_a_fingertip():
     # A fingertip hidden in every frame (its score under min_score): the other 20 joints
     # still tell the side.

@@ -103,12 +103,14 @@ class HandednessEstimator:
 
     @property
     def label(self):
-        """Return 'right', 'left' or 'unknown'."""
+        """Return 'right', 'left' or 'unknown' (the configured side when one is assumed)."""
+        if self.config.assume != 'none':
+            return self.config.assume
         if abs(self.value) < self.config.min_confidence:
             return 'unknown'
         return 'right' if self.value > 0 else 'left'
 
     @property
     def confidence(self):
-        """Return the smoothed confidence in [0, 1]."""
-        return abs(self.value)
+        """Return the smoothed confidence in [0, 1] (1 for an assumed side)."""
+        return 1.0 if self.config.assume != 'none' else abs(self.value)
