@@ -141,7 +141,7 @@ class HandednessConfig:
         'handedness when the fingers are straight)',
         choices=('none', 'palm_facing_camera', 'back_facing_camera'))
     assume: str = _param(
-        'none', 'take every hand to be this side instead of estimating it (one operator\'s '
+        'none', "take every hand to be this side instead of estimating it (one operator's "
         'hand in teleoperation: joint_states named and signed for that side from the first '
         'frame)', choices=('none', 'left', 'right'))
 
