@@ -22,6 +22,7 @@ CONSOLE_SCRIPTS = {
     'hand_pose_demo': 'hand_pose_ros.cli.demo:main',
     'hand_pose_soak': 'hand_pose_ros.cli.soak:main',
     'hand_pose_selftrain': 'hand_pose_ros.cli.selftrain:main',
+    'hand_pose_process': 'hand_pose_ros.cli.process:main',
 }
 
 setup(

@@ -131,3 +131,33 @@ def test_readme_lists_every_launch_argument():
     table = table[:table.index('\n\n')]
     listed = {line.split('`')[1] for line in table.splitlines()[2:]}
     assert declared == listed
+
+
+def test_a_parameter_file_is_read_for_one_node_as_ros_applies_it(tmp_path):
+    from hand_pose_ros.ros.params import values_from_file
+
+    path = tmp_path / 'params.yaml'
+    path.write_text(
+        '/**:\n  ros__parameters:\n    log_throttle_s: 2.5\n    use_sim_time: true\n'
+        '/**/hand_pose_node:\n  ros__parameters:\n    localizer:\n      max_hands: 1\n'
+        '/cam1/hand_filter_node:\n  ros__parameters:\n    output:\n      tf_prefix: c1/\n')
+    pose = values_from_file(path, 'hand_pose_node')
+    assert pose['localizer.max_hands'] == 1 and pose['log_throttle_s'] == 2.5
+    assert pose['model.name'] == 'default' and 'use_sim_time' not in pose
+    filtered = values_from_file(path, 'hand_filter_node')
+    assert filtered['output.tf_prefix'] == 'c1/' and filtered['log_throttle_s'] == 2.5
+    # The shipped file gives the defaults.
+    assert values_from_file(ROOT / 'config' / 'hand_pose.yaml', 'hand_pose_node') == \
+        {spec.name: spec.default for spec in NODE_PARAMS['hand_pose_node']}
+    for text, message in (
+            ('hand_pose_node:\n  ros__parameters:\n    localizer:\n      max_hands: 0\n',
+             r'hand_pose_node: localizer.max_hands=0 is outside'),
+            ('hand_pose_node:\n  ros__parameters:\n    model_name: x\n',
+             "unknown parameter 'model_name'"),
+            ('hand_pose_node: 3\n', 'section hand_pose_node has no ros__parameters'),
+            ('[1, 2]\n', 'not a mapping of node sections')):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            values_from_file(path, 'hand_pose_node')
+    with pytest.raises(ValueError, match='missing.yaml'):
+        values_from_file(tmp_path / 'missing.yaml', 'hand_pose_node')

@@ -43,11 +43,13 @@ class DepthFrame:
     :param stamp_ns: capture stamp, integer nanoseconds.
     :param depth: (H, W) uint16 millimetres (0 invalid) or float32 metres (NaN invalid).
     :param intrinsics: :class:`CameraIntrinsics` of the image.
+    :param frame_id: the image's frame (a bag's header frame_id; empty for PNG folders).
     """
 
     stamp_ns: int
     depth: np.ndarray
     intrinsics: CameraIntrinsics
+    frame_id: str = ''
 
     @property
     def stamp_s(self):

@@ -137,7 +137,7 @@ class BagRecording:
                         intrinsics_cache.clear()
                         intrinsics_cache[key] = (info, intrinsics_from_camera_info(info))
                     frame = DepthFrame(stamp_ns, np.array(depth_from_image(image)),
-                                       intrinsics_cache[key][1])
+                                       intrinsics_cache[key][1], str(image.header.frame_id))
                     # A camera_info of another image size (a ROI, a resolution change):
                     # skipped as the folder reader skips it, not a failure later on.
                     frame.intrinsics.check_image(frame.depth)

@@ -9,6 +9,7 @@ tested without ROS.
 
 from dataclasses import dataclass
 import math
+from pathlib import Path
 
 from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE, DEFAULT_REDETECT_INTERVAL
@@ -174,6 +175,9 @@ def _filter_specs():
 
 HAND_FILTER_NODE_PARAMS = COMMON_PARAMS + OUTPUT_PARAMS + _filter_specs()
 
+# Parameters every rclpy node has, which a parameter file may set for any node.
+RCLPY_PARAMETERS = ('use_sim_time', 'start_type_description_service')
+
 NODE_PARAMS = {
     'hand_pose_node': HAND_POSE_NODE_PARAMS,
     'hand_filter_node': HAND_FILTER_NODE_PARAMS,
@@ -193,6 +197,55 @@ def check_values(specs, values):
         if name not in by_name:
             raise ValueError(f'unknown parameter {name!r}')
         by_name[name].check(value)
+
+
+def values_from_file(path, node):
+    """
+    Return ``node``'s parameter values as a ROS parameter file sets them (defaults elsewhere).
+
+    For tools that read the nodes' file without running the nodes (``hand_pose_process``).
+    A section applies as in ROS when its key ends in the node's name (``/**/hand_pose_node``,
+    ``hand_pose_node``, ``/cam1/hand_pose_node``) or is ``/**`` (every node). A key the node
+    does not declare is refused, as a typo would be lost otherwise; ``use_sim_time`` and
+    other rclpy parameters aside.
+
+    :raises ValueError: for an unreadable file, an unknown key or a bad value, naming it.
+    """
+    import yaml
+
+    specs = NODE_PARAMS[node]
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f'parameter file {path}: {error}') from None
+    if not isinstance(document, dict):
+        raise ValueError(f'parameter file {path}: not a mapping of node sections')
+    values = defaults(specs)
+    for key, section in document.items():
+        if str(key).rstrip('/').split('/')[-1] not in (node, '**'):
+            continue
+        given = (section or {}).get('ros__parameters', {}) if isinstance(section, dict) else None
+        if not isinstance(given, dict):
+            raise ValueError(f'parameter file {path}: section {key} has no ros__parameters '
+                             f'mapping')
+        flat = {name: value for name, value in _flatten(given).items()
+                if name not in RCLPY_PARAMETERS}
+        try:
+            check_values(specs, flat)
+        except ValueError as error:
+            raise ValueError(f'parameter file {path}, {key}: {error}') from None
+        values.update(flat)
+    return values
+
+
+def _flatten(nested, prefix=''):
+    flat = {}
+    for name, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f'{prefix}{name}.'))
+        else:
+            flat[f'{prefix}{name}'] = value
+    return flat
 
 
 def group(values, prefix):

@@ -1,0 +1,197 @@
+"""
+``hand_pose_process``: turn a depth recording into a bag of hand poses, every frame.
+
+The nodes keep up with a live camera by dropping frames they cannot take in time; this runs
+the same estimator, hand tracker and filter over a recording offline, frame by frame, and
+writes what the nodes would publish into a new rosbag2 (MCAP or sqlite3), stamped with each
+depth image's stamp::
+
+    hand_pose_process RECORDING -o poses_bag [--params-file my_hand_pose.yaml]
+    ros2 bag play RECORDING poses_bag          # both together, e.g. for RViz
+
+RECORDING is a rosbag2 folder with a depth topic and its camera_info, or a folder of depth
+PNGs with an intrinsics file (see ``hand_pose_selftrain --help``). The parameter file is the
+nodes' (``config/hand_pose.yaml`` by default): its ``hand_pose_node`` section sets the model
+and localiser, its ``hand_filter_node`` section the filter and outputs. Topics written:
+``hand_pose/raw_keypoints`` and the filter's ``hand_pose/keypoints``, ``hand_pose/joints``,
+``hand_pose/palm_pose``, ``hand_pose/joint_states`` and ``/tf`` (``--markers`` adds
+``hand_pose/markers``).
+"""
+
+import argparse
+import os
+from pathlib import Path
+import sys
+import time
+from types import SimpleNamespace
+
+from hand_pose_ros.cli.options import fail
+
+DEFAULT_FRAME_ID = 'camera_depth_optical_frame'
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog='hand_pose_process', description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('recording', help='rosbag2 folder or folder of depth PNGs')
+    parser.add_argument('-o', '--output', required=True, help='rosbag2 folder to create')
+    parser.add_argument('--params-file', help='node parameter YAML (default: the installed '
+                                              'config/hand_pose.yaml)')
+    parser.add_argument('--model', help="model name or card (overrides the file's model.name)")
+    parser.add_argument('--backend', help='inference backend (overrides model.backend)')
+    parser.add_argument('--depth-topic', help='depth image topic of a bag')
+    parser.add_argument('--info-topic', help='camera_info topic of a bag')
+    parser.add_argument('--fps', type=float, default=30.0,
+                        help='frame rate of a PNG folder whose names are not stamps')
+    parser.add_argument('--frame-id', default=DEFAULT_FRAME_ID,
+                        help='frame_id of the outputs where the recording has none (PNGs)')
+    parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
+    parser.add_argument('--markers', action='store_true', help='also write RViz markers')
+    return parser.parse_args(argv)
+
+
+def node_parameters(args):
+    """Return the hand_pose_node and hand_filter_node values of the parameter file."""
+    from hand_pose_ros.ros.params import values_from_file
+    from hand_pose_ros.ros.pipeline import default_params_file
+
+    path = args.params_file or default_params_file()
+    pose_values = values_from_file(path, 'hand_pose_node')
+    if args.model:
+        pose_values['model.name'] = args.model
+    if args.backend:
+        pose_values['model.backend'] = args.backend
+    return pose_values, values_from_file(path, 'hand_filter_node')
+
+
+def _header(stamp_ns, frame_id):
+    """Return a header the message builders read (stamp and frame_id)."""
+    stamp = SimpleNamespace(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+    return SimpleNamespace(stamp=stamp, frame_id=frame_id)
+
+
+def _type_name(msg_type):
+    return f'{msg_type.__module__.split(".")[0]}/msg/{msg_type.__name__}'
+
+
+class PoseBagWriter:
+    """A new rosbag2 of the outputs, written as the message builders encode them (CDR)."""
+
+    def __init__(self, path, storage, topics):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.typesys import get_typestore, Stores
+
+        from hand_pose_ros.ros.bags import BAG_VERSION
+
+        plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[storage]
+        self.writer = Writer(Path(path), version=BAG_VERSION, storage_plugin=plugin)
+        self.writer.open()
+        typestore = get_typestore(Stores.ROS2_HUMBLE)
+        self.connections = {name: self.writer.add_connection(topic, _type_name(msg_type),
+                                                             typestore=typestore)
+                            for name, (topic, msg_type) in topics.items()}
+        self.counts = dict.fromkeys(topics, 0)
+
+    def write(self, name, stamp_ns, data):
+        self.writer.write(self.connections[name], stamp_ns, data)
+        self.counts[name] += 1
+
+    def close(self):
+        self.writer.close()
+
+
+def process(recording, estimator, tracker, hand_filter, writer, filter_values, frame_id,
+            markers=False):
+    """
+    Run every frame of ``recording`` through the tracker and the filter into ``writer``.
+
+    :return: {'frames', 'with_hands', 'shown'}: frames processed, frames with a raw estimate,
+        frames with a filtered hand shown.
+    """
+    from hand_pose_ros.core.filters import Observation
+    from hand_pose_ros.core.training import ProgressBar
+    from hand_pose_ros.ros.hand_pose_node import RawHand
+    from hand_pose_ros.ros.messages import (frame_outputs, keypoint_cloud, OutputContinuity,
+                                            visible_hands)
+
+    continuity = OutputContinuity()
+    progress = ProgressBar(len(recording))
+    counts = {'frames': 0, 'with_hands': 0, 'shown': 0}
+    last_stamp_ns = None
+    for frame in recording:
+        if last_stamp_ns is not None and frame.stamp_ns < last_stamp_ns:
+            tracker.reset()   # the recording jumped back (the filter resets by itself)
+        last_stamp_ns = frame.stamp_ns
+        header = _header(frame.stamp_ns, frame.frame_id or frame_id)
+        poses = tracker.estimate(frame.depth, frame.intrinsics)
+        hands = [RawHand(i, pose) for i, pose in enumerate(poses)]
+        writer.write('raw', frame.stamp_ns, keypoint_cloud(hands, header))
+        tracks = hand_filter.update(frame.stamp_ns * 1e-9, [
+            Observation(keypoints_xyz=pose.keypoints_xyz, scores=pose.scores)
+            for pose in poses])
+        outputs = frame_outputs(tracks, header, filter_values['output.tf_prefix'],
+                                publish_tf=filter_values['output.publish_tf'],
+                                markers=markers, continuity=continuity,
+                                marker_lifetime_s=filter_values['output.marker_lifetime_s'])
+        for name, data in outputs.items():
+            if data is not None:
+                writer.write(name, frame.stamp_ns, data)
+        counts['frames'] += 1
+        counts['with_hands'] += bool(hands)
+        counts['shown'] += bool(visible_hands(tracks))
+        progress.update(counts['frames'], f'frames, {counts["shown"]} with a hand')
+    return counts
+
+
+def main(argv=None):
+    """Run the command line tool; return the exit status."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if os.path.exists(args.output):
+            raise ValueError(f'--output {args.output} exists: name a new folder')
+        pose_values, filter_values = node_parameters(args)
+        from hand_pose_ros.cli.selftrain import open_recording
+
+        recording = open_recording(args.recording, args.depth_topic, args.info_topic, args.fps)
+        from hand_pose_ros.core.estimator import HandTracker
+        from hand_pose_ros.core.filters import HandFilter
+        from hand_pose_ros.core.filters.config import config_from_dict
+        from hand_pose_ros.ros.hand_filter_node import OUTPUT_TOPICS
+        from hand_pose_ros.ros.hand_pose_node import load_node_estimator
+        from hand_pose_ros.ros.messages import OUTPUT_TYPES
+        from hand_pose_ros.ros.params import group
+
+        estimator = load_node_estimator(pose_values)
+        tracker = HandTracker(estimator, pose_values['localizer.redetect_interval'])
+        hand_filter = HandFilter(config_from_dict(group(filter_values, 'filter')))
+    except (ValueError, OSError, ImportError) as error:
+        return fail('hand_pose_process', error)
+    topics = {'raw': ('hand_pose/raw_keypoints', OUTPUT_TYPES['keypoints'])}
+    topics.update({name: (topic, OUTPUT_TYPES[name]) for name, topic in OUTPUT_TOPICS.items()
+                   if name != 'markers' or args.markers})
+    start = time.monotonic()
+    writer = PoseBagWriter(args.output, args.storage, topics)
+    try:
+        counts = process(recording, estimator, tracker, hand_filter, writer, filter_values,
+                         args.frame_id, args.markers)
+    except KeyboardInterrupt:
+        print('hand_pose_process: interrupted; the bag holds the frames processed so far',
+              file=sys.stderr)
+        return 130
+    except ValueError as error:
+        return fail('hand_pose_process', error, status=1)
+    finally:
+        writer.close()
+    elapsed = time.monotonic() - start
+    skipped = getattr(recording, 'rejected', 0) + getattr(recording, 'unpaired', 0)
+    print(f'hand_pose_process: {counts["frames"]} frames in {elapsed:.1f} s '
+          f'({counts["frames"] / max(elapsed, 1e-9):.1f} frames/s), {counts["with_hands"]} with '
+          f'a raw estimate, {counts["shown"]} with a filtered hand; {skipped} unusable frames '
+          f'skipped; wrote {args.output}: '
+          + ', '.join(f'{topics[name][0]} {count}' for name, count in writer.counts.items()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
