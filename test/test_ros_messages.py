@@ -145,6 +145,30 @@ def test_a_stream_keeps_its_palm_hand_and_quaternion_signs():
     assert min(dots[True]) > 0.99 and min(dots[False]) < 0.0
 
 
+def test_tf_frames_named_by_side_stay_with_the_side():
+    joints = generate_motion(1, seed=2).joints_xyz[0]
+
+    def frames_of(hands, tf_names):
+        tf = decoded(frame_outputs(hands, Header(), 'cam1/', tf_names=tf_names))['tf']
+        return {t.child_frame_id for t in tf.transforms}
+
+    hands = [SimpleNamespace(hand_id=i, keypoints_xyz=joints + 0.1 * i, scores=np.ones(21),
+                             valid=np.ones(21, bool), handedness=side)
+             for i, side in ((7, 'right'), (9, 'right'), (12, 'unknown'))]
+    by_id = frames_of(hands, 'id')
+    assert {'cam1/hand_7', 'cam1/hand_7_wrist', 'cam1/hand_12_pinky_tip'} <= by_id
+    by_side = frames_of(hands, 'side')
+    # The first right hand is right_hand; a second right hand and an unknown one keep ids.
+    assert {'cam1/right_hand', 'cam1/right_hand_index_tip', 'cam1/hand_9', 'cam1/hand_12',
+            'cam1/hand_12_wrist'} <= by_side
+    assert not any(name.startswith('cam1/hand_7') for name in by_side)
+    # A new track of the same side (a new id) keeps the names.
+    hands[0].hand_id = 30
+    assert 'cam1/right_hand' in frames_of(hands[:1], 'side')
+    with pytest.raises(ValueError, match='tf_names must be one of'):
+        frame_outputs(hands, Header(), tf_names='name')
+
+
 def test_the_keypoint_cloud_is_dense_only_without_nan_points():
     joints = generate_motion(1, seed=2).joints_xyz[0]
     unseen = joints.copy()

@@ -133,7 +133,8 @@ def process(recording, estimator, tracker, hand_filter, writer, filter_values, f
         outputs = frame_outputs(tracks, header, filter_values['output.tf_prefix'],
                                 publish_tf=filter_values['output.publish_tf'],
                                 markers=markers, continuity=continuity,
-                                marker_lifetime_s=filter_values['output.marker_lifetime_s'])
+                                marker_lifetime_s=filter_values['output.marker_lifetime_s'],
+                                tf_names=filter_values['output.tf_names'])
         for name, data in outputs.items():
             if data is not None:
                 writer.write(name, frame.stamp_ns, data)

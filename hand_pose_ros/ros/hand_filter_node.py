@@ -133,7 +133,8 @@ class HandFilterNode(Node):
         outputs = frame_outputs(tracks, header, self._values['output.tf_prefix'],
                                 self._marker_ids - ids,
                                 self._values['output.marker_lifetime_s'],
-                                self._values['output.publish_tf'], markers, self._continuity)
+                                self._values['output.publish_tf'], markers, self._continuity,
+                                self._values['output.tf_names'])
         for name, data in outputs.items():
             if data is not None:
                 publish_encoded(self._pubs[name], data)

@@ -310,32 +310,51 @@ def joint_state(hands, header, geometry=None):
     return writer.getvalue()
 
 
-def hand_frame_names(prefix, hand_id):
-    """Return (palm frame, [21 joint frames]) TF names of a hand."""
-    palm = f'{prefix}hand_{hand_id}'
+TF_NAMES = ('id', 'side')
+
+
+def hand_frame_labels(hands, tf_names='id'):
+    """
+    Return {hand_id: TF name of its palm frame, before the prefix}.
+
+    ``'id'``: ``hand_<id>``. ``'side'``: ``left_hand`` / ``right_hand`` for the hands the
+    joint states name by side (:func:`joint_state_prefixes`), ``hand_<id>`` for the others.
+    """
+    if tf_names not in TF_NAMES:
+        raise ValueError(f'tf_names must be one of {TF_NAMES}, got {tf_names!r}')
+    if tf_names == 'id':
+        return {hand.hand_id: f'hand_{hand.hand_id}' for hand in hands}
+    return {hand_id: f'{prefix}hand' if prefix in ('left_', 'right_') else prefix.rstrip('_')
+            for hand_id, prefix in joint_state_prefixes(hands).items()}
+
+
+def hand_frame_names(prefix, label):
+    """Return (palm frame, [21 joint frames]) TF names of a hand (``hand_frame_labels``)."""
+    palm = f'{prefix}{label}'
     return palm, [f'{palm}_{name}' for name in JOINT_NAMES]
 
 
 @functools.lru_cache(maxsize=64)
-def _frame_names(prefix, hand_id):
+def _frame_names(prefix, label):
     """Return the CDR strings of a hand's palm frame and its 21 joint frames."""
-    palm, joints = hand_frame_names(prefix, hand_id)
+    palm, joints = hand_frame_names(prefix, label)
     return [cdr.string(name) for name in [palm] + joints]
 
 
-def tf_message(hands, header, prefix='', geometry=None):
+def tf_message(hands, header, prefix='', geometry=None, tf_names='id'):
     """
     Return a ``tf2_msgs/TFMessage`` (CDR bytes): palm and valid joint frames per hand.
 
     Frames the keypoints leave undefined (``hand_geometry``) are left out; None when no
-    frame is left.
+    frame is left. ``tf_names`` names them by hand id or by side (:func:`hand_frame_labels`).
     """
     geometry = geometry or hand_geometry(hands)
     header_cdr = cdr.header(header)
+    labels = hand_frame_labels(hands, tf_names)
     frames = []
     for hand in sorted_hands(hands):
         origin, palm_quaternion, quaternions = geometry[hand.hand_id][:3]
-        names = _frame_names(prefix, hand.hand_id)
+        names = _frame_names(prefix, labels[hand.hand_id])
         # Row 0 is the palm's transform, row 1 + j joint j's: translation, rotation.
         values = np.concatenate([
             np.concatenate([origin, palm_quaternion])[None],
@@ -457,7 +476,7 @@ class OutputContinuity:
 
 
 def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0.5,
-                  publish_tf=True, markers=True, continuity=None):
+                  publish_tf=True, markers=True, continuity=None, tf_names='id'):
     """
     Build every output message of one frame, as CDR bytes.
 
@@ -468,6 +487,7 @@ def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0
     :param markers: build the markers (False: None, e.g. while nobody displays them).
     :param continuity: the stream's :class:`OutputContinuity` (None: each frame on its own;
         the palm pose is then the lowest hand id's and quaternions have w >= 0).
+    :param tf_names: TF frames named by hand id or by side (:func:`hand_frame_labels`).
     :return: {output name: CDR bytes or None}: keypoints, joints, joint_states, palm, tf,
         markers (message types in :data:`OUTPUT_TYPES`).
     """
@@ -481,7 +501,8 @@ def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0
         'joints': joint_pose_array(hands, header, geometry),
         'joint_states': joint_state(hands, header, geometry),
         'palm': palm_pose(palm_hand, header, geometry) if palm_hand else None,
-        'tf': tf_message(hands, header, tf_prefix, geometry) if hands and publish_tf else None,
+        'tf': (tf_message(hands, header, tf_prefix, geometry, tf_names)
+               if hands and publish_tf else None),
         'markers': marker_array(hands, header, lost_ids, marker_lifetime_s) if markers else None,
     }
 

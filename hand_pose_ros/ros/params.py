@@ -14,6 +14,7 @@ from pathlib import Path
 from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE, DEFAULT_REDETECT_INTERVAL
 from hand_pose_ros.core.filters.config import config_fields as filter_config_fields
+from hand_pose_ros.ros.messages import TF_NAMES
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,11 @@ OUTPUT_PARAMS = (
               'give each camera its own (e.g. cam1/) when several publish on one /tf.'),
     ParamSpec('output.publish_tf', True, 'Publish a TF frame per hand and joint on /tf.', None,
               None, True),
+    ParamSpec('output.tf_names', 'id',
+              'TF frame names: id (<prefix>hand_<id>, a new name for each new track) or side '
+              '(<prefix>left_hand, <prefix>right_hand for the hands joint_states names by side, '
+              'hand_<id> for others: stable names, e.g. with filter.handedness.assume).', None,
+              TF_NAMES, True),
     ParamSpec('output.marker_lifetime_s', 0.5,
               'Lifetime of markers, so they vanish if the node stops (s); 0 keeps them until '
               'the node deletes them (a lost hand), also after it stops.', (0.0, 60.0), None,
