@@ -1,5 +1,7 @@
 """hand_pose_process: a recording through the estimator, tracker and filter into a pose bag."""
 
+import sys
+
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message
@@ -7,6 +9,7 @@ from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import JointState, PointCloud2
 
 from hand_pose_ros.cli import process
+from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.recordings import DepthFrame, write_folder_recording
 from hand_pose_ros.core.selftrain import render_sequence
 from hand_pose_ros.ros.bags import DepthBagWriter
@@ -102,3 +105,32 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, sequence, capsys)
         assert err.startswith('hand_pose_process: error: ') and message in err, err
         assert err.count('\n') == 1
     assert not (tmp_path / 'out').exists()
+
+
+def test_repeated_stamps_are_skipped_and_an_unusable_recording_leaves_no_bag(
+        tmp_path, sequence, monkeypatch, capsys):
+    frames = depth_frames(sequence[:5])
+    with DepthBagWriter(tmp_path / 'in') as writer:
+        for frame in frames[:3] + [frames[2]] + frames[3:]:   # frame 2 sent twice
+            writer.write(frame)
+    assert process.main([str(tmp_path / 'in'), '-o', str(tmp_path / 'out')]) == 0
+    assert 'and 1 repeated stamps skipped' in capsys.readouterr().out
+    topics = read_bag(tmp_path / 'out')
+    for topic in ('hand_pose/raw_keypoints', '/tf'):
+        stamps = [stamp for stamp, _ in topics[topic]]
+        assert len(stamps) == len(set(stamps)), topic
+    assert len(topics['hand_pose/keypoints']) == 5
+    # Every frame unusable (camera_info of another image size): an error, and no bag left.
+    wrong = CameraIntrinsics(600.0, 600.0, 900.0, 500.0, 1280, 960)
+    with DepthBagWriter(tmp_path / 'bad') as writer:
+        for frame in frames[:3]:
+            writer.write(DepthFrame(frame.stamp_ns, frame.depth, wrong))
+    assert process.main([str(tmp_path / 'bad'), '-o', str(tmp_path / 'out2')]) == 1
+    assert 'no usable frame' in capsys.readouterr().err
+    assert not (tmp_path / 'out2').exists()
+    # Without rosbags, the error comes before the model loads.
+    monkeypatch.setitem(sys.modules, 'rosbags.rosbag2', None)
+    monkeypatch.setattr('hand_pose_ros.ros.hand_pose_node.load_node_estimator',
+                        lambda values: pytest.fail('model loaded before the rosbags check'))
+    assert process.main([str(tmp_path / 'in'), '-o', str(tmp_path / 'out3')]) == 2
+    assert 'pip install rosbags' in capsys.readouterr().err

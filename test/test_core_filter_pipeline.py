@@ -205,6 +205,18 @@ def test_an_assumed_side_is_reported_from_the_first_frame():
         tracks = hand_filter.update(0.0, [Observation(flat)])
         assert tracks[0].handedness == label, assume
     assert tracks[0].handedness_confidence == 1.0
+    # The side is assumed for what is published, not for the anatomy checks: a curled left
+    # hand under assume: right is not "repaired" into a right hand's limits.
+    curled = np.radians([REST_ANGLES_DEG[name] + 40 * name.endswith('flexion')
+                         for name in ANGLE_NAMES])
+    left = hand_from_angles(curled, handedness='left') + [0, 0, .5]
+    for assume in ('none', 'right'):
+        hand_filter = HandFilter(config_from_dict({'handedness.assume': assume, **AT_ONCE}))
+        for k in range(10):
+            tracks = hand_filter.update(k * PERIOD, [Observation(left)])
+        assert hand_filter.stats['repaired_joints'] == 0, assume
+        np.testing.assert_allclose(tracks[0].keypoints_xyz, left, atol=1e-3)
+    assert tracks[0].handedness == 'right'
 
 
 def test_handedness_is_learned_without_a_fingertip():

@@ -143,6 +143,26 @@ def test_a_stream_keeps_its_palm_hand_and_quaternion_signs():
                 dots[kept].append(q @ previous[kept])
             previous[kept] = q
     assert min(dots[True]) > 0.99 and min(dots[False]) < 0.0
+    # A live track not shown for a frame (every joint invalid while it coasts) keeps its
+    # signs for when it is shown again.
+    continuity, last = OutputContinuity(), None
+    for step, degrees in enumerate(range(0, 370, 10)):
+        turn = rotation_about_axis([0.0, 0.0, 1.0], np.radians(degrees))
+        track = hand(1, (joints - center) @ turn.T + center)
+        track.valid = np.full(21, step % 6 != 5)
+        outputs = decoded(frame_outputs([track], Header(), continuity=continuity))
+        if 'palm' in outputs:
+            o = outputs['palm'].pose.orientation
+            q = np.array([o.x, o.y, o.z, o.w])
+            assert last is None or q @ last > 0.95, degrees
+            last = q
+    # The followed palm undefined (its wrist invalid): another hand's palm takes over.
+    continuity = OutputContinuity()
+    first = palm_x(frame_outputs([hand(4, left)], Header(), continuity=continuity))
+    broken = hand(4, left)
+    broken.valid = np.arange(21) != 0
+    taken = palm_x(frame_outputs([hand(2, right), broken], Header(), continuity=continuity))
+    assert taken > first
 
 
 def test_tf_frames_named_by_side_stay_with_the_side():

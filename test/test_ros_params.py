@@ -144,8 +144,11 @@ def test_a_parameter_file_is_read_for_one_node_as_ros_applies_it(tmp_path):
     pose = values_from_file(path, 'hand_pose_node')
     assert pose['localizer.max_hands'] == 1 and pose['log_throttle_s'] == 2.5
     assert pose['model.name'] == 'default' and 'use_sim_time' not in pose
+    # A namespaced section is that namespace's node's only.
     filtered = values_from_file(path, 'hand_filter_node')
-    assert filtered['output.tf_prefix'] == 'c1/' and filtered['log_throttle_s'] == 2.5
+    assert filtered['output.tf_prefix'] == '' and filtered['log_throttle_s'] == 2.5
+    assert values_from_file(path, 'hand_filter_node', 'cam1')['output.tf_prefix'] == 'c1/'
+    assert values_from_file(path, 'hand_filter_node', '/cam2')['output.tf_prefix'] == ''
     # The shipped file gives the defaults.
     assert values_from_file(ROOT / 'config' / 'hand_pose.yaml', 'hand_pose_node') == \
         {spec.name: spec.default for spec in NODE_PARAMS['hand_pose_node']}
@@ -155,6 +158,13 @@ def test_a_parameter_file_is_read_for_one_node_as_ros_applies_it(tmp_path):
             ('hand_pose_node:\n  ros__parameters:\n    model_name: x\n',
              "unknown parameter 'model_name'"),
             ('hand_pose_node: 3\n', 'section hand_pose_node has no ros__parameters'),
+            ('hand_pose_node:\n  ros_parameters:\n    log_throttle_s: 1.0\n',
+             'section hand_pose_node has no ros__parameters'),
+            # Types as rclpy takes them: an integer parameter refuses 1.0, a float one 2.
+            ('hand_pose_node:\n  ros__parameters:\n    localizer:\n      max_hands: 1.0\n',
+             'localizer.max_hands must be an integer, as the node declares it, got 1.0'),
+            ('hand_pose_node:\n  ros__parameters:\n    log_throttle_s: 2\n',
+             r'log_throttle_s must be a float \(2.0, not 2\), as the node declares it, got 2'),
             ('[1, 2]\n', 'not a mapping of node sections')):
         path.write_text(text)
         with pytest.raises(ValueError, match=message):

@@ -7,7 +7,7 @@ writes what the nodes would publish into a new rosbag2 (MCAP or sqlite3), stampe
 depth image's stamp::
 
     hand_pose_process RECORDING -o poses_bag [--params-file my_hand_pose.yaml]
-    ros2 bag play RECORDING poses_bag          # both together, e.g. for RViz
+    ros2 bag play -i RECORDING -i poses_bag    # both together (Jazzy and later)
 
 RECORDING is a rosbag2 folder with a depth topic and its camera_info, or a folder of depth
 PNGs with an intrinsics file (see ``hand_pose_selftrain --help``). The parameter file is the
@@ -21,6 +21,7 @@ and localiser, its ``hand_filter_node`` section the filter and outputs. Topics w
 import argparse
 import os
 from pathlib import Path
+import shutil
 import sys
 import time
 from types import SimpleNamespace
@@ -38,6 +39,8 @@ def parse_args(argv):
     parser.add_argument('-o', '--output', required=True, help='rosbag2 folder to create')
     parser.add_argument('--params-file', help='node parameter YAML (default: the installed '
                                               'config/hand_pose.yaml)')
+    parser.add_argument('--namespace', default='',
+                        help="the nodes' namespace, for the file's namespaced sections")
     parser.add_argument('--model', help="model name or card (overrides the file's model.name)")
     parser.add_argument('--backend', help='inference backend (overrides model.backend)')
     parser.add_argument('--depth-topic', help='depth image topic of a bag')
@@ -57,12 +60,12 @@ def node_parameters(args):
     from hand_pose_ros.ros.pipeline import default_params_file
 
     path = args.params_file or default_params_file()
-    pose_values = values_from_file(path, 'hand_pose_node')
+    pose_values = values_from_file(path, 'hand_pose_node', args.namespace)
     if args.model:
         pose_values['model.name'] = args.model
     if args.backend:
         pose_values['model.backend'] = args.backend
-    return pose_values, values_from_file(path, 'hand_filter_node')
+    return pose_values, values_from_file(path, 'hand_filter_node', args.namespace)
 
 
 def _header(stamp_ns, frame_id):
@@ -101,13 +104,14 @@ class PoseBagWriter:
         self.writer.close()
 
 
-def process(recording, estimator, tracker, hand_filter, writer, filter_values, frame_id,
-            markers=False):
+def process(recording, tracker, hand_filter, writer, filter_values, frame_id, markers=False):
     """
     Run every frame of ``recording`` through the tracker and the filter into ``writer``.
 
-    :return: {'frames', 'with_hands', 'shown'}: frames processed, frames with a raw estimate,
-        frames with a filtered hand shown.
+    A frame whose stamp repeats the one before is skipped (its outputs went out already).
+
+    :return: {'frames', 'with_hands', 'shown', 'repeated'}: frames processed, frames with a
+        raw estimate, frames with a filtered hand shown, frames skipped as repeats.
     """
     from hand_pose_ros.core.filters import Observation
     from hand_pose_ros.core.training import ProgressBar
@@ -117,9 +121,12 @@ def process(recording, estimator, tracker, hand_filter, writer, filter_values, f
 
     continuity = OutputContinuity()
     progress = ProgressBar(len(recording))
-    counts = {'frames': 0, 'with_hands': 0, 'shown': 0}
+    counts = {'frames': 0, 'with_hands': 0, 'shown': 0, 'repeated': 0}
     last_stamp_ns = None
     for frame in recording:
+        if frame.stamp_ns == last_stamp_ns:
+            counts['repeated'] += 1
+            continue
         if last_stamp_ns is not None and frame.stamp_ns < last_stamp_ns:
             tracker.reset()   # the recording jumped back (the filter resets by itself)
         last_stamp_ns = frame.stamp_ns
@@ -145,51 +152,75 @@ def process(recording, estimator, tracker, hand_filter, writer, filter_values, f
     return counts
 
 
+def _set_up(args):
+    """Return (recording, tracker, filter, filter values), or raise ValueError/OSError."""
+    from hand_pose_ros.cli.selftrain import open_recording
+    from hand_pose_ros.core.estimator import HandTracker
+    from hand_pose_ros.core.filters import HandFilter
+    from hand_pose_ros.core.filters.config import config_from_dict
+    from hand_pose_ros.ros.hand_pose_node import load_node_estimator
+    from hand_pose_ros.ros.params import group
+
+    if os.path.exists(args.output):
+        raise ValueError(f'--output {args.output} exists: name a new folder')
+    try:
+        import rosbags.rosbag2  # noqa: F401  (before minutes of engine building, not after)
+    except ImportError:
+        raise ValueError('writing a bag needs the rosbags package (pip install rosbags)') \
+            from None
+    pose_values, filter_values = node_parameters(args)
+    recording = open_recording(args.recording, args.depth_topic, args.info_topic, args.fps)
+    tracker = HandTracker(load_node_estimator(pose_values),
+                          pose_values['localizer.redetect_interval'])
+    return recording, tracker, HandFilter(config_from_dict(group(filter_values, 'filter'))), \
+        filter_values
+
+
 def main(argv=None):
     """Run the command line tool; return the exit status."""
+    from hand_pose_ros.ros.hand_filter_node import OUTPUT_TOPICS
+    from hand_pose_ros.ros.messages import OUTPUT_TYPES
+
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        if os.path.exists(args.output):
-            raise ValueError(f'--output {args.output} exists: name a new folder')
-        pose_values, filter_values = node_parameters(args)
-        from hand_pose_ros.cli.selftrain import open_recording
-
-        recording = open_recording(args.recording, args.depth_topic, args.info_topic, args.fps)
-        from hand_pose_ros.core.estimator import HandTracker
-        from hand_pose_ros.core.filters import HandFilter
-        from hand_pose_ros.core.filters.config import config_from_dict
-        from hand_pose_ros.ros.hand_filter_node import OUTPUT_TOPICS
-        from hand_pose_ros.ros.hand_pose_node import load_node_estimator
-        from hand_pose_ros.ros.messages import OUTPUT_TYPES
-        from hand_pose_ros.ros.params import group
-
-        estimator = load_node_estimator(pose_values)
-        tracker = HandTracker(estimator, pose_values['localizer.redetect_interval'])
-        hand_filter = HandFilter(config_from_dict(group(filter_values, 'filter')))
+        recording, tracker, hand_filter, filter_values = _set_up(args)
+    except KeyboardInterrupt:
+        return 130
     except (ValueError, OSError, ImportError) as error:
         return fail('hand_pose_process', error)
     topics = {'raw': ('hand_pose/raw_keypoints', OUTPUT_TYPES['keypoints'])}
     topics.update({name: (topic, OUTPUT_TYPES[name]) for name, topic in OUTPUT_TOPICS.items()
                    if name != 'markers' or args.markers})
     start = time.monotonic()
-    writer = PoseBagWriter(args.output, args.storage, topics)
+    status, counts = 0, {'frames': 0}
     try:
-        counts = process(recording, estimator, tracker, hand_filter, writer, filter_values,
+        writer = PoseBagWriter(args.output, args.storage, topics)
+    except (ValueError, OSError) as error:
+        return fail('hand_pose_process', error)
+    try:
+        counts = process(recording, tracker, hand_filter, writer, filter_values,
                          args.frame_id, args.markers)
     except KeyboardInterrupt:
         print('hand_pose_process: interrupted; the bag holds the frames processed so far',
               file=sys.stderr)
-        return 130
-    except ValueError as error:
-        return fail('hand_pose_process', error, status=1)
+        status = 130
+    except (ValueError, OSError) as error:
+        status = fail('hand_pose_process', error, status=1)
     finally:
         writer.close()
+    if not counts['frames']:
+        # Nothing written: no bag that a second run would have to be told to replace.
+        shutil.rmtree(args.output, ignore_errors=True)
+        return status or fail('hand_pose_process', f'{args.recording}: no usable frame '
+                              f'(see the warnings above)', status=1)
+    if status:
+        return status
     elapsed = time.monotonic() - start
     skipped = getattr(recording, 'rejected', 0) + getattr(recording, 'unpaired', 0)
     print(f'hand_pose_process: {counts["frames"]} frames in {elapsed:.1f} s '
           f'({counts["frames"] / max(elapsed, 1e-9):.1f} frames/s), {counts["with_hands"]} with '
           f'a raw estimate, {counts["shown"]} with a filtered hand; {skipped} unusable frames '
-          f'skipped; wrote {args.output}: '
+          f'and {counts["repeated"]} repeated stamps skipped; wrote {args.output}: '
           + ', '.join(f'{topics[name][0]} {count}' for name, count in writer.counts.items()))
     return 0
 

@@ -143,13 +143,15 @@ def parse_args(argv):
 
 def check_periods(options):
     """Raise ValueError unless the run reports twice from the end of the warm-up on."""
-    # Memory growth compares the last report with the first one at or after the warm-up.
-    warm_report = math.ceil(options.warmup_s / options.report_s) * options.report_s
-    if options.duration_s < warm_report + options.report_s:
+    # Memory growth compares the last report (one comes at the end) with the first one at or
+    # after the warm-up; reports come every --report-s from the start, the first at report_s.
+    warm_report = max(options.report_s,
+                      math.ceil(options.warmup_s / options.report_s) * options.report_s)
+    if options.duration_s <= warm_report:
         raise ValueError(f'--duration-s {options.duration_s:g} gives no report after the one '
                          f'at the end of the warm-up ({warm_report:g} s) to measure memory '
-                         f'growth and latency drift: give at least '
-                         f'{warm_report + options.report_s:g} s, or a shorter --warmup-s')
+                         f'growth and latency drift: give more than {warm_report:g} s, or a '
+                         f'shorter --warmup-s')
 
 
 def main(argv=None):

@@ -6,8 +6,8 @@ Examples::
     hand_pose_train --config config/train_default.yaml            # start (or --resume)
     hand_pose_train --config config/train_default.yaml --steps 500 --set model_cfg.width=0.5
     hand_pose_train --config config/train_default.yaml --benchmark   # throughput figures
-    # ship a checkpoint: safetensors + model card + ONNX in models/
-    hand_pose_train --write-model runs/default/checkpoint_best.pt --model-dir models --name default
+    # a checkpoint as a model: safetensors + model card + ONNX (--overwrite replaces a card)
+    hand_pose_train --write-model runs/default/checkpoint_best.pt --model-dir runs/cand --name mine
 """
 
 import argparse

@@ -104,9 +104,8 @@ class HandFilterNode(Node):
             return
         self._latest_rejected = False
         resets = self._filter.stats.get('resets', 0)
-        repeats = self._filter.stats.get('duplicate_stamps', 0)
         tracks = self._filter.update(stamp_ns(msg.header) * 1e-9, observations)
-        if self._filter.stats.get('duplicate_stamps', 0) > repeats:
+        if self._filter.repeated:
             # That stamp's outputs went out already: sent again, TF listeners would log
             # TF_REPEATED_DATA. Counted on /diagnostics ('filter duplicate stamps').
             self._latest_failed = False

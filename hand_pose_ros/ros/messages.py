@@ -24,6 +24,7 @@ from hand_pose_ros.core.rotations import quaternion_from_matrix
 from hand_pose_ros.core.skeleton import (BONES, FINGER_OF_JOINT, JOINT_NAMES, NUM_JOINTS,
                                          palm_center, WRIST)
 from hand_pose_ros.ros import cdr
+from hand_pose_ros.ros.params import TF_NAMES
 
 # Message type of each output of frame_outputs.
 OUTPUT_TYPES = {'keypoints': PointCloud2, 'joints': PoseArray, 'joint_states': JointState,
@@ -310,9 +311,6 @@ def joint_state(hands, header, geometry=None):
     return writer.getvalue()
 
 
-TF_NAMES = ('id', 'side')
-
-
 def hand_frame_labels(hands, tf_names='id'):
     """
     Return {hand_id: TF name of its palm frame, before the prefix}.
@@ -441,21 +439,29 @@ class OutputContinuity:
     """
     What a stream's outputs carry from one frame to the next (see :func:`frame_outputs`).
 
-    The palm pose follows one hand while it is shown (a second hand appearing with a lower id
-    does not take it over), and every quaternion keeps the sign of the same frame's last one
-    (q and -q are one rotation; a sign flip reads as a jump to a consumer that filters or
-    differentiates the components).
+    The palm pose follows one hand while its palm is defined (a second hand appearing with a
+    lower id does not take it over; when the followed palm is lost or undefined, the first
+    hand with a defined palm takes over), and every quaternion keeps the sign of the same
+    frame's last one, for as long as its track lives (q and -q are one rotation; a sign flip
+    reads as a jump to a consumer that filters or differentiates the components).
     """
 
     def __init__(self):
         self.palm_id = None
         self._quaternions = {}
 
-    def geometry(self, hands):
-        """Return :func:`hand_geometry` of ``hands`` with signs continued from the last call."""
-        geometry, kept = hand_geometry(hands), {}
+    def geometry(self, hands, live_ids=None):
+        """
+        Return :func:`hand_geometry` of ``hands`` with signs continued from the last call.
+
+        :param live_ids: ids of every live track, shown or not (None: those of ``hands``);
+            the signs of a track not shown in this frame are kept until it is dropped.
+        """
+        live = {hand.hand_id for hand in hands} if live_ids is None else set(live_ids)
+        geometry = hand_geometry(hands)
+        kept = {hand_id: q for hand_id, q in self._quaternions.items() if hand_id in live}
         for hand_id, (origin, _, quaternions, angles) in geometry.items():
-            last = self._quaternions.get(hand_id)
+            last = kept.get(hand_id)
             if last is not None:
                 with np.errstate(invalid='ignore'):
                     flip = np.sum(quaternions * last, axis=1) < 0.0
@@ -467,11 +473,15 @@ class OutputContinuity:
         self._quaternions = kept
         return geometry
 
-    def palm_hand(self, hands):
-        """Return the hand the palm pose follows: the last one while shown, else the first."""
+    def palm_hand(self, hands, geometry):
+        """Return the hand the palm pose follows (see the class), or None."""
+        def defined(hand):
+            return np.isfinite(np.concatenate(geometry[hand.hand_id][:2])).all()
+
         by_id = {hand.hand_id: hand for hand in hands}
-        if self.palm_id not in by_id:
-            self.palm_id = hands[0].hand_id if hands else None
+        if self.palm_id not in by_id or not defined(by_id[self.palm_id]):
+            self.palm_id = next((hand.hand_id for hand in sorted_hands(hands)
+                                 if defined(hand)), None)
         return by_id.get(self.palm_id)
 
 
@@ -495,7 +505,8 @@ def frame_outputs(tracks, header, tf_prefix='', lost_ids=(), marker_lifetime_s=0
     if continuity is None:
         geometry, palm_hand = hand_geometry(hands), hands[0] if hands else None
     else:
-        geometry, palm_hand = continuity.geometry(hands), continuity.palm_hand(hands)
+        geometry = continuity.geometry(hands, [track.hand_id for track in tracks])
+        palm_hand = continuity.palm_hand(hands, geometry)
     return {
         'keypoints': keypoint_cloud(tracks, header),
         'joints': joint_pose_array(hands, header, geometry),

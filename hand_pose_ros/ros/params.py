@@ -14,7 +14,6 @@ from pathlib import Path
 from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE, DEFAULT_REDETECT_INTERVAL
 from hand_pose_ros.core.filters.config import config_fields as filter_config_fields
-from hand_pose_ros.ros.messages import TF_NAMES
 
 
 @dataclass(frozen=True)
@@ -153,6 +152,9 @@ SYNTHETIC_CAMERA_PARAMS = (
               (0.0, 5.0)),
 )
 
+# How hand_filter_node names its TF frames (see messages.hand_frame_labels).
+TF_NAMES = ('id', 'side')
+
 OUTPUT_PARAMS = (
     ParamSpec('output.tf_prefix', '', 'Prefix of published TF frames (<prefix>hand_<id>...); '
               'give each camera its own (e.g. cam1/) when several publish on one /tf.'),
@@ -205,42 +207,58 @@ def check_values(specs, values):
         by_name[name].check(value)
 
 
-def values_from_file(path, node):
+def values_from_file(path, node, namespace=''):
     """
     Return ``node``'s parameter values as a ROS parameter file sets them (defaults elsewhere).
 
     For tools that read the nodes' file without running the nodes (``hand_pose_process``).
-    A section applies as in ROS when its key ends in the node's name (``/**/hand_pose_node``,
-    ``hand_pose_node``, ``/cam1/hand_pose_node``) or is ``/**`` (every node). A key the node
-    does not declare is refused, as a typo would be lost otherwise; ``use_sim_time`` and
-    other rclpy parameters aside.
+    Sections apply as rcl applies them to a node of that name in ``namespace`` (``''``: the
+    root): ``/**``, ``/**/<node>``, ``<node>`` or ``/<namespace>/<node>``, later sections
+    over earlier ones. As in rclpy, a value must have its parameter's type (``2`` for a float
+    parameter is refused: write ``2.0``); a key the node does not declare is refused too, as a
+    typo would be lost otherwise (``use_sim_time`` and other rclpy parameters aside).
 
     :raises ValueError: for an unreadable file, an unknown key or a bad value, naming it.
     """
     import yaml
 
     specs = NODE_PARAMS[node]
+    by_name = {spec.name: spec for spec in specs}
     try:
         document = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f'parameter file {path}: {error}') from None
     if not isinstance(document, dict):
         raise ValueError(f'parameter file {path}: not a mapping of node sections')
+    namespace = namespace.strip('/')
+    # A bare node name, as a key, means the node in the root namespace.
+    matching = {'/**', f'/**/{node}', f'/{namespace}/{node}' if namespace else f'/{node}'}
+    if not namespace:
+        matching.add(node)
     values = defaults(specs)
     for key, section in document.items():
-        if str(key).rstrip('/').split('/')[-1] not in (node, '**'):
+        if str(key) not in matching:
             continue
-        given = (section or {}).get('ros__parameters', {}) if isinstance(section, dict) else None
+        given = section.get('ros__parameters') if isinstance(section, dict) else None
         if not isinstance(given, dict):
             raise ValueError(f'parameter file {path}: section {key} has no ros__parameters '
                              f'mapping')
-        flat = {name: value for name, value in _flatten(given).items()
-                if name not in RCLPY_PARAMETERS}
-        try:
-            check_values(specs, flat)
-        except ValueError as error:
-            raise ValueError(f'parameter file {path}, {key}: {error}') from None
-        values.update(flat)
+        for name, value in _flatten(given).items():
+            if name in RCLPY_PARAMETERS:
+                continue
+            try:
+                if name not in by_name:
+                    raise ValueError(f'unknown parameter {name!r}')
+                default = by_name[name].default
+                if isinstance(default, float) and not isinstance(value, float) or \
+                        type(default) is int and type(value) is not int:
+                    kind = 'a float (2.0, not 2)' if isinstance(default, float) else 'an integer'
+                    raise ValueError(f'{name} must be {kind}, as the node declares it, got '
+                                     f'{value!r}')
+                by_name[name].check(value)
+            except ValueError as error:
+                raise ValueError(f'parameter file {path}, {key}: {error}') from None
+            values[name] = value
     return values
 
 

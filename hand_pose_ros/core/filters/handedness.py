@@ -103,14 +103,25 @@ class HandednessEstimator:
 
     @property
     def label(self):
-        """Return 'right', 'left' or 'unknown' (the configured side when one is assumed)."""
-        if self.config.assume != 'none':
-            return self.config.assume
+        """Return the estimated side: 'right', 'left' or 'unknown'."""
         if abs(self.value) < self.config.min_confidence:
             return 'unknown'
         return 'right' if self.value > 0 else 'left'
 
     @property
     def confidence(self):
-        """Return the smoothed confidence in [0, 1] (1 for an assumed side)."""
-        return 1.0 if self.config.assume != 'none' else abs(self.value)
+        """Return the smoothed confidence in [0, 1]."""
+        return abs(self.value)
+
+    @property
+    def reported(self):
+        """
+        Return (side, confidence) as published.
+
+        The assumed side (confidence 1) when one is configured, else the estimate. The
+        anatomy checks keep the estimate (:attr:`label`), so a hand of the other side is
+        not repaired into the assumed one.
+        """
+        if self.config.assume != 'none':
+            return self.config.assume, 1.0
+        return self.label, self.confidence

@@ -253,11 +253,14 @@ class _Track:
         if (cfg.anatomy.calibrate and not flagged and np.all(accepted)
                 and np.all(scores >= cfg.anatomy.calibration_min_score)):
             self.calibration.add(bone_lengths(keypoints))
+        side, side_confidence = self.handedness.reported
         return TrackedHand(
             hand_id=self.hand_id, stamp_s=stamp_s, keypoints_xyz=output,
-            scores=scores_out, valid=valid, handedness=self.handedness.label,
-            handedness_confidence=self.handedness.confidence, predicted=detection is None,
-            predicted_joints=filled, rejected=rejected, repaired=repaired, joint_angles=angles)
+            scores=scores_out, valid=valid, handedness=side,
+            handedness_confidence=side_confidence, predicted=detection is None,
+            predicted_joints=filled, rejected=rejected, repaired=repaired,
+            # Measured for the estimated side: of no use under another (assumed) one.
+            joint_angles=angles if side == self.handedness.label else None)
 
     def _calibrated(self):
         return self.calibration.lengths_m if self.config.anatomy.calibrate else None
@@ -391,6 +394,7 @@ class HandFilter:
         self._next_id = 0
         self._last_stamp_s = None
         self._last_output = []
+        self.repeated = False
 
     def reset(self):
         """Drop every track (ids keep increasing; calibration is lost)."""
@@ -443,18 +447,22 @@ class HandFilter:
 
         :param stamp_s: frame stamp, seconds (message header time).
         :param observations: iterable of Observation.
-        :return: list of TrackedHand sorted by hand_id.
+        :return: list of TrackedHand sorted by hand_id. For a repeated stamp, the last
+            output again, and :attr:`repeated` is True until the next update (outputs of
+            that stamp went out already: a second TF of one stamp is an error to tf2).
         """
         stamp_s = float(stamp_s)
         if not math.isfinite(stamp_s):
             raise ValueError(f'stamp_s must be finite, got {stamp_s}')
         cfg = self.config
+        self.repeated = False
         detections = self._checked(observations)
         if self._last_stamp_s is not None:
             if stamp_s < self._last_stamp_s:
                 self._reset('time_jump_back')
             elif stamp_s == self._last_stamp_s:
                 self.stats['duplicate_stamps'] += 1
+                self.repeated = True
                 return self._last_output
             elif stamp_s - self._last_stamp_s > cfg.stale_timeout_s:
                 self._reset('stale_stream')
