@@ -164,3 +164,14 @@ def test_topic_choice_and_bad_paths_raise_clear_errors(tmp_path, caplog):
         DepthBagWriter(tmp_path / 'x', storage='rosbag1')
     with pytest.raises(ValueError, match='encoding'):
         DepthBagWriter(tmp_path / 'y', encoding='8UC1')
+
+
+def test_a_damaged_bag_is_a_value_error_naming_it(tmp_path):
+    write_depth_bag(tmp_path / 'bag', frames(), storage='mcap')
+    (mcap,) = (tmp_path / 'bag').glob('*.mcap')
+    mcap.write_bytes(mcap.read_bytes()[:2000])          # cut short: no summary, no end magic
+    with pytest.raises(ValueError, match='bag: unreadable rosbag2'):
+        list(BagRecording(tmp_path / 'bag'))
+    (tmp_path / 'bag' / 'metadata.yaml').write_text('rosbag2_bagfile_information: [\n')
+    with pytest.raises(ValueError, match=r'bag: unreadable rosbag2 \([^\n]*\)$'):
+        BagRecording(tmp_path / 'bag')

@@ -15,6 +15,7 @@ Usage::
 """
 
 from collections import deque
+import contextlib
 import logging
 from pathlib import Path
 import sys
@@ -45,6 +46,18 @@ def _stamp_ns(header):
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
+@contextlib.contextmanager
+def _bag_errors(path):
+    """Turn the errors of ``rosbags`` on a damaged bag into a ValueError naming it."""
+    from rosbags.rosbag2 import ReaderError
+
+    try:
+        yield
+    except ReaderError as error:
+        raise ValueError(f'{path}: unreadable rosbag2 ({" ".join(str(error).split())})') \
+            from None
+
+
 def _pick_topic(topics, kind, wanted, hint):
     """Return the topic of type ``kind``: ``wanted`` if given, else the only (or hinted) one."""
     candidates = sorted(name for name, msgtype in topics.items() if msgtype == kind)
@@ -73,7 +86,8 @@ class BagRecording:
         or the only CameraInfo topic.
     :param max_stamp_diff_ns: largest header stamp difference counted as a pair.
     :param lookahead: messages an image waits for its camera_info.
-    :raises ValueError: missing bag, or no suitable topics.
+    :raises ValueError: missing or damaged bag, or no suitable topics (a bag damaged past
+        its start raises it while being read).
     """
 
     def __init__(self, path, depth_topic=None, info_topic=None, max_stamp_diff_ns=1_000_000,
@@ -85,7 +99,7 @@ class BagRecording:
             raise ValueError(f'{self.path} is not a rosbag2 directory (no metadata.yaml)')
         if lookahead < 0:
             raise ValueError(f'lookahead must be >= 0, got {lookahead}')
-        with Reader(self.path) as reader:
+        with _bag_errors(self.path), Reader(self.path) as reader:
             topics = {name: info.msgtype for name, info in reader.topics.items()}
             self.depth_topic = _pick_topic(topics, IMAGE_TYPE, depth_topic,
                                            lambda name: 'depth' in name)
@@ -149,7 +163,7 @@ class BagRecording:
                     continue
                 yield frame
 
-        with Reader(self.path) as reader:
+        with _bag_errors(self.path), Reader(self.path) as reader:
             connections = [c for c in reader.connections
                            if c.topic in (self.depth_topic, self.info_topic)]
             for connection, _, raw in reader.messages(connections=connections):
