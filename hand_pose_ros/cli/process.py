@@ -114,7 +114,7 @@ def process(recording, tracker, hand_filter, writer, filter_values, frame_id, ma
         raw estimate, frames with a filtered hand shown, frames skipped as repeats.
     """
     from hand_pose_ros.core.filters import Observation
-    from hand_pose_ros.core.training import ProgressBar
+    from hand_pose_ros.core.progress import ProgressBar
     from hand_pose_ros.ros.hand_pose_node import RawHand
     from hand_pose_ros.ros.messages import (frame_outputs, keypoint_cloud, OutputContinuity,
                                             visible_hands)

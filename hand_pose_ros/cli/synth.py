@@ -20,10 +20,10 @@ from hand_pose_ros.cli.options import (
 from hand_pose_ros.core import skeleton
 from hand_pose_ros.core.camera import CAMERA_PRESETS, CameraIntrinsics
 from hand_pose_ros.core.evaluation import synthetic_scene_config
+from hand_pose_ros.core.progress import ProgressBar
 from hand_pose_ros.core.synth import (
     generate_motion, SceneConfig, SensorConfig, SyntheticGenerator)
-from hand_pose_ros.core.synth.dataset import (
-    contact_sheet, depth_preview, ProgressBar, write_dataset)
+from hand_pose_ros.core.synth.dataset import contact_sheet, depth_preview, write_dataset
 from hand_pose_ros.core.synth.generator import hand_crop_intrinsics
 
 # The evaluation's scene types (a folder labels only the first hand of each frame:

@@ -29,6 +29,7 @@ from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
 from hand_pose_ros.core.hand_finder import (CELL_PX, DEPTH_OFFSET_M, DEPTH_UNIT_M,
                                             finder_input, MIN_DEPTH_M, OUTPUT_NAMES)
 from hand_pose_ros.core.model_io import atomic_file
+from hand_pose_ros.core.progress import ProgressBar
 from hand_pose_ros.core.skeleton import NUM_JOINTS
 
 # Hand extent used to size the heat-map blobs (CenterNet: sigma = diameter / 6).
@@ -222,8 +223,6 @@ def training_frames(config, progress_stream=None):
     Chunks of up to ``RENDER_CHUNK`` frames are kept in ``output_dir/frames`` so a resumed or
     repeated run renders nothing twice.
     """
-    from hand_pose_ros.core.training import ProgressBar
-
     directory = Path(config.output_dir) / 'frames'
     directory.mkdir(parents=True, exist_ok=True)
     size = min(RENDER_CHUNK, config.frames)
@@ -299,7 +298,7 @@ def train_finder(config, resume=False, progress_stream=None):
 
     :raises FileNotFoundError: with ``resume``, when there is no checkpoint to resume from.
     """
-    from hand_pose_ros.core.training import cosine_decay, plot_curves, ProgressBar, write_csv
+    from hand_pose_ros.core.training import cosine_decay, plot_curves, write_csv
 
     path = Path(config.output_dir) / 'checkpoint.pt'
     if resume and not path.is_file():

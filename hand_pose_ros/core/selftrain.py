@@ -491,7 +491,7 @@ def estimate_recording(estimator, recording, config, progress_stream=None):
     :return: dict with frame_index (T,), stamps_ns (T,), keypoints (T, K, 21, 3) NaN where
         no hand, scores (T, K, 21).
     """
-    from hand_pose_ros.core.training import ProgressBar
+    from hand_pose_ros.core.progress import ProgressBar
 
     total = frames_read(recording, config)
     slots = config.max_hands + 1

@@ -29,7 +29,6 @@ import math
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 
@@ -41,6 +40,7 @@ from hand_pose_ros.core.config_io import dataclass_from_dict
 from hand_pose_ros.core.crop import color_input, crop_color, crop_depth, CropSpec, \
     CropTransform, make_transform
 from hand_pose_ros.core.model_io import atomic_file
+from hand_pose_ros.core.progress import ProgressBar
 
 LOG = logging.getLogger(__name__)
 
@@ -625,36 +625,6 @@ def evaluate(model, eval_set, device, batch_size=64):
 
 
 # --------------------------------------------------------------------------- logs
-
-
-class ProgressBar:
-    """
-    A progress line with live loss on stderr (redrawn on a TTY, periodic lines otherwise).
-
-    :param total: total steps.
-    :param stream: output stream.
-    :param interval_s: minimum seconds between redraws (TTY) or lines (log files).
-    """
-
-    def __init__(self, total, stream=None, interval_s=None):
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
-        self.interval_s = interval_s if interval_s is not None else (0.2 if self.tty else 30.0)
-        self._last = -math.inf
-
-    def update(self, step, text, force=False):
-        """Show progress at ``step`` (1-based) with an extra status text."""
-        now = time.monotonic()
-        if not force and now - self._last < self.interval_s and step < self.total:
-            return
-        self._last = now
-        filled = int(30 * step / self.total)
-        line = f'[{"#" * filled}{"." * (30 - filled)}] {step}/{self.total} {text}'
-        self.stream.write(('\r' + line + '\x1b[K') if self.tty else line + '\n')
-        if self.tty and step >= self.total:
-            self.stream.write('\n')
-        self.stream.flush()
 
 
 # What a resumed run may set otherwise than the run it continues: its length, where and how

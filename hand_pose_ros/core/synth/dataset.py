@@ -14,7 +14,6 @@ Layout of a dataset folder::
 from dataclasses import asdict
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -45,25 +44,6 @@ def _jsonable(value):
     return value
 
 
-class ProgressBar:
-    """Plain-text progress bar on a stream (stderr by default)."""
-
-    def __init__(self, total, label='frames', stream=None, width=30):
-        self.total = max(int(total), 1)
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.width = width
-
-    def update(self, done):
-        """Redraw the bar for ``done`` items finished."""
-        filled = int(self.width * done / self.total)
-        self.stream.write(f'\r[{"#" * filled}{"." * (self.width - filled)}] '
-                          f'{done}/{self.total} {self.label}')
-        if done >= self.total:
-            self.stream.write('\n')
-        self.stream.flush()
-
-
 def write_dataset(root, frames, intrinsics, meta=None, num_frames=None, progress=None):
     """
     Write frames to a dataset folder.
@@ -73,7 +53,7 @@ def write_dataset(root, frames, intrinsics, meta=None, num_frames=None, progress
     :param intrinsics: :class:`CameraIntrinsics` of the frames.
     :param meta: extra JSON-able metadata (seed, configurations).
     :param num_frames: stop after this many frames (None: exhaust ``frames``).
-    :param progress: object with ``update(done)`` or None.
+    :param progress: a :class:`~hand_pose_ros.core.progress.ProgressBar` or None.
     :return: number of frames written.
     """
     from PIL import Image
@@ -100,7 +80,7 @@ def write_dataset(root, frames, intrinsics, meta=None, num_frames=None, progress
         num_hands.append(len(frame.hands))
         stamps.append(frame.stamp_s)
         if progress is not None:
-            progress.update(index + 1)
+            progress.update(index + 1, 'frames')
     count = len(xyz)
     if count == 0:
         raise ValueError('no frames to write')
