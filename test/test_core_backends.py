@@ -196,6 +196,36 @@ def test_tensorrt_bindings_without_onnx_fall_back_instead_of_crashing(monkeypatc
     assert resolve_backend_name('auto') == 'onnxruntime'
 
 
+def test_a_tensorrt_without_the_precision_s_flags_is_unavailable_and_auto_falls_back(
+        cards, monkeypatch):
+    from types import SimpleNamespace
+
+    from hand_pose_ros.core import backends
+    from hand_pose_ros.core.backends import BackendUnavailableError
+    from hand_pose_ros.core.backends.tensorrt_backend import precision_flags
+
+    # TensorRT 11 builds strongly typed networks: no FP16/INT8 builder flags (10.x has them).
+    trt10 = SimpleNamespace(__version__='10.3.0',
+                            BuilderFlag=SimpleNamespace(FP16='fp16 flag', INT8='int8 flag'))
+    trt11 = SimpleNamespace(__version__='11.0.0', BuilderFlag=SimpleNamespace())
+    assert precision_flags(trt10, 'int8') == ['fp16 flag', 'int8 flag']
+    assert precision_flags(trt11, 'fp32') == []
+    with pytest.raises(BackendUnavailableError, match='TensorRT 11.0.0 has no FP16 builder'):
+        precision_flags(trt11, 'fp16')
+
+    # 'auto' chose TensorRT (it imports) but it cannot build this engine: ONNX Runtime runs.
+    class NoEngine:
+        def __init__(self, model_path, precision='fp16'):
+            precision_flags(trt11, precision)
+
+    card, _ = cards['a2j']
+    monkeypatch.setattr(backends, 'tensorrt_available', lambda: (True, ''))
+    monkeypatch.setitem(backends.BACKENDS, 'tensorrt', NoEngine)
+    assert isinstance(create_backend('auto', card, threads=1), OnnxRuntimeBackend)
+    with pytest.raises(BackendUnavailableError, match='use precision fp32'):
+        create_backend('tensorrt', card)
+
+
 def test_export_result_tolerance_verdict(tmp_path):
     result = export.ExportResult(tmp_path / 'm.onnx', True, 1, {'joints': 2e-3}, 1e-3)
     assert not result.within_tolerance and 'ABOVE TOLERANCE' in result.summary()

@@ -220,3 +220,12 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path):
         assert backend.cache_status == 'built'
         np.testing.assert_allclose(backend(batch)['joints'], reference['joints'],
                                    atol=tolerance)
+
+
+def test_a_key_written_before_the_gpu_fields_reads_back_and_counts_as_changed():
+    old = {k: v for k, v in KEY.to_dict().items() if k not in ('gpu_capability', 'gpu_sm_count')}
+    assert EngineKey.from_dict(old) == KEY
+    orin_nano = replace(KEY, gpu_capability='8.7', gpu_sm_count=8)
+    orin_agx = replace(KEY, gpu_capability='8.7', gpu_sm_count=16)
+    assert orin_agx.changed_fields(orin_nano) == ['gpu_sm_count']
+    assert orin_agx.digest() != orin_nano.digest()

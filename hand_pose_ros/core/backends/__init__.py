@@ -62,13 +62,26 @@ def create_backend(name, model_path, **options):
     :return: a callable backend.
     """
     concrete = resolve_backend_name(name)
-    cls = BACKENDS[concrete]
     known = set().union(*(inspect.signature(other.__init__).parameters
                           for other in BACKENDS.values())) - {'self', 'model_path'}
     unknown = sorted(set(options) - known)
     if unknown:   # a misspelt option (precison=) would otherwise be dropped unseen
         raise ValueError(f'unknown backend option(s) {unknown}; the backends take '
                          f'{sorted(known)}')
+    try:
+        return _construct(concrete, model_path, options)
+    except BackendUnavailableError as error:
+        if name != 'auto' or concrete == 'onnxruntime':
+            raise
+        # auto chose TensorRT because it imports; it may still be unable to build this
+        # engine (a precision it lacks): ONNX Runtime runs the model instead.
+        LOGGER.warning('backend auto: %s; using onnxruntime', error)
+        return _construct('onnxruntime', model_path, options)
+
+
+def _construct(concrete, model_path, options):
+    """Return backend ``concrete`` built with the options it takes (others dropped)."""
+    cls = BACKENDS[concrete]
     accepted = set(inspect.signature(cls.__init__).parameters)
     dropped = sorted(set(options) - accepted)
     if dropped:

@@ -75,6 +75,9 @@ class EngineKey:
     :param gpu_name: GPU model name.
     :param calibration: fingerprint of the crops an INT8 engine is calibrated on ('' for the
         other precisions).
+    :param gpu_capability: compute capability ('8.7'), and
+    :param gpu_sm_count: multiprocessors: the Jetson Orin modules share one name but not
+        these, and an engine is tuned for the device it was built on.
     """
 
     onnx_sha256: str
@@ -84,6 +87,8 @@ class EngineKey:
     trt_version: str
     gpu_name: str
     calibration: str = ''
+    gpu_capability: str = ''
+    gpu_sm_count: int = 0
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:

@@ -73,22 +73,32 @@ def _make_calibrator(trt, torch, batches, input_shapes, batch_size, cache_path):
                                               device='cuda')
                             for name, _, chw in input_shapes}
             self.count = 0
+            self.error = None
 
         def get_batch_size(self):
             return batch_size
 
         def get_batch(self, names):
+            # TensorRT's bindings swallow a Python exception here (calibration just ends):
+            # it is kept and raised once the build returns (build_serialized_engine).
             try:
                 batch = next(self.batches)
             except StopIteration:
                 LOGGER.info('INT8 calibration used %d batches', self.count)
                 return None
+            except Exception as error:  # noqa: B902 - re-raised after the build
+                self.error = error
+                return None
             feeds, size = input_feeds(batch, input_shapes)
+            if size > batch_size:
+                self.error = ValueError(f'a calibration batch of {size} crops is larger than '
+                                        f'the engine\'s max_batch {batch_size}')
+                return None
             for name, array in feeds.items():
                 if size < batch_size:
                     array = np.concatenate(
                         [array, np.repeat(array[-1:], batch_size - size, axis=0)])
-                self.buffers[name].copy_(torch.from_numpy(array[:batch_size]))
+                self.buffers[name].copy_(torch.from_numpy(array))
             self.count += 1
             return [int(self.buffers[name].data_ptr()) for name in names]
 
@@ -98,7 +108,10 @@ def _make_calibrator(trt, torch, batches, input_shapes, batch_size, cache_path):
             return None
 
         def write_calibration_cache(self, cache):
-            model_io.write_atomic(cache_path, bytes(cache))
+            try:
+                model_io.write_atomic(cache_path, bytes(cache))
+            except OSError as error:
+                self.error = error
 
     return CropCalibrator()
 
@@ -122,6 +135,23 @@ def pin_input_convs(trt, network):
     return pinned
 
 
+def precision_flags(trt, precision):
+    """
+    Return the builder flags a precision needs ([] for fp32).
+
+    :raises BackendUnavailableError: a TensorRT without them (TensorRT 11 builds strongly
+        typed networks only: the precision comes from the ONNX file, not from flags).
+    """
+    names = {'fp32': [], 'fp16': ['FP16'], 'int8': ['FP16', 'INT8']}[precision]
+    missing = [name for name in names if not hasattr(trt.BuilderFlag, name)]
+    if missing:
+        raise BackendUnavailableError(
+            f'TensorRT {trt.__version__} has no {"/".join(missing)} builder flag, so it cannot '
+            f'build a {precision} engine from the float ONNX export: use precision fp32 or '
+            f'the onnxruntime backend')
+    return [getattr(trt.BuilderFlag, name) for name in names]
+
+
 def build_serialized_engine(onnx_path, key, calibration_batches=None, calibration_cache=None,
                             workspace_bytes=WORKSPACE_BYTES):
     """
@@ -134,6 +164,7 @@ def build_serialized_engine(onnx_path, key, calibration_batches=None, calibratio
     import tensorrt as trt
     import torch
 
+    flags_of_precision = precision_flags(trt, key.precision)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -157,22 +188,26 @@ def build_serialized_engine(onnx_path, key, calibration_batches=None, calibratio
         high = fixed or key.max_batch
         profile.set_shape(name, (low, *chw), (low, *chw), (high, *chw))
     config.add_optimization_profile(profile)
-    if key.precision in ('fp16', 'int8'):
-        if not getattr(builder, 'platform_has_fast_fp16', True):  # deprecated in 10.x
-            LOGGER.warning('this GPU has no fast FP16; TensorRT may fall back to FP32 layers')
-        config.set_flag(trt.BuilderFlag.FP16)
+    if key.precision in ('fp16', 'int8') and not getattr(builder, 'platform_has_fast_fp16',
+                                                          True):  # deprecated in 10.x
+        LOGGER.warning('this GPU has no fast FP16; TensorRT may fall back to FP32 layers')
+    for flag in flags_of_precision:
+        config.set_flag(flag)
+    calibrator = None
     if key.precision == 'int8':
         if calibration_batches is None:
             raise ValueError('INT8 engines need calibration crops (calibration_batches)')
-        config.set_flag(trt.BuilderFlag.INT8)
         pinned = pin_input_convs(trt, network)
+        if not pinned:
+            LOGGER.warning('INT8 engine: no convolution reads the input directly, so none is '
+                           'kept in FP16; the INT8 engine may lose accuracy')
         # 8.2+ and 10.x; older 8.x names the same constraint STRICT_TYPES.
         config.set_flag(getattr(trt.BuilderFlag, 'PREFER_PRECISION_CONSTRAINTS', None)
                         or trt.BuilderFlag.STRICT_TYPES)
         LOGGER.info('INT8 engine: %s kept in FP16 (they read the input crop)', pinned)
-        config.int8_calibrator = _make_calibrator(
-            trt, torch, calibration_batches, input_shapes, key.max_batch,
-            Path(calibration_cache))
+        calibrator = _make_calibrator(trt, torch, calibration_batches, input_shapes,
+                                      key.max_batch, Path(calibration_cache))
+        config.int8_calibrator = calibrator
         # Calibration runs at the profile's opt shape: pin it to the calibrator's batch.
         calibration_profile = builder.create_optimization_profile()
         for name, _, chw in input_shapes:
@@ -180,6 +215,8 @@ def build_serialized_engine(onnx_path, key, calibration_batches=None, calibratio
             calibration_profile.set_shape(name, shape, shape, shape)
         config.set_calibration_profile(calibration_profile)
     serialized = builder.build_serialized_network(network, config)
+    if calibrator is not None and calibrator.error is not None:
+        raise calibrator.error
     if serialized is None:
         raise RuntimeError(f'TensorRT failed to build an engine for {onnx_path}')
     return bytes(serialized)
@@ -243,6 +280,7 @@ class TensorRTBackend:
         import torch
 
         precision = 'fp16' if precision == 'auto' else precision
+        precision_flags(trt, precision)   # before a cached engine could hide the lack
         self.onnx_path = resolve_onnx(model_path)
         self.input_shapes = onnx_input_shapes(self.onnx_path)
         fixed = self.input_shapes[0][1]
@@ -254,23 +292,29 @@ class TensorRTBackend:
             onnx_sha256=model_io.sha256_file(self.onnx_path),
             input_shapes=tuple((name, chw) for name, _, chw in self.input_shapes),
             max_batch=self.max_batch, precision=precision, trt_version=trt.__version__,
-            gpu_name=torch.cuda.get_device_name(), calibration=calibration)
+            gpu_name=torch.cuda.get_device_name(), calibration=calibration,
+            gpu_capability='.'.join(map(str, torch.cuda.get_device_capability())),
+            gpu_sm_count=int(torch.cuda.get_device_properties(
+                torch.cuda.current_device()).multi_processor_count))
         cache = EngineCache(cache_dir)
         # Named for the ONNX file's place as well as its name: two models called 'default'
         # in different folders keep an engine each instead of rebuilding in turn.
         stem = (f'{self.onnx_path.stem}_'
                 f'{hashlib.sha256(str(self.onnx_path.resolve()).encode()).hexdigest()[:8]}')
         calibration_cache = cache.calibration_path(stem, key, fresh=force_rebuild)
-        engine_bytes, self.cache_status = cache.load_or_build(
-            stem, key,
-            lambda: build_serialized_engine(self.onnx_path, key, batches, calibration_cache),
-            force_rebuild)
+        def build():
+            return build_serialized_engine(self.onnx_path, key, batches, calibration_cache)
+
+        engine_bytes, self.cache_status = cache.load_or_build(stem, key, build, force_rebuild)
         # Keep the runtime alive as long as the engine it deserialized.
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)  # None if refused
+        if self.engine is None and self.cache_status == 'hit':
+            LOGGER.warning('TensorRT refused the cached engine for %s; building it again', stem)
+            engine_bytes, self.cache_status = cache.load_or_build(stem, key, build, True)
+            self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
         if self.engine is None:
-            raise RuntimeError(f'TensorRT could not deserialize the engine for {stem}; '
-                               'rebuild it with force_rebuild')
+            raise RuntimeError(f'TensorRT could not deserialize the engine it built for {stem}')
         self.context = self.engine.create_execution_context()
         self.tensor_api = hasattr(self.engine, 'num_io_tensors')
         self.stream = torch.cuda.Stream()
@@ -310,7 +354,9 @@ class TensorRTBackend:
         import torch
 
         for name, tensor in inputs.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise ValueError(f'TensorRT engine refuses input {name} of shape '
+                                 f'{tuple(tensor.shape)} (outside its optimisation profile)')
             self.context.set_tensor_address(name, int(tensor.data_ptr()))
         outputs = {}
         for name in OUTPUT_NAMES:
