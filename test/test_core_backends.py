@@ -215,6 +215,7 @@ def test_a_tensorrt_without_the_precision_s_flags_is_unavailable_and_auto_falls_
 
     # 'auto' chose TensorRT (it imports) but it cannot build this engine: ONNX Runtime runs.
     class NoEngine:
+
         def __init__(self, model_path, precision='fp16'):
             precision_flags(trt11, precision)
 

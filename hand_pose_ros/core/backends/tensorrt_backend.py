@@ -92,7 +92,7 @@ def _make_calibrator(trt, torch, batches, input_shapes, batch_size, cache_path):
             feeds, size = input_feeds(batch, input_shapes)
             if size > batch_size:
                 self.error = ValueError(f'a calibration batch of {size} crops is larger than '
-                                        f'the engine\'s max_batch {batch_size}')
+                                        f"the engine's max_batch {batch_size}")
                 return None
             for name, array in feeds.items():
                 if size < batch_size:
@@ -188,8 +188,8 @@ def build_serialized_engine(onnx_path, key, calibration_batches=None, calibratio
         high = fixed or key.max_batch
         profile.set_shape(name, (low, *chw), (low, *chw), (high, *chw))
     config.add_optimization_profile(profile)
-    if key.precision in ('fp16', 'int8') and not getattr(builder, 'platform_has_fast_fp16',
-                                                          True):  # deprecated in 10.x
+    fast_fp16 = getattr(builder, 'platform_has_fast_fp16', True)  # deprecated in 10.x
+    if key.precision in ('fp16', 'int8') and not fast_fp16:
         LOGGER.warning('this GPU has no fast FP16; TensorRT may fall back to FP32 layers')
     for flag in flags_of_precision:
         config.set_flag(flag)
@@ -302,6 +302,7 @@ class TensorRTBackend:
         stem = (f'{self.onnx_path.stem}_'
                 f'{hashlib.sha256(str(self.onnx_path.resolve()).encode()).hexdigest()[:8]}')
         calibration_cache = cache.calibration_path(stem, key, fresh=force_rebuild)
+
         def build():
             return build_serialized_engine(self.onnx_path, key, batches, calibration_cache)
 
