@@ -171,3 +171,14 @@ def test_a_parameter_file_is_read_for_one_node_as_ros_applies_it(tmp_path):
             values_from_file(path, 'hand_pose_node')
     with pytest.raises(ValueError, match='missing.yaml'):
         values_from_file(tmp_path / 'missing.yaml', 'hand_pose_node')
+
+
+def test_the_rviz_config_shows_topics_the_nodes_publish():
+    from hand_pose_ros.ros.hand_filter_node import OUTPUT_TOPICS
+
+    config = yaml.safe_load((ROOT / 'config' / 'pose.rviz').read_text())
+    displays = config['Visualization Manager']['Displays']
+    shown = {d['Topic']['Value'] for d in displays if 'Topic' in d}
+    published = set(OUTPUT_TOPICS.values()) | {'hand_pose/debug_image'}
+    assert shown and shown <= published, shown - published
+    assert {'hand_pose/keypoints', 'hand_pose/markers', 'hand_pose/palm_pose'} <= shown
