@@ -12,7 +12,7 @@ from hand_pose_ros.cli import process
 from hand_pose_ros.core.camera import CameraIntrinsics
 from hand_pose_ros.core.recordings import DepthFrame, write_folder_recording
 from hand_pose_ros.core.selftrain import render_sequence
-from hand_pose_ros.ros.bags import DepthBagWriter
+from hand_pose_ros.ros.bags import BagRecording, DepthBagWriter
 from hand_pose_ros.ros.messages import hands_from_cloud
 
 T0_NS = 1_700_000_000 * 10 ** 9
@@ -74,9 +74,14 @@ def test_a_png_folder_with_the_file_s_filter_settings(tmp_path, sequence, capsys
                       '        min_detections: 1\n')
     assert process.main([str(tmp_path / 'pngs'), '-o', str(tmp_path / 'out'), '--storage',
                          'sqlite3', '--params-file', str(params), '--markers', '--frame-id',
-                         'my_depth_frame']) == 0
+                         'my_depth_frame', '--with-input']) == 0
     topics = read_bag(tmp_path / 'out')
     assert len(topics['hand_pose/markers']) == 6
+    # The input in the same bag, readable as a recording again, each frame with its poses.
+    copied = list(BagRecording(tmp_path / 'out'))
+    assert [f.stamp_ns for f in copied] == [s for s, _ in topics['hand_pose/keypoints']]
+    assert all(f.frame_id == 'my_depth_frame' for f in copied)
+    np.testing.assert_array_equal(copied[3].depth, sequence[3].depth_mm)
     # min_detections 1: the hand is shown from the first frame.
     assert len(topics['/tf']) == 6
     from tf2_msgs.msg import TFMessage

@@ -51,6 +51,9 @@ def parse_args(argv):
                         help='frame_id of the outputs where the recording has none (PNGs)')
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
     parser.add_argument('--markers', action='store_true', help='also write RViz markers')
+    parser.add_argument('--with-input', action='store_true',
+                        help="also copy the recording's depth images (16UC1 mm) and "
+                             'camera_info into the bag: one bag to play (Humble plays one)')
     return parser.parse_args(argv)
 
 
@@ -79,29 +82,32 @@ def _type_name(msg_type):
 
 
 class PoseBagWriter:
-    """A new rosbag2 of the outputs, written as the message builders encode them (CDR)."""
+    """
+    A new rosbag2 of the outputs, written as the message builders encode them (CDR).
 
-    def __init__(self, path, storage, topics):
-        from rosbags.rosbag2 import StoragePlugin, Writer
-        from rosbags.typesys import get_typestore, Stores
+    :param input_topics: (depth topic, camera_info topic) to copy the recording's frames
+        to as well (16UC1 millimetres), or None.
+    """
 
-        from hand_pose_ros.ros.bags import BAG_VERSION
+    def __init__(self, path, storage, topics, input_topics=None, frame_id=DEFAULT_FRAME_ID):
+        from hand_pose_ros.ros.bags import DepthBagWriter
 
-        plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[storage]
-        self.writer = Writer(Path(path), version=BAG_VERSION, storage_plugin=plugin)
-        self.writer.open()
-        typestore = get_typestore(Stores.ROS2_HUMBLE)
-        self.connections = {name: self.writer.add_connection(topic, _type_name(msg_type),
-                                                             typestore=typestore)
+        depth_topic, info_topic = input_topics or (None, None)
+        self.bag = DepthBagWriter(path, storage, depth_topic, info_topic, frame_id=frame_id)
+        self.copies_input = input_topics is not None
+        self.connections = {name: self.bag.add_connection(topic, _type_name(msg_type))
                             for name, (topic, msg_type) in topics.items()}
         self.counts = dict.fromkeys(topics, 0)
 
     def write(self, name, stamp_ns, data):
-        self.writer.write(self.connections[name], stamp_ns, data)
+        self.bag.write_cdr(self.connections[name], stamp_ns, data)
         self.counts[name] += 1
 
+    def write_input(self, frame):
+        self.bag.write(frame)
+
     def close(self):
-        self.writer.close()
+        self.bag.close()
 
 
 def process(recording, tracker, hand_filter, writer, filter_values, frame_id, markers=False):
@@ -131,6 +137,8 @@ def process(recording, tracker, hand_filter, writer, filter_values, frame_id, ma
             tracker.reset()   # the recording jumped back (the filter resets by itself)
         last_stamp_ns = frame.stamp_ns
         header = _header(frame.stamp_ns, frame.frame_id or frame_id)
+        if writer.copies_input:
+            writer.write_input(frame)
         poses = tracker.estimate(frame.depth, frame.intrinsics)
         hands = [RawHand(i, pose) for i, pose in enumerate(poses)]
         writer.write('raw', frame.stamp_ns, keypoint_cloud(hands, header))
@@ -193,8 +201,12 @@ def main(argv=None):
                    if name != 'markers' or args.markers})
     start = time.monotonic()
     status, counts = 0, {'frames': 0}
+    input_topics = None
+    if args.with_input:
+        input_topics = (getattr(recording, 'depth_topic', '/camera/depth/image_raw'),
+                        getattr(recording, 'info_topic', '/camera/depth/camera_info'))
     try:
-        writer = PoseBagWriter(args.output, args.storage, topics)
+        writer = PoseBagWriter(args.output, args.storage, topics, input_topics, args.frame_id)
     except (ValueError, OSError) as error:
         return fail('hand_pose_process', error)
     try:
@@ -221,7 +233,9 @@ def main(argv=None):
           f'({counts["frames"] / max(elapsed, 1e-9):.1f} frames/s), {counts["with_hands"]} with '
           f'a raw estimate, {counts["shown"]} with a filtered hand; {skipped} unusable frames '
           f'and {counts["repeated"]} repeated stamps skipped; wrote {args.output}: '
-          + ', '.join(f'{topics[name][0]} {count}' for name, count in writer.counts.items()))
+          + ', '.join(f'{topics[name][0]} {count}' for name, count in writer.counts.items())
+          + (f', {input_topics[0]} and its camera_info {writer.bag.count}' if input_topics
+             else ''))
     return 0
 
 

@@ -180,12 +180,15 @@ class DepthBagWriter:
     """
     Write depth frames and their camera_info into a new rosbag2 (context manager).
 
+    Other topics can go into the same bag as CDR bytes (:meth:`add_connection`,
+    :meth:`write_cdr`).
+
     :param path: bag directory to create (must not exist).
     :param storage: 'mcap' or 'sqlite3'.
-    :param depth_topic: image topic.
+    :param depth_topic: image topic (None: a bag of other topics only).
     :param info_topic: camera_info topic.
     :param encoding: '16UC1' (millimetres) or '32FC1' (metres, NaN invalid).
-    :param frame_id: header frame id.
+    :param frame_id: header frame id of frames without their own.
     """
 
     def __init__(self, path, storage='mcap', depth_topic='/camera/depth/image_raw',
@@ -203,11 +206,19 @@ class DepthBagWriter:
         self.typestore = _typestore()
         self.writer = Writer(Path(path), version=BAG_VERSION, storage_plugin=plugin)
         self.writer.open()
-        self.image_connection = self.writer.add_connection(
-            depth_topic, IMAGE_TYPE, typestore=self.typestore)
-        self.info_connection = self.writer.add_connection(
-            info_topic, INFO_TYPE, typestore=self.typestore)
+        self.image_connection = self.info_connection = None
+        if depth_topic is not None:
+            self.image_connection = self.add_connection(depth_topic, IMAGE_TYPE)
+            self.info_connection = self.add_connection(info_topic, INFO_TYPE)
         self.count = 0
+
+    def add_connection(self, topic, msgtype):
+        """Return a new topic of ``msgtype`` ('sensor_msgs/msg/PointCloud2', ...)."""
+        return self.writer.add_connection(topic, msgtype, typestore=self.typestore)
+
+    def write_cdr(self, connection, stamp_ns, data):
+        """Write one message already serialized as CDR bytes."""
+        self.writer.write(connection, int(stamp_ns), data)
 
     def __enter__(self):
         return self
@@ -219,19 +230,21 @@ class DepthBagWriter:
         """Finish the bag (writes metadata.yaml)."""
         self.writer.close()
 
-    def _header(self, stamp_ns):
+    def _header(self, stamp_ns, frame_id):
         types = self.typestore.types
         stamp = types['builtin_interfaces/msg/Time'](
             sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
-        return types['std_msgs/msg/Header'](stamp=stamp, frame_id=self.frame_id)
+        return types['std_msgs/msg/Header'](stamp=stamp, frame_id=frame_id or self.frame_id)
 
     def write(self, frame, info_first=True):
         """
-        Write one :class:`DepthFrame` (image and camera_info with its stamp).
+        Write one :class:`DepthFrame` (image and camera_info with its stamp and frame).
 
         :param info_first: record the camera_info before the image (False tests pairing
             of infos that arrive late).
         """
+        if self.image_connection is None:
+            raise ValueError('this bag writer has no depth topic')
         types = self.typestore.types
         stamp_ns = int(frame.stamp_ns)
         if self.encoding == '16UC1':
@@ -240,12 +253,13 @@ class DepthBagWriter:
             pixels = depth_to_metres(frame.depth).astype(np.float32)
         pixels = np.ascontiguousarray(pixels)
         image = types['sensor_msgs/msg/Image'](
-            header=self._header(stamp_ns), height=pixels.shape[0], width=pixels.shape[1],
+            header=self._header(stamp_ns, frame.frame_id), height=pixels.shape[0],
+            width=pixels.shape[1],
             encoding=self.encoding, is_bigendian=sys.byteorder == 'big',
             step=int(pixels.strides[0]), data=pixels.view(np.uint8).ravel())
         k = frame.intrinsics.matrix
         info = types['sensor_msgs/msg/CameraInfo'](
-            header=self._header(stamp_ns), height=frame.intrinsics.height,
+            header=self._header(stamp_ns, frame.frame_id), height=frame.intrinsics.height,
             width=frame.intrinsics.width, distortion_model='plumb_bob', d=np.zeros(5),
             k=k.ravel().astype(np.float64), r=np.eye(3).ravel(),
             p=np.hstack([k, np.zeros((3, 1))]).ravel().astype(np.float64), binning_x=0,
@@ -253,8 +267,8 @@ class DepthBagWriter:
                 x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
         records = [(self.info_connection, info), (self.image_connection, image)]
         for connection, msg in records if info_first else records[::-1]:
-            self.writer.write(connection, stamp_ns,
-                              self.typestore.serialize_cdr(msg, connection.msgtype))
+            self.write_cdr(connection, stamp_ns,
+                           self.typestore.serialize_cdr(msg, connection.msgtype))
         self.count += 1
 
 
