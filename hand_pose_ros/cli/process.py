@@ -20,7 +20,6 @@ and localiser, its ``hand_filter_node`` section the filter and outputs. Topics w
 
 import argparse
 import os
-from pathlib import Path
 import shutil
 import sys
 import time
