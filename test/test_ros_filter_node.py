@@ -208,6 +208,18 @@ def test_diagnostics_give_output_rate_shown_hands_and_the_age_of_the_outputs(spi
     assert np.isfinite(ages).all() and 0.0 <= ages[0] <= ages[1]
 
 
+def test_output_qos_follows_ros_qos_overrides(spinner):
+    from rclpy.qos import ReliabilityPolicy
+
+    override = Parameter('qos_overrides./hand_pose/keypoints.publisher.reliability',
+                         value='best_effort')
+    node = spinner.add(HandFilterNode(context=spinner.context, parameter_overrides=[override]))
+    assert node._pubs['keypoints'].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert node._pubs['joint_states'].qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    # Declaring them did not re-apply the node's own parameters, and they stay read-only.
+    assert not node.set_parameters([Parameter(override.name, value='reliable')])[0].successful
+
+
 def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):
     node = spinner.add(HandFilterNode(context=spinner.context))
     probe, recorder, publisher = make_probe(spinner)

@@ -28,9 +28,9 @@ from hand_pose_ros.ros.conversions import (color_from_image, depth_from_image,
                                            distortion_of, image_from_array,
                                            intrinsics_from_camera_info)
 from hand_pose_ros.ros.messages import keypoint_cloud
-from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
-                                          diagnostic_status, exit_process, input_qos,
-                                          LogThrottle, OUTPUT_QOS, publish_encoded, run,
+from hand_pose_ros.ros.node_utils import (create_encoded_publisher, create_output_publisher,
+                                          declare_parameters, diagnostic_status, exit_process,
+                                          input_qos, LogThrottle, publish_encoded, run,
                                           stamp_ns, start_diagnostics)
 from hand_pose_ros.ros.params import group, HAND_POSE_NODE_PARAMS
 
@@ -140,7 +140,7 @@ class HandPoseNode(Node):
         if self._needs_color:
             self.create_subscription(Image, 'color/image_raw', self._on_color, qos)
         self._raw_pub = create_encoded_publisher(self, PointCloud2, 'hand_pose/raw_keypoints')
-        self._debug_pub = self.create_publisher(Image, 'hand_pose/debug_image', OUTPUT_QOS)
+        self._debug_pub = create_output_publisher(self, Image, 'hand_pose/debug_image')
         start_diagnostics(self, self._values['diagnostics.period_s'], self.status)
         self._worker = threading.Thread(target=self._work, name='hand_pose_worker', daemon=True)
         self._worker.start()

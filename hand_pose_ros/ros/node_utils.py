@@ -1,6 +1,7 @@
 """Shared node plumbing: parameters from specs, QoS, publishing, diagnostics, ``main``."""
 
 import collections
+import copy
 import functools
 import os
 import sys
@@ -55,8 +56,10 @@ def declare_parameters(node, specs, on_change=None):
     state = {'values': values}
 
     def callback(params):
-        update = dict(state['values'])
-        update.update({p.name: p.value for p in params if p.name in update})
+        ours = {p.name: p.value for p in params if p.name in state['values']}
+        if not ours:   # rclpy's own (use_sim_time, the QoS overrides declared later)
+            return SetParametersResult(successful=True)
+        update = {**state['values'], **ours}
         try:
             check_values(specs, update)
             if on_change is not None:
@@ -101,15 +104,30 @@ def _publish_bytes():
     return False
 
 
+def create_output_publisher(node, msg_type, topic):
+    """
+    Return an output publisher: ``OUTPUT_QOS``, which ROS's QoS overrides may change.
+
+    ``qos_overrides.<topic>.publisher.<reliability|durability|history|depth>`` in the node's
+    parameters (read at start-up) sets the policy, e.g. ``best_effort`` over a lossy link.
+    """
+    from rclpy.qos_overriding_options import QoSOverridingOptions
+
+    # rclpy applies the overrides to the profile it is given: each publisher gets its own.
+    overrides = QoSOverridingOptions.with_default_policies()
+    return node.create_publisher(msg_type, topic, copy.copy(OUTPUT_QOS),
+                                 qos_overriding_options=overrides)
+
+
 def create_encoded_publisher(node, msg_type, topic):
     """
-    Return a publisher (``OUTPUT_QOS``) for messages encoded by ``messages``.
+    Return an output publisher (:func:`create_output_publisher`) for encoded messages.
 
     The check behind :func:`publish_encoded` runs here, at start-up, rather than in the
     first frame's callback.
     """
     _publish_bytes()
-    return node.create_publisher(msg_type, topic, OUTPUT_QOS)
+    return create_output_publisher(node, msg_type, topic)
 
 
 def publish_encoded(publisher, data, as_bytes=None):
