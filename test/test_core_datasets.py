@@ -78,6 +78,12 @@ def test_nyu_reader(tmp_path):
     assert dataset[-1].name == 'depth_1_0000002.png'
     with pytest.raises(IndexError):
         dataset[2]
+    # The dataset's own folder is read as its test split.
+    os.makedirs(tmp_path / 'nyu' / 'test')
+    for name in os.listdir(tmp_path):
+        if name != 'nyu':
+            os.rename(tmp_path / name, tmp_path / 'nyu' / 'test' / name)
+    assert len(open_dataset('nyu', str(tmp_path / 'nyu'))) == 2
 
 
 def test_nyu_depth_packing_round_trip(tmp_path):
@@ -108,6 +114,14 @@ def test_icvl_reader(tmp_path):
     check_sample(both[1], joints, 'icvl', cam)
     with pytest.raises(ValueError, match="no label file 'test_seq_1.txt'"):
         open_dataset('icvl', str(tmp_path), labels=['test_seq_1.txt'])
+    # By default the test set, where the folder has it (here only its second file).
+    assert open_dataset('icvl', str(tmp_path)).labels == ['test_seq_2.txt']
+    # 32001 is ICVL's "no depth", not a wall 32 m away.
+    depth = depth_with_marks(cam, joints)
+    depth[:5] = 32001
+    write_png16(str(tmp_path / 'Depth' / name), depth)
+    sample = open_dataset('icvl', str(tmp_path))[0]
+    assert np.isnan(sample.depth_m[:5]).all() and np.isfinite(sample.depth_m[5:]).any()
 
 
 def test_msra_reader(tmp_path):
@@ -185,6 +199,16 @@ def test_fpha_reader(tmp_path):
     for frame, joints in enumerate(hands):
         check_sample(dataset[frame], joints, 'fpha', cam)
     assert [s.name.endswith(f'depth_{i:04d}.png') for i, s in enumerate(dataset)] == [True] * 2
+    # The benchmark's readme names the annotation folder Hand_pose_annotation_v1_1.
+    os.rename(tmp_path / 'Hand_pose_annotation_v1', tmp_path / 'Hand_pose_annotation_v1_1')
+    assert len(open_dataset('fpha', str(tmp_path))) == 2
+    # A frame missing from the release is skipped and counted; none readable is an error.
+    os.remove(tmp_path / 'Video_files' / sequence / 'depth' / 'depth_0000.png')
+    dataset = open_dataset('fpha', str(tmp_path))
+    assert [s.name for s in dataset] == [dataset._names[1]] and dataset.skipped == 1
+    os.remove(tmp_path / 'Video_files' / sequence / 'depth' / 'depth_0001.png')
+    with pytest.raises(ValueError, match='none of its 2 frames could be read'):
+        list(open_dataset('fpha', str(tmp_path)))
 
 
 @pytest.mark.parametrize('name, content, message', [

@@ -155,7 +155,7 @@ def labelled_frames(dataset, root=None, num_frames=None, seed=1000, camera='sr30
         indices = range(count)
     else:
         indices = np.unique(np.linspace(0, count - 1, num_frames).round().astype(int))
-    return (LabelledFrame.from_sample(reader[int(i)]) for i in indices)
+    return (LabelledFrame.from_sample(sample) for sample in reader.readable(indices))
 
 
 def synthetic_frames(num_frames, seed, camera='sr300', scene=None, sensor=None, color=False):

@@ -1,12 +1,15 @@
 """Common sample type and helpers shared by the dataset readers."""
 
 from dataclasses import dataclass
+import logging
 import os
 
 import numpy as np
 
 from hand_pose_ros.core import skeleton
 from hand_pose_ros.core.camera import CameraIntrinsics, depth_to_metres
+
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,5 +123,32 @@ class LabelledFrames:
         return self._read(index % len(self))
 
     def __iter__(self):
-        for index in range(len(self)):
-            yield self._read(index)
+        return self.readable(range(len(self)))
+
+    def readable(self, indices):
+        """
+        Yield the frames at ``indices``, skipping those whose files cannot be read.
+
+        A frame missing from a release or a damaged file is skipped; skips are counted in
+        ``skipped`` and logged (the first, then the count). When none of the frames can be
+        read (a wrong folder), ValueError names the first failure.
+        """
+        indices = list(indices)
+        self.skipped, first = 0, None
+        for index in indices:
+            try:
+                sample = self[index]
+            except OSError as error:   # a frame missing from the release, a damaged file
+                self.skipped += 1
+                first = first or error
+                if self.skipped == 1:
+                    LOGGER.warning('%s: frames that cannot be read are skipped (the first: '
+                                   '%s)', type(self).__name__, error)
+                continue
+            yield sample
+        if self.skipped and self.skipped == len(indices):
+            raise ValueError(f'{type(self).__name__}: none of its {len(indices)} frames could '
+                             f'be read (the first: {first})')
+        if self.skipped:
+            LOGGER.warning('%s: %d of %d frames skipped (unreadable)', type(self).__name__,
+                           self.skipped, len(indices))

@@ -47,12 +47,17 @@ class Hands2017Dataset(LabelledFrames):
                                   self._names[index])
 
 
+ANNOTATION_FOLDERS = ('Hand_pose_annotation_v1', 'Hand_pose_annotation_v1_1')
+
+
 class FPHADataset(LabelledFrames):
     """
     Depth frames of the First-Person Hand Action benchmark.
 
-    :param root: folder holding ``Video_files/`` and ``Hand_pose_annotation_v1/``.
-    :param subjects: subject folder names to include (default: all).
+    :param root: folder holding ``Video_files/`` and ``Hand_pose_annotation_v1/`` (or
+        ``Hand_pose_annotation_v1_1/``, as the benchmark's own readme names it).
+    :param subjects: subject folder names to include (default: all; the benchmark's hand
+        pose test split is ``Subject_2,Subject_5,Subject_6``).
     """
 
     intrinsics = CameraIntrinsics.from_preset('sr300')
@@ -60,8 +65,10 @@ class FPHADataset(LabelledFrames):
     def __init__(self, root, subjects=None):
         require_dir(root)
         subjects = name_list(subjects)
-        label_root = os.path.join(root, 'Hand_pose_annotation_v1')
-        require_dir(label_root)
+        label_root = next((os.path.join(root, name) for name in ANNOTATION_FOLDERS
+                           if os.path.isdir(os.path.join(root, name))), None)
+        if label_root is None:
+            raise ValueError(f'FPHA root {root!r} has none of {list(ANNOTATION_FOLDERS)}')
         self.root = root
         self._names, joints = [], []
         for path in sorted(glob.glob(os.path.join(label_root, '*', '*', '*', 'skeleton.txt'))):
@@ -76,7 +83,7 @@ class FPHADataset(LabelledFrames):
         if not self._names:
             which = '' if subjects is None else f' of subjects {subjects}'
             raise ValueError(f'FPHA root {root!r} holds no <subject>/<action>/<seq>/'
-                             f'skeleton.txt{which} under Hand_pose_annotation_v1')
+                             f'skeleton.txt{which} under {os.path.basename(label_root)}')
         self._joints_m = joints
 
     def _read(self, index):

@@ -4,7 +4,7 @@ ICVL hand posture dataset reader (Tang et al. 2014).
 A label file (``labels.txt`` for training, ``test_seq_1.txt`` / ``test_seq_2.txt`` for
 testing) holds one frame per line: the image path relative to the ``Depth`` folder, then
 16 joints as ``u v d`` (pixels, pixels, millimetres). Depth images are 16-bit PNGs in
-millimetres, 320x240.
+millimetres, 320x240, with 32001 where the sensor saw nothing (read as invalid).
 """
 
 import os
@@ -17,24 +17,34 @@ from hand_pose_ros.core.datasets.base import (
 from hand_pose_ros.core.recordings import read_depth_png
 
 
+TEST_LABELS = ('test_seq_1.txt', 'test_seq_2.txt')
+# What ICVL's depth images hold where the sensor saw nothing (32 m: no real depth).
+NO_DEPTH_MM = 32001
+
+
 class ICVLDataset(LabelledFrames):
     """
     Frames listed in ICVL label files.
 
     :param root: dataset folder holding ``Depth/`` and the label files.
-    :param labels: label file name inside ``root``, or a list of them (the test set is
-        ``[test_seq_1.txt, test_seq_2.txt]``).
+    :param labels: label file name inside ``root``, or a list of them. Default: the test
+        set (``test_seq_1.txt`` and ``test_seq_2.txt``, those the folder has), else
+        ``labels.txt`` (the training set: the ``Training`` folder).
     """
 
     intrinsics = CameraIntrinsics.from_preset('icvl')
 
-    def __init__(self, root, labels='labels.txt'):
+    def __init__(self, root, labels=None):
         require_dir(root)
         self.root = root
         self._names, uvd = [], []
+        if labels is None:
+            labels = [name for name in TEST_LABELS
+                      if os.path.isfile(os.path.join(root, name))] or 'labels.txt'
         labels = name_list(labels)
         if not labels:
             raise ValueError('ICVL: name at least one label file')
+        self.labels = labels
         for name in labels:
             path = os.path.join(root, name)
             if not os.path.isfile(path):
@@ -46,5 +56,6 @@ class ICVLDataset(LabelledFrames):
 
     def _read(self, index):
         depth = read_depth_png(os.path.join(self.root, 'Depth', self._names[index]))
+        depth[depth >= NO_DEPTH_MM] = 0
         joints = xyz_from_uvd(self._uvd[index], self.intrinsics)
         return sample_from_layout(depth, self.intrinsics, joints, 'icvl', self._names[index])

@@ -51,9 +51,13 @@ class NYUDataset(LabelledFrames):
         from scipy.io import loadmat
 
         require_dir(root)
+        if not os.path.isfile(os.path.join(root, 'joint_data.mat')) and \
+                os.path.isfile(os.path.join(root, 'test', 'joint_data.mat')):
+            root = os.path.join(root, 'test')   # the dataset's root: its test split
         path = os.path.join(root, 'joint_data.mat')
         if not os.path.isfile(path):
-            raise ValueError(f'NYU root {root!r} has no joint_data.mat')
+            raise ValueError(f'NYU root {root!r} has no joint_data.mat (give the split '
+                             f'folder, test/ or train/)')
         joint_xyz = np.asarray(loadmat(path)['joint_xyz'], dtype=np.float64)
         if joint_xyz.ndim != 4 or joint_xyz.shape[2:] != (36, 3):
             raise ValueError(f'{path}: joint_xyz must be (kinects, frames, 36, 3), '
