@@ -223,6 +223,26 @@ def test_bad_label_files(tmp_path, name, content, message):
         open_dataset(name, str(tmp_path))
 
 
+def test_label_files_parse_alike_on_the_fast_and_the_line_by_line_path(tmp_path, monkeypatch):
+    from hand_pose_ros.core.datasets import base
+
+    rng = np.random.default_rng(5)
+    values = rng.uniform(-500, 900, (7, 6)).round(4)
+    lines = [f'frame_{i}.png\t' + '\t'.join(map(str, row)) + ' 1 2\r\n'   # extra columns
+             for i, row in enumerate(values)]
+    (tmp_path / 'labels.txt').write_text(''.join(lines[:3]) + '\n' + ''.join(lines[3:]))
+    fast = base.parse_label_rows(tmp_path / 'labels.txt', 6, name_column=True)
+
+    def irregular(*args):
+        raise ValueError('take the line-by-line path')
+
+    monkeypatch.setattr(base, '_parse_label_rows_fast', irregular)
+    slow = base.parse_label_rows(tmp_path / 'labels.txt', 6, name_column=True)
+    assert fast[0] == slow[0] == [f'frame_{i}.png' for i in range(7)]
+    np.testing.assert_array_equal(fast[1], slow[1])
+    np.testing.assert_array_equal(fast[1], values)
+
+
 def test_bad_roots(tmp_path):
     with pytest.raises(ValueError, match='unknown dataset'):
         open_dataset('kinect-magic', str(tmp_path))
