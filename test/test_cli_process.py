@@ -139,3 +139,22 @@ def test_repeated_stamps_are_skipped_and_an_unusable_recording_leaves_no_bag(
                         lambda values: pytest.fail('model loaded before the rosbags check'))
     assert process.main([str(tmp_path / 'in'), '-o', str(tmp_path / 'out3')]) == 2
     assert 'pip install rosbags' in capsys.readouterr().err
+
+
+def test_an_interrupted_run_keeps_the_frames_it_wrote(tmp_path, sequence, monkeypatch, capsys):
+    write_folder_recording(tmp_path / 'pngs', depth_frames(sequence[:6]))
+    calls = {'n': 0}
+    write = process.PoseBagWriter.write
+
+    def interrupted(self, *args):
+        calls['n'] += 1
+        if calls['n'] == 20:
+            raise KeyboardInterrupt
+        write(self, *args)
+
+    monkeypatch.setattr(process.PoseBagWriter, 'write', interrupted)
+    assert process.main([str(tmp_path / 'pngs'), '-o', str(tmp_path / 'out')]) == 130
+    err = capsys.readouterr().err
+    assert 'interrupted after' in err and 'holds them' in err
+    topics = read_bag(tmp_path / 'out')
+    assert 1 <= len(topics['hand_pose/raw_keypoints']) < 6

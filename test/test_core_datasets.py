@@ -206,6 +206,14 @@ def test_fpha_reader(tmp_path):
     os.remove(tmp_path / 'Video_files' / sequence / 'depth' / 'depth_0000.png')
     dataset = open_dataset('fpha', str(tmp_path))
     assert [s.name for s in dataset] == [dataset._names[1]] and dataset.skipped == 1
+    # Training reads frames by index: a missing one is skipped there too.
+    from hand_pose_ros.core.crop import CropSpec
+    from hand_pose_ros.core.training import DatasetCrops
+
+    crops = DatasetCrops(CropSpec(input_size=32), 0, 'fpha', str(tmp_path))
+    for _ in range(4):
+        assert crops.next_crop()[0].patch.shape == (32, 32)
+    assert crops.unreadable == {0}
     os.remove(tmp_path / 'Video_files' / sequence / 'depth' / 'depth_0001.png')
     with pytest.raises(ValueError, match='none of its 2 frames could be read'):
         list(open_dataset('fpha', str(tmp_path)))
@@ -231,7 +239,8 @@ def test_label_files_parse_alike_on_the_fast_and_the_line_by_line_path(tmp_path,
     lines = [f'frame_{i}.png\t' + '\t'.join(map(str, row)) + ' 1 2\r\n'   # extra columns
              for i, row in enumerate(values)]
     (tmp_path / 'labels.txt').write_text(''.join(lines[:3]) + '\n' + ''.join(lines[3:]))
-    fast = base.parse_label_rows(tmp_path / 'labels.txt', 6, name_column=True)
+    fast = base._parse_label_rows_fast(tmp_path / 'labels.txt', 6, name_column=True)
+    assert base.parse_label_rows(tmp_path / 'labels.txt', 6, name_column=True)[0] == fast[0]
 
     def irregular(*args):
         raise ValueError('take the line-by-line path')

@@ -172,6 +172,13 @@ def test_a_damaged_bag_is_a_value_error_naming_it(tmp_path):
     mcap.write_bytes(mcap.read_bytes()[:2000])          # cut short: no summary, no end magic
     with pytest.raises(ValueError, match='bag: unreadable rosbag2'):
         list(BagRecording(tmp_path / 'bag'))
+    write_depth_bag(tmp_path / 'db', frames(), storage='sqlite3')
+    (db3,) = (tmp_path / 'db').glob('*.db3')
+    data = bytearray(db3.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = b'\xff' * 4096
+    db3.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match='db: unreadable rosbag2'):
+        list(BagRecording(tmp_path / 'db'))
     (tmp_path / 'bag' / 'metadata.yaml').write_text('rosbag2_bagfile_information: [\n')
     with pytest.raises(ValueError, match=r'bag: unreadable rosbag2 \([^\n]*\)$'):
         BagRecording(tmp_path / 'bag')

@@ -208,16 +208,25 @@ def test_diagnostics_give_output_rate_shown_hands_and_the_age_of_the_outputs(spi
     assert np.isfinite(ages).all() and 0.0 <= ages[0] <= ages[1]
 
 
-def test_output_qos_follows_ros_qos_overrides(spinner):
-    from rclpy.qos import ReliabilityPolicy
+def test_output_qos_follows_ros_qos_overrides(spinner, monkeypatch):
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
-    override = Parameter('qos_overrides./hand_pose/keypoints.publisher.reliability',
-                         value='best_effort')
-    node = spinner.add(HandFilterNode(context=spinner.context, parameter_overrides=[override]))
+    applied = []
+    apply = HandFilterNode._apply_parameters
+    monkeypatch.setattr(HandFilterNode, '_apply_parameters',
+                        lambda self, values: applied.append(values) or apply(self, values))
+    overrides = [Parameter('qos_overrides./hand_pose/keypoints.publisher.reliability',
+                           value='best_effort'),
+                 Parameter('qos_overrides./hand_pose/palm_pose.publisher.durability',
+                           value='transient_local')]
+    node = spinner.add(HandFilterNode(context=spinner.context, parameter_overrides=overrides))
     assert node._pubs['keypoints'].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert node._pubs['palm'].qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
     assert node._pubs['joint_states'].qos_profile.reliability == ReliabilityPolicy.RELIABLE
-    # Declaring them did not re-apply the node's own parameters, and they stay read-only.
-    assert not node.set_parameters([Parameter(override.name, value='reliable')])[0].successful
+    # Declaring them did not run the node's own parameter callback.
+    assert applied == []
+    assert node.set_parameters([Parameter('log_throttle_s', value=2.0)])[0].successful
+    assert len(applied) == 1
 
 
 def test_bad_raw_clouds_are_reported_and_the_node_keeps_running(spinner):

@@ -171,6 +171,16 @@ def test_a_parameter_file_is_read_for_one_node_as_ros_applies_it(tmp_path):
             values_from_file(path, 'hand_pose_node')
     with pytest.raises(ValueError, match='missing.yaml'):
         values_from_file(tmp_path / 'missing.yaml', 'hand_pose_node')
+    # What rclpy takes as well: QoS overrides, 1e-1 for a float (a string to PyYAML), and
+    # sections by namespace pattern.
+    path.write_text(
+        '/*/hand_filter_node:\n  ros__parameters:\n    log_throttle_s: 1e-1\n'
+        '    qos_overrides:\n      /cam1/hand_pose/keypoints:\n        publisher:\n'
+        '          reliability: best_effort\n'
+        'cam1/hand_filter_node:\n  ros__parameters:\n    output:\n      tf_prefix: c1/\n')
+    values = values_from_file(path, 'hand_filter_node', 'cam1')
+    assert values['log_throttle_s'] == 0.1 and values['output.tf_prefix'] == 'c1/'
+    assert values_from_file(path, 'hand_filter_node')['log_throttle_s'] == 5.0
 
 
 def test_the_rviz_config_shows_topics_the_nodes_publish():

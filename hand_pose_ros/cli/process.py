@@ -109,14 +109,17 @@ class PoseBagWriter:
         self.bag.close()
 
 
-def process(recording, tracker, hand_filter, writer, filter_values, frame_id, markers=False):
+def process(recording, tracker, hand_filter, writer, filter_values, frame_id, markers=False,
+            counts=None):
     """
     Run every frame of ``recording`` through the tracker and the filter into ``writer``.
 
     A frame whose stamp repeats the one before is skipped (its outputs went out already).
 
-    :return: {'frames', 'with_hands', 'shown', 'repeated'}: frames processed, frames with a
-        raw estimate, frames with a filtered hand shown, frames skipped as repeats.
+    :param counts: dict updated in place as frames go (so an interrupted run still says how
+        far it got), or None.
+    :return: ``counts``: {'frames', 'with_hands', 'shown', 'repeated'}: frames processed,
+        frames with a raw estimate, frames with a filtered hand shown, repeats skipped.
     """
     from hand_pose_ros.core.filters import Observation
     from hand_pose_ros.core.progress import ProgressBar
@@ -126,7 +129,8 @@ def process(recording, tracker, hand_filter, writer, filter_values, frame_id, ma
 
     continuity = OutputContinuity()
     progress = ProgressBar(len(recording))
-    counts = {'frames': 0, 'with_hands': 0, 'shown': 0, 'repeated': 0}
+    counts = {} if counts is None else counts
+    counts.update(frames=0, with_hands=0, shown=0, repeated=0)
     last_stamp_ns = None
     for frame in recording:
         if frame.stamp_ns == last_stamp_ns:
@@ -156,6 +160,8 @@ def process(recording, tracker, hand_filter, writer, filter_values, frame_id, ma
         counts['with_hands'] += bool(hands)
         counts['shown'] += bool(visible_hands(tracks))
         progress.update(counts['frames'], f'frames, {counts["shown"]} with a hand')
+    # The bar's total counts images skipped above too: end its line here.
+    progress.update(progress.total, f'frames read, {counts["frames"]} processed', force=True)
     return counts
 
 
@@ -209,14 +215,16 @@ def main(argv=None):
     except (ValueError, OSError) as error:
         return fail('hand_pose_process', error)
     try:
-        counts = process(recording, tracker, hand_filter, writer, filter_values,
-                         args.frame_id, args.markers)
+        process(recording, tracker, hand_filter, writer, filter_values, args.frame_id,
+                args.markers, counts)
     except KeyboardInterrupt:
-        print('hand_pose_process: interrupted; the bag holds the frames processed so far',
-              file=sys.stderr)
+        print(f'hand_pose_process: interrupted after {counts["frames"]} frames'
+              + (f'; {args.output} holds them' if counts['frames'] else ''), file=sys.stderr)
         status = 130
     except (ValueError, OSError) as error:
-        status = fail('hand_pose_process', error, status=1)
+        kept = f' ({args.output} holds the {counts["frames"]} frames processed before it)'
+        status = fail('hand_pose_process', f'{error}{kept if counts["frames"] else ""}',
+                      status=1)
     finally:
         writer.close()
     if not counts['frames']:

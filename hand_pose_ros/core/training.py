@@ -327,13 +327,25 @@ class DatasetCrops:
         self.dataset = open_dataset(name, root, **options)
         self.rng = np.random.default_rng(seed)
         self._order = []
+        self.unreadable = set()   # dataset indices whose files could not be read
 
     def next_crop(self):
         """Return (CropResult, normalised joints (21, 3), mask (21,), joints_xyz (21, 3))."""
-        for _ in range(len(self.dataset)):
+        tried = set()
+        while len(tried) < len(self.dataset):
             if not self._order:
                 self._order = list(self.rng.permutation(len(self.dataset)))
-            sample = self.dataset[int(self._order.pop())]
+            index = int(self._order.pop())
+            if index in tried:
+                continue
+            tried.add(index)
+            try:
+                sample = self.dataset[index]
+            except OSError as error:   # a frame missing from the release, a damaged file
+                if index not in self.unreadable:
+                    self.unreadable.add(index)
+                    LOG.warning('training frame %d of the dataset skipped: %s', index, error)
+                continue
             if sample.joint_mask.sum() == 0:
                 continue
             try:

@@ -49,11 +49,20 @@ def _stamp_ns(header):
 @contextlib.contextmanager
 def _bag_errors(path):
     """Turn the errors of ``rosbags`` on a damaged bag into a ValueError naming it."""
+    import sqlite3
+
     from rosbags.rosbag2 import ReaderError
 
+    errors = (ReaderError, sqlite3.DatabaseError)
+    try:
+        import apsw   # rosbags reads sqlite3 bags through it where it is installed
+
+        errors += (apsw.Error,)
+    except ImportError:
+        pass
     try:
         yield
-    except ReaderError as error:
+    except errors as error:
         raise ValueError(f'{path}: unreadable rosbag2 ({" ".join(str(error).split())})') \
             from None
 

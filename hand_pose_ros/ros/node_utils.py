@@ -108,13 +108,15 @@ def create_output_publisher(node, msg_type, topic):
     """
     Return an output publisher: ``OUTPUT_QOS``, which ROS's QoS overrides may change.
 
-    ``qos_overrides.<topic>.publisher.<reliability|durability|history|depth>`` in the node's
-    parameters (read at start-up) sets the policy, e.g. ``best_effort`` over a lossy link.
+    ``qos_overrides.<resolved topic>.publisher.<reliability|durability|history|depth>`` in
+    the node's parameters (read at start-up; the topic with the node's namespace, e.g.
+    ``/cam1/hand_pose/keypoints``) sets the policy, e.g. ``best_effort`` over a lossy link.
     """
-    from rclpy.qos_overriding_options import QoSOverridingOptions
+    from rclpy.qos_overriding_options import QoSOverridingOptions, QoSPolicyKind
 
     # rclpy applies the overrides to the profile it is given: each publisher gets its own.
-    overrides = QoSOverridingOptions.with_default_policies()
+    overrides = QoSOverridingOptions([QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH,
+                                      QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY])
     return node.create_publisher(msg_type, topic, copy.copy(OUTPUT_QOS),
                                  qos_overriding_options=overrides)
 

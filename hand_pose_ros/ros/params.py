@@ -10,6 +10,7 @@ tested without ROS.
 from dataclasses import dataclass
 import math
 from pathlib import Path
+import re
 
 from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE, DEFAULT_REDETECT_INTERVAL
@@ -231,21 +232,21 @@ def values_from_file(path, node, namespace=''):
     if not isinstance(document, dict):
         raise ValueError(f'parameter file {path}: not a mapping of node sections')
     namespace = namespace.strip('/')
-    # A bare node name, as a key, means the node in the root namespace.
-    matching = {'/**', f'/**/{node}', f'/{namespace}/{node}' if namespace else f'/{node}'}
-    if not namespace:
-        matching.add(node)
+    full_name = f'/{namespace}/{node}' if namespace else f'/{node}'
     values = defaults(specs)
     for key, section in document.items():
-        if str(key) not in matching:
+        if not _section_matches(str(key), full_name):
             continue
         given = section.get('ros__parameters') if isinstance(section, dict) else None
         if not isinstance(given, dict):
             raise ValueError(f'parameter file {path}: section {key} has no ros__parameters '
                              f'mapping')
         for name, value in _flatten(given).items():
-            if name in RCLPY_PARAMETERS:
+            if name in RCLPY_PARAMETERS or name.startswith('qos_overrides.'):
                 continue
+            spec = by_name.get(name)
+            if spec is not None and isinstance(spec.default, float) and isinstance(value, str):
+                value = _yaml_float(value)   # 1e-1: a string to PyYAML, a double to rcl
             try:
                 if name not in by_name:
                     raise ValueError(f'unknown parameter {name!r}')
@@ -260,6 +261,21 @@ def values_from_file(path, node, namespace=''):
                 raise ValueError(f'parameter file {path}, {key}: {error}') from None
             values[name] = value
     return values
+
+
+def _section_matches(key, full_name):
+    """Return whether a parameter-file section applies to the node ``full_name``, as rcl."""
+    pattern = re.escape('/' + key.strip('/'))
+    pattern = pattern.replace(re.escape('/**'), r'(/\w+)*').replace(re.escape('/*'), r'(/\w+)')
+    return re.fullmatch(pattern, full_name) is not None
+
+
+def _yaml_float(text):
+    """Return ``text`` as a float where rcl's YAML parser reads a double (``1e-1``)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text   # refused by the type check, naming the value
 
 
 def _flatten(nested, prefix=''):

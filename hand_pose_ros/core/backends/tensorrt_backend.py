@@ -108,6 +108,8 @@ def _make_calibrator(trt, torch, batches, input_shapes, batch_size, cache_path):
             return None
 
         def write_calibration_cache(self, cache):
+            if self.error is not None:
+                return   # scales of a calibration cut short: not for the next build
             try:
                 model_io.write_atomic(cache_path, bytes(cache))
             except OSError as error:
@@ -142,6 +144,8 @@ def precision_flags(trt, precision):
     :raises BackendUnavailableError: a TensorRT without them (TensorRT 11 builds strongly
         typed networks only: the precision comes from the ONNX file, not from flags).
     """
+    if precision not in ('fp32', 'fp16', 'int8'):
+        raise ValueError(f'TensorRT precision must be fp32, fp16 or int8, got {precision!r}')
     names = {'fp32': [], 'fp16': ['FP16'], 'int8': ['FP16', 'INT8']}[precision]
     missing = [name for name in names if not hasattr(trt.BuilderFlag, name)]
     if missing:
@@ -279,7 +283,8 @@ class TensorRTBackend:
         import tensorrt as trt
         import torch
 
-        precision = 'fp16' if precision == 'auto' else precision
+        if precision == 'auto':   # FP16 where this TensorRT builds it from flags (not 11)
+            precision = 'fp16' if hasattr(trt.BuilderFlag, 'FP16') else 'fp32'
         precision_flags(trt, precision)   # before a cached engine could hide the lack
         self.onnx_path = resolve_onnx(model_path)
         self.input_shapes = onnx_input_shapes(self.onnx_path)
