@@ -16,9 +16,11 @@ ROSDEP_KEYS = {
     'PIL': 'python3-pil',
     'onnxruntime': 'python3-onnxruntime-pip',
 }
-# Modules without a rosdep key: pip installs them (README, "Using it in a ROS 2 workspace").
-# google.protobuf comes with onnx; tensorrt with NVIDIA's JetPack or TensorRT wheels.
-WITHOUT_KEY = {'safetensors', 'torch', 'onnx', 'google', 'rosbags', 'tensorrt'}
+# Modules without a rosdep key: pip installs them (README, "Using it in a ROS 2 workspace"),
+# or they come with another package: those of COMES_WITH with the package named there,
+# tensorrt with JetPack or NVIDIA's TensorRT wheels.
+COMES_WITH = {'google': 'onnx', 'apsw': 'rosbags'}
+WITHOUT_KEY = {'safetensors', 'torch', 'onnx', 'rosbags', 'tensorrt', *COMES_WITH}
 
 
 def imported_modules(paths):
@@ -56,5 +58,6 @@ def test_keyless_run_time_requirements_are_pip_requirements():
                 if k.arg in ('install_requires', 'extras_require')}
     pip_names = set(keywords['install_requires'])
     pip_names |= {name for extra in keywords['extras_require'].values() for name in extra}
-    assert WITHOUT_KEY - {'google', 'tensorrt'} <= pip_names
+    assert WITHOUT_KEY - {'tensorrt', *COMES_WITH} <= pip_names
+    assert set(COMES_WITH.values()) <= pip_names
     assert {'onnxruntime', 'safetensors'} <= set(keywords['install_requires'])
