@@ -81,7 +81,7 @@ def test_an_rgb_network_is_evaluated_on_rendered_colour(tmp_path, capsys):
     assert "the 'icvl' reader gives no colour" in capsys.readouterr().err
 
 
-def test_icvl_folder_uses_the_joints_the_dataset_labels(tmp_path):
+def test_icvl_folder_uses_the_joints_the_dataset_labels(tmp_path, capsys):
     from hand_pose_ros.core.camera import CameraIntrinsics, uvd_from_xyz
 
     intrinsics = CameraIntrinsics.from_preset('icvl')
@@ -104,6 +104,8 @@ def test_icvl_folder_uses_the_joints_the_dataset_labels(tmp_path):
     # ICVL has no wrist, thumb CMC or finger PIP joints in the canonical order.
     assert per_joint['wrist'] is None and per_joint['index_pip'] is None
     assert sum(v is not None for v in per_joint.values()) == 15
+    assert ('over the 15 of its 16 evaluation joints that have a place in the 21-joint order'
+            in capsys.readouterr().out)
 
 
 def test_errors_exit_with_a_message(tmp_path, capsys):

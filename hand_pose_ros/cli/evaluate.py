@@ -24,11 +24,14 @@ import sys
 
 from hand_pose_ros.cli.options import (
     check_at_least, check_output_file, check_positive, fail, parse_assignment)
-from hand_pose_ros.core import evaluation
+from hand_pose_ros.core import evaluation, skeleton
 from hand_pose_ros.core.backends.base import PRECISIONS
 from hand_pose_ros.core.crop import VIEW_SETS
 from hand_pose_ros.core.estimator import DEFAULT_MIN_HAND_SCORE
 from hand_pose_ros.core.filters import config_from_dict
+
+# Datasets whose evaluation joints only partly map onto the 21-joint order (their layouts).
+PARTIAL_LAYOUTS = {'nyu': 'nyu14', 'icvl': 'icvl'}
 
 
 def build_parser():
@@ -349,6 +352,12 @@ def format_result(result):
                      f'{mm(result["median_mm"])}), center {result["center_mode"]}, '
                      f'{result["views"]} view(s), {result["refine_passes"]} re-centring '
                      f'pass(es), {result["precision"]}')
+        if result['dataset'] in PARTIAL_LAYOUTS:
+            layout = skeleton.LAYOUTS[PARTIAL_LAYOUTS[result['dataset']]]
+            lines.append(f'(over the {int(layout.canonical_mask.sum())} of its '
+                         f'{layout.num_joints} evaluation joints that have a place in the '
+                         f'21-joint order: not the {layout.num_joints}-joint mean papers '
+                         f'report)')
         curve = result['success_curve']
         at = dict(zip(curve['thresholds_mm'], curve['fraction']))
         lines.append('success frames: ' + ', '.join(
