@@ -104,6 +104,20 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, sequence, capsys)
         ([str(tmp_path / 'pngs'), '-o', str(tmp_path / 'out'), '--model', 'no_such_model'],
          'no_such_model'),
     ]
+    # A model with a colour input: recordings are depth only.
+    import torch
+
+    from hand_pose_ros.core import export, model_io
+    from hand_pose_ros.core.crop import CropSpec
+    from hand_pose_ros.core.models import build_model
+
+    torch.manual_seed(0)
+    rgb = model_io.save_model(build_model('joint_groups_rgb', width=0.125, input_size=64),
+                              tmp_path / 'rgb', 'rgb', extra={'crop': CropSpec(
+                                  input_size=64, cube_size_m=(0.2, 0.2, 0.3)).to_dict()})
+    export.export_card(rgb)
+    cases.append(([str(tmp_path / 'pngs'), '-o', str(tmp_path / 'out'), '--model', str(rgb)],
+                  'takes a colour image; recordings here are depth only'))
     for argv, message in cases:
         assert process.main(argv) == 2, argv
         err = capsys.readouterr().err

@@ -183,8 +183,11 @@ def _set_up(args):
             from None
     pose_values, filter_values = node_parameters(args)
     recording = open_recording(args.recording, args.depth_topic, args.info_topic, args.fps)
-    tracker = HandTracker(load_node_estimator(pose_values),
-                          pose_values['localizer.redetect_interval'])
+    estimator = load_node_estimator(pose_values)
+    if 'color' in estimator.input_names:
+        raise ValueError(f'{pose_values["model.name"]} takes a colour image; recordings here '
+                         f'are depth only: use a depth model')
+    tracker = HandTracker(estimator, pose_values['localizer.redetect_interval'])
     return recording, tracker, HandFilter(config_from_dict(group(filter_values, 'filter'))), \
         filter_values
 
