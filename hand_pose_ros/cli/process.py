@@ -124,8 +124,7 @@ def process(recording, tracker, hand_filter, writer, filter_values, frame_id, ma
     from hand_pose_ros.core.filters import Observation
     from hand_pose_ros.core.progress import ProgressBar
     from hand_pose_ros.ros.hand_pose_node import RawHand
-    from hand_pose_ros.ros.messages import (frame_outputs, keypoint_cloud, OutputContinuity,
-                                            visible_hands)
+    from hand_pose_ros.ros.messages import keypoint_cloud, OutputContinuity, visible_hands
 
     continuity = OutputContinuity()
     progress = ProgressBar(len(recording))
@@ -148,12 +147,7 @@ def process(recording, tracker, hand_filter, writer, filter_values, frame_id, ma
         tracks = hand_filter.update(frame.stamp_ns * 1e-9, [
             Observation(keypoints_xyz=pose.keypoints_xyz, scores=pose.scores)
             for pose in poses])
-        outputs = frame_outputs(tracks, header, filter_values['output.tf_prefix'],
-                                publish_tf=filter_values['output.publish_tf'],
-                                markers=markers, continuity=continuity,
-                                marker_lifetime_s=filter_values['output.marker_lifetime_s'],
-                                tf_names=filter_values['output.tf_names'])
-        for name, data in outputs.items():
+        for name, data in continuity.outputs(tracks, header, filter_values, markers).items():
             if data is not None:
                 writer.write(name, frame.stamp_ns, data)
         counts['frames'] += 1

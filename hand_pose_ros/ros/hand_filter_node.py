@@ -17,8 +17,8 @@ from sensor_msgs.msg import PointCloud2
 from hand_pose_ros.core.filters import HandFilter, Observation
 from hand_pose_ros.core.filters.config import config_from_dict
 from hand_pose_ros.core.stats import LatencyWindow, RateMeter
-from hand_pose_ros.ros.messages import frame_outputs, hands_from_cloud, OUTPUT_TYPES, \
-    OutputContinuity, visible_hands
+from hand_pose_ros.ros.messages import hands_from_cloud, OUTPUT_TYPES, OutputContinuity, \
+    visible_hands
 from hand_pose_ros.ros.node_utils import (create_encoded_publisher, declare_parameters,
                                           diagnostic_status, exit_process, input_qos,
                                           LogThrottle, publish_encoded, run, stamp_ns,
@@ -48,7 +48,6 @@ class HandFilterNode(Node):
         self._values = declare_parameters(self, HAND_FILTER_NODE_PARAMS,
                                           self._apply_parameters)
         self._filter = HandFilter(config_from_dict(group(self._values, 'filter')))
-        self._marker_ids = set()
         self._continuity = OutputContinuity()
         self._counts = {'received': 0, 'bad_input': 0, 'internal_errors': 0}
         self._last_error = ''
@@ -123,22 +122,16 @@ class HandFilterNode(Node):
 
     def publish_hands(self, header, tracks):
         """
-        Publish every output for the tracked hands of one frame (see ``frame_outputs``).
+        Publish every output for the tracked hands of one frame (``OutputContinuity.outputs``).
 
         Markers, which only a display reads, are built only while someone subscribes.
         """
-        ids = {t.hand_id for t in visible_hands(tracks)}
         markers = self._pubs['markers'].get_subscription_count() > 0
-        outputs = frame_outputs(tracks, header, self._values['output.tf_prefix'],
-                                self._marker_ids - ids,
-                                self._values['output.marker_lifetime_s'],
-                                self._values['output.publish_tf'], markers, self._continuity,
-                                self._values['output.tf_names'])
-        for name, data in outputs.items():
+        for name, data in self._continuity.outputs(tracks, header, self._values,
+                                                   markers).items():
             if data is not None:
                 publish_encoded(self._pubs[name], data)
-        self._marker_ids = ids if markers else set()
-        self._shown = len(ids)
+        self._shown = len(visible_hands(tracks))
         self._output_rate.tick(time.monotonic())
         # From the image's capture stamp to here, on the node's clock (ROS time: the system
         # clock, or /clock with use_sim_time): the whole path a consumer sees, camera,

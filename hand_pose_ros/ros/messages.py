@@ -437,7 +437,8 @@ def visible_hands(tracks):
 
 class OutputContinuity:
     """
-    What a stream's outputs carry from one frame to the next (see :func:`frame_outputs`).
+    What a stream's outputs carry from one frame to the next (see :func:`frame_outputs`):
+    the hand the palm pose follows, quaternion signs, and the hands whose markers to delete.
 
     The palm pose follows one hand while its palm is defined (a second hand appearing with a
     lower id does not take it over; when the followed palm is lost or undefined, the first
@@ -449,6 +450,24 @@ class OutputContinuity:
     def __init__(self):
         self.palm_id = None
         self._quaternions = {}
+        self._marker_ids = set()
+
+    def outputs(self, tracks, header, values, markers=True):
+        """
+        Return :func:`frame_outputs` of a stream's next frame, as the filter node sends it.
+
+        :param values: the ``output.*`` parameters (tf_prefix, marker_lifetime_s,
+            publish_tf, tf_names).
+        :param markers: build the markers; the markers of hands shown in the last frame
+            that built them and not in this one are deleted.
+        """
+        ids = {track.hand_id for track in visible_hands(tracks)}
+        outputs = frame_outputs(tracks, header, values['output.tf_prefix'],
+                                self._marker_ids - ids, values['output.marker_lifetime_s'],
+                                values['output.publish_tf'], markers, self,
+                                values['output.tf_names'])
+        self._marker_ids = ids if markers else set()
+        return outputs
 
     def geometry(self, hands, live_ids=None):
         """
