@@ -437,8 +437,10 @@ def visible_hands(tracks):
 
 class OutputContinuity:
     """
-    What a stream's outputs carry from one frame to the next (see :func:`frame_outputs`):
-    the hand the palm pose follows, quaternion signs, and the hands whose markers to delete.
+    What a stream's outputs carry from one frame to the next (see :func:`frame_outputs`).
+
+    It keeps the hand the palm pose follows, the quaternion signs and the hands whose markers
+    to delete.
 
     The palm pose follows one hand while its palm is defined (a second hand appearing with a
     lower id does not take it over; when the followed palm is lost or undefined, the first
