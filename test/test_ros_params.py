@@ -159,7 +159,7 @@ def test_a_parameter_file_is_read_for_one_node_as_ros_applies_it(tmp_path):
              "unknown parameter 'model_name'"),
             ('hand_pose_node: 3\n', 'section hand_pose_node has no ros__parameters'),
             ('hand_pose_node:\n  ros_parameters:\n    log_throttle_s: 1.0\n',
-             'section hand_pose_node has no ros__parameters'),
+             'section hand_pose_node/ros_parameters has no ros__parameters'),
             # Types as rclpy takes them: an integer parameter refuses 1.0, a float one 2.
             ('hand_pose_node:\n  ros__parameters:\n    localizer:\n      max_hands: 1.0\n',
              'localizer.max_hands must be an integer, as the node declares it, got 1.0'),
@@ -181,6 +181,11 @@ def test_a_parameter_file_is_read_for_one_node_as_ros_applies_it(tmp_path):
     values = values_from_file(path, 'hand_filter_node', 'cam1')
     assert values['log_throttle_s'] == 0.1 and values['output.tf_prefix'] == 'c1/'
     assert values_from_file(path, 'hand_filter_node')['log_throttle_s'] == 5.0
+    # Namespaces nested as mappings, as rcl reads them.
+    path.write_text('robot:\n  cam1:\n    hand_filter_node:\n      ros__parameters:\n'
+                    '        output:\n          tf_prefix: r1/\n')
+    assert values_from_file(path, 'hand_filter_node', 'robot/cam1')['output.tf_prefix'] == 'r1/'
+    assert values_from_file(path, 'hand_filter_node', 'cam1')['output.tf_prefix'] == ''
 
 
 def test_the_rviz_config_shows_topics_the_nodes_publish():

@@ -234,13 +234,13 @@ def values_from_file(path, node, namespace=''):
     namespace = namespace.strip('/')
     full_name = f'/{namespace}/{node}' if namespace else f'/{node}'
     values = defaults(specs)
-    for key, section in document.items():
-        if not _section_matches(str(key), full_name):
-            continue
+    for key, section in _node_sections(document):
         given = section.get('ros__parameters') if isinstance(section, dict) else None
-        if not isinstance(given, dict):
-            raise ValueError(f'parameter file {path}: section {key} has no ros__parameters '
-                             f'mapping')
+        if not isinstance(given, dict):   # rcl refuses the whole file
+            raise ValueError(f'parameter file {path}: section {key.lstrip("/")} has no '
+                             f'ros__parameters mapping')
+        if not _section_matches(key, full_name):
+            continue
         for name, value in _flatten(given).items():
             if name in RCLPY_PARAMETERS or name.startswith('qos_overrides.'):
                 continue
@@ -261,6 +261,22 @@ def values_from_file(path, node, namespace=''):
                 raise ValueError(f'parameter file {path}, {key}: {error}') from None
             values[name] = value
     return values
+
+
+def _node_sections(document, prefix=''):
+    """
+    Yield (full key, section) of a parameter file's node sections.
+
+    A mapping without ``ros__parameters`` whose entries are all mappings is a namespace
+    (``cam1: {hand_pose_node: {ros__parameters: ...}}`` is ``cam1/hand_pose_node``).
+    """
+    for key, section in document.items():
+        name = f'{prefix}/{str(key).strip("/")}'
+        if isinstance(section, dict) and section and 'ros__parameters' not in section \
+                and all(isinstance(value, dict) for value in section.values()):
+            yield from _node_sections(section, name)
+        else:
+            yield name, section
 
 
 def _section_matches(key, full_name):
