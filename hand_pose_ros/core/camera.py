@@ -27,6 +27,11 @@ def _finite_number(value):
     return isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
 
 
+def principal_point_inside(cx, cy, width, height):
+    """Return whether a principal point lies in a width x height image (edges included)."""
+    return 0.0 <= cx <= width and 0.0 <= cy <= height
+
+
 @dataclass(frozen=True)
 class CameraIntrinsics:
     """
@@ -124,7 +129,7 @@ class CameraIntrinsics:
         file), not by the estimator: a window cut from a larger image (:meth:`window`) is a
         valid camera whose principal point may lie outside it.
         """
-        if not (0.0 <= self.cx <= self.width and 0.0 <= self.cy <= self.height):
+        if not principal_point_inside(self.cx, self.cy, self.width, self.height):
             raise ValueError(f'camera intrinsics: principal point ({self.cx:g}, {self.cy:g}) '
                              f'is outside the {self.width}x{self.height} image (intrinsics '
                              f'of another resolution?)')

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from hand_pose_ros.core.camera import CameraIntrinsics
+from hand_pose_ros.core.camera import CameraIntrinsics, principal_point_inside
 
 # encoding -> (dtype without byte order, channels)
 DEPTH_ENCODINGS = {'16UC1': ('u2', 1), 'mono16': ('u2', 1), '32FC1': ('f4', 1)}
@@ -139,8 +139,8 @@ def intrinsics_from_camera_info(msg):
     if matrix[1, 0] != 0 or not np.array_equal(matrix[2], [0.0, 0.0, 1.0]):
         raise ValueError(f'camera_info {name} is not a camera matrix (row-major, last row '
                          f'0 0 1): {matrix.ravel().tolist()}')
-    if msg.width and msg.height and not (0.0 <= matrix[0, 2] <= msg.width
-                                         and 0.0 <= matrix[1, 2] <= msg.height):
+    if msg.width and msg.height and not principal_point_inside(matrix[0, 2], matrix[1, 2],
+                                                               msg.width, msg.height):
         raise ValueError(f'camera_info {name} puts the principal point at ({matrix[0, 2]:g}, '
                          f'{matrix[1, 2]:g}), outside the {msg.width}x{msg.height} image: '
                          f'a calibration of another resolution?')

@@ -244,15 +244,21 @@ def joint_pose_array(hands, header, geometry=None):
     return writer.getvalue()
 
 
+def palm_defined(geometry, hand_id):
+    """Return whether ``hand_geometry`` defines a hand's palm frame (origin and rotation)."""
+    return bool(np.isfinite(np.concatenate(geometry[hand_id][:2])).all())
+
+
 def palm_pose(hand, header, geometry=None):
     """
     Return the palm frame of ``hand`` as ``geometry_msgs/PoseStamped`` (CDR bytes).
 
     None when the hand's keypoints leave it undefined (``hand_geometry``).
     """
-    origin, quaternion = (geometry or hand_geometry([hand]))[hand.hand_id][:2]
-    if not (np.isfinite(origin).all() and np.isfinite(quaternion).all()):
+    geometry = geometry or hand_geometry([hand])
+    if not palm_defined(geometry, hand.hand_id):
         return None
+    origin, quaternion = geometry[hand.hand_id][:2]
     writer = cdr.CdrWriter()
     writer.put(cdr.header(header), 4)
     writer.float64s(np.concatenate([origin, quaternion]))
@@ -496,13 +502,10 @@ class OutputContinuity:
 
     def palm_hand(self, hands, geometry):
         """Return the hand the palm pose follows (see the class), or None."""
-        def defined(hand):
-            return np.isfinite(np.concatenate(geometry[hand.hand_id][:2])).all()
-
         by_id = {hand.hand_id: hand for hand in hands}
-        if self.palm_id not in by_id or not defined(by_id[self.palm_id]):
+        if self.palm_id not in by_id or not palm_defined(geometry, self.palm_id):
             self.palm_id = next((hand.hand_id for hand in sorted_hands(hands)
-                                 if defined(hand)), None)
+                                 if palm_defined(geometry, hand.hand_id)), None)
         return by_id.get(self.palm_id)
 
 

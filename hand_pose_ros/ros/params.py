@@ -214,10 +214,11 @@ def values_from_file(path, node, namespace=''):
 
     For tools that read the nodes' file without running the nodes (``hand_pose_process``).
     Sections apply as rcl applies them to a node of that name in ``namespace`` (``''``: the
-    root): ``/**``, ``/**/<node>``, ``<node>`` or ``/<namespace>/<node>``, later sections
-    over earlier ones. As in rclpy, a value must have its parameter's type (``2`` for a float
-    parameter is refused: write ``2.0``); a key the node does not declare is refused too, as a
-    typo would be lost otherwise (``use_sim_time`` and other rclpy parameters aside).
+    root): ``/**``, ``/*/<node>``, ``/**/<node>``, ``<node>`` or ``<namespace>/<node>``, flat
+    or nested, later sections over earlier ones. As in rclpy, a value must have its
+    parameter's type (``2`` for a float parameter is refused: write ``2.0``); a key the node
+    does not declare is refused too, as a typo would be lost otherwise (``use_sim_time``,
+    QoS overrides and other rclpy parameters aside).
 
     :raises ValueError: for an unreadable file, an unknown key or a bad value, naming it.
     """
@@ -235,28 +236,29 @@ def values_from_file(path, node, namespace=''):
     full_name = f'/{namespace}/{node}' if namespace else f'/{node}'
     values = defaults(specs)
     for key, section in _node_sections(document):
+        key = key.lstrip('/')
         given = section.get('ros__parameters') if isinstance(section, dict) else None
         if not isinstance(given, dict):   # rcl refuses the whole file
-            raise ValueError(f'parameter file {path}: section {key.lstrip("/")} has no '
-                             f'ros__parameters mapping')
+            raise ValueError(f'parameter file {path}: section {key} has no ros__parameters '
+                             f'mapping')
         if not _section_matches(key, full_name):
             continue
         for name, value in _flatten(given).items():
             if name in RCLPY_PARAMETERS or name.startswith('qos_overrides.'):
                 continue
             spec = by_name.get(name)
-            if spec is not None and isinstance(spec.default, float) and isinstance(value, str):
-                value = _yaml_float(value)   # 1e-1: a string to PyYAML, a double to rcl
             try:
-                if name not in by_name:
+                if spec is None:
                     raise ValueError(f'unknown parameter {name!r}')
-                default = by_name[name].default
-                if isinstance(default, float) and not isinstance(value, float) or \
-                        type(default) is int and type(value) is not int:
-                    kind = 'a float (2.0, not 2)' if isinstance(default, float) else 'an integer'
+                if isinstance(spec.default, float) and isinstance(value, str):
+                    value = _yaml_float(value)   # 1e-1: a string to PyYAML, a double to rcl
+                if isinstance(spec.default, float) and not isinstance(value, float) or \
+                        type(spec.default) is int and type(value) is not int:
+                    kind = ('a float (2.0, not 2)' if isinstance(spec.default, float)
+                            else 'an integer')
                     raise ValueError(f'{name} must be {kind}, as the node declares it, got '
                                      f'{value!r}')
-                by_name[name].check(value)
+                spec.check(value)
             except ValueError as error:
                 raise ValueError(f'parameter file {path}, {key}: {error}') from None
             values[name] = value
